@@ -1,0 +1,369 @@
+"""Run configuration: frozen dataclasses, every default here and nowhere else.
+
+An example is a Python function returning a `TrainConfig` (see `examples/configs.py`). The
+command line changes single fields with `--set section.field=value`; the value is parsed
+against the field's declared type, and an unknown key or a value of the wrong type is an
+error that names the key. `TrainConfig.validate()` checks the whole and derives the rest.
+
+Batch sizes use the project's vocabulary: B = `prompts_per_step`, G = `group_size`,
+N = B x G sequences per step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+AdvantageEstimator = Literal["grpo", "dr_grpo", "rloo"]
+KLEstimator = Literal["k1", "k2", "k3"]
+LossAggregation = Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"]
+OldLogprobSource = Literal["learner", "rollout"]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    path: str = "artifacts/tiny-qwen2"
+    """Hugging Face model directory (config.json, safetensors, tokenizer); policy and reference start here."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Parameter dtype for the engines and the learner (float32 on CPU)."""
+    max_prompt_tokens: int = 128
+    """Prompts longer than this are rejected when the data set is loaded."""
+    max_response_tokens: int = 64
+    """Most tokens sampled per completion (vLLM `max_tokens`)."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    train_path: str = "artifacts/data/arithmetic/train.jsonl"
+    """JSONL or Parquet with fields `prompt` and `ground_truth` (and optionally `task`)."""
+    eval_path: str = "artifacts/data/arithmetic/heldout.jsonl"
+    """Held-out split, same fields."""
+    template: str = "r1_zero"
+    """Prompt template name from `trainer.templates.TEMPLATES`."""
+    eval_size: int = 128
+    """Held-out prompts used per evaluation (the first ones of the file)."""
+    shuffle: bool = True
+    """Shuffle the training prompts every epoch (seeded by `TrainConfig.seed`)."""
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    temperature: float = 1.0
+    """Sampling temperature for training rollouts (and for pass@1 evaluation, as R1 reports it)."""
+    top_p: float = 1.0
+    """Nucleus sampling mass."""
+    stop: tuple[str, ...] = ("</answer>",)
+    """Stop strings; the stop string itself is kept in the completion."""
+    seed: int = 0
+    """Base sampling seed; each step and engine derive their own from it."""
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    num_engines: int = 1
+    """Independent vLLM engines (each a Ray actor); scale these for more rollout throughput."""
+    tensor_parallel_size: int = 1
+    """Devices per engine (k)."""
+    gpu_memory_utilization: float = 0.5
+    """Share of each GPU an engine may take (ignored on CPU)."""
+    enable_sleep_mode: bool = False
+    """Free engine memory while the learner trains (GPU, colocated runs)."""
+    max_model_len: int = 256
+    """Prompt plus response length the engine reserves for."""
+    cpu_kvcache_gib: float = 1.0
+    """KV-cache size per engine on CPU (vLLM's VLLM_CPU_KVCACHE_SPACE)."""
+    weight_sync_bucket_bytes: int = 64 * 2**20
+    """Tensors are streamed to the engines in buckets of at most this many bytes."""
+    weight_sync_timeout_s: float = 120.0
+    """A weight sync that does not complete in this time raises instead of hanging."""
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    """Sampling settings for training rollouts."""
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    tensor_parallel_size: int = 1
+    """Megatron tensor-parallel ranks."""
+    pipeline_parallel_size: int = 1
+    """Megatron pipeline stages."""
+    data_parallel_size: int = 1
+    """Data-parallel replicas of the TP x PP model."""
+    lr: float = 1e-6
+    """Peak learning rate."""
+    lr_warmup_steps: int = 0
+    """Linear warm-up optimizer steps."""
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    """Schedule after warm-up; cosine decays to 10% of `lr` at the last step."""
+    weight_decay: float = 0.0
+    """AdamW decoupled weight decay."""
+    adam_beta1: float = 0.9
+    """AdamW beta1."""
+    adam_beta2: float = 0.999
+    """AdamW beta2."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this (0 disables)."""
+    sequences_per_microbatch: int = 16
+    """Sequences per forward/backward; gradients accumulate over micro-batches."""
+    reference_colocated: bool = True
+    """Reference model shares the policy's ranks (True) or gets its own workers (False)."""
+
+
+@dataclass(frozen=True)
+class AlgorithmConfig:
+    prompts_per_step: int = 8
+    """B: prompts sampled per step."""
+    group_size: int = 8
+    """G: completions per prompt."""
+    advantage_estimator: AdvantageEstimator = "grpo"
+    """grpo: (r - mean)/(std + eps); dr_grpo: r - mean; rloo: leave-one-out baseline."""
+    advantage_eps: float = 1e-6
+    """Added to the group std so a zero-variance group gives 0, not NaN."""
+    clip_eps_low: float = 0.2
+    """Lower clip of the importance ratio, 1 - clip_eps_low."""
+    clip_eps_high: float = 0.2
+    """Upper clip, 1 + clip_eps_high (DAPO clip-higher uses 0.28)."""
+    dual_clip_c: float = 0.0
+    """Dual-clip bound for negative advantages (e.g. 3.0); 0 disables."""
+    kl_coef: float = 0.0
+    """Weight of the KL to the reference model (0 skips the reference)."""
+    kl_estimator: KLEstimator = "k3"
+    """KL estimator (Schulman's k1, k2, k3)."""
+    kl_in_reward: bool = False
+    """Subtract kl_coef x KL from the reward instead of adding it to the loss."""
+    kl_clamp: float = 10.0
+    """Per-token KL estimates are clamped to [-kl_clamp, kl_clamp]."""
+    loss_aggregation: LossAggregation = "token_mean"
+    """How per-token losses become one number (see trainer.grpo.aggregate_loss)."""
+    old_logprobs_source: OldLogprobSource = "learner"
+    """learner: recompute old logprobs; rollout: use vLLM's with truncated importance sampling."""
+    tis_cap: float = 2.0
+    """Cap of the truncated importance-sampling weight between learner and rollout policies."""
+    updates_per_step: int = 1
+    """Optimizer steps per rollout step: the N sequences are split into this many mini-batches."""
+    epochs_per_step: int = 1
+    """Passes over the step's sequences."""
+    dynamic_sampling: bool = False
+    """DAPO: drop groups whose rewards are all equal and sample more until B groups are useful."""
+    max_sampling_rounds: int = 3
+    """With dynamic sampling, give up filling B groups after this many rounds."""
+    overlong_filter: bool = False
+    """Mask completions cut at max_response_tokens out of the loss (DAPO)."""
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    verifier: Literal["math", "arithmetic", "countdown"] = "math"
+    """Accuracy checker: symbolic math, or the demo tasks' exact verifiers."""
+    accuracy_weight: float = 1.0
+    """Weight of the accuracy reward (1 for a correct answer)."""
+    format_weight: float = 0.0
+    """Weight of the R1-Zero format reward (<think>...</think><answer>...</answer>)."""
+    language_weight: float = 0.0
+    """Weight of the language-consistency reward (R1)."""
+    target_language: Literal["en", "zh"] = "en"
+    """Language the chain of thought should be written in."""
+    overlong_weight: float = 0.0
+    """Weight of DAPO's soft overlong punishment."""
+    overlong_buffer_tokens: int = 16
+    """Length of the soft punishment ramp before max_response_tokens."""
+    num_actors: int = 1
+    """Stateless reward actors (K)."""
+    timeout_s: float = 5.0
+    """Per-sample limit; a verifier past it is killed and scores 0 with reason `timeout`."""
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    address: str = "local"
+    """'local' starts Ray on this machine (127.0.0.1); 'auto' joins the cluster of a `ray job submit`."""
+    colocate: bool = False
+    """Rollout engines and learner share devices; engines sleep while the learner trains."""
+    use_gpu: bool = False
+    """Reserve GPUs for engines and learner ranks; False runs everything on CPU."""
+    num_cpus: int | None = None
+    """CPUs for a local Ray (None: all of this machine's)."""
+    cpus_per_actor: float = 0.5
+    """Logical CPUs each actor reserves (small on one machine, so everything fits)."""
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    every_steps: int = 10
+    """Evaluate held-out accuracy at the start, every this many steps and at the end (0: start and end)."""
+    samples_per_prompt: int = 4
+    """k: samples per prompt for pass@1 (averaged over k) and cons@k (majority vote)."""
+    temperature: float = 1.0
+    """Evaluation sampling temperature."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    name: str = "run"
+    """Run name; outputs go to output_dir/name."""
+    output_dir: str = "runs"
+    """Where metrics, TensorBoard events, plots and checkpoints are written."""
+    seed: int = 0
+    """Seed for data order, sampling and initialisation."""
+    total_steps: int = 100
+    """Rollout steps to run."""
+    checkpoint_every: int = 0
+    """Save a resumable checkpoint every this many steps (0: only at the end)."""
+    resume: bool = True
+    """Continue from the latest checkpoint in the run directory if there is one."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The model to train."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Prompts and ground truth."""
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    """vLLM rollout engines."""
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    """Megatron learner and reference."""
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    """GRPO hyper-parameters."""
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    """Reward functions and actors."""
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    """Where the actors run."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Held-out evaluation."""
+
+    @property
+    def sequences_per_step(self) -> int:
+        """N = B x G."""
+        return self.algorithm.prompts_per_step * self.algorithm.group_size
+
+    @property
+    def sequences_per_update(self) -> int:
+        """Sequences in one optimizer step's mini-batch."""
+        return self.sequences_per_step // self.algorithm.updates_per_step
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.algorithm.kl_coef > 0
+
+    def validate(self) -> TrainConfig:
+        """Check the configuration as a whole; returns self so calls can chain."""
+        a, lr, ro = self.algorithm, self.learner, self.rollout
+        _require(a.group_size >= 2, "algorithm.group_size must be >= 2: advantages are relative to the group")
+        _require(a.prompts_per_step >= 1, "algorithm.prompts_per_step must be >= 1")
+        _require(
+            self.sequences_per_step % a.updates_per_step == 0,
+            f"N = prompts_per_step x group_size = {self.sequences_per_step} must split evenly "
+            f"into algorithm.updates_per_step = {a.updates_per_step} mini-batches",
+        )
+        per_rank = self.sequences_per_update // lr.data_parallel_size
+        _require(
+            self.sequences_per_update % lr.data_parallel_size == 0,
+            f"each mini-batch of {self.sequences_per_update} sequences must split evenly over "
+            f"learner.data_parallel_size = {lr.data_parallel_size} ranks",
+        )
+        _require(per_rank >= 1, "fewer sequences per update than data-parallel ranks")
+        _require(0 <= a.clip_eps_low < 1, "algorithm.clip_eps_low must be in [0, 1)")
+        _require(a.clip_eps_high >= 0, "algorithm.clip_eps_high must be >= 0")
+        _require(a.dual_clip_c == 0 or a.dual_clip_c > 1, "algorithm.dual_clip_c must be 0 or > 1")
+        _require(a.kl_coef >= 0, "algorithm.kl_coef must be >= 0")
+        _require(a.tis_cap >= 1, "algorithm.tis_cap must be >= 1")
+        for name in ("tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size"):
+            _require(getattr(lr, name) >= 1, f"learner.{name} must be >= 1")
+        _require(lr.sequences_per_microbatch >= 1, "learner.sequences_per_microbatch must be >= 1")
+        _require(ro.num_engines >= 1 and ro.tensor_parallel_size >= 1, "rollout needs >= 1 engine of size >= 1")
+        _require(
+            self.model.max_prompt_tokens + self.model.max_response_tokens <= ro.max_model_len,
+            f"model.max_prompt_tokens + model.max_response_tokens = "
+            f"{self.model.max_prompt_tokens + self.model.max_response_tokens} exceeds "
+            f"rollout.max_model_len = {ro.max_model_len}",
+        )
+        _require(self.reward.num_actors >= 1, "reward.num_actors must be >= 1")
+        _require(self.reward.timeout_s > 0, "reward.timeout_s must be > 0")
+        _require(self.eval.samples_per_prompt >= 1, "eval.samples_per_prompt must be >= 1")
+        _require(self.total_steps >= 0, "total_steps must be >= 0")
+        _require(self.cluster.address in ("local", "auto") or ":" in self.cluster.address,
+                 "cluster.address must be 'local', 'auto' or host:port")
+        return self
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the field."""
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+# --- `--set a.b=value` overrides -------------------------------------------------------------
+
+
+def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
+    """Return `cfg` with each `section.field=value` applied, parsed against the field type."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        cfg = _set_path(cfg, key.strip().split("."), raw.strip(), key.strip())
+    return cfg
+
+
+def _set_path(obj: Any, path: list[str], raw: str, full_key: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    name = path[0]
+    if name not in fields:
+        known = ", ".join(sorted(fields))
+        raise ConfigError(f"unknown config key {full_key!r}: {type(obj).__name__} has no field {name!r} "
+                          f"(fields: {known})")
+    hints = typing.get_type_hints(type(obj))
+    current = getattr(obj, name)
+    if len(path) == 1:
+        if dataclasses.is_dataclass(current):
+            raise ConfigError(f"{full_key!r} is a section; set one of its fields, e.g. {full_key}.<field>=...")
+        value = parse_value(raw, hints[name], full_key)
+    else:
+        if not dataclasses.is_dataclass(current):
+            raise ConfigError(f"unknown config key {full_key!r}: {name!r} is not a section")
+        value = _set_path(current, path[1:], raw, full_key)
+    return dataclasses.replace(obj, **{name: value})
+
+
+def parse_value(raw: str, hint: Any, key: str) -> Any:
+    """Parse the text `raw` as a value of type `hint` (bool, int, float, str, Literal, Optional, tuple)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if raw.lower() in ("none", "null") and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return parse_value(raw, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError("; ".join(errors))
+    if origin is Literal:
+        for choice in args:
+            if str(choice) == raw:
+                return choice
+        raise ConfigError(f"{key}={raw!r}: expected one of {', '.join(map(str, args))}")
+    if origin is tuple:
+        parts = [p.strip() for p in raw.split(",") if p.strip()] if raw else []
+        return tuple(parse_value(p, args[0], key) for p in parts)
+    if hint is bool:
+        if raw.lower() in ("true", "1", "yes"):
+            return True
+        if raw.lower() in ("false", "0", "no"):
+            return False
+        raise ConfigError(f"{key}={raw!r}: expected a bool (true/false)")
+    if hint in (int, float):
+        try:
+            return hint(raw.replace("_", ""))
+        except ValueError:
+            raise ConfigError(f"{key}={raw!r}: expected {hint.__name__}") from None
+    if hint is str:
+        return raw
+    raise ConfigError(f"{key}: fields of type {hint} cannot be set from the command line")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain nested dict of a config, for logging and checkpoints."""
+    return dataclasses.asdict(cfg)
