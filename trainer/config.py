@@ -140,7 +140,7 @@ class AlgorithmConfig:
     old_logprobs_source: OldLogprobSource = "learner"
     """learner: recompute old logprobs; rollout: use vLLM's with truncated importance sampling."""
     tis_cap: float = 2.0
-    """Cap of the truncated importance-sampling weight between learner and rollout policies."""
+    """Cap C of the truncated importance-sampling weight min(pi_old / pi_rollout, C); 0 disables."""
     updates_per_step: int = 1
     """Optimizer steps per rollout step: the N sequences are split into this many mini-batches."""
     epochs_per_step: int = 1
@@ -265,7 +265,7 @@ class TrainConfig:
         _require(a.clip_eps_high >= 0, "algorithm.clip_eps_high must be >= 0")
         _require(a.dual_clip_c == 0 or a.dual_clip_c > 1, "algorithm.dual_clip_c must be 0 or > 1")
         _require(a.kl_coef >= 0, "algorithm.kl_coef must be >= 0")
-        _require(a.tis_cap >= 1, "algorithm.tis_cap must be >= 1")
+        _require(a.tis_cap == 0 or a.tis_cap >= 1, "algorithm.tis_cap must be 0 (off) or >= 1")
         for name in ("tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size"):
             _require(getattr(lr, name) >= 1, f"learner.{name} must be >= 1")
         _require(lr.sequences_per_microbatch >= 1, "learner.sequences_per_microbatch must be >= 1")
