@@ -1,0 +1,124 @@
+"""Exact verifiers for the demo tasks, and final-answer extraction.
+
+Pure functions on strings; none of them evaluates model text. The countdown equation is parsed with
+`ast` and only literal integers, + - * / and parentheses are walked, with exact `Fraction` arithmetic
+(so `6/4*2` is 3, not 3.0000000000000004, and `1/0` is a wrong answer rather than an exception).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import operator
+import re
+from collections import Counter
+from collections.abc import Callable
+from fractions import Fraction
+
+MAX_EQUATION_CHARS = 256
+"""Longer countdown answers are rejected before parsing: a real equation over a handful of numbers
+is a few dozen characters, and the parser's cost grows with nesting."""
+
+MAX_EQUATION_NODES = 128
+"""Upper bound on AST nodes walked, a second guard against pathological input."""
+
+_INT_RE = re.compile(r"[+-]?[0-9]+")
+_EQUATION_CHARS_RE = re.compile(r"[0-9+\-*/() \t]*")
+"""Characters an equation may contain; rejects names, floats, `0x10` and `1_0` before parsing."""
+_BOXED_RE = re.compile(r"\\boxed\s*\{")
+
+_BINOPS: dict[type[ast.operator], Callable[[Fraction, Fraction], Fraction]] = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+}
+
+
+def extract_answer(text: str) -> str | None:
+    """The final answer of a completion, stripped of surrounding whitespace.
+
+    The last closed `<answer>...</answer>` (the innermost if tags nest), else the content of the last
+    `\\boxed{...}` whose braces balance, else None.
+    """
+    close = text.rfind("</answer>")
+    if close != -1:
+        open_ = text.rfind("<answer>", 0, close)
+        if open_ != -1:
+            return text[open_ + len("<answer>") : close].strip()
+    return _last_boxed(text)
+
+
+def _last_boxed(text: str) -> str | None:
+    """Content of the last `\\boxed{...}` with balanced braces (unclosed ones are skipped)."""
+    for match in reversed(list(_BOXED_RE.finditer(text))):
+        depth = 1
+        for i in range(match.end(), len(text)):
+            ch = text[i]
+            if ch == "{":
+                depth += 1
+            elif ch == "}":
+                depth -= 1
+                if depth == 0:
+                    return text[match.end() : i].strip()
+    return None
+
+
+def verify_arithmetic(answer: str, ground_truth: str) -> bool:
+    """True iff `answer` is an integer (ASCII digits, optional sign and surrounding spaces) equal to
+    `ground_truth`."""
+    answer, ground_truth = answer.strip(), ground_truth.strip()
+    if not _INT_RE.fullmatch(answer) or not _INT_RE.fullmatch(ground_truth):
+        return False
+    return int(answer) == int(ground_truth)
+
+
+def verify_countdown(answer: str, ground_truth: str) -> bool:
+    """True iff `answer` is an equation over the given numbers that equals the target.
+
+    `ground_truth` is JSON `{"numbers": [..], "target": int}`. The answer uses every number exactly
+    once, as integer literals, combined with + - * / and parentheses (no unary minus, no other
+    operators); it may end with `= target`. Division is exact, and division by zero is a wrong answer.
+    """
+    try:
+        spec = json.loads(ground_truth)
+        numbers = [int(n) for n in spec["numbers"]]
+        target = Fraction(int(spec["target"]))
+    except (ValueError, TypeError, KeyError):
+        return False
+    expr = answer.strip()
+    if not expr or len(expr) > MAX_EQUATION_CHARS:
+        return False
+    if "=" in expr:
+        expr, _, rhs = expr.partition("=")
+        if not _INT_RE.fullmatch(rhs.strip()) or Fraction(int(rhs)) != target:
+            return False
+    if not _EQUATION_CHARS_RE.fullmatch(expr):
+        return False
+    try:
+        tree = ast.parse(expr.strip(), mode="eval")
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return False
+    if sum(1 for _ in ast.walk(tree)) > MAX_EQUATION_NODES:
+        return False
+    used: list[int] = []
+    try:
+        value = _eval_node(tree.body, used)
+    except (ValueError, ZeroDivisionError, RecursionError):
+        return False
+    return Counter(used) == Counter(numbers) and value == target
+
+
+def _eval_node(node: ast.AST, used: list[int]) -> Fraction:
+    """Exact value of an allowed node; records every integer literal in `used`."""
+    if isinstance(node, ast.Constant):
+        # bool is an int subclass; only genuine ints count as the given numbers.
+        if type(node.value) is not int:
+            raise ValueError(f"not an integer literal: {node.value!r}")
+        used.append(node.value)
+        return Fraction(node.value)
+    if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
+        left = _eval_node(node.left, used)
+        right = _eval_node(node.right, used)
+        return _BINOPS[type(node.op)](left, right)
+    raise ValueError(f"disallowed syntax: {type(node).__name__}")
