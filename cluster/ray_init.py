@@ -1,0 +1,52 @@
+"""Starting or joining Ray.
+
+`address="local"` starts a private Ray on this machine, bound to 127.0.0.1 with no dashboard: the
+one-machine debugging path, CI and the demo. `address="auto"` joins the cluster a `ray job submit`
+runs in. Anything else is passed to `ray.init` as the address of an existing head.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import ray
+
+LOOPBACK = "127.0.0.1"
+
+
+def repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent
+
+
+def init_ray(address: str = "local", *, num_cpus: int | None = None) -> None:
+    """Start (local) or join (auto / host:port) Ray, unless this process already did."""
+    if ray.is_initialized():
+        return
+    # Actors import the project's packages; on one machine they share this checkout.
+    env = {"env_vars": {"PYTHONPATH": _pythonpath()}}
+    if address == "local":
+        # Inside a `ray job submit` the job's driver must join its cluster, not start another.
+        if os.environ.get("RAY_ADDRESS"):
+            ray.init(address="auto", runtime_env=env, log_to_driver=True)
+            return
+        ray.init(
+            num_cpus=num_cpus or os.cpu_count(),
+            include_dashboard=False,
+            _node_ip_address=LOOPBACK,
+            runtime_env=env,
+            log_to_driver=True,
+        )
+    else:
+        ray.init(address=address, log_to_driver=True)
+
+
+def _pythonpath() -> str:
+    current = os.environ.get("PYTHONPATH", "")
+    root = str(repo_root())
+    return root if not current else f"{root}{os.pathsep}{current}"
+
+
+def shutdown_ray() -> None:
+    if ray.is_initialized():
+        ray.shutdown()

@@ -1,0 +1,78 @@
+"""From scored groups to the learner's padded `TrainBatch`, and the per-step rollout statistics.
+
+Pure functions (torch only). Sequences are laid out group by group: row n = b * G + g.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from trainer.types import ScoredBatch, TrainBatch
+
+
+def build_train_batch(scored: ScoredBatch, advantages: Tensor, *, pad_token_id: int,
+                      overlong_filter: bool = False) -> TrainBatch:
+    """Right-padded prompt + completion rows; `advantages` is [B, G]. Old/ref logprobs start at 0.
+
+    With `overlong_filter` (DAPO), completions cut at the length limit are masked out of the loss
+    but keep their place (G stays G for every group).
+    """
+    rollout = scored.rollout
+    rows: list[list[int]] = []
+    starts: list[int] = []
+    rollout_lps: list[tuple[float, ...]] = []
+    keep: list[bool] = []
+    for prompt_ids, group in zip(rollout.prompt_token_ids, rollout.completions, strict=True):
+        for completion in group:
+            rows.append(list(prompt_ids) + list(completion.token_ids))
+            starts.append(len(prompt_ids))
+            rollout_lps.append(completion.rollout_logprobs)
+            keep.append(not (overlong_filter and completion.finish_reason == "length"))
+    n, length = len(rows), max(len(r) for r in rows)
+    input_ids = torch.full((n, length), pad_token_id, dtype=torch.long)        # [N, L]
+    attention_mask = torch.zeros(n, length, dtype=torch.bool)                   # [N, L]
+    response_mask = torch.zeros(n, length, dtype=torch.bool)                    # [N, L]
+    rollout_logprobs = torch.zeros(n, length, dtype=torch.float32)              # [N, L]
+    for i, (row, start, lps) in enumerate(zip(rows, starts, rollout_lps, strict=True)):
+        input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        attention_mask[i, : len(row)] = True
+        response_mask[i, start : len(row)] = keep[i]
+        rollout_logprobs[i, start : len(row)] = torch.tensor(lps, dtype=torch.float32)
+    zeros = torch.zeros(n, length, dtype=torch.float32)
+    return TrainBatch(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        response_mask=response_mask,
+        advantages=advantages.reshape(-1).to(torch.float32),                    # [N]
+        old_logprobs=zeros,
+        ref_logprobs=zeros.clone(),
+        rollout_logprobs=rollout_logprobs,
+        policy_version=rollout.policy_version,
+        extras={"rewards": scored.rewards().reshape(-1)},
+    )
+
+
+def useful_groups(rewards: Tensor) -> Tensor:
+    """[B] bool: groups whose rewards are not all equal (DAPO dynamic sampling keeps only these)."""
+    return rewards.max(dim=1).values > rewards.min(dim=1).values                # [B]
+
+
+def rollout_stats(scored: ScoredBatch) -> dict[str, float]:
+    """Reward per component, accuracy, lengths, truncation and zero-variance share of one step."""
+    results = [r for group in scored.results for r in group]
+    completions = [c for group in scored.rollout.completions for c in group]
+    lengths = torch.tensor([len(c.token_ids) for c in completions], dtype=torch.float32)
+    rewards = scored.rewards()                                                  # [B, G]
+    stats = {
+        "reward": float(rewards.mean()),
+        "accuracy": sum(r.correct for r in results) / len(results),
+        "response_length_mean": float(lengths.mean()),
+        "response_length_max": float(lengths.max()),
+        "truncated_frac": sum(c.finish_reason == "length" for c in completions) / len(completions),
+        "zero_variance_group_frac": float((~useful_groups(rewards)).float().mean()),
+        "reward_errors": float(sum(r.error is not None for r in results)),
+    }
+    for name in sorted({k for r in results for k in r.components}):
+        stats[f"reward/{name}"] = sum(r.components.get(name, 0.0) for r in results) / len(results)
+    return stats

@@ -1,0 +1,96 @@
+"""Per-step metrics: one JSON line per step, TensorBoard scalars, and the R1-Zero curves as a PNG.
+
+Files in the run directory:
+  metrics.jsonl   {"step": s, "kind": "train" | "eval", ...} one line per step or evaluation
+  tb/             TensorBoard events (same numbers)
+  curves.png      held-out accuracy and mean response length against steps
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+
+class MetricsLogger:
+    """Appends metrics to metrics.jsonl and TensorBoard. Safe to reopen on resume."""
+
+    def __init__(self, run_dir: str | Path, *, tensorboard: bool = True) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.run_dir / "metrics.jsonl"
+        self._tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.run_dir / "tb"))
+
+    def log(self, step: int, kind: str, values: dict[str, Any]) -> None:
+        record = {"step": step, "kind": kind, **{k: _plain(v) for k, v in values.items()}}
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            for key, value in record.items():
+                if key not in ("step", "kind") and isinstance(value, int | float) and math.isfinite(value):
+                    self._tb.add_scalar(f"{kind}/{key}", value, step)
+            self._tb.flush()
+
+    def truncate_after(self, step: int) -> None:
+        """Drop lines of steps after `step` (a resumed run rewrites them)."""
+        if not self.path.exists():
+            return
+        kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= step]
+        self.path.write_text("".join(line + "\n" for line in kept))
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    return value
+
+
+def read_metrics(run_dir: str | Path, kind: str | None = None) -> list[dict[str, Any]]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if kind is None or r["kind"] == kind]
+
+
+def plot_curves(run_dir: str | Path) -> Path:
+    """Held-out pass@1 / cons@k and mean response length against steps (the R1-Zero figures)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    evals = read_metrics(run_dir, "eval")
+    train = read_metrics(run_dir, "train")
+    fig, (ax_acc, ax_len) = plt.subplots(1, 2, figsize=(10, 4))
+    if evals:
+        steps = [r["step"] for r in evals]
+        ax_acc.plot(steps, [r["pass@1"] for r in evals], marker="o", label="pass@1 (mean over k samples)")
+        ax_acc.plot(steps, [r["cons@k"] for r in evals], marker="s", label="cons@k (majority vote)")
+    if train:
+        ax_acc.plot([r["step"] for r in train], [r["accuracy"] for r in train], alpha=0.3,
+                    label="training-batch accuracy")
+        ax_len.plot([r["step"] for r in train], [r["response_length_mean"] for r in train], label="training")
+    if evals:
+        ax_len.plot([r["step"] for r in evals], [r["response_length_mean"] for r in evals], marker="o",
+                    label="held-out")
+    ax_acc.set(xlabel="step", ylabel="accuracy", title="Held-out accuracy", ylim=(0, 1))
+    ax_len.set(xlabel="step", ylabel="tokens", title="Mean response length")
+    for ax in (ax_acc, ax_len):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = Path(run_dir) / "curves.png"
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
