@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from trainer.types import ScoredBatch, TrainBatch
+from trainer.types import RolloutBatch, ScoredBatch, TrainBatch
 
 
 def build_train_batch(scored: ScoredBatch, advantages: Tensor, *, pad_token_id: int,
@@ -76,3 +76,35 @@ def rollout_stats(scored: ScoredBatch) -> dict[str, float]:
     for name in sorted({k for r in results for k in r.components}):
         stats[f"reward/{name}"] = sum(r.components.get(name, 0.0) for r in results) / len(results)
     return stats
+
+
+def select_groups(scored: ScoredBatch, keep: list[int]) -> ScoredBatch:
+    """The groups `keep` of a scored batch, in that order."""
+    rollout = scored.rollout
+    return ScoredBatch(
+        rollout=RolloutBatch(
+            prompts=tuple(rollout.prompts[i] for i in keep),
+            prompt_token_ids=tuple(rollout.prompt_token_ids[i] for i in keep),
+            completions=tuple(rollout.completions[i] for i in keep),
+            policy_version=rollout.policy_version,
+            engine_seconds=rollout.engine_seconds,
+        ),
+        results=tuple(scored.results[i] for i in keep),
+    )
+
+
+def concat_scored(parts: list[ScoredBatch]) -> ScoredBatch:
+    """Groups of several scored batches sampled with the same weights, as one batch."""
+    versions = {p.rollout.policy_version for p in parts}
+    if len(versions) != 1:
+        raise ValueError(f"cannot merge rollouts of different policy versions {sorted(versions)}")
+    return ScoredBatch(
+        rollout=RolloutBatch(
+            prompts=tuple(p for part in parts for p in part.rollout.prompts),
+            prompt_token_ids=tuple(t for part in parts for t in part.rollout.prompt_token_ids),
+            completions=tuple(c for part in parts for c in part.rollout.completions),
+            policy_version=versions.pop(),
+            engine_seconds=sum(part.rollout.engine_seconds for part in parts),
+        ),
+        results=tuple(r for part in parts for r in part.results),
+    )

@@ -71,7 +71,7 @@ def _as_text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-@dataclass
+@dataclass(frozen=True)
 class SamplerState:
     epoch: int = 0
     """Completed passes over the data."""
@@ -103,7 +103,9 @@ class PromptSampler:
             order = self._order(self.state.epoch)
             take = min(count - len(out), len(order) - self.state.position)
             out.extend(self.prompts[i] for i in order[self.state.position:self.state.position + take])
-            self.state.position += take
-            if self.state.position == len(order):
+            position = self.state.position + take
+            if position == len(order):
                 self.state = SamplerState(epoch=self.state.epoch + 1, position=0)
+            else:
+                self.state = SamplerState(epoch=self.state.epoch, position=position)
         return out

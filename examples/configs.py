@@ -1,0 +1,101 @@
+"""Runnable examples: one Python function per example, each returning a `TrainConfig`.
+
+    python -m trainer train --example tiny_cpu
+    python -m trainer train --example qwen25_math_r1_zero --set cluster.address=auto
+
+Only fields that differ from the defaults in `trainer/config.py` are set here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+from trainer.config import (
+    AlgorithmConfig,
+    ClusterConfig,
+    DataConfig,
+    EvalConfig,
+    LearnerConfig,
+    ModelConfig,
+    RewardConfig,
+    RolloutConfig,
+    SamplingConfig,
+    TrainConfig,
+)
+
+
+def tiny_cpu() -> TrainConfig:
+    """The demo: GRPO on 2-3 digit addition with a 0.9M-parameter Qwen2, all on one CPU machine.
+
+    2 vLLM engines, a TP=2 Megatron learner with a colocated reference, 2 reward actors.
+    """
+    return TrainConfig(
+        name="tiny_cpu",
+        total_steps=60,
+        checkpoint_every=20,
+        model=ModelConfig(path="artifacts/tiny-qwen2", max_prompt_tokens=128, max_response_tokens=64),
+        data=DataConfig(
+            train_path="artifacts/data/arithmetic/train.jsonl",
+            eval_path="artifacts/data/arithmetic/heldout.jsonl",
+            eval_size=128,
+        ),
+        rollout=RolloutConfig(num_engines=2, max_model_len=256, cpu_kvcache_gib=0.5,
+                              weight_sync_bucket_bytes=4 * 2**20, sampling=SamplingConfig(temperature=1.0)),
+        learner=LearnerConfig(tensor_parallel_size=2, lr=1e-4, sequences_per_microbatch=32, grad_clip=1.0),
+        algorithm=AlgorithmConfig(prompts_per_step=8, group_size=8, clip_eps_high=0.28, kl_coef=0.001),
+        reward=RewardConfig(verifier="arithmetic", format_weight=0.1, num_actors=2, timeout_s=5.0),
+        cluster=ClusterConfig(address="local", cpus_per_actor=0.25),
+        eval=EvalConfig(every_steps=10, samples_per_prompt=4),
+    )
+
+
+def qwen25_gsm8k_r1_zero() -> TrainConfig:
+    """R1-Zero on GSM8K from Qwen2.5-1.5B base, one node of 8 GPUs (4 engines + TP=2 x DP=2 learner)."""
+    return TrainConfig(
+        name="qwen25_1p5b_gsm8k",
+        total_steps=300,
+        checkpoint_every=25,
+        model=ModelConfig(path="/data/models/Qwen2.5-1.5B", dtype="bfloat16",
+                          max_prompt_tokens=512, max_response_tokens=1024),
+        data=DataConfig(train_path="/data/gsm8k/train.parquet", eval_path="/data/gsm8k/test.parquet",
+                        eval_size=1319),
+        rollout=RolloutConfig(num_engines=4, tensor_parallel_size=1, gpu_memory_utilization=0.85,
+                              max_model_len=2048, weight_sync_bucket_bytes=512 * 2**20),
+        learner=LearnerConfig(tensor_parallel_size=2, data_parallel_size=2, lr=1e-6, lr_warmup_steps=10,
+                              weight_decay=0.01, sequences_per_microbatch=8),
+        algorithm=AlgorithmConfig(prompts_per_step=128, group_size=8, kl_coef=0.001, updates_per_step=4,
+                                  clip_eps_high=0.28),
+        reward=RewardConfig(verifier="math", format_weight=0.1, num_actors=8, timeout_s=10.0),
+        cluster=ClusterConfig(address="auto", use_gpu=True, cpus_per_actor=2.0),
+        eval=EvalConfig(every_steps=25, samples_per_prompt=4),
+    )
+
+
+def qwen25_math_r1_zero() -> TrainConfig:
+    """R1-Zero on MATH from Qwen2.5-7B base, 4 nodes x 8 GPUs: 16 engines of TP=1, learner TP=4 x DP=4.
+
+    Dynamic sampling and clip-higher from DAPO; the reference KL kept small as in R1-Zero replications.
+    """
+    base = qwen25_gsm8k_r1_zero()
+    return replace(
+        base,
+        name="qwen25_7b_math",
+        total_steps=500,
+        model=replace(base.model, path="/data/models/Qwen2.5-7B", max_response_tokens=3072),
+        data=replace(base.data, train_path="/data/math/train.parquet", eval_path="/data/math/math500.parquet",
+                     eval_size=500),
+        rollout=replace(base.rollout, num_engines=16, max_model_len=4096),
+        learner=replace(base.learner, tensor_parallel_size=4, data_parallel_size=4, sequences_per_microbatch=4),
+        algorithm=replace(base.algorithm, prompts_per_step=256, updates_per_step=8, dynamic_sampling=True,
+                          overlong_filter=True),
+        reward=replace(base.reward, num_actors=32, overlong_weight=1.0, overlong_buffer_tokens=512),
+    )
+
+
+EXAMPLES: dict[str, Callable[[], TrainConfig]] = {
+    "tiny_cpu": tiny_cpu,
+    "qwen25_gsm8k_r1_zero": qwen25_gsm8k_r1_zero,
+    "qwen25_math_r1_zero": qwen25_math_r1_zero,
+}
+"""Example name -> config function, as `--example` takes it."""

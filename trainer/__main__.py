@@ -1,0 +1,64 @@
+"""Command line: `python -m trainer train --example NAME [--set section.field=value ...]`.
+
+    python -m trainer train --example tiny_cpu
+    python -m trainer train --example tiny_cpu --set total_steps=10 --set rollout.num_engines=1
+    python -m trainer config --example qwen25_math_r1_zero       # print the resolved config
+    python -m trainer examples                                    # list the examples
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from trainer.config import ConfigError, TrainConfig, apply_overrides, to_dict
+
+
+def examples() -> dict:
+    # Examples live beside the packages (examples/configs.py), importable from the repository root.
+    from examples.configs import EXAMPLES
+
+    return EXAMPLES
+
+
+def resolve(example: str, overrides: list[str]) -> TrainConfig:
+    table = examples()
+    if example not in table:
+        raise ConfigError(f"unknown example {example!r}; known: {', '.join(sorted(table))}")
+    return apply_overrides(table[example](), overrides).validate()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trainer", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (("train", "run GRPO"), ("config", "print the resolved config as JSON")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--example", required=True, help="config function from examples/configs.py")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override one field, e.g. --set algorithm.group_size=16 (repeatable)")
+    sub.add_parser("examples", help="list the examples")
+    args = parser.parse_args(argv)
+
+    if args.command == "examples":
+        for name, fn in sorted(examples().items()):
+            print(f"{name:28s} {(fn.__doc__ or '').strip().splitlines()[0]}")
+        return 0
+    try:
+        cfg = resolve(args.example, args.overrides)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.command == "config":
+        print(json.dumps(to_dict(cfg), indent=2))
+        return 0
+    from trainer.controller import train
+
+    run_dir = train(cfg)
+    print(f"run directory: {run_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""The GRPO controller: the driver of a run.
+
+                 prompts (B)                         completions (B x G)
+     dataset ──► GRPO controller ──────────────────► rollout engines (vLLM, N actors)
+                  │   ▲   │                                   │
+                  │   │   └── completions ─► reward actors ◄──┘ (stateless, K actors)
+                  │   └────── rewards [B x G] ◄───┘
+                  │ advantages = group-normalised rewards
+                  ▼
+               learner (Megatron TP x PP x DP) + reference ──► weight sync ──► rollout engines
+
+Each step: sample B prompts, generate G completions each, score them, compute old / reference logprobs
+and group-relative advantages, update the policy, push the new weights (policy_version + 1) to every
+engine, log, and now and then evaluate and checkpoint. Everything is synchronous and on-policy: the
+engines sample with the weights of the previous step, so the policy-version lag is 0.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from trainer import steps
+from trainer.checkpoint import ControllerState, latest_checkpoint, load_controller_state, save_checkpoint
+from trainer.config import TrainConfig, to_dict
+from trainer.data import PromptSampler, load_prompts
+from trainer.metrics import MetricsLogger, plot_curves
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Run GRPO as configured; returns the run directory (metrics.jsonl, curves.png, checkpoints/)."""
+    cfg = cfg.validate()
+    run_dir = Path(cfg.output_dir) / cfg.name
+    run = Run.start(cfg, run_dir)
+    try:
+        if run.state.step == 0:
+            run.evaluate(step=0)
+        bar = tqdm(range(run.state.step + 1, cfg.total_steps + 1), initial=run.state.step,
+                   total=cfg.total_steps, desc=cfg.name, unit="step")
+        for step in bar:
+            timer = steps.PhaseTimer()
+            with timer("rollout"):
+                scored, rollout_metrics = steps.sample_groups(run.system, run.sampler, cfg, run.seed(step))
+            with timer("logprobs"):
+                batch, batch_metrics = steps.prepare_batch(run.system, scored, cfg)
+            with timer("train"):
+                train_metrics = steps.update_policy(run.system.learner, batch, cfg, run.seed(step))
+            with timer("weight_sync"):
+                run.system.sync_weights(version=step)
+            run.log_step(step, scored, rollout_metrics | batch_metrics | train_metrics | timer.metrics())
+            bar.set_postfix(reward=f"{rollout_metrics['reward']:.3f}", acc=f"{rollout_metrics['accuracy']:.2f}")
+            if cfg.eval.every_steps and step % cfg.eval.every_steps == 0 or step == cfg.total_steps:
+                run.evaluate(step)
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 or step == cfg.total_steps:
+                run.checkpoint(step)
+        plot_curves(run_dir)
+    finally:
+        run.close()
+    return run_dir
+
+
+@dataclass
+class Run:
+    """A run's moving parts: the actor groups, the data, the metrics and the resumable state."""
+
+    cfg: TrainConfig
+    run_dir: Path
+    system: Any
+    sampler: PromptSampler
+    heldout: list
+    logger: MetricsLogger
+    state: ControllerState
+
+    @classmethod
+    def start(cls, cfg: TrainConfig, run_dir: Path) -> Run:
+        from trainer.system import System  # Ray and the actor groups load only when a run starts
+
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(_json(to_dict(cfg)))
+        system = System.build(cfg)
+        train_prompts = load_prompts(cfg.data.train_path, template=cfg.data.template, tokenizer=system.tokenizer,
+                                     default_task=cfg.reward.verifier)
+        heldout = load_prompts(cfg.data.eval_path, template=cfg.data.template, tokenizer=system.tokenizer,
+                               default_task=cfg.reward.verifier, limit=cfg.data.eval_size)
+        state = ControllerState(step=0, policy_version=0, sampler=PromptSampler(train_prompts, seed=cfg.seed).state,
+                                sampling_seed=cfg.seed)
+        checkpoint = latest_checkpoint(run_dir) if cfg.resume else None
+        if checkpoint is not None:
+            state = load_controller_state(checkpoint)
+            system.learner.load(checkpoint / "learner")
+            system.sync_weights(version=state.policy_version)
+            tqdm.write(f"resumed from {checkpoint} at step {state.step}")
+        sampler = PromptSampler(train_prompts, seed=cfg.seed, shuffle=cfg.data.shuffle, state=state.sampler)
+        logger = MetricsLogger(run_dir)
+        logger.truncate_after(state.step)
+        return cls(cfg, run_dir, system, sampler, heldout, logger, state)
+
+    def seed(self, step: int) -> int:
+        """Sampling seed of a step: a function of the run seed and the step, so a resumed run repeats it."""
+        return random.Random(f"{self.cfg.rollout.sampling.seed}-{self.cfg.seed}-{step}").randrange(2**31)
+
+    def log_step(self, step: int, scored: Any, metrics: dict[str, float]) -> None:
+        tokens = scored.rollout.num_tokens
+        metrics["policy_version_lag"] = float(step - 1 - scored.rollout.policy_version)
+        metrics["rollout_tokens_per_s"] = tokens / max(metrics.get("time/rollout", 0.0), 1e-9)
+        metrics["tokens_per_s"] = tokens / max(metrics["time/step"], 1e-9)
+        self.logger.log(step, "train", metrics)
+        self.state = ControllerState(step=step, policy_version=step, sampler=self.sampler.state,
+                                     sampling_seed=self.seed(step + 1))
+
+    def evaluate(self, step: int) -> None:
+        result = steps.evaluate(self.system, self.heldout, self.cfg, seed=self.seed(-1))
+        self.logger.log(step, "eval", result)
+        tqdm.write(f"step {step}: held-out pass@1 {result['pass@1']:.3f}  cons@{int(result['k'])} "
+                   f"{result['cons@k']:.3f}  mean length {result['response_length_mean']:.1f}")
+
+    def checkpoint(self, step: int) -> None:
+        save_checkpoint(self.run_dir, self.state, self.system.learner.save)
+
+    def close(self) -> None:
+        self.logger.close()
+        self.system.shutdown()
+
+
+def _json(obj: Any) -> str:
+    import json
+
+    return json.dumps(obj, indent=1, default=str)

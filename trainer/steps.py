@@ -1,0 +1,144 @@
+"""The steps the controller loop calls, one function each. They talk to the actor groups only
+through their verbs (`generate`, `score`, `compute_logprobs`, `forward_backward`, `optim_step`, ...).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+from trainer import grpo
+from trainer.batch import build_train_batch, concat_scored, rollout_stats, select_groups, useful_groups
+from trainer.config import TrainConfig
+from trainer.data import PromptSampler
+from trainer.evaluate import cons_at_k, pass_at_1
+from trainer.templates import completion_for_reward
+from trainer.types import Prompt, ScoredBatch, TrainBatch
+
+
+class PhaseTimer:
+    """Wall time per named phase of a step: `with timer("rollout"): ...`."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
+
+    def metrics(self) -> dict[str, float]:
+        return {f"time/{k}": v for k, v in self.seconds.items()} | {"time/step": sum(self.seconds.values())}
+
+
+def sample_groups(system: Any, sampler: PromptSampler, cfg: TrainConfig, seed: int) -> tuple[ScoredBatch, dict]:
+    """B scored groups of G. With DAPO dynamic sampling, groups whose rewards are all equal are dropped
+    and more prompts sampled, up to `max_sampling_rounds`; a shortfall is topped up with dropped groups
+    (advantage 0) so every step trains on exactly B groups."""
+    a = cfg.algorithm
+    rounds = a.max_sampling_rounds if a.dynamic_sampling else 1
+    kept: list[ScoredBatch] = []
+    dropped: list[ScoredBatch] = []
+    first: ScoredBatch | None = None
+    have = 0
+    for r in range(rounds):
+        scored = score(system, sampler.next(a.prompts_per_step), n=a.group_size, cfg=cfg, seed=seed + r)
+        first = first or scored
+        if not a.dynamic_sampling:
+            return scored, rollout_stats(scored)
+        useful = useful_groups(scored.rewards()).tolist()
+        kept.append(select_groups(scored, [i for i, u in enumerate(useful) if u]))
+        dropped.append(select_groups(scored, [i for i, u in enumerate(useful) if not u]))
+        have += sum(useful)
+        if have >= a.prompts_per_step:
+            break
+    merged = concat_scored(kept + dropped)
+    batch = select_groups(merged, list(range(a.prompts_per_step)))
+    stats = rollout_stats(first) | {"sampling_rounds": float(r + 1),
+                                    "dynamic_sampling_shortfall": float(max(0, a.prompts_per_step - have))}
+    return batch, stats
+
+
+def score(system: Any, prompts: list[Prompt], *, n: int, cfg: TrainConfig, seed: int,
+          temperature: float | None = None) -> ScoredBatch:
+    """Generate n completions per prompt on the engines, then score them on the reward actors."""
+    s = cfg.rollout.sampling
+    rollout = system.engines.generate(
+        prompts, n=n, temperature=s.temperature if temperature is None else temperature, top_p=s.top_p,
+        max_tokens=cfg.model.max_response_tokens, stop=list(s.stop), seed=seed,
+    )
+    return system.rewards.score(rollout)
+
+
+def prepare_batch(system: Any, scored: ScoredBatch, cfg: TrainConfig) -> tuple[TrainBatch, dict[str, float]]:
+    """Pad, fill old and reference logprobs, apply KL-in-reward if asked, compute advantages."""
+    a = cfg.algorithm
+    rewards = scored.rewards()                                                   # [B, G]
+    batch = build_train_batch(scored, torch.zeros_like(rewards), pad_token_id=system.pad_token_id,
+                              overlong_filter=a.overlong_filter)
+    mask = batch.response_mask
+    if a.old_logprobs_source == "learner":
+        old = system.learner.compute_logprobs(batch)                             # [N, L]
+    else:
+        old = batch.rollout_logprobs
+    ref = system.learner.compute_ref_logprobs(batch) if cfg.needs_reference else torch.zeros_like(old)
+    metrics = _logprob_gap(old, batch.rollout_logprobs, mask)
+    if a.kl_in_reward and cfg.needs_reference:
+        seq_kl = grpo.sequence_kl(old, ref, mask, estimator=a.kl_estimator, clamp=a.kl_clamp)  # [N]
+        rewards = rewards - a.kl_coef * seq_kl.view_as(rewards)
+        metrics["kl_in_reward"] = float(seq_kl.mean())
+    advantages = grpo.compute_advantages(rewards, estimator=a.advantage_estimator, eps=a.advantage_eps)
+    batch = batch.replace(advantages=advantages.reshape(-1), old_logprobs=old, ref_logprobs=ref)
+    return batch, metrics
+
+
+def _logprob_gap(old: torch.Tensor, rollout: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """How far the learner's logprobs of the sampled tokens are from vLLM's (same weights)."""
+    gap = (old - rollout).abs()[mask]
+    if gap.numel() == 0:
+        return {"logprob_gap_mean": 0.0, "logprob_gap_max": 0.0}
+    return {"logprob_gap_mean": float(gap.mean()), "logprob_gap_max": float(gap.max())}
+
+
+def update_policy(learner: Any, batch: TrainBatch, cfg: TrainConfig, seed: int) -> dict[str, float]:
+    """`epochs_per_step` passes over the batch in `updates_per_step` shuffled mini-batches."""
+    a = cfg.algorithm
+    loss_kwargs = grpo.grpo_loss_kwargs(a, max_response_tokens=cfg.model.max_response_tokens)
+    if cfg.algorithm.kl_in_reward:
+        loss_kwargs["kl_coef"] = 0.0
+    generator = torch.Generator().manual_seed(seed)
+    logs: list[dict[str, float]] = []
+    for _ in range(a.epochs_per_step):
+        order = torch.randperm(batch.num_sequences, generator=generator)
+        for chunk in order.chunk(a.updates_per_step):
+            mini = batch.select(chunk)
+            num_tokens = max(mini.num_tokens, 1)
+            metrics = learner.forward_backward(mini, "grpo", num_tokens, mini.num_sequences, loss_kwargs)
+            logs.append(metrics | learner.optim_step())
+    return {k: sum(m[k] for m in logs) / len(logs) for k in logs[-1]}
+
+
+def evaluate(system: Any, prompts: list[Prompt], cfg: TrainConfig, seed: int) -> dict[str, float]:
+    """Held-out pass@1 (mean over k samples) and cons@k (majority vote) at the eval temperature."""
+    from reward_server.verifiers import extract_answer
+
+    k = cfg.eval.samples_per_prompt
+    scored = score(system, prompts, n=k, cfg=cfg, seed=seed, temperature=cfg.eval.temperature)
+    correct = [[r.correct for r in group] for group in scored.results]
+    answers = [
+        [extract_answer(completion_for_reward(p.text, c.text)) for c in group]
+        for p, group in zip(scored.rollout.prompts, scored.rollout.completions, strict=True)
+    ]
+    stats = rollout_stats(scored)
+    return {
+        "pass@1": pass_at_1(correct),
+        "cons@k": cons_at_k(answers, correct),
+        "k": float(k),
+        "response_length_mean": stats["response_length_mean"],
+        "format": stats.get("reward/format", 0.0),
+    }
