@@ -1,6 +1,7 @@
 """Exact verifiers for the demo tasks, and final-answer extraction.
 
-Pure functions on strings; none of them evaluates model text. The countdown equation is parsed with
+Pure functions on strings; none of them evaluates model text. A wrong or malformed answer is False;
+a malformed ground truth raises ValueError (a data bug, which the reward records as an error). The countdown equation is parsed with
 `ast` and only literal integers, + - * / and parentheses are walked, with exact `Fraction` arithmetic
 (so `6/4*2` is 3, not 3.0000000000000004, and `1/0` is a wrong answer rather than an exception).
 """
@@ -66,11 +67,14 @@ def _last_boxed(text: str) -> str | None:
 
 def verify_arithmetic(answer: str, ground_truth: str) -> bool:
     """True iff `answer` is an integer (ASCII digits, optional sign and surrounding spaces) equal to
-    `ground_truth`."""
+    `ground_truth`.
+
+    Raises ValueError when `ground_truth` itself is not an integer.
+    """
     answer, ground_truth = answer.strip(), ground_truth.strip()
-    if not _INT_RE.fullmatch(answer) or not _INT_RE.fullmatch(ground_truth):
-        return False
-    return int(answer) == int(ground_truth)
+    if not _INT_RE.fullmatch(ground_truth):
+        raise ValueError(f"arithmetic ground truth is not an integer: {ground_truth[:80]!r}")
+    return bool(_INT_RE.fullmatch(answer)) and int(answer) == int(ground_truth)
 
 
 def verify_countdown(answer: str, ground_truth: str) -> bool:
@@ -79,13 +83,9 @@ def verify_countdown(answer: str, ground_truth: str) -> bool:
     `ground_truth` is JSON `{"numbers": [..], "target": int}`. The answer uses every number exactly
     once, as integer literals, combined with + - * / and parentheses (no unary minus, no other
     operators); it may end with `= target`. Division is exact, and division by zero is a wrong answer.
+    Raises ValueError when `ground_truth` is malformed.
     """
-    try:
-        spec = json.loads(ground_truth)
-        numbers = [int(n) for n in spec["numbers"]]
-        target = Fraction(int(spec["target"]))
-    except (ValueError, TypeError, KeyError):
-        return False
+    numbers, target = _countdown_spec(ground_truth)
     expr = answer.strip()
     if not expr or len(expr) > MAX_EQUATION_CHARS:
         return False
@@ -107,6 +107,17 @@ def verify_countdown(answer: str, ground_truth: str) -> bool:
     except (ValueError, ZeroDivisionError, RecursionError):
         return False
     return Counter(used) == Counter(numbers) and value == target
+
+
+def _countdown_spec(ground_truth: str) -> tuple[list[int], Fraction]:
+    """(numbers, target) from the JSON ground truth; ValueError if malformed (a data bug, reported
+    as an error rather than scored as a wrong answer)."""
+    try:
+        spec = json.loads(ground_truth)
+        numbers = [int(n) for n in spec["numbers"]]
+        return numbers, Fraction(int(spec["target"]))
+    except (ValueError, TypeError, KeyError) as e:
+        raise ValueError(f"countdown ground truth is malformed ({e}): {ground_truth[:80]!r}") from e
 
 
 def _eval_node(node: ast.AST, used: list[int]) -> Fraction:
