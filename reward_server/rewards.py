@@ -1,0 +1,226 @@
+"""Rule-based rewards (DeepSeek-R1, arXiv:2501.12948, section 2.2.2) and the composite scorer.
+
+Each component is a pure function returning a `Score`: its value, and why it is low. Components:
+
+- accuracy: the final answer (last `<answer>`, else last `\\boxed{}`) checked by the task's
+  verifier (symbolic math, arithmetic, countdown); 1 or 0.
+- format: R1-Zero layout, `<think>...</think>` then `<answer>...</answer>` and nothing else.
+- language: R1's language-consistency reward, the share of chain-of-thought words in the target
+  language.
+- overlong: DAPO's soft overlong punishment (arXiv:2503.14476, eq. 13).
+
+`build_reward_fn` unpacks a `RewardConfig` into a `RewardFn`: the weighted sum, every component
+unweighted in `components`, and `error` set when the verifier raised or timed out (reward 0 for
+accuracy, never an exception: a sample is never dropped, so G never changes).
+
+Departures from the papers: R1 does not define the language reward for a chain of thought with no
+words; here it is 0 (nothing to reward). Words are runs of letters, and each CJK character counts
+as one word, since Chinese has no spaces.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from reward_server.sandbox import VerifierSandbox, VerifierTimeout
+from reward_server.verifiers import extract_answer, verify_arithmetic, verify_countdown
+from trainer.config import RewardConfig
+from trainer.templates import completion_for_reward
+from trainer.types import Completion, Prompt, RewardResult
+
+VERIFIER_NAMES = ("math", "arithmetic", "countdown")
+"""Accuracy verifiers a config or a `Prompt.task` may name."""
+
+Check = Callable[[str, str, str], bool]
+"""(verifier name, answer, ground truth) -> verdict; may raise (VerifierTimeout, any exception)."""
+
+
+@dataclass(frozen=True)
+class Score:
+    """One component's value, and why it is low."""
+
+    value: float
+    """Unweighted value of the component."""
+    reason: str | None = None
+    """Why the value is low (diagnostics); None when full marks."""
+    failed: bool = False
+    """The component did not run to the end (timeout or exception); `reason` says why."""
+
+
+# -- accuracy ------------------------------------------------------------------------------------
+
+
+def check_inline(verifier: str, answer: str, ground_truth: str) -> bool:
+    """Run a verifier in this process, without a time bound (tests, offline evaluation of trusted
+    text). Model text during training goes through a `VerifierSandbox` instead."""
+    if verifier == "math":
+        from reward_server.math_answer import verify_math  # sympy import only when needed
+
+        return verify_math(answer, ground_truth)
+    fns = {"arithmetic": verify_arithmetic, "countdown": verify_countdown}
+    if verifier not in fns:
+        raise ValueError(f"unknown verifier {verifier!r}; known: {', '.join(VERIFIER_NAMES)}")
+    return fns[verifier](answer, ground_truth)
+
+
+def accuracy_reward(text: str, ground_truth: str, *, verifier: str, check: Check = check_inline) -> Score:
+    """1 if the final answer in `text` is accepted by `verifier`, else 0."""
+    answer = extract_answer(text)
+    if answer is None:
+        return Score(0.0, "no answer")
+    try:
+        ok = check(verifier, answer, ground_truth)
+    except VerifierTimeout:
+        return Score(0.0, "timeout", failed=True)
+    except Exception as exc:
+        return Score(0.0, f"{type(exc).__name__}: {exc}", failed=True)
+    return Score(1.0) if ok else Score(0.0, "wrong answer")
+
+
+# -- format --------------------------------------------------------------------------------------
+
+_NO_TAG = r"(?:(?!</?think>|</?answer>).)*"
+_FORMAT_RE = re.compile(rf"\s*<think>{_NO_TAG}</think>\s*<answer>({_NO_TAG})</answer>\s*", re.DOTALL)
+"""Exactly one think block, then exactly one answer block; only whitespace around and between."""
+
+
+def format_reward(text: str) -> Score:
+    """1 for `<think>...</think><answer>...</answer>` (R1-Zero), else 0. `text` must already carry
+    the `<think>` the prompt opened (see `trainer.templates.completion_for_reward`)."""
+    match = _FORMAT_RE.fullmatch(text)
+    if match is None:
+        return Score(0.0, "not <think>...</think><answer>...</answer>")
+    if not match.group(1).strip():
+        return Score(0.0, "empty answer")
+    return Score(1.0)
+
+
+# -- language consistency ------------------------------------------------------------------------
+
+_CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_WORD_RE = re.compile(rf"[{_CJK}]|[^\W\d_{_CJK}]+")
+"""A CJK character, or a run of other letters."""
+_TARGET_WORD_RE = {
+    "en": re.compile(r"[A-Za-z\u00c0-\u024f]+"),  # ASCII and Latin-1/Extended letters
+    "zh": re.compile(rf"[{_CJK}]"),
+}
+_THINK_RE = re.compile(r"<think>(.*?)</think>", re.DOTALL)
+
+
+def language_reward(text: str, *, target_language: str) -> Score:
+    """Share (0..1) of the chain-of-thought's words written in `target_language` (R1)."""
+    if target_language not in _TARGET_WORD_RE:
+        raise ValueError(f"unknown target language {target_language!r}; known: {', '.join(_TARGET_WORD_RE)}")
+    think = _THINK_RE.search(text)
+    if think is None:
+        return Score(0.0, "no <think>...</think>")
+    words = _WORD_RE.findall(think.group(1))
+    if not words:
+        return Score(0.0, "no words in the chain of thought")
+    target = _TARGET_WORD_RE[target_language]
+    share = sum(1 for w in words if target.fullmatch(w)) / len(words)
+    return Score(share) if share == 1.0 else Score(share, f"{1 - share:.0%} of words not {target_language}")
+
+
+# -- overlong ------------------------------------------------------------------------------------
+
+
+def overlong_penalty(num_tokens: int, *, max_response_tokens: int, buffer_tokens: int) -> Score:
+    """DAPO soft overlong punishment (arXiv:2503.14476, eq. 13): 0 up to `max - buffer` tokens,
+    linear down to -1 at `max`, -1 beyond. A zero buffer is the hard cut: -1 only beyond `max`."""
+    soft_start = max_response_tokens - buffer_tokens
+    if num_tokens > max_response_tokens:
+        return Score(-1.0, "longer than max_response_tokens")
+    if num_tokens <= soft_start:
+        return Score(0.0)
+    return Score((soft_start - num_tokens) / buffer_tokens, "in the overlong buffer")
+
+
+# -- the composite -------------------------------------------------------------------------------
+
+
+class RewardFn:
+    """`score(prompt, completion) -> RewardResult`: the weighted sum of the components."""
+
+    def __init__(
+        self,
+        *,
+        verifier: str,
+        weights: dict[str, float],
+        target_language: str,
+        max_response_tokens: int,
+        overlong_buffer_tokens: int,
+        check: Check,
+        close: Callable[[], None] | None = None,
+    ) -> None:
+        self.verifier = verifier
+        self.weights = weights
+        self.target_language = target_language
+        self.max_response_tokens = max_response_tokens
+        self.overlong_buffer_tokens = overlong_buffer_tokens
+        self.check = check
+        self._close = close
+
+    def __call__(self, prompt: Prompt, completion: Completion) -> RewardResult:
+        text = completion_for_reward(prompt.text, completion.text)
+        # Prompt.task picks the verifier per sample when it names one (mixed-task data sets).
+        verifier = prompt.task if prompt.task in VERIFIER_NAMES else self.verifier
+        scores = {
+            "accuracy": accuracy_reward(text, prompt.ground_truth, verifier=verifier, check=self.check),
+            "format": format_reward(text),
+            "language": language_reward(text, target_language=self.target_language),
+            "overlong": overlong_penalty(
+                len(completion.token_ids),
+                max_response_tokens=self.max_response_tokens,
+                buffer_tokens=self.overlong_buffer_tokens,
+            ),
+        }
+        # Only the verifier can fail; the other components are total functions of the text.
+        accuracy = scores["accuracy"]
+        return RewardResult(
+            reward=sum(self.weights[name] * s.value for name, s in scores.items()),
+            components={name: s.value for name, s in scores.items()},
+            correct=accuracy.value == 1.0,
+            error=accuracy.reason if accuracy.failed else None,
+        )
+
+    score = __call__
+
+    def close(self) -> None:
+        """Stop the verifier worker, if this function owns one."""
+        if self._close is not None:
+            self._close()
+
+
+def build_reward_fn(cfg: RewardConfig, *, max_response_tokens: int, check: Check | None = None) -> RewardFn:
+    """Unpack `cfg` into a `RewardFn`. Without `check`, verifiers run in a `VerifierSandbox` with
+    the configured per-sample timeout."""
+    if cfg.verifier not in VERIFIER_NAMES:
+        raise ValueError(f"unknown verifier {cfg.verifier!r}; known: {', '.join(VERIFIER_NAMES)}")
+    if cfg.target_language not in _TARGET_WORD_RE:
+        raise ValueError(f"unknown target language {cfg.target_language!r}")
+    if cfg.overlong_weight and not 0 <= cfg.overlong_buffer_tokens <= max_response_tokens:
+        raise ValueError(
+            f"overlong_buffer_tokens={cfg.overlong_buffer_tokens} must be in [0, max_response_tokens="
+            f"{max_response_tokens}]"
+        )
+    close = None
+    if check is None:
+        sandbox = VerifierSandbox(cfg.timeout_s)
+        check, close = sandbox.check, sandbox.close
+    return RewardFn(
+        verifier=cfg.verifier,
+        weights={
+            "accuracy": cfg.accuracy_weight,
+            "format": cfg.format_weight,
+            "language": cfg.language_weight,
+            "overlong": cfg.overlong_weight,
+        },
+        target_language=cfg.target_language,
+        max_response_tokens=max_response_tokens,
+        overlong_buffer_tokens=max(0, min(cfg.overlong_buffer_tokens, max_response_tokens)),
+        check=check,
+        close=close,
+    )
