@@ -319,7 +319,8 @@ def test_grpo_loss_seq_aggregations_golden():
     close(loss, -0.4)
     # seq_mean_token_sum_norm with max 4: (-3.2 / 4 + 0.8 / 4) / 2 = -0.3
     loss, _ = grpo.grpo_loss(**b, num_tokens=3, num_sequences=2,
-                             **{**kw, "loss_aggregation": "seq_mean_token_sum_norm", "max_response_tokens": 4})
+                             **{**kw, "loss_aggregation": "seq_mean_token_sum_norm",
+                                "max_response_tokens": 4})
     close(loss, -0.3)
 
 
@@ -359,7 +360,7 @@ def test_on_policy_zero_advantage_gives_zero_pg_loss():
     loss, m = grpo.grpo_loss(lp, old_logprobs=lp.detach(), ref_logprobs=lp.detach(),
                              rollout_logprobs=lp.detach(), advantages=torch.zeros(3, dtype=torch.float64),
                              response_mask=mask, num_tokens=int(mask.sum()), num_sequences=3, **GOLDEN_KW)
-    assert float(loss) == 0.0 and float(m["pg_loss"]) == 0.0
+    assert float(loss.detach()) == 0.0 and float(m["pg_loss"]) == 0.0
     assert float(m["clip_frac_low"]) == 0.0 and float(m["clip_frac_high"]) == 0.0
     loss.backward()
     assert (lp.grad == 0).all()

@@ -249,6 +249,11 @@ class TrainConfig:
         a, lr, ro = self.algorithm, self.learner, self.rollout
         _require(a.group_size >= 2, "algorithm.group_size must be >= 2: advantages are relative to the group")
         _require(a.prompts_per_step >= 1, "algorithm.prompts_per_step must be >= 1")
+        _require(a.updates_per_step >= 1, "algorithm.updates_per_step must be >= 1")
+        _require(a.epochs_per_step >= 1, "algorithm.epochs_per_step must be >= 1")
+        _require(lr.data_parallel_size >= 1, "learner.data_parallel_size must be >= 1")
+        _require(a.kl_clamp > 0, "algorithm.kl_clamp must be > 0: KL estimates lie in [-kl_clamp, kl_clamp]")
+        _require(a.advantage_eps >= 0, "algorithm.advantage_eps must be >= 0")
         _require(
             self.sequences_per_step % a.updates_per_step == 0,
             f"N = prompts_per_step x group_size = {self.sequences_per_step} must split evenly "
@@ -356,9 +361,12 @@ def parse_value(raw: str, hint: Any, key: str) -> Any:
         raise ConfigError(f"{key}={raw!r}: expected a bool (true/false)")
     if hint in (int, float):
         try:
-            return hint(raw.replace("_", ""))
+            value = hint(raw)  # int() and float() already accept 1_000
         except ValueError:
             raise ConfigError(f"{key}={raw!r}: expected {hint.__name__}") from None
+        if value != value:  # NaN passes every later comparison silently
+            raise ConfigError(f"{key}={raw!r}: NaN is not a valid setting")
+        return value
     if hint is str:
         return raw
     raise ConfigError(f"{key}: fields of type {hint} cannot be set from the command line")
