@@ -27,6 +27,9 @@ _SCI_RE = re.compile(r"(?<![\w.])([0-9]+(?:\.[0-9]*)?)[eE]([+-]?[0-9]+)(?![\w.])
 _NUMBER_THEN_WORDS_RE = re.compile(r"\s*([+-]?[0-9][0-9,]*(?:\.[0-9]+)?)\s+[A-Za-z]+(?:\s+[A-Za-z]+)*\.?\s*")
 """A number followed by plain words only (`5 dollars`, `12 square meters`): keep the number."""
 
+_DELIMITED_RE = re.compile(r"(?<!\\)\$|\\boxed|\\\(|\\\[")
+"""An unescaped `$`, `\\boxed`, `\\(` or `\\[`: the text has its own math delimiters (`\\$5` has not)."""
+
 
 def normalize_answer(answer: str) -> str:
     """Rewrite the forms math-verify misreads; leaves everything else as it is."""
@@ -39,7 +42,7 @@ def normalize_answer(answer: str) -> str:
 def _as_latex(text: str) -> str:
     """Wrap bare text in `$...$` so math-verify reads it as one LaTeX expression; text that already
     carries its own delimiters or a `\\boxed{}` is left for math-verify's extraction."""
-    if "$" in text or "\\boxed" in text or "\\(" in text or "\\[" in text:
+    if _DELIMITED_RE.search(text):
         return text
     return f"${text}$"
 

@@ -24,7 +24,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from reward_server.sandbox import VerifierSandbox, VerifierTimeout
+from reward_server.sandbox import VerifierError, VerifierSandbox, VerifierTimeout
 from reward_server.verifiers import extract_answer, verify_arithmetic, verify_countdown
 from trainer.config import RewardConfig
 from trainer.templates import completion_for_reward
@@ -74,6 +74,8 @@ def accuracy_reward(text: str, ground_truth: str, *, verifier: str, check: Check
         ok = check(verifier, answer, ground_truth)
     except VerifierTimeout:
         return Score(0.0, "timeout", failed=True)
+    except VerifierError as exc:  # already the worker's "ExceptionType: message"
+        return Score(0.0, str(exc), failed=True)
     except Exception as exc:
         return Score(0.0, f"{type(exc).__name__}: {exc}", failed=True)
     return Score(1.0) if ok else Score(0.0, "wrong answer")

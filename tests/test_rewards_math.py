@@ -1,0 +1,190 @@
+"""Math accuracy: answer extraction plus symbolic verification, and the killable sandbox."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from reward_server.math_answer import normalize_answer, verify_math
+from reward_server.rewards import accuracy_reward
+from reward_server.sandbox import VerifierError, VerifierSandbox, VerifierTimeout
+
+# (completion text, ground truth, accepted)
+MATH_CASES = [
+    # integers and signs
+    ("<answer>5</answer>", "5", True),
+    ("<answer> 5 </answer>", "5", True),
+    ("<answer>4</answer>", "5", False),
+    ("<answer>-3</answer>", "3", False),
+    ("<answer>-3</answer>", "-3", True),
+    ("<answer>007</answer>", "7", True),
+    # decimals vs fractions
+    ("<answer>0.5</answer>", r"\frac{1}{2}", True),
+    ("<answer>\\frac{1}{2}</answer>", "0.5", True),
+    ("<answer>\\dfrac{1}{2}</answer>", "1/2", True),
+    ("<answer>\\tfrac{3}{4}</answer>", "0.75", True),
+    ("<answer>1/3</answer>", r"\frac{1}{3}", True),
+    ("<answer>0.3</answer>", r"\frac{1}{3}", False),
+    ("<answer>3.0</answer>", "3", True),
+    ("<answer>12</answer>", "12.00", True),
+    ("<answer>\\frac{2}{4}</answer>", r"\frac{1}{2}", True),
+    # roots and pi
+    ("<answer>2\\sqrt{2}</answer>", r"\sqrt{8}", True),
+    ("<answer>\\sqrt{2}/2</answer>", r"\frac{1}{\sqrt{2}}", True),
+    ("<answer>\\sqrt{3}</answer>", r"\sqrt{2}", False),
+    ("<answer>\\pi/2</answer>", r"\frac{\pi}{2}", True),
+    ("<answer>π</answer>", r"\pi", True),
+    ("<answer>2\\pi</answer>", r"\pi", False),
+    # percentages, thousands separators, currency, units
+    ("<answer>50\\%</answer>", "0.5", True),
+    ("<answer>50%</answer>", "50", True),
+    ("<answer>1,000</answer>", "1000", True),
+    ("<answer>1{,}000</answer>", "1000", True),
+    ("<answer>1,234,567</answer>", "1234567", True),
+    ("<answer>\\$1{,}234.50</answer>", "1234.5", True),
+    ("<answer>5 \\text{ cm}</answer>", "5", True),
+    ("<answer>5\\text{ meters}</answer>", "5", True),
+    ("<answer>5 dollars</answer>", "5", True),
+    ("<answer>6 dollars</answer>", "5", False),
+    # scientific notation
+    ("<answer>1.5e3</answer>", "1500", True),
+    ("<answer>2E-2</answer>", "0.02", True),
+    ("<answer>1.5 \\times 10^{3}</answer>", "1500", True),
+    ("<answer>1.5 \\times 10^{4}</answer>", "1500", False),
+    # intervals, sets, tuples, matrices
+    ("<answer>(1, 2]</answer>", "(1,2]", True),
+    ("<answer>[1,2]</answer>", "(1,2)", False),
+    ("<answer>1 < x < 2</answer>", "(1,2)", True),
+    ("<answer>\\{1, 2\\}</answer>", r"\{2,1\}", True),
+    ("<answer>\\{1, 3\\}</answer>", r"\{2,1\}", False),
+    ("<answer>(1,2)</answer>", "(2,1)", False),
+    (
+        "<answer>\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}</answer>",
+        r"\begin{pmatrix}1&2\\3&4\end{pmatrix}",
+        True,
+    ),
+    (
+        "<answer>\\begin{pmatrix}1&2\\\\3&5\\end{pmatrix}</answer>",
+        r"\begin{pmatrix}1&2\\3&4\end{pmatrix}",
+        False,
+    ),
+    # equations vs values, expressions
+    ("<answer>x=3</answer>", "3", True),
+    ("<answer>x = 3</answer>", "3", True),
+    ("<answer>3</answer>", "x=3", True),
+    ("<answer>x=4</answer>", "3", False),
+    ("<answer>x^2+2x+1</answer>", "(x+1)^2", True),
+    ("<answer>2^{10}</answer>", "1024", True),
+    ("<answer>\\infty</answer>", r"-\infty", False),
+    # extraction: boxed, several answers, nesting
+    ("the result is \\boxed{42}", "42", True),
+    ("first \\boxed{41} then corrected \\boxed{42}", "42", True),
+    ("\\boxed{42} then \\boxed{41}", "42", False),
+    ("<answer>\\boxed{3} or \\boxed{4}</answer>", "3", False),
+    ("<answer>1</answer> ... <answer>2</answer>", "2", True),
+    ("<answer>2</answer> ... <answer>1</answer>", "2", False),
+    ("\\boxed{\\frac{1}{\\sqrt{4}}}", "0.5", True),
+    ("<answer>The answer is $5$</answer>", "5", True),
+    # adversarial: missing, unclosed, empty, non-ASCII, garbage
+    ("", "5", False),
+    ("<answer></answer>", "5", False),
+    ("<answer>5", "5", False),
+    ("\\boxed{5", "5", False),
+    ("5", "5", False),
+    ("<answer>five</answer>", "5", False),
+    ("<answer>六</answer>", "6", False),
+    ("<answer>}{}{\\frac{</answer>", "5", False),
+    ("<answer>\x00\x01</answer>", "5", False),
+]
+
+
+@pytest.mark.parametrize(("text", "ground_truth", "accepted"), MATH_CASES)
+def test_math_accuracy(text: str, ground_truth: str, accepted: bool) -> None:
+    score = accuracy_reward(text, ground_truth, verifier="math")
+    assert score.value == (1.0 if accepted else 0.0), (text, ground_truth, score)
+    assert not score.failed
+    assert (score.reason is None) == accepted
+
+
+def test_enough_math_cases() -> None:
+    assert len(MATH_CASES) >= 40
+    assert sum(1 for *_, ok in MATH_CASES if ok) >= 15 and sum(1 for *_, ok in MATH_CASES if not ok) >= 15
+
+
+def test_no_answer_reason() -> None:
+    assert accuracy_reward("I think it is 5.", "5", verifier="math").reason == "no answer"
+    assert accuracy_reward("<answer>4</answer>", "5", verifier="math").reason == "wrong answer"
+
+
+def test_normalize_answer() -> None:
+    assert normalize_answer("1.5e3") == r"1.5 \times 10^{3}"
+    assert normalize_answer("12 square meters") == "12"
+    assert normalize_answer("2e") == "2e"  # Euler's number stays
+    assert normalize_answer("x^2") == "x^2"
+
+
+def test_unparsable_ground_truth_raises() -> None:
+    with pytest.raises(ValueError, match="ground truth"):
+        verify_math("5", "")
+    score = accuracy_reward("<answer>5</answer>", "", verifier="math")
+    assert score.failed and score.value == 0.0 and "ground truth" in (score.reason or "")
+
+
+# -- the sandbox -------------------------------------------------------------------------------
+
+TIMEOUT_S = 1.0
+SLACK_S = 1.0
+"""Killing the worker and spawning its successor (the import waits for the next request)."""
+
+
+@pytest.fixture(scope="module")
+def sandbox():
+    box = VerifierSandbox(TIMEOUT_S)
+    box.check("arithmetic", "1", "1")  # wait for the worker's imports once
+    yield box
+    box.close()
+
+
+@pytest.mark.parametrize("answer", ["2^{10^{10}}", "10^{10^{10}}-10^{10^{10}}+5"])
+def test_huge_exponent_times_out_and_is_killed(sandbox: VerifierSandbox, answer: str) -> None:
+    restarts = sandbox.restarts
+    old_pid = sandbox._proc.pid  # type: ignore[union-attr]
+    start = time.monotonic()
+    score = accuracy_reward(f"<answer>{answer}</answer>", "5", verifier="math", check=sandbox.check)
+    elapsed = time.monotonic() - start
+    assert score == type(score)(0.0, "timeout", failed=True)
+    assert elapsed < TIMEOUT_S + SLACK_S, elapsed
+    assert sandbox.restarts == restarts + 1
+    assert sandbox._proc.pid != old_pid  # type: ignore[union-attr]
+    # The fresh worker answers the next request correctly.
+    assert sandbox.check("math", "1/2", "0.5")
+
+
+def test_sandbox_matches_inline(sandbox: VerifierSandbox) -> None:
+    for text, ground_truth, accepted in MATH_CASES[:12]:
+        score = accuracy_reward(text, ground_truth, verifier="math", check=sandbox.check)
+        assert score.value == (1.0 if accepted else 0.0), text
+
+
+def test_sandbox_reports_exceptions(sandbox: VerifierSandbox) -> None:
+    with pytest.raises(VerifierError, match="ValueError: countdown ground truth is malformed"):
+        sandbox.check("countdown", "1+2", "not json")
+    with pytest.raises(VerifierError, match="unknown verifier"):
+        sandbox.check("chess", "e4", "e4")
+    score = accuracy_reward("<answer>3</answer>", "three", verifier="arithmetic", check=sandbox.check)
+    assert score.failed and score.value == 0.0 and score.reason.startswith("ValueError")  # type: ignore[union-attr]
+    assert sandbox.check("arithmetic", "3", "3")  # still serving
+
+
+def test_sandbox_hook_that_sleeps() -> None:
+    box = VerifierSandbox(0.5, verifiers={"sleep": "test_rewards_hooks:sleepy_verifier"})
+    try:
+        assert box.check("sleep", "0", "")
+        start = time.monotonic()
+        with pytest.raises(VerifierTimeout):
+            box.check("sleep", "30", "")
+        assert time.monotonic() - start < 0.5 + SLACK_S
+        assert box.restarts == 1 and box.check("sleep", "0.01", "")
+    finally:
+        box.close()
