@@ -1,0 +1,256 @@
+"""Rollout worker: one vLLM engine (`AsyncLLM`) behind async actor methods.
+
+How prompts become a RolloutBatch: each prompt is one vLLM request with n = G samples and
+`logprobs=0` (the logprob of each sampled token only), in vLLM's default `raw_logprobs` mode, i.e.
+log-softmax of the model's logits before temperature / top-p: the same quantity the learner
+recomputes. With n > 1 we ask for `FINAL_ONLY` outputs (the streaming kind can return a final
+output that lacks some samples). Groups come back in prompt order.
+
+How new weights reach the engine (see actors/weight_sync.py): `init_weight_sync` joins the transfer
+group once; `receive_weights(version)` reads that version's metadata from the sender's control store,
+then runs vLLM's `start_weight_update` -> `update_weights` -> `finish_weight_update(str(version))`.
+Sampling and receiving hold one lock, so every completion is sampled by exactly one version. A
+transfer that fails half-way leaves the model half-loaded: the worker then reports version -1
+(stale) until a later sync succeeds, and refuses to sample when a version is expected.
+
+CPU threads: vLLM CPU binds its OpenMP threads (`VLLM_CPU_OMP_THREADS_BIND`, default "auto": every
+core this process may use). Two engines on one machine that both bind "auto" fight over the same
+cores; `rollout_worker_kwargs` gives engine i its own core(s) when engines share a CPU machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import time
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from trainer.config import TrainConfig
+from trainer.types import Completion, Prompt, RolloutBatch, WeightVersion
+
+log = logging.getLogger(__name__)
+
+STALE_VERSION = -1
+"""Reported after a failed transfer: the weights are neither the old nor the new version."""
+EMPTY_DIGEST = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+"""sha256 of zero bytes."""
+RPC_MARGIN_S = 30.0
+"""Extra time around a transfer's own timeout before the actor gives up waiting on vLLM."""
+
+
+class StaleEngineError(RuntimeError):
+    """An engine does not hold the weight version the controller expects."""
+
+
+def cpu_threads_bind(engine_index: int, num_engines: int, num_cpus: int | None = None) -> str:
+    """VLLM_CPU_OMP_THREADS_BIND for engine `engine_index` of `num_engines` sharing one CPU machine.
+
+    One engine: "auto" (vLLM picks the cores). Several: a disjoint core range each, so their OpenMP
+    pools never share a core ("0", "1" with 2 cores); more engines than cores: "nobind".
+    """
+    num_cpus = num_cpus or os.cpu_count() or 1
+    if num_engines == 1:
+        return "auto"
+    per_engine = num_cpus // num_engines
+    if per_engine == 0:
+        return "nobind"
+    first = engine_index * per_engine
+    return str(first) if per_engine == 1 else f"{first}-{first + per_engine - 1}"
+
+
+def rollout_worker_kwargs(cfg: TrainConfig, engine_index: int) -> dict[str, Any]:
+    """Unpack the config into `RolloutWorker`'s plain constructor arguments."""
+    ro = cfg.rollout
+    return dict(
+        model_path=cfg.model.path,
+        dtype=cfg.model.dtype,
+        tensor_parallel_size=ro.tensor_parallel_size,
+        max_model_len=ro.max_model_len,
+        gpu_memory_utilization=ro.gpu_memory_utilization,
+        enable_sleep_mode=ro.enable_sleep_mode,
+        cpu_kvcache_gib=ro.cpu_kvcache_gib,
+        seed=cfg.seed,
+        engine_index=engine_index,
+        cpu_threads=None if cfg.cluster.use_gpu else cpu_threads_bind(engine_index, ro.num_engines),
+    )
+
+
+def prompt_seed(seed: int | None, prompt: Prompt) -> int | None:
+    """Per-prompt sampling seed: the same (seed, prompt) samples the same group on any engine."""
+    return None if seed is None else (seed * 1_000_003 + prompt.index) % 2**31
+
+
+class RolloutWorker:
+    """A vLLM engine as a plain class; cluster code wraps it with `ray.remote(...)`."""
+
+    def __init__(self, model_path: str, *, dtype: str = "float32", tensor_parallel_size: int = 1,
+                 max_model_len: int = 256, gpu_memory_utilization: float = 0.5,
+                 enable_sleep_mode: bool = False, cpu_kvcache_gib: float = 1.0, seed: int = 0,
+                 engine_index: int = 0, cpu_threads: str | None = None):
+        import torch
+
+        self.engine_index = engine_index
+        self.on_gpu = torch.cuda.is_available()
+        self.backend = "nccl" if self.on_gpu else "gloo"
+        if not self.on_gpu:
+            # Read by the engine-core and worker processes vLLM spawns from here.
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, math.ceil(cpu_kvcache_gib)))
+            if cpu_threads is not None:
+                os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpu_threads
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        args = AsyncEngineArgs(
+            model=model_path, dtype=dtype, tensor_parallel_size=tensor_parallel_size,
+            max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
+            enable_sleep_mode=enable_sleep_mode and self.on_gpu, seed=seed,
+            weight_transfer_config={"backend": self.backend},
+            enable_prefix_caching=True,  # the G samples of a group share their prompt
+        )
+        self.engine = AsyncLLM.from_engine_args(args)
+        self.tp_size = tensor_parallel_size
+        self._lock = asyncio.Lock()
+        self._broken = False
+        self._store: Any = None
+        self._sync_timeout_s = 120.0
+
+    # --- sampling ----------------------------------------------------------------------------
+
+    async def generate(self, prompts: list[Prompt], *, n: int, temperature: float = 1.0, top_p: float = 1.0,
+                       max_tokens: int = 64, stop: tuple[str, ...] | list[str] = (), seed: int | None = None,
+                       expected_version: int | None = None) -> RolloutBatch:
+        """G = n completions for each prompt, in prompt order, tagged with the sampling weights' version."""
+        async with self._lock:
+            version = await self._policy_version()
+            if expected_version is not None and version != expected_version:
+                raise StaleEngineError(f"engine {self.engine_index} holds weight version {version}, "
+                                       f"expected {expected_version}: refusing to sample")
+            start = time.perf_counter()
+            outputs = await asyncio.gather(*(
+                self._generate_one(p, n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
+                                   stop=stop, seed=prompt_seed(seed, p)) for p in prompts))
+            elapsed = time.perf_counter() - start
+        return RolloutBatch(
+            prompts=tuple(prompts),
+            prompt_token_ids=tuple(tuple(out.prompt_token_ids) for out in outputs),
+            completions=tuple(tuple(_completion(c) for c in out.outputs) for out in outputs),
+            policy_version=version,
+            engine_seconds=elapsed,
+        )
+
+    async def _generate_one(self, prompt: Prompt, *, n: int, temperature: float, top_p: float,
+                            max_tokens: int, stop: tuple[str, ...] | list[str], seed: int | None) -> Any:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        params = SamplingParams(
+            n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, stop=list(stop),
+            include_stop_str_in_output=True, seed=seed, logprobs=0,
+            output_kind=RequestOutputKind.FINAL_ONLY,
+        )
+        final = None
+        async for out in self.engine.generate(prompt.text, params, request_id=uuid.uuid4().hex):
+            final = out
+        assert final is not None and len(final.outputs) == n, "vLLM returned an incomplete group"
+        final.outputs.sort(key=lambda c: c.index)
+        return final
+
+    # --- weight sync -------------------------------------------------------------------------
+
+    async def init_weight_sync(self, host: str, port: int, world_size: int, rank_offset: int,
+                               timeout_s: float) -> None:
+        """Join the transfer group as ranks rank_offset .. rank_offset + TP - 1 (blocks until all joined)."""
+        from vllm.distributed.weight_transfer.base import WeightTransferInitRequest
+
+        from actors.weight_sync import tcp_store, worker_init_info
+
+        self._sync_timeout_s = timeout_s
+        self._store = await asyncio.to_thread(tcp_store, host, port, is_master=False, timeout_s=timeout_s)
+        info = worker_init_info(self.backend, host, port, world_size, rank_offset, timeout_s)
+        await asyncio.wait_for(self.engine.init_weight_transfer_engine(WeightTransferInitRequest(init_info=info)),
+                               timeout_s + RPC_MARGIN_S)
+
+    async def receive_weights(self, version: int) -> int:
+        """Receive one full set of weights and commit it as `version`; returns the version now held."""
+        from vllm.distributed.weight_transfer.base import WeightTransferUpdateRequest
+
+        from actors.weight_sync import META_KEY, WeightSyncError, decode_meta, worker_update_info
+
+        if self._store is None:
+            raise WeightSyncError(f"engine {self.engine_index}: init_weight_sync was never called")
+        key = META_KEY.format(version=version)
+        async with self._lock:
+            try:
+                await asyncio.to_thread(self._store.wait, [key], timedelta(seconds=self._sync_timeout_s))
+                metas, bucket_bytes = decode_meta(self._store.get(key))
+            except RuntimeError as e:  # the store raises on timeout or when the sender is gone
+                raise WeightSyncError(f"engine {self.engine_index}: no metadata for version {version} "
+                                      f"within {self._sync_timeout_s}s: {e}") from e
+            self._broken = True  # until finish_weight_update commits, the weights are half-loaded
+            try:
+                await self.engine.start_weight_update()
+                request = WeightTransferUpdateRequest(update_info=worker_update_info(self.backend, metas, bucket_bytes))
+                await asyncio.wait_for(self.engine.update_weights(request), self._sync_timeout_s + RPC_MARGIN_S)
+                await self.engine.finish_weight_update(str(version))
+            except Exception as e:
+                raise WeightSyncError(f"engine {self.engine_index}: receiving version {version} failed "
+                                      f"({type(e).__name__}: {e}); the engine is stale until the next sync") from e
+            self._broken = False
+            return await self._policy_version()
+
+    async def weight_version(self, with_checksums: bool = False) -> WeightVersion:
+        """The version this engine holds (0: weights from disk; -1: a failed transfer), with checksums on request.
+
+        Checksum keys are vLLM's: a `dp0:pp0:pcp0:tp<k>:` rank prefix plus the vLLM parameter name. On CPU
+        only embeddings, norms and biases are covered (linear weights live in packed kernels there).
+        """
+        checksums: dict[str, str] = {}
+        if with_checksums:
+            for per_worker in await self.engine.compute_weight_checksums():
+                # vLLM CPU repacks linear weights for oneDNN and leaves an empty parameter behind;
+                # the digest of nothing proves nothing, so it is left out.
+                checksums.update({k: v for k, v in per_worker.items() if v != EMPTY_DIGEST})
+        return WeightVersion(engine=self.engine_index, policy_version=await self._policy_version(),
+                             checksums=checksums)
+
+    async def _policy_version(self) -> int:
+        if self._broken:
+            return STALE_VERSION
+        held = await self.engine.get_weight_version()
+        return 0 if held == "default" else int(held)
+
+    # --- memory and lifetime -----------------------------------------------------------------
+
+    async def sleep(self) -> None:
+        """Free weights and KV cache while the learner trains (GPU only; a no-op on CPU)."""
+        if not self.on_gpu:
+            log.info("engine %d: sleep is a no-op on CPU", self.engine_index)
+            return
+        await self.engine.sleep(level=1)
+
+    async def wake_up(self) -> None:
+        if not self.on_gpu:
+            log.info("engine %d: wake_up is a no-op on CPU", self.engine_index)
+            return
+        await self.engine.wake_up()
+
+    async def child_pids(self) -> list[int]:
+        """Processes vLLM started for this engine (so a test can reap them after ray.kill)."""
+        import psutil
+
+        return [p.pid for p in psutil.Process().children(recursive=True)]
+
+    async def shutdown(self) -> None:
+        self.engine.shutdown()
+
+
+def _completion(c: Any) -> Completion:
+    """One vLLM CompletionOutput as a wire type; logprobs of the sampled tokens only."""
+    token_ids = tuple(c.token_ids)
+    logprobs = tuple(float(step[tok].logprob) for tok, step in zip(token_ids, c.logprobs))
+    return Completion(token_ids=token_ids, text=c.text, rollout_logprobs=logprobs,
+                      finish_reason=str(c.finish_reason))
