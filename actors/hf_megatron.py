@@ -172,6 +172,8 @@ def transformer_config(shape: ModelShape, *, dtype: torch.dtype, use_cpu: bool):
         calculate_per_token_loss=True,
         # Micro-batches are cut to their longest sequence, so pipeline stages exchange shapes.
         variable_seq_lengths=True,
+        # Dense model: no MoE runs, but the config check rejects variable lengths with the default.
+        moe_token_dispatcher_type="alltoall",
     )
 
 
@@ -335,3 +337,25 @@ def megatron_states_to_hf(shards: list[list[dict[str, Tensor]]], shape: ModelSha
         for name in exported_names(shape, pp_rank):
             out.update(megatron_to_hf(name, [s[name] for s in stage], shape, pp_rank=pp_rank))
     return out
+
+
+def hf_names_of(name: str, shape: ModelShape, *, pp_rank: int) -> list[str]:
+    """The HF names `megatron_to_hf(name, ...)` returns, in the same order, without any tensor."""
+    if name == "embedding.word_embeddings.weight":
+        return ["model.embed_tokens.weight"]
+    if name == "output_layer.weight":
+        return ["lm_head.weight"]
+    if name == "decoder.final_layernorm.weight":
+        return ["model.norm.weight"]
+    local, suffix = _split_layer(name)
+    prefix = f"model.layers.{local + shape.layer_offset(pp_rank)}."
+    if suffix in _REPLICATED_LAYER:
+        return [prefix + _REPLICATED_LAYER[suffix]]
+    if suffix in _ROW_LAYER:
+        return [prefix + _ROW_LAYER[suffix]]
+    if suffix.startswith("self_attention.linear_qkv."):
+        kind = suffix.rsplit(".", 1)[1]
+        return [f"{prefix}self_attn.{p}_proj.{kind}" for p in "qkv"]
+    if suffix == "mlp.linear_fc1.weight":
+        return [prefix + "mlp.gate_proj.weight", prefix + "mlp.up_proj.weight"]
+    raise KeyError(f"no HF mapping for Megatron parameter {name!r}")

@@ -11,6 +11,8 @@ laptop) reaches. Checked on the development machines, these are all a dense GPT 
    CUDA there is no state to swap; a null context keeps the default CPU generator (dropout is 0 here and
    parameters come from checkpoints, so nothing depends on per-rank RNG streams).
 3. The default causal mask is built on CUDA: callers pass an explicit mask (see `causal_mask`).
+4. The pipeline schedules allocate their token counter with `torch.zeros(..., device="cuda")`: the
+   schedules module sees a `torch` whose `zeros` maps device "cuda" to "cpu" (nothing else changes).
 
 `apply()` is idempotent and does nothing when CUDA is available, so GPU runs use Megatron untouched.
 """
@@ -39,6 +41,10 @@ def apply() -> bool:
         return contextlib.nullcontext()
 
     tp_random.CudaRNGStatesTracker.fork = _fork  # type: ignore[method-assign]
+
+    from megatron.core.pipeline_parallel import schedules
+
+    schedules.torch = _TorchOnCpu()  # type: ignore[attr-defined]
     _APPLIED = True
     return True
 
@@ -50,3 +56,14 @@ def causal_mask(seq_len: int, device: torch.device | str = "cpu") -> torch.Tenso
     """
     future = torch.ones(seq_len, seq_len, dtype=torch.bool, device=device).triu(diagonal=1)  # [S, S]
     return future[None, None]  # [1, 1, S, S]
+
+
+class _TorchOnCpu:
+    """`torch` as the pipeline schedules see it on CPU: identical except `zeros(device="cuda")`."""
+
+    def __getattr__(self, name: str):
+        return getattr(torch, name)
+
+    @staticmethod
+    def zeros(*args, device=None, **kwargs) -> torch.Tensor:
+        return torch.zeros(*args, device="cpu" if device == "cuda" else device, **kwargs)

@@ -6,9 +6,12 @@ import pytest
 import torch
 
 from actors.hf_megatron import (
+    exported_names,
     fuse_qkv,
+    hf_names_of,
     hf_state_to_megatron,
     megatron_states_to_hf,
+    megatron_to_hf,
     shape_from_hf,
     split_qkv,
     stage_param_names,
@@ -48,6 +51,11 @@ def test_round_trip_is_bit_exact(kind, tied, tp, pp):
     assert set(back) == set(hf_state)
     for name, tensor in hf_state.items():
         assert torch.equal(back[name], tensor), name
+    # the names the learner announces before a pipeline stage ships its tensors
+    for p in range(pp):
+        for name in exported_names(shape, p):
+            got = megatron_to_hf(name, [s[name] for s in shards[p]], shape, pp_rank=p)
+            assert list(got) == hf_names_of(name, shape, pp_rank=p)
 
 
 def test_shards_have_megatron_shapes_and_padding():

@@ -1,0 +1,122 @@
+"""A TP x PP x DP group of learner ranks as Ray actors in one placement group.
+
+    LearnerGroup --(one ray.get over all ranks)--> LearnerWorker rank 0 .. world_size - 1
+
+Every verb of `actors.learner.LearnerWorker` is collective, so the group calls it on all ranks at once and
+waits on the whole list of refs. Data parallel: the batch is split into `dp` contiguous slices, each put
+into the object store once and handed to every rank of that DP replica. Results come from the ranks that
+hold the model's output (last pipeline stage, TP rank 0): logprobs are concatenated over DP, metrics
+were already reduced over DP by the workers.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import ray
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from cluster.ray_init import LOOPBACK
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """A TCP port that is free on `host` right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class LearnerGroup:
+    """The learner ranks of one model (policy or reference). Build it with plain values."""
+
+    def __init__(self, *, model_path: str, tp: int = 1, pp: int = 1, dp: int = 1, dtype: str = "float32",
+                 seed: int = 0, optimizer: Any = None, sequences_per_microbatch: int = 16,
+                 role: str = "policy", hold_reference: bool = False, use_gpu: bool = False,
+                 cpus_per_actor: float = 1.0, num_threads: int = 1, master_addr: str = LOOPBACK):
+        from actors.learner import LearnerWorker
+
+        self.world_size, self.dp = tp * pp * dp, dp
+        bundle = {"GPU": 1, "CPU": 1} if use_gpu else {"CPU": cpus_per_actor}
+        self.pg = placement_group([dict(bundle) for _ in range(self.world_size)], strategy="PACK")
+        ray.get(self.pg.ready())
+        port = free_port(master_addr)
+        remote = ray.remote(LearnerWorker)
+        self.workers = [
+            remote.options(
+                num_cpus=bundle["CPU"], num_gpus=bundle.get("GPU", 0),
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=r),
+            ).remote(rank=r, world_size=self.world_size, master_addr=master_addr, master_port=port, tp=tp,
+                     pp=pp, dp=dp, model_path=model_path, dtype=dtype, seed=seed, optimizer=optimizer,
+                     sequences_per_microbatch=sequences_per_microbatch, role=role,
+                     hold_reference=hold_reference, num_threads=num_threads)
+            for r in range(self.world_size)
+        ]
+        self.coords = ray.get([w.coords.remote() for w in self.workers])
+        # For each DP replica, the rank whose results we read (last stage, TP rank 0).
+        self.output_rank = {c["dp_rank"]: c["rank"] for c in self.coords if c["is_output"]}
+
+    # --- verbs --------------------------------------------------------------------------------
+
+    def compute_logprobs(self, batch):  # TrainBatch -> Tensor [N, L]
+        return self._concat(self._per_dp("compute_logprobs", batch))
+
+    def compute_ref_logprobs(self, batch):  # TrainBatch -> Tensor [N, L]
+        return self._concat(self._per_dp("compute_ref_logprobs", batch))
+
+    def forward_backward(self, batch, loss_name: str, num_tokens: int, num_sequences: int,
+                         loss_kwargs: dict) -> dict[str, float]:
+        results = self._per_dp("forward_backward", batch, loss_name, num_tokens, num_sequences, loss_kwargs)
+        return results[self.output_rank[0]]
+
+    def optim_step(self) -> dict[str, float]:
+        return self._all("optim_step")[0]
+
+    def save(self, directory) -> None:
+        self._all("save", str(directory))
+
+    def load(self, directory) -> None:
+        self._all("load", str(directory))
+
+    def export_hf(self, directory) -> None:
+        self._all("export_hf", str(directory))
+
+    def init_weight_sync(self, host: str, port: int, world_size: int, timeout_s: float) -> None:
+        self._all("init_weight_sync", host, port, world_size, timeout_s)
+
+    def push_weights(self, version: int, bucket_bytes: int) -> dict:
+        return self._all("push_weights", version, bucket_bytes)[0]
+
+    def push_weights_async(self, version: int, bucket_bytes: int) -> list:
+        """Refs of a weight push, for a caller that must run the engines' receive concurrently."""
+        return [w.push_weights.remote(version, bucket_bytes) for w in self.workers]
+
+    def shutdown(self) -> None:
+        """Kill the ranks and free the placement group (safe to call twice)."""
+        for w in self.workers:
+            ray.kill(w)
+        self.workers = []
+        if self.pg is not None:
+            remove_placement_group(self.pg)
+            self.pg = None
+
+    # --- fan-out ------------------------------------------------------------------------------
+
+    def _all(self, verb: str, *args) -> list:
+        return ray.get([getattr(w, verb).remote(*args) for w in self.workers])
+
+    def _per_dp(self, verb: str, batch, *args) -> list:
+        """Call `verb` on every rank with its DP replica's slice of `batch` (each slice put once)."""
+        n = batch.num_sequences
+        if n % self.dp:
+            raise ValueError(f"{n} sequences do not split evenly over {self.dp} data-parallel ranks")
+        per = n // self.dp
+        slices = [ray.put(batch.select(slice(d * per, (d + 1) * per))) for d in range(self.dp)]
+        return ray.get([getattr(w, verb).remote(slices[c["dp_rank"]], *args)
+                        for w, c in zip(self.workers, self.coords)])
+
+    def _concat(self, results: list):
+        import torch
+
+        return torch.cat([results[self.output_rank[d]] for d in range(self.dp)], dim=0)

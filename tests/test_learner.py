@@ -1,0 +1,209 @@
+"""The Megatron learner on CPU (gloo) as Ray actors, checked against Hugging Face transformers.
+
+One Ray session per module; one worker group per layout (TP=2, then PP=2), shut down before the next.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from actors.learner import OptimizerSettings, lr_at, plan_microbatches
+from trainer.grpo import LOSSES, grpo_loss
+from trainer.types import TrainBatch
+
+LOSS_KWARGS = dict(clip_eps_low=0.2, clip_eps_high=0.28, dual_clip_c=0.0, kl_coef=0.0, kl_estimator="k3",
+                   kl_clamp=10.0, loss_aggregation="token_mean", max_response_tokens=16, tis_cap=0.0)
+SETTINGS = OptimizerSettings(lr=1e-3, grad_clip=0.5)
+LOGPROB_TOL = 1e-4
+PARAM_TOL = 2e-5
+
+
+# --- pure helpers (no Ray) ---------------------------------------------------------------------
+
+
+def test_microbatches_cover_every_sequence_once_and_balance_tokens():
+    lengths = [30, 5, 28, 6, 29, 4, 31, 7]
+    plan = plan_microbatches(lengths, 4)
+    assert sorted(i for mb in plan for i in mb) == list(range(8))
+    assert all(len(mb) <= 4 for mb in plan)
+    loads = [sum(lengths[i] for i in mb) for mb in plan]
+    assert max(loads) - min(loads) <= 4
+
+
+def test_lr_schedule_warmup_then_cosine_to_floor():
+    s = OptimizerSettings(lr=1.0, warmup_steps=2, schedule="cosine", total_steps=10)
+    assert [lr_at(i, s) for i in range(2)] == [0.5, 1.0]
+    assert lr_at(2, s) == pytest.approx(1.0)
+    assert lr_at(10, s) == pytest.approx(0.1) and lr_at(50, s) == pytest.approx(0.1)
+    assert lr_at(6, s) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 2)))
+
+
+# --- fixtures ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    from examples.tiny_model import write_test_model
+
+    return write_test_model(tmp_path_factory.mktemp("tiny"), seed=3, num_layers=2, tie_word_embeddings=True)
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    from cluster.ray_init import init_ray, shutdown_ray
+
+    init_ray("local", num_cpus=4)
+    try:
+        yield
+    finally:
+        shutdown_ray()
+
+
+def _group(model_dir, **layout):
+    from cluster.learner_group import LearnerGroup
+
+    return LearnerGroup(model_path=str(model_dir), optimizer=SETTINGS, sequences_per_microbatch=2,
+                        cpus_per_actor=1, hold_reference=True, **layout)
+
+
+@pytest.fixture(scope="module")
+def batch(model_dir):
+    """6 sequences of different lengths, right-padded, with a random 'old policy' and advantages."""
+    gen = torch.Generator().manual_seed(0)
+    n, length = 6, 24
+    lengths = torch.tensor([24, 9, 17, 12, 20, 6])
+    prompt = torch.tensor([4, 3, 8, 5, 6, 2])
+    from transformers import AutoConfig
+
+    vocab = AutoConfig.from_pretrained(model_dir).vocab_size
+    input_ids = torch.randint(1, vocab, (n, length), generator=gen)
+    pos = torch.arange(length)
+    attention = pos[None] < lengths[:, None]  # [N, L]
+    response = attention & (pos[None] >= prompt[:, None])  # [N, L]
+    input_ids = input_ids.masked_fill(~attention, 0)
+    noise = -2.0 - torch.rand(n, length, generator=gen)
+    old = torch.where(response, noise, torch.zeros(()))
+    return TrainBatch(input_ids=input_ids, attention_mask=attention, response_mask=response,
+                      advantages=torch.randn(n, generator=gen), old_logprobs=old, ref_logprobs=old.clone(),
+                      rollout_logprobs=old.clone())
+
+
+def _hf_model(path):
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(2)
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).train()
+
+
+def _hf_logprobs(model, batch: TrainBatch) -> torch.Tensor:
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask.long()).logits  # [N, L, V]
+    lp = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, batch.input_ids[:, 1:, None]).squeeze(-1)
+    return torch.nn.functional.pad(lp, (1, 0)) * batch.attention_mask  # [N, L]
+
+
+def _hf_step(model, batch: TrainBatch) -> None:
+    """One update of the same loss on the HF model in this process: the learner's reference result."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr_at(0, SETTINGS), betas=(SETTINGS.beta1, SETTINGS.beta2),
+                            weight_decay=0.0)
+    lp = _hf_logprobs(model, batch)
+    loss, _ = grpo_loss(lp, old_logprobs=batch.old_logprobs, ref_logprobs=batch.ref_logprobs,
+                        rollout_logprobs=batch.rollout_logprobs, advantages=batch.advantages,
+                        response_mask=batch.response_mask, num_tokens=batch.num_tokens,
+                        num_sequences=batch.num_sequences, **LOSS_KWARGS)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), SETTINGS.grad_clip)
+    opt.step()
+
+
+def _exported(group, directory):
+    from safetensors.torch import load_file
+
+    group.export_hf(directory)
+    return load_file(str(directory / "model.safetensors"))
+
+
+def _check_layout(group, model_dir, batch, tmp_path):
+    """Logprobs equal HF's; one step equals HF's step; export loads in transformers."""
+    hf = _hf_model(model_dir)
+    with torch.no_grad():
+        expected = _hf_logprobs(hf, batch)
+    got = group.compute_logprobs(batch)
+    diff = (got - expected).abs().max().item()
+    print(f"max |learner - HF| logprob difference: {diff:.2e}")
+    assert got.shape == batch.input_ids.shape and diff < LOGPROB_TOL
+    assert torch.equal(got[:, 0], torch.zeros(batch.num_sequences))
+    assert (group.compute_ref_logprobs(batch) - expected).abs().max().item() < LOGPROB_TOL
+
+    before = {k: v.detach().clone() for k, v in hf.state_dict().items()}
+    metrics = group.forward_backward(batch, "grpo", batch.num_tokens, batch.num_sequences, LOSS_KWARGS)
+    assert {"entropy", "loss"} <= set(metrics) or "entropy" in metrics
+    assert metrics["entropy"] > 0
+    stats = group.optim_step()
+    assert stats["lr"] == SETTINGS.lr and stats["grad_norm"] > 0
+    _hf_step(hf, batch)
+    after = _exported(group, tmp_path / "export")
+    worst = 0.0
+    for name, tensor in hf.state_dict().items():
+        if name == "lm_head.weight":
+            continue  # tied: same tensor as the embedding
+        worst = max(worst, (after[name] - tensor).abs().max().item())
+        assert not torch.equal(before[name], tensor) or "norm" in name, f"{name} did not move"
+    print(f"max |learner - HF| parameter difference after one step: {worst:.2e}")
+    assert worst < PARAM_TOL
+
+    from transformers import AutoModelForCausalLM
+
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "export", dtype=torch.float32)
+    with torch.no_grad():
+        assert (_hf_logprobs(reloaded, batch) - group.compute_logprobs(batch)).abs().max().item() < LOGPROB_TOL
+
+
+# --- TP = 2 --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tp2(ray_session, model_dir):
+    group = _group(model_dir, tp=2)
+    try:
+        yield group
+    finally:
+        group.shutdown()
+
+
+@pytest.mark.slow
+def test_tp2_matches_hf_logprobs_and_step(tp2, model_dir, batch, tmp_path):
+    _check_layout(tp2, model_dir, batch, tmp_path)
+
+
+@pytest.mark.slow
+def test_tp2_save_load_resumes_exactly(tp2, batch, tmp_path):
+    def step() -> float:
+        m = tp2.forward_backward(batch, "grpo", batch.num_tokens, batch.num_sequences, LOSS_KWARGS)
+        tp2.optim_step()
+        return m["loss"] if "loss" in m else m["pg_loss"]
+
+    tp2.save(tmp_path / "ckpt")
+    first, second = step(), step()
+    tp2.load(tmp_path / "ckpt")
+    assert step() == first
+    assert step() == second
+
+
+# --- PP = 2 --------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_pp2_matches_hf_logprobs_and_step(ray_session, model_dir, batch, tmp_path, tp2):
+    tp2.shutdown()  # two cores: one group at a time
+    group = _group(model_dir, pp=2)
+    try:
+        _check_layout(group, model_dir, batch, tmp_path)
+    finally:
+        group.shutdown()
+
+
+def test_loss_registry_has_grpo():
+    assert LOSSES["grpo"] is grpo_loss
