@@ -443,6 +443,18 @@ def test_masked_tokens_get_exactly_zero_gradient():
         assert (grad[batch["response_mask"]] != 0).any()
 
 
+def test_non_finite_padding_does_not_leak_into_loss_metrics_or_gradient():
+    batch = _random_batch(4, 5, seed=11)
+    pad = ~batch["response_mask"]
+    for name, value in [("old_logprobs", math.nan), ("ref_logprobs", math.inf),
+                        ("rollout_logprobs", -math.inf), ("logprobs", math.nan)]:
+        batch[name] = batch[name].masked_fill(pad, value)
+    loss, grad, metrics = _loss_and_grad(batch, slice(None), int((~pad).sum()), 4,
+                                         {**GOLDEN_KW, "dual_clip_c": 3.0})
+    assert torch.isfinite(loss) and torch.isfinite(torch.stack(list(metrics.values()))).all()
+    assert torch.isfinite(grad).all() and (grad[pad] == 0).all()
+
+
 def _check_split_invariance(batch, cuts, kwargs):
     n = batch["advantages"].shape[0]
     num_tokens = int(batch["response_mask"].sum())
