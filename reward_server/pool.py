@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from typing import Any
 
 import ray
 
@@ -54,9 +55,10 @@ class RewardPool:
     ) -> None:
         if num_actors < 1:
             raise ValueError(f"num_actors must be >= 1, got {num_actors}")
-        self._remote_cls = ray.remote(num_cpus=cpus_per_actor)(RewardActor)
+        # Any: Ray's stubs do not type `.remote` on actor classes and methods.
+        self._remote_cls: Any = ray.remote(num_cpus=cpus_per_actor)(RewardActor)
         self._args = (cfg, max_response_tokens)
-        self._actors = [self._remote_cls.remote(*self._args) for _ in range(num_actors)]
+        self._actors: list[Any] = [self._remote_cls.remote(*self._args) for _ in range(num_actors)]
         self.failures_total = 0
         """Samples scored with an error (timeout, exception, dead actor) since the pool started."""
 
@@ -82,7 +84,7 @@ class RewardPool:
     def _run(self, chunks: list[list[Item]]) -> list[RewardResult]:
         """Score `chunks` over the actors as they free up; results in chunk order, flattened."""
         done: list[list[RewardResult] | None] = [None] * len(chunks)
-        pending: dict[ray.ObjectRef, tuple[int, int, ray.actor.ActorHandle]] = {}  # ref -> chunk, actor
+        pending: dict[ray.ObjectRef, tuple[int, int, Any]] = {}  # ref -> (chunk, actor index, actor)
         next_chunk = 0
 
         def submit(actor_index: int) -> None:
