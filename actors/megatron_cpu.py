@@ -13,6 +13,9 @@ laptop) reaches. Checked on the development machines, these are all a dense GPT 
 3. The default causal mask is built on CUDA: callers pass an explicit mask (see `causal_mask`).
 4. The pipeline schedules allocate their token counter with `torch.zeros(..., device="cuda")`: the
    schedules module sees a `torch` whose `zeros` maps device "cuda" to "cpu" (nothing else changes).
+5. With PP > 1 and tied embeddings, `LanguageModule.setup_embeddings_and_output_layer` moves the
+   shared weight with `.cuda()` before its all-reduce: during that call `.cuda()` is the identity.
+6. Pipeline p2p calls `torch.cuda.synchronize()` around shape exchanges: a no-op without CUDA streams.
 
 `apply()` is idempotent and does nothing when CUDA is available, so GPU runs use Megatron untouched.
 """
@@ -34,6 +37,7 @@ def apply() -> bool:
     if _APPLIED:
         return True
     torch.cuda.current_device = lambda: "cpu"  # type: ignore[assignment]
+    torch.cuda.synchronize = lambda device=None: None  # type: ignore[assignment]
 
     from megatron.core.tensor_parallel import random as tp_random
 
@@ -45,6 +49,20 @@ def apply() -> bool:
     from megatron.core.pipeline_parallel import schedules
 
     schedules.torch = _TorchOnCpu()  # type: ignore[attr-defined]
+
+    from megatron.core.models.common.language_module.language_module import LanguageModule
+
+    setup = LanguageModule.setup_embeddings_and_output_layer
+
+    def _setup_on_cpu(self) -> None:
+        original = torch.Tensor.cuda
+        torch.Tensor.cuda = lambda t, *a, **k: t  # type: ignore[method-assign]
+        try:
+            setup(self)
+        finally:
+            torch.Tensor.cuda = original  # type: ignore[method-assign]
+
+    LanguageModule.setup_embeddings_and_output_layer = _setup_on_cpu  # type: ignore[method-assign]
     _APPLIED = True
     return True
 
