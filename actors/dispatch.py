@@ -104,6 +104,7 @@ class EngineGroup:
     def init_weight_sync(self, sender_connect: Callable[[], Any], *, host: str, port: int, timeout_s: float) -> None:
         """Form the transfer group: `sender_connect()` (builds the WeightSender, returns its ObjectRef)
         runs together with every engine's `init_weight_sync`."""
+        self.versions()  # the engines must be up before the group's timeout starts ticking
         offsets = [1 + sum(self.tp_sizes[:e]) for e in range(len(self.engine_actors))]
         refs = [sender_connect()] + [
             actor.init_weight_sync.remote(host, port, self.world_size, offset, timeout_s)

@@ -108,6 +108,8 @@ def unpack_bucket(flat: Tensor, metas: list[TensorMeta]) -> list[tuple[str, Tens
     out, offset = [], 0
     for m in metas:
         chunk = flat[offset: offset + m.nbytes]
+        if offset % 8:  # a view must start at a multiple of its element size; copy the rare misaligned one
+            chunk = chunk.clone()
         out.append((m.name, chunk.view(getattr(torch, m.dtype)).view(m.shape)))
         offset += m.nbytes
     return out
@@ -143,18 +145,26 @@ def digest(tensor: Tensor) -> str:
 _STACKED = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
 
 
+VOCAB_PADDING = 64
+"""vLLM pads embedding and lm_head rows with zeros to a multiple of this (DEFAULT_VOCAB_PADDING_SIZE)."""
+_VOCAB_PARAMS = ("model.embed_tokens.weight", "lm_head.weight")
+
+
 def expected_vllm_checksums(named_tensors: Iterable[tuple[str, Tensor]], *, prefix: str = "",
                             tie_word_embeddings: bool = False) -> dict[str, str]:
     """Checksums a TP=1 vLLM engine should report after loading these HF tensors (Llama/Qwen2 family).
 
-    Fused projections are the concatenation of their parts along dim 0, in vLLM's order; with tied
-    embeddings vLLM has no separate lm_head parameter.
+    Fused projections are the concatenation of their parts along dim 0, in vLLM's order; vocabulary
+    rows are zero-padded to a multiple of VOCAB_PADDING; with tied embeddings vLLM has no lm_head.
     """
     tensors = dict(named_tensors)
     out: dict[str, str] = {}
     for name, tensor in tensors.items():
         if tie_word_embeddings and name == "lm_head.weight":
             continue
+        if name in _VOCAB_PARAMS:
+            pad = -tensor.shape[0] % VOCAB_PADDING
+            tensor = torch.cat([tensor, tensor.new_zeros(pad, *tensor.shape[1:])])
         parent, _, leaf = name.rpartition(".")
         module_path, _, proj = parent.rpartition(".")
         fused = next((f for f, parts in _STACKED.items() if proj in parts), None)
