@@ -13,6 +13,9 @@ from pathlib import Path
 import ray
 
 LOOPBACK = "127.0.0.1"
+LOOPBACK_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+"""Ray replaces a node address of 127.0.0.1 by the machine's outward address unless this is "0" (its
+single-machine mode), so a local Ray sets it to keep every server it starts on the loopback interface."""
 
 
 def repo_root() -> Path:
@@ -30,6 +33,7 @@ def init_ray(address: str = "local", *, num_cpus: int | None = None) -> None:
         if os.environ.get("RAY_ADDRESS"):
             ray.init(address="auto", runtime_env=env, log_to_driver=True)
             return
+        os.environ[LOOPBACK_ONLY_ENV] = "0"
         ray.init(
             num_cpus=num_cpus or os.cpu_count(),
             include_dashboard=False,

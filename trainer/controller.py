@@ -48,10 +48,12 @@ def train(cfg: TrainConfig) -> Path:
             with timer("logprobs"):
                 batch, batch_metrics = steps.prepare_batch(run.system, scored, cfg)
             with timer("train"):
+                run.system.sleep_engines()
                 train_metrics = steps.update_policy(run.system.learner, batch, cfg, run.seed(step))
             with timer("weight_sync"):
-                run.system.sync_weights(version=step)
-            run.log_step(step, scored, rollout_metrics | batch_metrics | train_metrics | timer.metrics())
+                sync_metrics = run.system.sync_weights(version=step)
+            metrics = rollout_metrics | batch_metrics | train_metrics | sync_metrics | timer.metrics()
+            run.log_step(step, scored, metrics)
             bar.set_postfix(reward=f"{rollout_metrics['reward']:.3f}", acc=f"{rollout_metrics['accuracy']:.2f}")
             if cfg.eval.every_steps and step % cfg.eval.every_steps == 0 or step == cfg.total_steps:
                 run.evaluate(step)

@@ -86,11 +86,11 @@ def prepare_batch(system: Any, scored: ScoredBatch, cfg: TrainConfig) -> tuple[T
         old = system.learner.compute_logprobs(batch)                             # [N, L]
     else:
         old = batch.rollout_logprobs
-    ref = system.learner.compute_ref_logprobs(batch) if cfg.needs_reference else torch.zeros_like(old)
+    ref = system.compute_ref_logprobs(batch) if cfg.needs_reference else torch.zeros_like(old)
     metrics = _logprob_gap(old, batch.rollout_logprobs, mask)
     if a.kl_in_reward and cfg.needs_reference:
         seq_kl = grpo.sequence_kl(old, ref, mask, estimator=a.kl_estimator, clamp=a.kl_clamp)  # [N]
-        rewards = rewards - a.kl_coef * seq_kl.view_as(rewards)
+        rewards = grpo.subtract_kl_from_rewards(rewards, seq_kl, kl_coef=a.kl_coef)
         metrics["kl_in_reward"] = float(seq_kl.mean())
     advantages = grpo.compute_advantages(rewards, estimator=a.advantage_estimator, eps=a.advantage_eps)
     batch = batch.replace(advantages=advantages.reshape(-1), old_logprobs=old, ref_logprobs=ref)
@@ -109,8 +109,6 @@ def update_policy(learner: Any, batch: TrainBatch, cfg: TrainConfig, seed: int) 
     """`epochs_per_step` passes over the batch in `updates_per_step` shuffled mini-batches."""
     a = cfg.algorithm
     loss_kwargs = grpo.grpo_loss_kwargs(a, max_response_tokens=cfg.model.max_response_tokens)
-    if cfg.algorithm.kl_in_reward:
-        loss_kwargs["kl_coef"] = 0.0
     generator = torch.Generator().manual_seed(seed)
     logs: list[dict[str, float]] = []
     for _ in range(a.epochs_per_step):

@@ -1,0 +1,78 @@
+"""Helpers around `ray job submit`: a Ray head on 127.0.0.1 for one machine, and the submit command.
+
+On a real cluster the head already runs; users submit with
+
+    ray job submit --address http://HEAD:8265 --working-dir . -- \
+        python -m trainer train --example qwen25_gsm8k_r1_zero
+
+and the controller joins that cluster (`cluster.address=auto`, which a job's RAY_ADDRESS also selects).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cluster.ray_init import LOOPBACK
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class LocalHead:
+    """A Ray head started with `ray start --head`, bound to 127.0.0.1."""
+
+    gcs_port: int
+    dashboard_port: int
+    env: dict[str, str]
+
+    @property
+    def dashboard_address(self) -> str:
+        return f"http://{LOOPBACK}:{self.dashboard_port}"
+
+    def submit(self, entrypoint: list[str], *, working_dir: str | Path, timeout_s: float) -> subprocess.CompletedProcess:
+        """`ray job submit` (waits for the job to finish and streams its logs)."""
+        cmd = [_ray_cli(), "job", "submit", "--address", self.dashboard_address,
+               "--working-dir", str(working_dir), "--", *entrypoint]
+        return subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=timeout_s, check=False)
+
+    def stop(self) -> None:
+        subprocess.run([_ray_cli(), "stop", "--force"], env=self.env, capture_output=True, check=False)
+
+
+def start_local_head(*, num_cpus: int, temp_dir: str | Path, timeout_s: float = 60.0) -> LocalHead:
+    """Start a Ray head on 127.0.0.1 with its dashboard (the job server) on 127.0.0.1 as well."""
+    gcs_port, dashboard_port = free_port(), free_port()
+    env = dict(os.environ)
+    # Jobs run `python` from PATH; make it this interpreter so they see the same packages.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    cmd = [_ray_cli(), "start", "--head", f"--port={gcs_port}", "--node-ip-address", LOOPBACK,
+           "--dashboard-host", LOOPBACK, f"--dashboard-port={dashboard_port}", f"--num-cpus={num_cpus}",
+           f"--temp-dir={temp_dir}", "--disable-usage-stats"]
+    subprocess.run(cmd, env=env, check=True, capture_output=True, text=True, timeout=timeout_s)
+    head = LocalHead(gcs_port, dashboard_port, env)
+    _wait_for_port(dashboard_port, timeout_s)
+    return head
+
+
+def _wait_for_port(port: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex((LOOPBACK, port)) == 0:
+                return
+        time.sleep(0.5)
+    raise TimeoutError(f"nothing listening on {LOOPBACK}:{port} after {timeout_s:.0f} s")
+
+
+def _ray_cli() -> str:
+    return str(Path(sys.executable).parent / "ray")
