@@ -12,6 +12,7 @@ were already reduced over DP by the workers.
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import ray
@@ -42,8 +43,8 @@ class LearnerGroup:
         self.pg = placement_group([dict(bundle) for _ in range(self.world_size)], strategy="PACK")
         ray.get(self.pg.ready())
         port = free_port(master_addr)
-        remote = ray.remote(LearnerWorker)
-        self.workers = [
+        remote: Any = ray.remote(LearnerWorker)  # Ray's stubs do not type `.remote` on actor methods
+        self.workers: list[Any] = [
             remote.options(
                 num_cpus=bundle["CPU"], num_gpus=bundle.get("GPU", 0),
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=r),
@@ -60,33 +61,34 @@ class LearnerGroup:
     # --- verbs --------------------------------------------------------------------------------
 
     def compute_logprobs(self, batch):  # TrainBatch -> Tensor [N, L]
-        return self._concat(self._per_dp("compute_logprobs", batch))
+        return self._concat(self._per_dp(lambda w, b: w.compute_logprobs.remote(b), batch))
 
     def compute_ref_logprobs(self, batch):  # TrainBatch -> Tensor [N, L]
-        return self._concat(self._per_dp("compute_ref_logprobs", batch))
+        return self._concat(self._per_dp(lambda w, b: w.compute_ref_logprobs.remote(b), batch))
 
     def forward_backward(self, batch, loss_name: str, num_tokens: int, num_sequences: int,
                          loss_kwargs: dict) -> dict[str, float]:
-        results = self._per_dp("forward_backward", batch, loss_name, num_tokens, num_sequences, loss_kwargs)
+        results = self._per_dp(
+            lambda w, b: w.forward_backward.remote(b, loss_name, num_tokens, num_sequences, loss_kwargs), batch)
         return results[self.output_rank[0]]
 
     def optim_step(self) -> dict[str, float]:
-        return self._all("optim_step")[0]
+        return self._all(lambda w: w.optim_step.remote())[0]
 
     def save(self, directory) -> None:
-        self._all("save", str(directory))
+        self._all(lambda w: w.save.remote(str(directory)))
 
     def load(self, directory) -> None:
-        self._all("load", str(directory))
+        self._all(lambda w: w.load.remote(str(directory)))
 
     def export_hf(self, directory) -> None:
-        self._all("export_hf", str(directory))
+        self._all(lambda w: w.export_hf.remote(str(directory)))
 
     def init_weight_sync(self, host: str, port: int, world_size: int, timeout_s: float) -> None:
-        self._all("init_weight_sync", host, port, world_size, timeout_s)
+        self._all(lambda w: w.init_weight_sync.remote(host, port, world_size, timeout_s))
 
     def push_weights(self, version: int, bucket_bytes: int) -> dict:
-        return self._all("push_weights", version, bucket_bytes)[0]
+        return self._all(lambda w: w.push_weights.remote(version, bucket_bytes))[0]
 
     def push_weights_async(self, version: int, bucket_bytes: int) -> list:
         """Refs of a weight push, for a caller that must run the engines' receive concurrently."""
@@ -103,18 +105,18 @@ class LearnerGroup:
 
     # --- fan-out ------------------------------------------------------------------------------
 
-    def _all(self, verb: str, *args) -> list:
-        return ray.get([getattr(w, verb).remote(*args) for w in self.workers])
+    def _all(self, call: Callable[[Any], Any]) -> list:
+        """`call(worker)` returns an ObjectRef; run it on every rank and wait for all of them at once."""
+        return ray.get([call(w) for w in self.workers])
 
-    def _per_dp(self, verb: str, batch, *args) -> list:
+    def _per_dp(self, call: Callable[[Any, Any], Any], batch) -> list:
         """Call `verb` on every rank with its DP replica's slice of `batch` (each slice put once)."""
         n = batch.num_sequences
         if n % self.dp:
             raise ValueError(f"{n} sequences do not split evenly over {self.dp} data-parallel ranks")
         per = n // self.dp
         slices = [ray.put(batch.select(slice(d * per, (d + 1) * per))) for d in range(self.dp)]
-        return ray.get([getattr(w, verb).remote(slices[c["dp_rank"]], *args)
-                        for w, c in zip(self.workers, self.coords)])
+        return ray.get([call(w, slices[c["dp_rank"]]) for w, c in zip(self.workers, self.coords)])
 
     def _concat(self, results: list):
         import torch

@@ -247,6 +247,7 @@ class TrainConfig:
     def validate(self) -> TrainConfig:
         """Check the configuration as a whole; returns self so calls can chain."""
         a, lr, ro = self.algorithm, self.learner, self.rollout
+        _require(a.max_sampling_rounds >= 1, "algorithm.max_sampling_rounds must be >= 1")
         _require(a.group_size >= 2, "algorithm.group_size must be >= 2: advantages are relative to the group")
         _require(a.prompts_per_step >= 1, "algorithm.prompts_per_step must be >= 1")
         _require(a.updates_per_step >= 1, "algorithm.updates_per_step must be >= 1")

@@ -57,6 +57,7 @@ def sample_groups(system: Any, sampler: PromptSampler, cfg: TrainConfig, seed: i
         have += sum(useful)
         if have >= a.prompts_per_step:
             break
+    assert first is not None, "max_sampling_rounds >= 1 is checked by validate()"
     merged = concat_scored(kept + dropped)
     batch = select_groups(merged, list(range(a.prompts_per_step)))
     stats = rollout_stats(first) | {"sampling_rounds": float(r + 1),
