@@ -1,0 +1,300 @@
+"""Build the demo's data and its pretrained tiny base model, offline, on CPU.
+
+    python -m examples.build_tiny [--force]
+
+Writes, under `artifacts/`:
+- `data/arithmetic/{train,heldout}.jsonl` and `data/countdown/{train,heldout}.jsonl` (examples/tasks.py);
+- `tiny-qwen2/`: a Hugging Face directory (config, safetensors, tokenizer) with a Qwen2 of about 0.9M
+  parameters, pretrained on `r1_zero(question) + reference completion + EOS` for the addition task.
+
+The base model is deliberately imperfect: a share of the pretraining completions carries one wrong
+column sum (and the wrong answer that follows from it), and pretraining is short, so sampling at
+temperature 1 slips often while greedy decoding is mostly right. That leaves GRPO room to raise
+sampled accuracy within minutes. The loss is on completion tokens only: the prompt is the same
+instruction every time, and the model only has to continue it.
+
+A stamp file holds a hash of the build parameters and of the sources that shape the output; a
+re-run with a matching stamp does nothing. Same seed, same artifacts (single-process CPU training).
+"""
+
+from __future__ import annotations
+
+import os
+
+# Passive OpenMP waiting: on a shared 2-core machine, spinning worker threads made a training step
+# 10-50x slower whenever other processes competed for the cores. Must be set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse
+import hashlib
+import json
+import math
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from examples import tasks
+from examples.tasks import ARITHMETIC, COUNTDOWN, TaskExample
+from examples.tiny_model import build_tokenizer, model_config
+from trainer.templates import r1_zero
+
+ROOT = Path(__file__).resolve().parent.parent
+HASHED_SOURCES = ("examples/tasks.py", "examples/build_tiny.py", "examples/tiny_model.py", "trainer/templates.py")
+"""Sources whose change changes the artifacts, so they are part of the stamp."""
+STAMP_NAME = ".tiny_build_stamp.json"
+IGNORE_INDEX = -100
+"""Label that `torch.nn.functional.cross_entropy` skips (prompt and padding positions)."""
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    seed: int = 0
+    """Seed for the data, the tokenizer corpus, initialisation and batch order."""
+    out_dir: str = "artifacts"
+    """Where data/ and tiny-qwen2/ go."""
+    arithmetic_train: int = 20_000
+    """Addition questions in the train split (GRPO's prompts and the pretraining set)."""
+    arithmetic_heldout: int = 500
+    """Addition questions in the held-out split (evaluation reads the first DataConfig.eval_size)."""
+    countdown_train: int = 10_000
+    """Countdown instances in the train split."""
+    countdown_heldout: int = 500
+    """Countdown instances in the held-out split."""
+    tokenizer_corpus: int = 4_000
+    """Rendered samples per task the BPE is trained on (the vocabulary saturates far below this)."""
+    vocab_size: int = 1024
+    """BPE vocabulary limit; the template-shaped corpus fills fewer than 512 entries."""
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 2
+    """head_dim = hidden_size / num_heads = 64: vLLM's CPU attention kernel rejects head_dim 16."""
+    intermediate_size: int = 384
+    max_positions: int = 512
+    wrong_step_share: float = 0.3
+    """Share of pretraining completions with one wrong column sum (leaves sampling imperfect)."""
+    pretrain_steps: int = 400
+    """Optimizer steps; short on purpose (see the module docstring)."""
+    batch_size: int = 64
+    """Sequences per optimizer step."""
+    lr: float = 3e-3
+    """Peak AdamW learning rate (after linear warm-up; cosine decay to 10% of it)."""
+    warmup_steps: int = 30
+    weight_decay: float = 0.01
+    threads: int = 2
+    """torch CPU threads for pretraining and the final evaluation."""
+    eval_prompts: int = 128
+    """Held-out addition prompts for the accuracy printed at the end."""
+    eval_samples: int = 4
+    """k samples per prompt for the printed pass@1."""
+
+
+def build_hash(cfg: BuildConfig) -> str:
+    h = hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode())
+    for rel in HASHED_SOURCES:
+        h.update(rel.encode() + b"\0" + (ROOT / rel).read_bytes())
+    return h.hexdigest()
+
+
+def _outputs(out: Path) -> list[Path]:
+    data = [out / "data" / t / f"{s}.jsonl" for t in (ARITHMETIC, COUNTDOWN) for s in ("train", "heldout")]
+    return data + [out / "tiny-qwen2" / "config.json", out / "tiny-qwen2" / "model.safetensors"]
+
+
+def is_up_to_date(cfg: BuildConfig) -> bool:
+    out = Path(cfg.out_dir)
+    stamp = out / STAMP_NAME
+    if not stamp.exists() or not all(p.exists() for p in _outputs(out)):
+        return False
+    return json.loads(stamp.read_text()).get("hash") == build_hash(cfg)
+
+
+# -------------------------------------------------------------------------------------------- data
+
+
+def write_data(cfg: BuildConfig) -> dict[str, tuple[list[TaskExample], list[TaskExample]]]:
+    """Both tasks' splits, written as JSONL; returns them as (train, heldout)."""
+    sizes = {ARITHMETIC: (cfg.arithmetic_train, cfg.arithmetic_heldout),
+             COUNTDOWN: (cfg.countdown_train, cfg.countdown_heldout)}
+    splits = {}
+    for task, (n_train, n_heldout) in sizes.items():
+        train, heldout = tasks.make_splits(task, n_train, n_heldout, cfg.seed)
+        tasks.write_jsonl(Path(cfg.out_dir) / "data" / task / "train.jsonl", train)
+        tasks.write_jsonl(Path(cfg.out_dir) / "data" / task / "heldout.jsonl", heldout)
+        splits[task] = (train, heldout)
+    return splits
+
+
+def tokenizer_corpus(splits, cfg: BuildConfig) -> list[str]:
+    """Template-rendered text of both tasks, with the noisy completions pretraining will see."""
+    rng = random.Random(cfg.seed)
+    arithmetic, countdown = splits[ARITHMETIC][0], splits[COUNTDOWN][0]
+    texts = [r1_zero(e.prompt) + tasks.noisy_arithmetic_completion(e, rng, cfg.wrong_step_share)
+             for e in arithmetic[:cfg.tokenizer_corpus]]
+    texts += [r1_zero(e.prompt) + tasks.reference_completion(e) for e in countdown[:cfg.tokenizer_corpus]]
+    return texts
+
+
+# ------------------------------------------------------------------------------------- pretraining
+
+
+def common_prefix_length(sequences: list[list[int]]) -> int:
+    """Length of the longest token prefix all sequences share."""
+    first, length = sequences[0], min(len(s) for s in sequences)
+    for seq in sequences[1:]:
+        length = next((i for i in range(length) if seq[i] != first[i]), length)
+    return length
+
+
+def encode_sample(tokenizer, prompt_ids: list[int], completion: str) -> tuple[list[int], list[int]]:
+    """(input_ids, labels) for prompt + completion + EOS; labels mask the prompt out.
+
+    The completion is tokenised on its own, as the rollout engine produces it after the prompt.
+    """
+    completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return prompt_ids + completion_ids, [IGNORE_INDEX] * len(prompt_ids) + completion_ids
+
+
+def collate(samples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a batch: input_ids, attention_mask, labels, all [b, L]."""
+    length = max(len(ids) for ids, _ in samples)
+    input_ids = torch.full((len(samples), length), pad_id, dtype=torch.long)  # [b, L]
+    labels = torch.full((len(samples), length), IGNORE_INDEX, dtype=torch.long)  # [b, L]
+    mask = torch.zeros((len(samples), length), dtype=torch.long)  # [b, L]
+    for i, (ids, lab) in enumerate(samples):
+        input_ids[i, :len(ids)] = torch.tensor(ids)
+        labels[i, :len(lab)] = torch.tensor(lab)
+        mask[i, :len(ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+
+
+def shared_prefix_loss(model, batch: dict[str, torch.Tensor], prefix_len: int) -> torch.Tensor:
+    """The causal-LM loss of `batch`, running its shared first `prefix_len` tokens once.
+
+    Every sample starts with the same R1-Zero instruction (about 80 of its ~130 tokens), so its keys and
+    values are computed for one row and repeated over the batch; gradients flow back through the
+    repeat. Same loss and gradients as the plain forward, at about a third of the cost.
+    """
+    input_ids, labels, mask = batch["input_ids"], batch["labels"], batch["attention_mask"]  # [b, L]
+    prefix = model(input_ids=input_ids[:1, :prefix_len], use_cache=True)  # keys/values [1, P]
+    cache = prefix.past_key_values
+    cache.batch_repeat_interleave(input_ids.shape[0])  # [b, P]
+    out = model(input_ids=input_ids[:, prefix_len:], attention_mask=mask,  # mask covers [b, P + S]
+                past_key_values=cache, labels=labels[:, prefix_len:])
+    return out.loss  # mean over completion tokens (prompt labels are IGNORE_INDEX)
+
+
+def lr_at(step: int, cfg: BuildConfig) -> float:
+    """Linear warm-up, then cosine decay to 10% of the peak."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.pretrain_steps - cfg.warmup_steps)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def pretrain(model, tokenizer, train: list[TaskExample], cfg: BuildConfig, *, eval_every: int = 0,
+             heldout: list[TaskExample] | None = None) -> list[float]:
+    """Train on noisy reference completions; returns the per-step losses."""
+    from tqdm import tqdm
+
+    rng = random.Random(cfg.seed + 1)
+    prompt_ids = {e.prompt: tokenizer(r1_zero(e.prompt))["input_ids"] for e in train}
+    prefix_len = common_prefix_length(list(prompt_ids.values()))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95),
+                                  weight_decay=cfg.weight_decay)
+    losses: list[float] = []
+    model.train()
+    bar = tqdm(range(cfg.pretrain_steps), desc="pretraining", unit="step")
+    for step in bar:
+        batch = [encode_sample(tokenizer, prompt_ids[e.prompt],
+                               tasks.noisy_arithmetic_completion(e, rng, cfg.wrong_step_share))
+                 for e in rng.sample(train, cfg.batch_size)]
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        loss = shared_prefix_loss(model, collate(batch, tokenizer.eos_token_id), prefix_len)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())  # once per step for the progress bar, outside any RL hot path
+        bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
+        if eval_every and heldout and (step + 1) % eval_every == 0 and step + 1 < cfg.pretrain_steps:
+            _report(model, tokenizer, heldout, cfg, label=f"step {step + 1}", write=bar.write)
+    return losses
+
+
+def _report(model, tokenizer, heldout, cfg: BuildConfig, *, label: str, write=print):
+    from examples.eval_base import evaluate
+
+    result = evaluate(model, tokenizer, heldout[:cfg.eval_prompts], k=cfg.eval_samples, seed=cfg.seed)
+    write(f"{label}: held-out addition ({result.num_prompts} prompts): pass@1 at temperature 1 "
+          f"(k={result.samples_per_prompt}) {result.pass_at_1:.1%}, greedy {result.greedy:.1%} "
+          f"[{result.seconds:.0f} s]")
+    return result
+
+
+# ------------------------------------------------------------------------------------------- build
+
+
+def build(cfg: BuildConfig, *, eval_every: int = 0) -> None:
+    from transformers import Qwen2ForCausalLM
+
+    t0 = time.perf_counter()
+    torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out_dir)
+    splits = write_data(cfg)
+    tokenizer = build_tokenizer(tokenizer_corpus(splits, cfg), vocab_size=cfg.vocab_size)
+    print(f"data written under {out / 'data'}; tokenizer: {len(tokenizer)} tokens")
+
+    torch.manual_seed(cfg.seed)
+    config = model_config(len(tokenizer), hidden_size=cfg.hidden_size, num_layers=cfg.num_layers,
+                          num_heads=cfg.num_heads, num_kv_heads=cfg.num_heads,
+                          intermediate_size=cfg.intermediate_size, max_positions=cfg.max_positions,
+                          tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id)
+    model = Qwen2ForCausalLM(config).to(torch.float32)
+    print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
+    train, heldout = splits[ARITHMETIC]
+    losses = pretrain(model, tokenizer, train, cfg, eval_every=eval_every, heldout=heldout)
+    tail = losses[-20:]
+    print(f"pretraining done in {time.perf_counter() - t0:.0f} s; loss (mean of last {len(tail)} steps) "
+          f"{sum(tail) / len(tail):.4f}")
+
+    model_dir = out / "tiny-qwen2"
+    tmp = out / "tiny-qwen2.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.eos_token_id
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(model_dir, ignore_errors=True)
+    tmp.replace(model_dir)  # readers see the old model or the new one, never half of one
+
+    result = _report(model, tokenizer, heldout, cfg, label="final")
+    (out / STAMP_NAME).write_text(json.dumps({
+        "hash": build_hash(cfg), "config": asdict(cfg), "final_loss": sum(tail) / len(tail),
+        "heldout_pass_at_1": result.pass_at_1, "heldout_greedy": result.greedy,
+        "build_seconds": round(time.perf_counter() - t0, 1),
+    }, indent=2))
+    print(f"built {model_dir} in {time.perf_counter() - t0:.0f} s")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Build the tiny demo model and data sets (offline).")
+    parser.add_argument("--force", action="store_true", help="rebuild even if the stamp matches")
+    parser.add_argument("--out-dir", default=BuildConfig.out_dir)
+    parser.add_argument("--seed", type=int, default=BuildConfig.seed)
+    parser.add_argument("--steps", type=int, default=BuildConfig.pretrain_steps, help="pretraining steps")
+    parser.add_argument("--eval-every", type=int, default=0, help="also evaluate every this many steps")
+    args = parser.parse_args(argv)
+    cfg = BuildConfig(seed=args.seed, out_dir=args.out_dir, pretrain_steps=args.steps)
+    if not args.force and is_up_to_date(cfg):
+        print(f"{cfg.out_dir}: tiny model and data are up to date (stamp matches); --force rebuilds")
+        return
+    build(cfg, eval_every=args.eval_every)
+
+
+if __name__ == "__main__":
+    main()
