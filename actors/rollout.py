@@ -38,6 +38,8 @@ STALE_VERSION = -1
 """Reported after a failed transfer: the weights are neither the old nor the new version."""
 EMPTY_DIGEST = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 """sha256 of zero bytes."""
+PREFILL_TOKEN_BUDGET = 8192
+"""Tokens one engine step may prefill (whole prompts only; see the engine arguments)."""
 RPC_MARGIN_S = 30.0
 """Extra time around a transfer's own timeout before the actor gives up waiting on vLLM."""
 
@@ -110,6 +112,11 @@ class RolloutWorker:
             enable_sleep_mode=enable_sleep_mode and self.on_gpu, seed=seed,
             weight_transfer_config={"backend": self.backend},
             enable_prefix_caching=True,  # the G samples of a group share their prompt
+            # A prefill split over two steps makes vLLM rewind the request's seeded generator
+            # (`Generator.set_offset`), which CPU generators do not support: seeded requests then
+            # kill the engine. Whole prefills keep per-request seeds usable on CPU and GPU alike.
+            enable_chunked_prefill=False,
+            max_num_batched_tokens=max(PREFILL_TOKEN_BUDGET, max_model_len),
         )
         self.engine = AsyncLLM.from_engine_args(args)
         self.tp_size = tensor_parallel_size
@@ -196,6 +203,9 @@ class RolloutWorker:
                 request = WeightTransferUpdateRequest(update_info=worker_update_info(self.backend, metas, bucket_bytes))
                 await asyncio.wait_for(self.engine.update_weights(request), self._sync_timeout_s + RPC_MARGIN_S)
                 await self.engine.finish_weight_update(str(version))
+                # Cached prefix KV was computed with the old weights; reusing it would sample the next
+                # step from a mix of two policies (seen as a learner-vs-rollout logprob gap that grows).
+                await self.engine.reset_prefix_cache()
             except Exception as e:
                 raise WeightSyncError(f"engine {self.engine_index}: receiving version {version} failed "
                                       f"({type(e).__name__}: {e}); the engine is stale until the next sync") from e

@@ -234,6 +234,8 @@ def _engine_classes() -> tuple[type, type, type]:
             from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
 
             finalize_layerwise_reload(self.model, self.model_config)
+            if getattr(self.model_config.hf_config, "tie_word_embeddings", False):
+                retie_lm_head(self.model)
 
         def receive_weights(self, update_info: GlooUpdateInfo) -> None:
             if self.group is None:
@@ -250,6 +252,21 @@ def _engine_classes() -> tuple[type, type, type]:
             self.group, self.store = None, None
 
     return GlooInitInfo, GlooUpdateInfo, GlooWeightTransferEngine
+
+
+def retie_lm_head(model: Any) -> None:
+    """Point a tied lm_head at the embedding the reload just replaced, and re-process it.
+
+    vLLM ties them by sharing one Parameter (`ParallelLMHead.tie_weights`); the layerwise reload gives
+    `embed_tokens` a new Parameter, and the lm_head (absent from the checkpoint) keeps the old one, on
+    CPU also its packed GEMM copy: logits would come from the previous step's embedding.
+    """
+    lm_head = getattr(model, "lm_head", None)
+    embed = getattr(getattr(model, "model", None), "embed_tokens", None)
+    if lm_head is None or embed is None or lm_head is embed or not hasattr(lm_head, "quant_method"):
+        return
+    lm_head.weight = embed.weight
+    lm_head.quant_method.process_weights_after_loading(lm_head)
 
 
 def register_vllm_plugin() -> None:
@@ -329,5 +346,9 @@ class WeightSender:
 
 
 def iter_module_tensors(module: torch.nn.Module) -> Iterator[tuple[str, Tensor]]:
-    """HF-named full tensors of a Hugging Face model (what the learner sends after its gather)."""
-    yield from module.state_dict().items()
+    """HF-named full tensors of a Hugging Face model as its checkpoint holds them (a tied lm_head is not
+    repeated): exactly what the learner sends after its gather."""
+    tied = bool(getattr(getattr(module, "config", None), "tie_word_embeddings", False))
+    for name, tensor in module.state_dict().items():
+        if not (tied and name == "lm_head.weight"):
+            yield name, tensor
