@@ -22,7 +22,7 @@ def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
-def init_ray(address: str = "local", *, num_cpus: int | None = None) -> None:
+def init_ray(address: str = "local", *, num_cpus: int | None = None, log_to_driver: bool = True) -> None:
     """Start (local) or join (auto / host:port) Ray, unless this process already did."""
     if ray.is_initialized():
         return
@@ -31,7 +31,7 @@ def init_ray(address: str = "local", *, num_cpus: int | None = None) -> None:
     if address == "local":
         # Inside a `ray job submit` the job's driver must join its cluster, not start another.
         if os.environ.get("RAY_ADDRESS"):
-            ray.init(address="auto", runtime_env=env, log_to_driver=True)
+            ray.init(address="auto", runtime_env=env, log_to_driver=log_to_driver)
             return
         os.environ[LOOPBACK_ONLY_ENV] = "0"
         ray.init(
@@ -39,10 +39,10 @@ def init_ray(address: str = "local", *, num_cpus: int | None = None) -> None:
             include_dashboard=False,
             _node_ip_address=LOOPBACK,
             runtime_env=env,
-            log_to_driver=True,
+            log_to_driver=log_to_driver,
         )
     else:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=log_to_driver)
 
 
 def _pythonpath() -> str:

@@ -1,6 +1,6 @@
 """Rollout throughput on CPU: completion tokens per second with 1 and 2 engines, same prompts.
 
-    PYTHONPATH=. .venv/bin/python examples/bench_rollout.py [--prompts 32] [--group-size 8] [--max-tokens 32]
+    python -m examples.bench_rollout [--prompts 32] [--group-size 8] [--max-tokens 32]
 
 With 2 engines each binds its OpenMP threads to its own core (`cpu_threads_bind`); the ratio to
 1 engine shows what a second engine buys on this machine.
@@ -36,7 +36,9 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=32)
     args = ap.parse_args()
     prompts = [Prompt(index=i, text=f"What is {100 + 7 * i}+{23 * i}?", ground_truth="") for i in range(args.prompts)]
-    ray.init(num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    from cluster.ray_init import init_ray
+
+    init_ray("local", num_cpus=4, log_to_driver=False)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             model = str(write_test_model(f"{tmp}/m", hidden_size=128, num_layers=4))

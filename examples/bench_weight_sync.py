@@ -1,6 +1,6 @@
 """Weight sync speed on CPU (gloo): one sender, one engine, models of ~1M, ~10M and ~100M parameters.
 
-    PYTHONPATH=. .venv/bin/python examples/bench_weight_sync.py
+    python -m examples.bench_weight_sync
 
 Each size is synced into a real vLLM engine (checkpoint load included: vLLM's layerwise reload and
 CPU weight repacking run on the receiving side) and compared with a plain in-memory copy of the
@@ -54,7 +54,9 @@ class Sender:
 
 
 def main() -> None:
-    ray.init(num_cpus=4, include_dashboard=False, _node_ip_address=HOST, log_to_driver=False)
+    from cluster.ray_init import init_ray
+
+    init_ray("local", num_cpus=4, log_to_driver=False)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             for k, (label, shape) in enumerate(SIZES.items()):

@@ -43,7 +43,9 @@ def _rollout() -> RolloutBatch:
 @pytest.fixture(scope="module")
 def ray_local():
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    from cluster.ray_init import init_ray
+
+    init_ray("local", num_cpus=2, log_to_driver=False)
     try:
         yield ray
     finally:

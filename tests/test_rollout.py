@@ -61,7 +61,9 @@ def engines(tmp_path_factory):
     from examples.tiny_model import write_test_model
 
     model_dir = write_test_model(tmp_path_factory.mktemp("model") / "tiny", seed=0, hidden_size=128, num_layers=2)
-    ray.init(num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    from cluster.ray_init import init_ray
+
+    init_ray("local", num_cpus=4, log_to_driver=False)
     try:
         actors = [ray.remote(num_cpus=1)(RolloutWorker).remote(
             str(model_dir), max_model_len=128, seed=0, engine_index=i, cpu_threads=cpu_threads_bind(i, 2))

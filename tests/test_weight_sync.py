@@ -119,7 +119,9 @@ def setup(tmp_path_factory):
     engine_dir = write_test_model(root / "a", seed=0, hidden_size=128, num_layers=2)
     sender_dir = write_test_model(root / "b", seed=1, hidden_size=128, num_layers=2)
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import tests/
-    ray.init(num_cpus=4, include_dashboard=False, _node_ip_address=HOST, log_to_driver=False)
+    from cluster.ray_init import init_ray
+
+    init_ray("local", num_cpus=4, log_to_driver=False)
     try:
         engine = ray.remote(num_cpus=1)(RolloutWorker).remote(str(engine_dir), max_model_len=128, seed=0)
         sender = ray.remote(num_cpus=1)(HFSender).remote(str(sender_dir))
