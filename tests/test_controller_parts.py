@@ -41,6 +41,14 @@ def test_sampler_covers_every_prompt_once_per_epoch():
     assert epoch != list(range(12))  # shuffled
 
 
+def test_sampler_resumed_at_end_of_epoch_starts_the_next_one():
+    sampler = PromptSampler(_prompts(6), seed=1, state=SamplerState(epoch=2, position=6))
+    batch = sampler.next(4)
+    assert len(batch) == 4 and sampler.state == SamplerState(epoch=3, position=4)
+    assert [p.index for p in batch] == [p.index for p in PromptSampler(_prompts(6), seed=1,
+                                                                      state=SamplerState(3, 0)).next(4)]
+
+
 def test_read_rows_errors_name_file_and_row(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "a", "ground_truth": "1"}\n{"prompt": "b"}\n')

@@ -35,6 +35,8 @@ def train(cfg: TrainConfig) -> Path:
     """Run GRPO as configured; returns the run directory (metrics.jsonl, curves.png, checkpoints/)."""
     cfg = cfg.validate()
     run_dir = Path(cfg.output_dir) / cfg.name
+    if finished(cfg, run_dir):
+        return run_dir
     run = Run.start(cfg, run_dir)
     try:
         if run.state.step == 0:
@@ -63,6 +65,19 @@ def train(cfg: TrainConfig) -> Path:
     finally:
         run.close()
     return run_dir
+
+
+def finished(cfg: TrainConfig, run_dir: Path) -> bool:
+    """A resumed run that already reached total_steps trains nothing; say so instead of starting actors."""
+    checkpoint = latest_checkpoint(run_dir) if cfg.resume else None
+    if checkpoint is None:
+        return False
+    done = load_controller_state(checkpoint).step
+    if done < cfg.total_steps:
+        return False
+    tqdm.write(f"{run_dir} already finished {done} steps (total_steps={cfg.total_steps}); nothing to train. "
+               f"Raise total_steps to continue it, or delete the directory (or --set resume=false) to start over.")
+    return True
 
 
 @dataclass
@@ -98,7 +113,8 @@ class Run:
             tqdm.write(f"resumed from {checkpoint} at step {state.step}")
         sampler = PromptSampler(train_prompts, seed=cfg.seed, shuffle=cfg.data.shuffle, state=state.sampler)
         logger = MetricsLogger(run_dir)
-        logger.truncate_after(state.step)
+        # Lines past the checkpoint (or all of them, for a fresh start) are rewritten by this run.
+        logger.truncate_after(state.step if checkpoint is not None else -1)
         return cls(cfg, run_dir, system, sampler, heldout, logger, state)
 
     def seed(self, step: int) -> int:
