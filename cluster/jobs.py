@@ -18,13 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cluster.ray_init import LOOPBACK
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return int(s.getsockname()[1])
+from cluster.ray_init import LOOPBACK, free_port
 
 
 @dataclass(frozen=True)

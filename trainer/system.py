@@ -12,9 +12,9 @@ from typing import Any
 
 import ray
 
-from cluster.learner_group import LearnerGroup, free_port
+from cluster.learner_group import LearnerGroup
 from cluster.placement import Placement, ResourceSpec, RoleSpec
-from cluster.ray_init import LOOPBACK, init_ray, shutdown_ray
+from cluster.ray_init import LOOPBACK, free_port, init_ray, shutdown_ray
 from trainer.config import TrainConfig
 
 
