@@ -1,8 +1,5 @@
-"""Where each role's actors run: one resource spec for every role, turned into placement groups.
-
-Disaggregated (default): every role gets its own bundles. Colocated: rollout engines and learner ranks
-share one placement group, one bundle per device; each takes a fraction of the device, and the engines
-sleep while the learner trains (verl / OpenRLHF's "hybrid engine" layout).
+"""Where each role's actors run: a resource spec per role, turned into one placement group per role
+(one bundle per actor), so a role's actors are reserved together or not at all.
 
 On one CPU machine the bundles are logical CPUs only (`cpus_per_actor` each, small enough that every
 role fits on two cores); Ray does not pin them to cores.
@@ -18,8 +15,6 @@ from ray.util.placement_group import PlacementGroup, placement_group, remove_pla
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 PLACEMENT_TIMEOUT_S = 120.0
-COLOCATED_SHARE = 0.5
-"""Device share of each of the two colocated roles (rollout engine, learner rank) in a shared bundle."""
 
 
 @dataclass(frozen=True)
@@ -29,19 +24,18 @@ class RoleSpec:
     name: str
     """'rollout', 'learner', 'reference' or 'reward'."""
     num_actors: int
-    """Actors of this role (engines x their TP size count as one actor per device)."""
+    """Actors of this role (one rollout engine is one actor, whatever its tensor-parallel size)."""
     cpus_per_actor: float
     """Logical CPUs each actor reserves."""
     gpus_per_actor: float
-    """Devices each actor reserves (0 on CPU)."""
+    """Devices each actor reserves (0 on CPU; an engine reserves its tensor-parallel size)."""
 
 
 @dataclass(frozen=True)
 class ResourceSpec:
-    """Every role of a run, and whether rollout and learner share devices."""
+    """Every role of a run that this module places."""
 
     roles: tuple[RoleSpec, ...]
-    colocate: bool = False
 
     def role(self, name: str) -> RoleSpec:
         for spec in self.roles:
@@ -56,16 +50,8 @@ class Placement:
     def __init__(self, spec: ResourceSpec, *, strategy: str = "PACK") -> None:
         self.spec = spec
         self._groups: dict[str, PlacementGroup] = {}
-        shared = ("rollout", "learner") if spec.colocate else ()
-        if shared:
-            # One bundle per device; rollout engines and learner ranks each take a share of it.
-            learner = spec.role("learner")
-            bundles = [{"CPU": learner.cpus_per_actor * 2, "GPU": 1.0}] * learner.num_actors
-            group = _create(bundles, strategy)
-            for name in shared:
-                self._groups[name] = group
         for role in spec.roles:
-            if role.name in self._groups or role.num_actors == 0:
+            if role.num_actors == 0:
                 continue
             bundle: dict[str, float] = {"CPU": role.cpus_per_actor}
             if role.gpus_per_actor:
@@ -77,18 +63,16 @@ class Placement:
         spec = self.spec.role(role)
         if not 0 <= index < spec.num_actors:
             raise IndexError(f"{role} actor {index} out of range: the spec has {spec.num_actors}")
-        colocated = self.spec.colocate and role in ("rollout", "learner")
-        gpus = COLOCATED_SHARE if colocated else spec.gpus_per_actor
         return {
             "num_cpus": spec.cpus_per_actor,
-            "num_gpus": gpus,
+            "num_gpus": spec.gpus_per_actor,
             "scheduling_strategy": PlacementGroupSchedulingStrategy(
                 placement_group=self._groups[role], placement_group_bundle_index=index
             ),
         }
 
     def remove(self) -> None:
-        for group in {id(g): g for g in self._groups.values()}.values():
+        for group in self._groups.values():
             remove_placement_group(group)
         self._groups.clear()
 

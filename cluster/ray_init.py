@@ -41,7 +41,7 @@ def init_ray(address: str = "local", *, num_cpus: int | None = None, log_to_driv
         if os.environ.get("RAY_ADDRESS"):
             ray.init(address="auto", runtime_env=env, log_to_driver=log_to_driver)
             return
-        os.environ[LOOPBACK_ONLY_ENV] = "0"
+        _keep_on_loopback()
         ray.init(
             num_cpus=num_cpus or os.cpu_count(),
             include_dashboard=False,
@@ -57,6 +57,15 @@ def _pythonpath() -> str:
     current = os.environ.get("PYTHONPATH", "")
     root = str(repo_root())
     return root if not current else f"{root}{os.pathsep}{current}"
+
+
+def _keep_on_loopback() -> None:
+    # Ray reads the variable when it is imported, so set the constant it became as well; the variable
+    # reaches the processes Ray starts.
+    from ray._private import ray_constants
+
+    os.environ[LOOPBACK_ONLY_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def shutdown_ray() -> None:

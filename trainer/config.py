@@ -180,7 +180,7 @@ class ClusterConfig:
     address: str = "local"
     """'local' starts Ray on this machine (127.0.0.1); 'auto' joins the cluster of a `ray job submit`."""
     colocate: bool = False
-    """Rollout engines and learner share devices; engines sleep while the learner trains."""
+    """Engines free their device memory (vLLM sleep mode) while the learner trains, for GPUs they share."""
     use_gpu: bool = False
     """Reserve GPUs for engines and learner ranks; False runs everything on CPU."""
     num_cpus: int | None = None

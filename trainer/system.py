@@ -115,7 +115,7 @@ def resource_spec(cfg: TrainConfig) -> ResourceSpec:
     cpus = cfg.cluster.cpus_per_actor
     return ResourceSpec(roles=(
         RoleSpec("rollout", cfg.rollout.num_engines, cpus, gpu * cfg.rollout.tensor_parallel_size),
-    ), colocate=False)
+    ))
 
 
 def start_engines(cfg: TrainConfig, placement: Placement) -> list[Any]:
