@@ -73,7 +73,7 @@ def rollout_worker_kwargs(cfg: TrainConfig, engine_index: int) -> dict[str, Any]
         tensor_parallel_size=ro.tensor_parallel_size,
         max_model_len=ro.max_model_len,
         gpu_memory_utilization=ro.gpu_memory_utilization,
-        enable_sleep_mode=ro.enable_sleep_mode,
+        enable_sleep_mode=ro.enable_sleep_mode or cfg.cluster.colocate,  # colocated engines must free memory
         cpu_kvcache_gib=ro.cpu_kvcache_gib,
         seed=cfg.seed,
         engine_index=engine_index,

@@ -11,14 +11,16 @@ and the controller joins that cluster (`cluster.address=auto`, which a job's RAY
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cluster.ray_init import LOOPBACK, free_port
+from cluster.ray_init import LOOPBACK, LOOPBACK_ONLY_ENV, free_port
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,8 @@ class LocalHead:
     gcs_port: int
     dashboard_port: int
     env: dict[str, str]
+    temp_dir: Path
+    """Ray's session files; every process of this head names it on its command line."""
 
     @property
     def dashboard_address(self) -> str:
@@ -40,20 +44,38 @@ class LocalHead:
         return subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=timeout_s, check=False)
 
     def stop(self) -> None:
-        subprocess.run([_ray_cli(), "stop", "--force"], env=self.env, capture_output=True, check=False)
+        """Kill this head's processes only (`ray stop` would stop every Ray on the machine)."""
+        import psutil
+
+        mine = []
+        for proc in psutil.process_iter(["cmdline"]):
+            if any(str(self.temp_dir) in arg for arg in proc.info["cmdline"] or ()):
+                mine.append(proc)
+        for proc in mine:
+            proc.kill()
+        psutil.wait_procs(mine, timeout=30)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
-def start_local_head(*, num_cpus: int, temp_dir: str | Path, timeout_s: float = 60.0) -> LocalHead:
-    """Start a Ray head on 127.0.0.1 with its dashboard (the job server) on 127.0.0.1 as well."""
+def start_local_head(*, num_cpus: int, temp_dir: str | Path | None = None, timeout_s: float = 60.0) -> LocalHead:
+    """Start a Ray head on 127.0.0.1 with its dashboard (the job server) on 127.0.0.1 as well.
+
+    `temp_dir` must be short: Ray puts Unix sockets under it, and their paths may not exceed 107 bytes.
+    """
     gcs_port, dashboard_port = free_port(), free_port()
+    temp_dir = temp_dir or tempfile.mkdtemp(prefix="ray-", dir="/tmp")
     env = dict(os.environ)
+    env[LOOPBACK_ONLY_ENV] = "0"  # keep the node address 127.0.0.1 (see cluster.ray_init)
+    # Ray 2.60 has token authentication on by default, but its job CLI only sends the token
+    # (~/.ray/auth_token) when the mode is named.
+    env.setdefault("RAY_AUTH_MODE", "token")
     # Jobs run `python` from PATH; make it this interpreter so they see the same packages.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     cmd = [_ray_cli(), "start", "--head", f"--port={gcs_port}", "--node-ip-address", LOOPBACK,
            "--dashboard-host", LOOPBACK, f"--dashboard-port={dashboard_port}", f"--num-cpus={num_cpus}",
            f"--temp-dir={temp_dir}", "--disable-usage-stats"]
     subprocess.run(cmd, env=env, check=True, capture_output=True, text=True, timeout=timeout_s)
-    head = LocalHead(gcs_port, dashboard_port, env)
+    head = LocalHead(gcs_port, dashboard_port, env, Path(temp_dir))
     _wait_for_port(dashboard_port, timeout_s)
     return head
 

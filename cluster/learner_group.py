@@ -27,23 +27,32 @@ class LearnerGroup:
     def __init__(self, *, model_path: str, tp: int = 1, pp: int = 1, dp: int = 1, dtype: str = "float32",
                  seed: int = 0, optimizer: Any = None, sequences_per_microbatch: int = 16,
                  role: str = "policy", hold_reference: bool = False, use_gpu: bool = False,
-                 cpus_per_actor: float = 1.0, num_threads: int = 1, master_addr: str = LOOPBACK):
+                 cpus_per_actor: float = 1.0, num_threads: int = 1, master_addr: str = LOOPBACK,
+                 placement: Callable[[int], dict[str, Any]] | None = None):
+        """`placement(rank)` gives the Ray options that place rank `rank` (e.g. a bundle it shares with a
+        rollout engine, see cluster.placement); without it the group reserves a placement group of its own."""
         from actors.learner import LearnerWorker
 
         self.world_size, self.dp = tp * pp * dp, dp
-        bundle = {"GPU": 1, "CPU": 1} if use_gpu else {"CPU": cpus_per_actor}
-        self.pg = placement_group([dict(bundle) for _ in range(self.world_size)], strategy="PACK")
-        ray.get(self.pg.ready())
+        self.pg = None
+        if placement is None:
+            bundle = {"GPU": 1, "CPU": 1} if use_gpu else {"CPU": cpus_per_actor}
+            self.pg = placement_group([dict(bundle) for _ in range(self.world_size)], strategy="PACK")
+            ray.get(self.pg.ready())
+            own_pg = self.pg
+
+            def placement(rank: int) -> dict[str, Any]:
+                return {"num_cpus": bundle["CPU"], "num_gpus": bundle.get("GPU", 0),
+                        "scheduling_strategy": PlacementGroupSchedulingStrategy(own_pg, placement_group_bundle_index=rank)}
+
         port = free_port(master_addr)
         remote: Any = ray.remote(LearnerWorker)  # Ray's stubs do not type `.remote` on actor methods
         self.workers: list[Any] = [
-            remote.options(
-                num_cpus=bundle["CPU"], num_gpus=bundle.get("GPU", 0),
-                scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=r),
-            ).remote(rank=r, world_size=self.world_size, master_addr=master_addr, master_port=port, tp=tp,
-                     pp=pp, dp=dp, model_path=model_path, dtype=dtype, seed=seed, optimizer=optimizer,
-                     sequences_per_microbatch=sequences_per_microbatch, role=role,
-                     hold_reference=hold_reference, num_threads=num_threads)
+            remote.options(**placement(r)).remote(
+                rank=r, world_size=self.world_size, master_addr=master_addr, master_port=port, tp=tp,
+                pp=pp, dp=dp, model_path=model_path, dtype=dtype, seed=seed, optimizer=optimizer,
+                sequences_per_microbatch=sequences_per_microbatch, role=role,
+                hold_reference=hold_reference, num_threads=num_threads)
             for r in range(self.world_size)
         ]
         self.coords = ray.get([w.coords.remote() for w in self.workers])

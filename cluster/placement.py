@@ -1,5 +1,10 @@
-"""Where each role's actors run: a resource spec per role, turned into one placement group per role
-(one bundle per actor), so a role's actors are reserved together or not at all.
+"""Where each role's actors run: a resource spec per role, turned into placement groups, so a role's
+actors are reserved together or not at all.
+
+Disaggregated (default): one placement group per role, one bundle per actor. Colocated: the roles
+named in `ResourceSpec.colocated` (rollout engines and learner ranks) share one placement group;
+bundle i holds actor i of each of them, and each takes its own share of the bundle's device (verl's
+and OpenRLHF's "hybrid engine" layout). The engines sleep while the learner trains.
 
 On one CPU machine the bundles are logical CPUs only (`cpus_per_actor` each, small enough that every
 role fits on two cores); Ray does not pin them to cores.
@@ -7,6 +12,7 @@ role fits on two cores); Ray does not pin them to cores.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +42,8 @@ class ResourceSpec:
     """Every role of a run that this module places."""
 
     roles: tuple[RoleSpec, ...]
+    colocated: tuple[str, ...] = ()
+    """Roles whose actor i share bundle i of one placement group."""
 
     def role(self, name: str) -> RoleSpec:
         for spec in self.roles:
@@ -50,12 +58,17 @@ class Placement:
     def __init__(self, spec: ResourceSpec, *, strategy: str = "PACK") -> None:
         self.spec = spec
         self._groups: dict[str, PlacementGroup] = {}
+        if spec.colocated:
+            shared = [spec.role(name) for name in spec.colocated]
+            bundles = [_bundle(sum(r.cpus_per_actor for r in shared if i < r.num_actors),
+                               sum(r.gpus_per_actor for r in shared if i < r.num_actors))
+                       for i in range(max(r.num_actors for r in shared))]
+            group = _create(bundles, strategy)
+            self._groups.update({name: group for name in spec.colocated})
         for role in spec.roles:
-            if role.num_actors == 0:
+            if role.num_actors == 0 or role.name in self._groups:
                 continue
-            bundle: dict[str, float] = {"CPU": role.cpus_per_actor}
-            if role.gpus_per_actor:
-                bundle["GPU"] = role.gpus_per_actor
+            bundle = _bundle(role.cpus_per_actor, role.gpus_per_actor)
             self._groups[role.name] = _create([bundle] * role.num_actors, strategy)
 
     def options(self, role: str, index: int) -> dict[str, Any]:
@@ -71,10 +84,18 @@ class Placement:
             ),
         }
 
+    def options_for(self, role: str) -> Callable[[int], dict[str, Any]]:
+        """`options` for one role, for a group that places its own actors (the learner group)."""
+        return lambda index: self.options(role, index)
+
     def remove(self) -> None:
-        for group in self._groups.values():
+        for group in {id(g): g for g in self._groups.values()}.values():
             remove_placement_group(group)
         self._groups.clear()
+
+
+def _bundle(cpus: float, gpus: float) -> dict[str, float]:
+    return {"CPU": cpus, "GPU": gpus} if gpus else {"CPU": cpus}
 
 
 def _create(bundles: list[dict[str, float]], strategy: str) -> PlacementGroup:

@@ -184,3 +184,17 @@ def test_examples_validate():
     for name, fn in EXAMPLES.items():
         cfg = fn().validate()
         assert cfg.sequences_per_update % cfg.learner.data_parallel_size == 0, name
+
+
+def test_colocation_needs_one_engine_per_learner_device():
+    from dataclasses import replace
+
+    from examples.configs import tiny_cpu
+    from trainer.config import ConfigError
+
+    cfg = tiny_cpu()
+    colocated = replace(cfg, cluster=replace(cfg.cluster, colocate=True))
+    assert colocated.validate() is colocated           # 2 engines on 2 learner ranks
+    too_many = replace(colocated, rollout=replace(cfg.rollout, num_engines=3))
+    with pytest.raises(ConfigError, match="colocate"):
+        too_many.validate()

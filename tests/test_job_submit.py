@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.mark.skipif(not MODEL.exists(), reason="run `python -m examples.build_tiny` (make test does) first")
 def test_ray_job_submit_tiny_run_learns(tmp_path):
-    head = start_local_head(num_cpus=2, temp_dir=tmp_path / "ray")
+    head = start_local_head(num_cpus=2)
     out = tmp_path / "runs"
     try:
         result = head.submit(

@@ -53,3 +53,29 @@ def test_unsatisfiable_spec_fails_clearly(local_ray, monkeypatch):
     monkeypatch.setattr(placement_module, "PLACEMENT_TIMEOUT_S", 2.0)
     with pytest.raises(RuntimeError, match="lacks these resources"):
         Placement(ResourceSpec(roles=(RoleSpec("rollout", 1, 0.0, 1.0),)))   # a GPU this machine lacks
+
+
+def test_colocated_roles_share_bundles(local_ray):
+    import ray
+    from ray.util.placement_group import placement_group_table
+
+    @ray.remote
+    class Where:
+        def group(self):
+            return ray.get_runtime_context().get_placement_group_id()
+
+    spec = ResourceSpec(roles=(RoleSpec("rollout", 2, 0.25, 0.0), RoleSpec("learner", 2, 0.5, 0.0),
+                               RoleSpec("reward", 1, 0.25, 0.0)), colocated=("rollout", "learner"))
+    placement = Placement(spec)
+    try:
+        engines = [Where.options(**placement.options("rollout", i)).remote() for i in range(2)]
+        ranks = [Where.options(**placement.options_for("learner")(i)).remote() for i in range(2)]
+        groups = ray.get([a.group.remote() for a in engines + ranks])
+        assert len(set(groups)) == 1
+        table = placement_group_table()[groups[0]]
+        # Bundle i holds engine i and learner rank i: 0.25 + 0.5 CPUs each.
+        assert [b["CPU"] for b in table["bundles"].values()] == [0.75, 0.75]
+        for a in engines + ranks:
+            ray.kill(a)
+    finally:
+        placement.remove()

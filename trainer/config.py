@@ -282,6 +282,11 @@ class TrainConfig:
             f"{self.model.max_prompt_tokens + self.model.max_response_tokens} exceeds "
             f"rollout.max_model_len = {ro.max_model_len}",
         )
+        if self.cluster.colocate:
+            ranks = lr.tensor_parallel_size * lr.pipeline_parallel_size * lr.data_parallel_size
+            _require(ro.tensor_parallel_size == 1 and ro.num_engines <= ranks,
+                     f"cluster.colocate puts engine i on learner rank i's device: it needs "
+                     f"rollout.tensor_parallel_size = 1 and rollout.num_engines <= {ranks} learner ranks")
         _require(self.reward.num_actors >= 1, "reward.num_actors must be >= 1")
         _require(self.reward.timeout_s > 0, "reward.timeout_s must be > 0")
         _require(self.eval.samples_per_prompt >= 1, "eval.samples_per_prompt must be >= 1")

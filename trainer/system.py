@@ -44,7 +44,7 @@ class System:
         tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
         placement = Placement(resource_spec(cfg))
         engine_actors = start_engines(cfg, placement)   # vLLM starts while the learner builds
-        learner = start_learner(cfg, role="policy")
+        learner = start_learner(cfg, role="policy", placement=placement)
         reference = None
         if cfg.needs_reference and not cfg.learner.reference_colocated:
             reference = start_learner(cfg, role="reference")
@@ -109,12 +109,24 @@ class System:
         shutdown_ray()
 
 
+COLOCATED_GPU_SHARE = 0.5
+"""Share of a GPU each colocated role (engine, learner rank) reserves; the engine sleeps while the
+learner trains, so in practice each uses the whole memory in turn."""
+
+
 def resource_spec(cfg: TrainConfig) -> ResourceSpec:
-    """Rollout engines and reward actors, as `cluster.placement` places them."""
+    """Rollout engines and policy learner ranks, as `cluster.placement` places them."""
     gpu = 1.0 if cfg.cluster.use_gpu else 0.0
-    cpus = cfg.cluster.cpus_per_actor
+    cpus, lc = cfg.cluster.cpus_per_actor, cfg.learner
+    learner_ranks = lc.tensor_parallel_size * lc.pipeline_parallel_size * lc.data_parallel_size
+    if cfg.cluster.colocate:
+        share = gpu * COLOCATED_GPU_SHARE
+        return ResourceSpec(roles=(RoleSpec("rollout", cfg.rollout.num_engines, cpus, share),
+                                   RoleSpec("learner", learner_ranks, cpus, share)),
+                            colocated=("rollout", "learner"))
     return ResourceSpec(roles=(
         RoleSpec("rollout", cfg.rollout.num_engines, cpus, gpu * cfg.rollout.tensor_parallel_size),
+        RoleSpec("learner", learner_ranks, cpus, gpu),
     ))
 
 
@@ -126,7 +138,7 @@ def start_engines(cfg: TrainConfig, placement: Placement) -> list[Any]:
             for i in range(cfg.rollout.num_engines)]
 
 
-def start_learner(cfg: TrainConfig, *, role: str) -> LearnerGroup:
+def start_learner(cfg: TrainConfig, *, role: str, placement: Placement | None = None) -> LearnerGroup:
     from actors.learner import OptimizerSettings
 
     lc = cfg.learner
@@ -142,4 +154,5 @@ def start_learner(cfg: TrainConfig, *, role: str) -> LearnerGroup:
         sequences_per_microbatch=lc.sequences_per_microbatch, role=role,
         hold_reference=role == "policy" and cfg.needs_reference and lc.reference_colocated,
         use_gpu=cfg.cluster.use_gpu, cpus_per_actor=cfg.cluster.cpus_per_actor,
+        placement=placement.options_for("learner") if placement is not None else None,
     )
