@@ -22,6 +22,8 @@ from pathlib import Path
 
 from cluster.ray_init import LOOPBACK, LOOPBACK_ONLY_ENV, free_port
 
+HEAD_MARKER_ENV = "GRPO_RAY_LOCAL_HEAD"
+
 
 @dataclass(frozen=True)
 class LocalHead:
@@ -31,7 +33,7 @@ class LocalHead:
     dashboard_port: int
     env: dict[str, str]
     temp_dir: Path
-    """Ray's session files; every process of this head names it on its command line."""
+    """Ray's session files; also the value of HEAD_MARKER_ENV in every process of this head."""
 
     @property
     def dashboard_address(self) -> str:
@@ -48,11 +50,17 @@ class LocalHead:
         import psutil
 
         mine = []
-        for proc in psutil.process_iter(["cmdline"]):
-            if any(str(self.temp_dir) in arg for arg in proc.info["cmdline"] or ()):
-                mine.append(proc)
+        for proc in psutil.process_iter():
+            try:
+                if _belongs(proc, str(self.temp_dir)):
+                    mine.append(proc)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
         for proc in mine:
-            proc.kill()
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
         psutil.wait_procs(mine, timeout=30)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
@@ -69,6 +77,7 @@ def start_local_head(*, num_cpus: int, temp_dir: str | Path | None = None, timeo
     # Ray 2.60 has token authentication on by default, but its job CLI only sends the token
     # (~/.ray/auth_token) when the mode is named.
     env.setdefault("RAY_AUTH_MODE", "token")
+    env[HEAD_MARKER_ENV] = str(temp_dir)  # inherited by every process of this head, whatever it renames itself
     # Jobs run `python` from PATH; make it this interpreter so they see the same packages.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     cmd = [_ray_cli(), "start", "--head", f"--port={gcs_port}", "--node-ip-address", LOOPBACK,
@@ -78,6 +87,14 @@ def start_local_head(*, num_cpus: int, temp_dir: str | Path | None = None, timeo
     head = LocalHead(gcs_port, dashboard_port, env, Path(temp_dir))
     _wait_for_port(dashboard_port, timeout_s)
     return head
+
+
+def _belongs(proc, temp_dir: str) -> bool:
+    """A process of the head at `temp_dir`: it inherited the marker, or (Ray's agents, which start with a
+    fresh environment) it writes its logs there."""
+    if proc.environ().get(HEAD_MARKER_ENV) == temp_dir:
+        return True
+    return any(f.path.startswith(temp_dir) for f in proc.open_files())
 
 
 def _wait_for_port(port: int, timeout_s: float) -> None:
