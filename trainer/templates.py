@@ -7,6 +7,11 @@ opening tag because `completion_for_reward` puts it back.
 
 `r1_chat` is the variant for instruct models: the same instruction as a system message, rendered by
 the tokenizer's own chat template.
+
+`r1_cold_start` prompts for R1's readable cold-start format (arXiv:2501.12948, section 2.3.1): the
+response is `|special_token|<reasoning_process>|special_token|<summary>`, written by
+`readable_response` and read back strictly by `split_readable`. The marker is plain text here, not an
+added token, so any tokenizer can carry it; `chain_of_thought` finds the reasoning in either format.
 """
 
 from __future__ import annotations
@@ -40,7 +45,52 @@ def r1_chat(question: str, tokenizer: Any) -> str:
     return str(text) + THINK_OPEN
 
 
-TEMPLATES: dict[str, Callable[..., str]] = {"r1_zero": r1_zero, "r1_chat": r1_chat}
+COLD_START_MARKER = "|special_token|"
+"""R1's delimiter around the reasoning process in the cold-start format."""
+
+COLD_START_INSTRUCTION = (
+    "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. "
+    "The Assistant first writes its reasoning process between two |special_token| markers, then a "
+    "summary that ends with the answer enclosed within <answer> </answer> tags."
+)
+
+
+def r1_cold_start(question: str) -> str:
+    """The prompt for the readable cold-start format; the response opens with the marker."""
+    return f"{COLD_START_INSTRUCTION} User: {question} Assistant:"
+
+
+def readable_response(reasoning: str, summary: str, *, marker: str = COLD_START_MARKER) -> str:
+    """R1's cold-start output: `marker + reasoning + marker + summary`."""
+    if marker in reasoning or marker in summary:
+        raise ValueError(f"the reasoning and the summary must not contain the marker {marker!r}")
+    return f"{marker}{reasoning}{marker}{summary}"
+
+
+def split_readable(text: str, *, marker: str = COLD_START_MARKER) -> tuple[str, str] | None:
+    """(reasoning, summary) of a readable response, or None unless it opens with the marker, holds it
+    exactly twice and both parts are non-empty."""
+    if not text.startswith(marker) or text.count(marker) != 2:
+        return None
+    _, reasoning, summary = text.split(marker)
+    if not reasoning.strip() or not summary.strip():
+        return None
+    return reasoning, summary
+
+
+def chain_of_thought(text: str, *, marker: str = COLD_START_MARKER) -> str | None:
+    """The reasoning of a completion: between the cold-start markers, else inside the first
+    `<think>...</think>` (pass the text through `completion_for_reward` first), else None."""
+    readable = split_readable(text, marker=marker)
+    if readable is not None:
+        return readable[0]
+    start = text.find(THINK_OPEN)
+    end = text.find("</think>", start + len(THINK_OPEN)) if start != -1 else -1
+    return text[start + len(THINK_OPEN):end] if end != -1 else None
+
+
+TEMPLATES: dict[str, Callable[..., str]] = {"r1_zero": r1_zero, "r1_chat": r1_chat,
+                                            "r1_cold_start": r1_cold_start}
 """Template name -> renderer. `r1_chat` also needs the tokenizer."""
 
 
