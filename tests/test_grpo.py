@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trainer import grpo
+from trainer.batch import useful_groups
 from trainer.config import AlgorithmConfig
 
 LN2, LN3 = math.log(2.0), math.log(3.0)
@@ -104,10 +105,46 @@ def test_advantage_invariants_over_random_rewards(rows):
         for i in range(g):
             others = [rows[b][j] for j in range(g) if j != i]
             close(rloo[b, i], rows[b][i] - sum(others) / (g - 1), tol=1e-6)
-    # grpo = dr_grpo / (std + eps); rloo = G / (G - 1) * dr_grpo
+    # grpo = dr_grpo / (std + eps) on groups with signal; rloo = G / (G - 1) * dr_grpo
     dr = grpo.compute_advantages(r, estimator="dr_grpo", eps=1e-6)
-    close(grpo.compute_advantages(r, estimator="grpo", eps=1e-6), dr / (r.std(dim=1, keepdim=True) + 1e-6))
+    expected = (dr / (r.std(dim=1, keepdim=True) + 1e-6)).masked_fill(grpo.flat_groups(r).unsqueeze(1), 0.0)
+    close(grpo.compute_advantages(r, estimator="grpo", eps=1e-6), expected, tol=1e-4)
     close(rloo, dr * g / (g - 1), tol=1e-6)
+
+
+def test_flat_group_repro_from_issue_is_exactly_zero():
+    # float32 12.84 x 8: mean and std one rounding step off; the old code gave +0.6276 to every sample.
+    r = torch.full((1, 8), 12.84, dtype=torch.float32)
+    adv = grpo.compute_advantages(r, estimator="grpo", eps=1e-6)
+    assert adv.dtype == torch.float32
+    assert torch.equal(adv, torch.zeros_like(r))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_every_flat_group_gets_exactly_zero(estimator, dtype):
+    # k x 0.01 for k = 1..2000 (839 of them were non-zero in float32), negatives, large and tiny values.
+    values = [k * 0.01 for k in range(1, 2001)] + [-7.3, -0.1, 5e4 + 0.1, 3e-8, 12.84, 0.0]  # 5e4: float16 still finite
+    for g in (2, 8, 16):
+        r = torch.tensor(values, dtype=dtype).unsqueeze(1).expand(-1, g).contiguous()  # [B, G] flat rows
+        adv = grpo.compute_advantages(r, estimator=estimator, eps=1e-6)
+        assert adv.dtype == dtype
+        assert torch.equal(adv, torch.zeros_like(adv)), f"{estimator} {dtype} G={g}"
+        assert not useful_groups(r).any()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.floats(-1e4, 1e4, allow_nan=False, width=32), st.integers(2, 16),
+       st.sampled_from([torch.float32, torch.float64]))
+def test_flat_group_property(value, g, dtype):
+    r = torch.full((3, g), value, dtype=dtype)
+    r[1] = 1.0  # one group with no signal at an exact value, one with signal
+    r[2, 0] = value + 1.0
+    for estimator in ESTIMATORS:
+        adv = grpo.compute_advantages(r, estimator=estimator, eps=1e-6)
+        assert torch.equal(adv[:2], torch.zeros_like(adv[:2]))
+        assert adv[2, 0] > 0 and (adv[2, 1:] < 0).all()
+    assert useful_groups(r).tolist() == [False, False, True]
 
 
 # --- KL --------------------------------------------------------------------------------------

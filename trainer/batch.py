@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from trainer import grpo
 from trainer.types import RolloutBatch, ScoredBatch, TrainBatch
 
 
@@ -54,8 +55,9 @@ def build_train_batch(scored: ScoredBatch, advantages: Tensor, *, pad_token_id: 
 
 
 def useful_groups(rewards: Tensor) -> Tensor:
-    """[B] bool: groups whose rewards are not all equal (DAPO dynamic sampling keeps only these)."""
-    return rewards.max(dim=1).values > rewards.min(dim=1).values                # [B]
+    """[B] bool: groups whose rewards are not all equal up to rounding (DAPO dynamic sampling keeps only
+    these); the complement of `grpo.flat_groups`, so the zero-variance share matches the zero advantages."""
+    return ~grpo.flat_groups(rewards)                                           # [B]
 
 
 def rollout_stats(scored: ScoredBatch) -> dict[str, float]:

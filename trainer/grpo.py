@@ -39,8 +39,11 @@ Where this code departs from the papers:
        constant `max_response_tokens` (Dr. GRPO uses a constant generation budget). All three
        normalise by counts over the whole update, not per micro-batch.
     2. GRPO advantages use the unbiased (G - 1) group std, and `eps` is added to the std (the papers
-       do not specify either); a group with identical rewards gets advantage 0 under every
-       estimator. Dr. GRPO's estimator is r - mean without the std, as in its paper.
+       do not specify either). A group whose rewards are equal up to rounding gets advantage exactly 0
+       under every estimator: group statistics are computed in float64 and such groups are zeroed
+       explicitly (in float32 a group of 0.1s has a mean one rounding step off each reward and a std
+       of the same size, so (r - mean) / (std + eps) would be of order one, all of one sign).
+       Dr. GRPO's estimator is r - mean without the std, as in its paper.
     3. KL. GRPO puts the k3 estimator of KL(pi_theta || pi_ref) in the loss; here k1, k2 or k3 can
        be chosen, each per-token estimate is clamped to [-kl_clamp, kl_clamp], and the default
        `kl_coef` is 0 (as in DAPO and Dr. GRPO). Like GRPO, the KL term is evaluated on samples of
@@ -105,6 +108,23 @@ def rloo_advantages(rewards: Tensor, *, eps: float = 0.0) -> Tensor:
     return rewards - others_sum / (group_size - 1)  # [B, G]
 
 
+FLAT_GROUP_RTOL = 1e-6
+"""A group whose reward spread (max - min) is at most this times its largest |reward| carries no signal:
+about 8 float32 rounding steps, far below any real reward difference (0.1 format, 1 accuracy)."""
+
+
+def flat_groups(rewards: Tensor) -> Tensor:
+    """[B, G] -> [B] bool: groups whose rewards are all equal up to rounding (zero variance).
+
+    The spread is compared in float64 against FLAT_GROUP_RTOL times the group's largest magnitude, so
+    12.84 stored as float32 eight times is flat, and 0.0 against 1e-30 is not.
+    """
+    r = rewards.double()  # [B, G]
+    spread = r.max(dim=1).values - r.min(dim=1).values  # [B]
+    scale = r.abs().max(dim=1).values  # [B]
+    return spread <= FLAT_GROUP_RTOL * scale  # [B]
+
+
 AdvantageFn = Callable[..., Tensor]
 ADVANTAGE_ESTIMATORS: dict[str, AdvantageFn] = {
     "grpo": grpo_advantages,
@@ -116,14 +136,20 @@ ADVANTAGE_ESTIMATORS: dict[str, AdvantageFn] = {
 def compute_advantages(rewards: Tensor, *, estimator: str, eps: float) -> Tensor:
     """Group-relative advantages of rewards [B, G] -> [B, G] with the named estimator.
 
-    Flatten with `.reshape(-1)` to get the [N] per-sequence advantages of a `TrainBatch`.
+    Flatten with `.reshape(-1)` to get the [N] per-sequence advantages of a `TrainBatch`. Statistics
+    are computed in float64; groups that are flat up to rounding (`flat_groups`) get exactly 0. The
+    result has the rewards' dtype (float32 for integer rewards).
     """
     if rewards.dim() != 2 or rewards.shape[1] < 2:
         raise ValueError(f"rewards must be [B, G] with G >= 2 (advantages are relative to the group), "
                          f"got shape {tuple(rewards.shape)}")
     if estimator not in ADVANTAGE_ESTIMATORS:
         raise ValueError(f"unknown advantage estimator {estimator!r}; known: {sorted(ADVANTAGE_ESTIMATORS)}")
-    return ADVANTAGE_ESTIMATORS[estimator](rewards, eps=eps)
+    out_dtype = rewards.dtype if rewards.is_floating_point() else torch.float32
+    # float64 statistics, and flat groups zeroed exactly (departure 2).
+    adv = ADVANTAGE_ESTIMATORS[estimator](rewards.double(), eps=eps)  # [B, G]
+    adv = adv.masked_fill(flat_groups(rewards).unsqueeze(1), 0.0)  # [B, G]
+    return adv.to(out_dtype)
 
 
 # --- KL estimators ---------------------------------------------------------------------------
