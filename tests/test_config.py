@@ -194,7 +194,7 @@ def _with(**sections) -> TrainConfig:
     ({"model": {"max_prompt_tokens": 200, "max_response_tokens": 64}},
      "= 264 exceeds rollout.max_model_len = 256"),
     ({"reward": {"num_actors": 0}}, "reward.num_actors must be >= 1"),
-    ({"reward": {"timeout_s": 0.0}}, "reward.timeout_s must be > 0"),
+    ({"reward": {"timeout_s": 0.0}}, r"reward.timeout_s = 0.0 is out of range: allowed \(0, 86400\]"),
     ({"eval": {"samples_per_prompt": 0}}, "eval.samples_per_prompt must be >= 1"),
     ({"cluster": {"address": "nowhere"}}, "cluster.address must be"),
 ])
@@ -231,3 +231,108 @@ def test_overrides_then_validate_catch_bad_combinations():
         cfg.validate()
     assert isinstance(ConfigError("x"), ValueError)
     assert AlgorithmConfig().clip_eps_low == 0.2 and LearnerConfig().lr == 1e-6
+
+
+# --- ranges: values that would ruin a run are refused before anything starts ------------------
+
+@pytest.mark.parametrize(("override", "message"), [
+    # reported by the hostile-input probe (issue 10)
+    ("reward.timeout_s=inf", r"reward\.timeout_s = inf: must be a finite number"),
+    ("learner.lr=-1", r"learner\.lr = -1\.0 is out of range: allowed \(0, inf\)"),
+    ("learner.lr=inf", r"learner\.lr = inf: must be a finite number"),
+    ("model.max_response_tokens=0", r"model\.max_response_tokens = 0 is out of range: allowed \[1, inf\)"),
+    ("rollout.sampling.top_p=5", r"rollout\.sampling\.top_p = 5\.0 is out of range: allowed \(0, 1\]"),
+    ("rollout.sampling.temperature=-1", r"rollout\.sampling\.temperature = -1\.0 .* allowed \(0, inf\)"),
+    ("eval.every_steps=-1", r"eval\.every_steps = -1 is out of range: allowed \[0, inf\)"),
+    ("checkpoint_every=-1", r"checkpoint_every = -1 is out of range: allowed \[0, inf\)"),
+    ("data.eval_size=0", r"data\.eval_size = 0 is out of range: allowed \[1, inf\)"),
+    ("learner.adam_beta1=2", r"learner\.adam_beta1 = 2\.0 is out of range: allowed \[0, 1\)"),
+    ("rollout.gpu_memory_utilization=7", r"rollout\.gpu_memory_utilization = 7\.0 .* allowed \(0, 1\]"),
+    # non-finite floats anywhere, whatever the field
+    ("algorithm.kl_coef=inf", r"algorithm\.kl_coef = inf: must be a finite number"),
+    ("algorithm.clip_eps_high=-inf", r"algorithm\.clip_eps_high = -inf: must be a finite number"),
+    ("reward.format_weight=1e999", r"reward\.format_weight = inf: must be a finite number"),
+    ("rollout.weight_sync_timeout_s=inf", r"rollout\.weight_sync_timeout_s = inf: must be a finite"),
+    ("eval.temperature=inf", r"eval\.temperature = inf: must be a finite number"),
+    # the rest of the ranges
+    ("name=", "name = '': must be a non-empty directory name"),
+    ("name=../elsewhere", "must be a non-empty directory name without '/'"),
+    ("name=..", "must be a non-empty directory name"),
+    ("seed=-1", r"seed = -1 is out of range: allowed \[0, inf\)"),
+    ("model.max_prompt_tokens=0", r"model\.max_prompt_tokens = 0 is out of range"),
+    ("data.template=chatml", r"data\.template = 'chatml': expected one of r1_zero"),
+    ("rollout.sampling.temperature=0", r"rollout\.sampling\.temperature = 0\.0 .* allowed \(0, inf\)"),
+    ("rollout.sampling.top_p=0", r"rollout\.sampling\.top_p = 0\.0 is out of range: allowed \(0, 1\]"),
+    ("rollout.sampling.top_p=-0.5", r"top_p = -0\.5 is out of range"),
+    ("rollout.sampling.seed=-3", r"rollout\.sampling\.seed = -3 is out of range"),
+    ("rollout.gpu_memory_utilization=0", r"rollout\.gpu_memory_utilization = 0\.0 is out of range"),
+    ("rollout.gpu_memory_utilization=1.01", r"rollout\.gpu_memory_utilization = 1\.01 is out of range"),
+    ("rollout.cpu_kvcache_gib=0", r"rollout\.cpu_kvcache_gib = 0\.0 .* allowed \(0, inf\)"),
+    ("rollout.weight_sync_bucket_bytes=0", r"rollout\.weight_sync_bucket_bytes = 0 is out of range"),
+    ("rollout.weight_sync_timeout_s=0", r"rollout\.weight_sync_timeout_s = 0\.0 .* allowed \(0, 86400\]"),
+    ("rollout.weight_sync_timeout_s=1e12", r"rollout\.weight_sync_timeout_s = 1000000000000\.0 .* allowed \(0, 86400\]"),
+    ("learner.lr=0", r"learner\.lr = 0\.0 is out of range: allowed \(0, inf\)"),
+    ("learner.lr_warmup_steps=-1", r"learner\.lr_warmup_steps = -1 is out of range"),
+    ("learner.weight_decay=-0.1", r"learner\.weight_decay = -0\.1 is out of range: allowed \[0, inf\)"),
+    ("learner.adam_beta1=-0.1", r"learner\.adam_beta1 = -0\.1 is out of range: allowed \[0, 1\)"),
+    ("learner.adam_beta2=1", r"learner\.adam_beta2 = 1\.0 is out of range: allowed \[0, 1\)"),
+    ("learner.grad_clip=-1", r"learner\.grad_clip = -1\.0 is out of range: allowed \[0, inf\)"),
+    ("reward.accuracy_weight=-1", r"reward\.accuracy_weight = -1\.0 is out of range"),
+    ("reward.format_weight=-0.1", r"reward\.format_weight = -0\.1 is out of range"),
+    ("reward.language_weight=-1", r"reward\.language_weight = -1\.0 is out of range"),
+    ("reward.overlong_weight=-1", r"reward\.overlong_weight = -1\.0 is out of range"),
+    ("reward.accuracy_weight=0", "are all 0: every reward would be 0"),
+    ("reward.timeout_s=-1", r"reward\.timeout_s = -1\.0 is out of range: allowed \(0, 86400\]"),
+    ("reward.timeout_s=1e10", r"reward\.timeout_s = 10000000000\.0 is out of range: allowed \(0, 86400\]"),
+    ("cluster.cpus_per_actor=0", r"cluster\.cpus_per_actor = 0\.0 is out of range: allowed \(0, inf\)"),
+    ("cluster.num_cpus=0", r"cluster\.num_cpus = 0 is out of range: allowed \[1, inf\)"),
+    ("cluster.gpus_per_node=0", r"cluster\.gpus_per_node = 0 is out of range: allowed \[1, inf\)"),
+    ("cluster.gpu_memory_gib=0", r"cluster\.gpu_memory_gib = 0\.0 is out of range: allowed \(0, inf\)"),
+    ("eval.temperature=-0.5", r"eval\.temperature = -0\.5 is out of range: allowed \[0, inf\)"),
+])
+def test_validate_rejects_out_of_range_values_naming_field_and_range(override, message):
+    cfg = apply_overrides(TrainConfig(), [override])  # parsing accepts it; validate() must not
+    with pytest.raises(ConfigError, match=message):
+        cfg.validate()
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["reward.overlong_weight=1", "reward.overlong_buffer_tokens=65"],
+     r"reward\.overlong_buffer_tokens = 65 is out of range: allowed \[0, 64\]"),
+    (["reward.overlong_weight=1", "reward.overlong_buffer_tokens=-1"], r"overlong_buffer_tokens = -1 is out of range"),
+])
+def test_overlong_buffer_must_fit_in_the_response(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        apply_overrides(TrainConfig(), overrides).validate()
+
+
+@pytest.mark.parametrize("override", [
+    "eval.every_steps=0", "checkpoint_every=0", "learner.grad_clip=0", "eval.temperature=0",
+    "rollout.sampling.top_p=1", "rollout.gpu_memory_utilization=1", "learner.adam_beta2=0",
+    "reward.timeout_s=86400", "reward.accuracy_weight=0 ", "seed=0",
+])
+def test_validate_accepts_the_edges_of_each_range(override):
+    cfg = apply_overrides(TrainConfig(), [override, "reward.format_weight=0.1"])
+    assert cfg.validate() is cfg
+
+
+def test_non_finite_values_inside_tuples_are_refused():
+    cfg = dataclasses.replace(TrainConfig(), rollout=dataclasses.replace(TrainConfig().rollout, sampling=(
+        dataclasses.replace(TrainConfig().rollout.sampling, top_p=float("nan")))))
+    with pytest.raises(ConfigError, match=r"rollout\.sampling\.top_p = nan: must be a finite number"):
+        cfg.validate()
+    from trainer.config import _check_finite
+
+    @dataclasses.dataclass(frozen=True)
+    class WithTuple:
+        scales: tuple[float, ...] = (1.0, float("inf"))
+
+    with pytest.raises(ConfigError, match=r"x\.scales = inf"):
+        _check_finite(WithTuple(), "x.")
+
+
+def test_every_example_passes_the_range_checks():
+    from examples.configs import EXAMPLES
+
+    for make in EXAMPLES.values():
+        make().validate()

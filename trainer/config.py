@@ -12,6 +12,7 @@ N = B x G sequences per step.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -187,6 +188,10 @@ class ClusterConfig:
     """CPUs for a local Ray (None: all of this machine's)."""
     cpus_per_actor: float = 0.5
     """Logical CPUs each actor reserves (small on one machine, so everything fits)."""
+    gpus_per_node: int = 8
+    """GPUs on each node of the cluster (`python -m trainer plan` lays the roles out on nodes of this size)."""
+    gpu_memory_gib: float = 80.0
+    """Memory of one GPU; `python -m trainer plan` refuses a layout whose estimate exceeds it."""
 
 
 @dataclass(frozen=True)
@@ -246,6 +251,7 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         """Check the configuration as a whole; returns self so calls can chain."""
+        _check_finite(self, "")
         a, lr, ro = self.algorithm, self.learner, self.rollout
         _require(a.max_sampling_rounds >= 1, "algorithm.max_sampling_rounds must be >= 1")
         _require(a.group_size >= 2, "algorithm.group_size must be >= 2: advantages are relative to the group")
@@ -288,11 +294,11 @@ class TrainConfig:
                      f"cluster.colocate puts engine i on learner rank i's device: it needs "
                      f"rollout.tensor_parallel_size = 1 and rollout.num_engines <= {ranks} learner ranks")
         _require(self.reward.num_actors >= 1, "reward.num_actors must be >= 1")
-        _require(self.reward.timeout_s > 0, "reward.timeout_s must be > 0")
         _require(self.eval.samples_per_prompt >= 1, "eval.samples_per_prompt must be >= 1")
         _require(self.total_steps >= 0, "total_steps must be >= 0")
         _require(self.cluster.address in ("local", "auto") or ":" in self.cluster.address,
                  "cluster.address must be 'local', 'auto' or host:port")
+        _check_ranges(self)
         return self
 
 
@@ -303,6 +309,73 @@ class ConfigError(ValueError):
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
+
+
+MAX_TIMEOUT_S = 86_400.0
+"""Longest accepted timeout (a day): longer ones overflow the waits they feed (`inf` did), or hang a run."""
+
+
+def _check_finite(obj: Any, prefix: str) -> None:
+    """Every float field of every section is finite: `inf` and NaN pass comparisons they should fail."""
+    for f in dataclasses.fields(obj):
+        value, key = getattr(obj, f.name), f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            _check_finite(value, key + ".")
+        for item in value if isinstance(value, tuple) else (value,):
+            if isinstance(item, float) and not math.isfinite(item):
+                raise ConfigError(f"{key} = {item}: must be a finite number")
+
+
+def _in_range(key: str, value: float, low: float, high: float = math.inf, *, low_open: bool = False,
+              high_open: bool = False) -> None:
+    """`value` lies in the interval from `low` to `high`; the message names the field and the interval."""
+    ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+    if not ok:
+        hi = "inf)" if high == math.inf else f"{high:g}{')' if high_open else ']'}"
+        raise ConfigError(f"{key} = {value!r} is out of range: allowed {'(' if low_open else '['}{low:g}, {hi}")
+
+
+def _check_ranges(cfg: TrainConfig) -> None:
+    """Range of every numeric field not checked in `validate()` above (each rule has a test)."""
+    m, d, ro, s, lr = cfg.model, cfg.data, cfg.rollout, cfg.rollout.sampling, cfg.learner
+    rw, cl, ev = cfg.reward, cfg.cluster, cfg.eval
+    _require(bool(cfg.name) and "/" not in cfg.name and cfg.name not in (".", ".."),
+             f"name = {cfg.name!r}: must be a non-empty directory name without '/' (outputs go to output_dir/name)")
+    _in_range("seed", cfg.seed, 0)
+    _in_range("checkpoint_every", cfg.checkpoint_every, 0)       # 0: only at the end
+    _in_range("model.max_prompt_tokens", m.max_prompt_tokens, 1)
+    _in_range("model.max_response_tokens", m.max_response_tokens, 1)
+    _in_range("data.eval_size", d.eval_size, 1)
+    from trainer.templates import TEMPLATES
+
+    _require(d.template in TEMPLATES, f"data.template = {d.template!r}: expected one of {', '.join(TEMPLATES)}")
+    _in_range("rollout.sampling.temperature", s.temperature, 0, low_open=True)  # 0 would make G identical samples
+    _in_range("rollout.sampling.top_p", s.top_p, 0, 1, low_open=True)
+    _in_range("rollout.sampling.seed", s.seed, 0)
+    _in_range("rollout.gpu_memory_utilization", ro.gpu_memory_utilization, 0, 1, low_open=True)
+    _in_range("rollout.cpu_kvcache_gib", ro.cpu_kvcache_gib, 0, low_open=True)
+    _in_range("rollout.weight_sync_bucket_bytes", ro.weight_sync_bucket_bytes, 1)
+    _in_range("rollout.weight_sync_timeout_s", ro.weight_sync_timeout_s, 0, MAX_TIMEOUT_S, low_open=True)
+    _in_range("learner.lr", lr.lr, 0, low_open=True)
+    _in_range("learner.lr_warmup_steps", lr.lr_warmup_steps, 0)
+    _in_range("learner.weight_decay", lr.weight_decay, 0)
+    _in_range("learner.adam_beta1", lr.adam_beta1, 0, 1, high_open=True)
+    _in_range("learner.adam_beta2", lr.adam_beta2, 0, 1, high_open=True)
+    _in_range("learner.grad_clip", lr.grad_clip, 0)              # 0: no clipping
+    for name in ("accuracy_weight", "format_weight", "language_weight", "overlong_weight"):
+        _in_range(f"reward.{name}", getattr(rw, name), 0)
+    _require(rw.accuracy_weight + rw.format_weight + rw.language_weight > 0,
+             "reward.accuracy_weight, format_weight and language_weight are all 0: every reward would be 0")
+    if rw.overlong_weight:
+        _in_range("reward.overlong_buffer_tokens", rw.overlong_buffer_tokens, 0, m.max_response_tokens)
+    _in_range("reward.timeout_s", rw.timeout_s, 0, MAX_TIMEOUT_S, low_open=True)
+    _in_range("cluster.cpus_per_actor", cl.cpus_per_actor, 0, low_open=True)
+    _in_range("cluster.gpus_per_node", cl.gpus_per_node, 1)
+    _in_range("cluster.gpu_memory_gib", cl.gpu_memory_gib, 0, low_open=True)
+    if cl.num_cpus is not None:
+        _in_range("cluster.num_cpus", cl.num_cpus, 1)
+    _in_range("eval.every_steps", ev.every_steps, 0)             # 0: at the start and the end only
+    _in_range("eval.temperature", ev.temperature, 0)             # 0: greedy
 
 
 # --- `--set a.b=value` overrides -------------------------------------------------------------
