@@ -377,8 +377,11 @@ class LearnerWorker:
         dist.barrier()
 
     def load(self, directory: str) -> None:
-        """Resume from `save(directory)` written by the same layout."""
-        state = torch.load(Path(directory) / f"rank_{self.rank:05d}.pt", weights_only=False)
+        """Resume from `save(directory)` written by the same layout. Plain tensors only
+        (`weights_only=True`): a planted pickle is refused; a bad shard raises an error naming it."""
+        from trainer.checkpoint import load_tensors
+
+        state = load_tensors(Path(directory) / f"rank_{self.rank:05d}.pt")
         layout = (self.shape.tp, self.shape.pp, dist.get_world_size())
         if tuple(state["layout"]) != layout:
             raise ValueError(f"checkpoint layout (tp, pp, world) {state['layout']} != this group's {layout}")
