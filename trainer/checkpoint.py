@@ -1,24 +1,82 @@
-"""Resumable checkpoints, written atomically.
+"""Resumable checkpoints that a crash, a full disk or a stray edit cannot lose.
 
 Layout under `run_dir/checkpoints/`:
-  step_000010/learner/...     the learner's sharded state (model, optimizer, schedule, RNG per rank)
-  step_000010/controller.json  step, policy_version, data position, RNG state of the controller
-  latest                       name of the newest complete checkpoint
+  step_000010/learner/...       the learner's sharded state (model, optimizer, schedule, RNG per rank)
+  step_000010/controller.json   step, policy_version, data position, RNG state of the controller
+  step_000010/manifest.json     written last: byte size and sha256 of every other file of the checkpoint
+  latest                        name of the newest committed checkpoint (the commit point)
+  discarded/                    checkpoints a resume set aside: newer than the one it resumed from
+                                (never committed by `latest`, or corrupt); kept for inspection
 
-A checkpoint is written into `step_N.tmp/`, renamed into place once complete, and only then named in
-`latest` (itself replaced atomically), so a run killed mid-save resumes from the previous one.
+Saving (`save_checkpoint`): everything goes into `step_N.tmp/`; every file and directory is fsynced,
+the manifest is written and fsynced, the directory is renamed to `step_N` and its parent fsynced, and
+only then `latest` is replaced (write, fsync, rename, fsync). A run killed at any point resumes from
+the previous checkpoint; a `.tmp` left behind is removed when the next run starts. Pruning keeps the
+newest `keep` checkpoints by step number, always counting the one just written, and never touches a
+checkpoint with a higher step.
+
+Resuming (`resume_point`, `latest_checkpoint`): the checkpoint named by `latest` is validated (every
+file of the manifest present with its size and hash, `controller.json` readable); if `latest` is
+missing, empty, dangling or names anything but a `step_N` directory here, the directory is scanned
+instead, newest step first. A checkpoint that fails validation is skipped with a warning naming the
+bad file and why, and the previous one is tried. A directory that holds checkpoints of which none is
+intact is refused (`CheckpointError`) rather than silently restarted from step 0.
+
+Starting over: `resume=false`, or a resume that finds no checkpoint, in a directory holding outputs
+of an earlier run moves them (checkpoints, metrics, TensorBoard events, curves, config) into
+`previous/<UTC time>/` instead of deleting or mixing with them. Delete that folder to reclaim space.
+
+Learner shards are plain tensors and containers, loaded with `torch.load(weights_only=True)`
+(`load_tensors`), so a planted pickle cannot run code.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
+import re
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from trainer.data import SamplerState
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS = "checkpoints"
+MANIFEST = "manifest.json"
+CONTROLLER = "controller.json"
+POINTER = "latest"
+DISCARDED = "discarded"
+PREVIOUS = "previous"
+RUN_OUTPUTS = (CHECKPOINTS, "metrics.jsonl", "tb", "curves.png", "config.json")
+"""What a run writes into its directory; a fresh start moves these aside."""
+MANIFEST_FORMAT = 1
+HASH_CHUNK_BYTES = 8 << 20
+"""Read size when hashing: large enough that a multi-GB shard hashes at disk speed."""
+
+_STEP_DIR_RE = re.compile(r"step_([0-9]{6,})")
+
+
+class CheckpointError(RuntimeError):
+    """A run directory's checkpoints cannot be used, and starting over would silently lose them."""
+
+
+class CorruptCheckpoint(CheckpointError):
+    """One file of a checkpoint is missing, truncated, changed or unreadable."""
+
+    def __init__(self, file: Path | str, reason: str) -> None:
+        super().__init__(str(file), reason)  # both in args, so the error pickles across Ray
+        self.file = Path(file)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.reason}"
 
 
 @dataclass(frozen=True)
@@ -33,39 +91,278 @@ class ControllerState:
     """Seed for the next step's rollouts."""
 
 
+# -- saving ---------------------------------------------------------------------------------------
+
+
 def save_checkpoint(run_dir: Path, state: ControllerState, save_learner: Callable[[Path], None],
                     *, keep: int = 2) -> Path:
-    """Write a checkpoint of `state` plus the learner's (via `save_learner(dir)`); keep the newest `keep`."""
-    root = run_dir / "checkpoints"
-    name = f"step_{state.step:06d}"
+    """Write a checkpoint of `state` plus the learner's (via `save_learner(dir)`), commit it, and keep
+    the newest `keep` (at least the one just written)."""
+    root = Path(run_dir) / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    name = _step_name(state.step)
     tmp, final = root / f"{name}.tmp", root / name
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp.mkdir()
     save_learner(tmp / "learner")
-    (tmp / "controller.json").write_text(json.dumps(asdict(state), indent=1))
-    shutil.rmtree(final, ignore_errors=True)
+    (tmp / CONTROLLER).write_text(json.dumps(asdict(state), indent=1))
+    files = _fsync_and_hash(tmp)
+    manifest = {"format": MANIFEST_FORMAT, "step": state.step, "files": files}
+    _write_durably(tmp / MANIFEST, json.dumps(manifest, indent=1))
+    if final.exists():  # the same step saved before (a rerun): keep the old copy, out of the way
+        _set_aside(final, root / DISCARDED)
     os.replace(tmp, final)
-    pointer = root / "latest.tmp"
-    pointer.write_text(name)
-    os.replace(pointer, root / "latest")
-    for old in sorted(p for p in root.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp"))[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    _fsync_dir(root)
+    _write_durably(root / f"{POINTER}.tmp", name)
+    os.replace(root / f"{POINTER}.tmp", root / POINTER)
+    _fsync_dir(root)
+    _prune(root, newest=state.step, keep=keep)
     return final
 
 
+def _prune(root: Path, *, newest: int, keep: int) -> None:
+    """Remove checkpoints older than step `newest` beyond the newest `keep` (the one at `newest`
+    counts). Higher steps are left alone: they are not this lineage's to judge."""
+    older = sorted(((step, path) for step, path in _step_dirs(root) if step < newest), reverse=True)
+    for _, path in older[max(keep, 1) - 1:]:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _fsync_and_hash(directory: Path) -> dict[str, dict[str, Any]]:
+    """fsync every file and directory under `directory`; {relative path: {bytes, sha256}}."""
+    files: dict[str, dict[str, Any]] = {}
+    for dirpath, _, filenames in os.walk(directory):
+        for filename in sorted(filenames):
+            path = Path(dirpath) / filename
+            digest, size = _hash_file(path, fsync=True)
+            files[path.relative_to(directory).as_posix()] = {"bytes": size, "sha256": digest}
+        _fsync_dir(Path(dirpath))
+    return files
+
+
+def _hash_file(path: Path, *, fsync: bool = False) -> tuple[str, int]:
+    h, size = hashlib.sha256(), 0
+    with path.open("rb") as f:
+        while chunk := f.read(HASH_CHUNK_BYTES):
+            h.update(chunk)
+            size += len(chunk)
+        if fsync:
+            os.fsync(f.fileno())
+    return h.hexdigest(), size
+
+
+def _write_durably(path: Path, text: str) -> None:
+    with path.open("w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# -- resuming -------------------------------------------------------------------------------------
+
+
+def resume_point(run_dir: Path, *, resume: bool) -> Path | None:
+    """Ready `run_dir` for a run; the intact checkpoint to resume from, or None to start at step 0.
+
+    Removes `.tmp` leftovers of a killed save. With `resume`, returns the newest intact checkpoint
+    (`latest_checkpoint`) and moves checkpoints with higher steps to `checkpoints/discarded/`, so
+    this lineage's pruning never sees them. A fresh start moves an earlier run's outputs to
+    `previous/<UTC time>/`. Raises CheckpointError when checkpoints exist but none is intact.
+    """
+    run_dir = Path(run_dir)
+    root = run_dir / CHECKPOINTS
+    for stale in sorted(root.glob("*.tmp")) if root.is_dir() else []:
+        log.warning("removing %s, left by a save that did not finish", stale)
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale)
+        else:
+            stale.unlink()
+    checkpoint = latest_checkpoint(run_dir) if resume else None
+    if checkpoint is not None:
+        step = _step_of(checkpoint.name)
+        for newer_step, path in sorted(_step_dirs(root)):
+            if newer_step > step:
+                moved = _set_aside(path, root / DISCARDED)
+                log.warning("resuming from %s: moved the newer %s to %s", checkpoint.name, path.name, moved)
+        return checkpoint
+    earlier = [run_dir / name for name in RUN_OUTPUTS if (run_dir / name).exists()]
+    if earlier:
+        dest = _unique(run_dir / PREVIOUS / _utc_stamp())
+        dest.mkdir(parents=True)
+        for path in earlier:
+            os.replace(path, dest / path.name)
+        why = "resume=false" if not resume else "no checkpoint to resume from"
+        log.warning("starting %s at step 0 (%s): moved the earlier run's %s to %s", run_dir, why,
+                    ", ".join(p.name for p in earlier), dest)
+    return None
+
+
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    pointer = run_dir / "checkpoints" / "latest"
-    if not pointer.exists():
+    """The newest intact checkpoint of `run_dir`; None when it holds no checkpoint at all.
+
+    Tries the checkpoint `latest` names, then older ones; if `latest` cannot be trusted, every
+    `step_N` directory newest first. Logs each skipped checkpoint with its bad file. Raises
+    CheckpointError when there are checkpoints but none is intact.
+    """
+    root = Path(run_dir) / CHECKPOINTS
+    candidates = _candidates(root)
+    if not candidates:
         return None
-    path = run_dir / "checkpoints" / pointer.read_text().strip()
-    return path if (path / "controller.json").exists() else None
+    problems = []
+    for path in candidates:
+        try:
+            validate_checkpoint(path)
+        except CorruptCheckpoint as exc:
+            log.warning("checkpoint %s is not usable (%s); trying the previous one", path.name, exc)
+            problems.append(f"  {exc}")
+            continue
+        return path
+    raise CheckpointError(
+        f"{root} holds checkpoints but none is intact:\n" + "\n".join(problems) + "\nRefusing to start "
+        f"over from step 0. Repair or remove them, or --set resume=false to start over (the old outputs "
+        f"then move to {Path(run_dir) / PREVIOUS}/)."
+    )
+
+
+def _candidates(root: Path) -> list[Path]:
+    """Checkpoints to try, best first: `latest`'s and older ones, or every one if `latest` is bad."""
+    dirs = sorted(_step_dirs(root), reverse=True)
+    if not dirs:
+        return []
+    pointer, problem = _read_pointer(root)
+    if pointer is None:
+        log.warning("%s %s; scanning %s for the newest intact checkpoint", root / POINTER, problem, root)
+        return [path for _, path in dirs]
+    newest = _step_of(pointer.name)
+    return [pointer] + [path for step, path in dirs if step < newest]
+
+
+def _read_pointer(root: Path) -> tuple[Path | None, str]:
+    """(checkpoint directory `latest` names, "") or (None, what is wrong with it)."""
+    file = root / POINTER
+    try:
+        name = file.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None, "is missing"
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, f"is unreadable ({type(exc).__name__}: {exc})"
+    if not name:
+        return None, "is empty"
+    if not _STEP_DIR_RE.fullmatch(name):  # no paths: `../..`, `/etc`, `step_1/../..`
+        return None, f"names {name[:80]!r}, not a step_N directory of this run"
+    path = root / name
+    if not path.is_dir() or path.is_symlink():
+        return None, f"names {name}, which does not exist"
+    return path, ""
+
+
+def validate_checkpoint(checkpoint: Path) -> ControllerState:
+    """Check every file against the manifest (present, same size, same sha256) and parse the
+    controller state; raises CorruptCheckpoint naming the first bad file."""
+    manifest_path = checkpoint / MANIFEST
+    if not manifest_path.is_file():
+        raise CorruptCheckpoint(manifest_path, "missing (the save never completed, or an older format)")
+    try:
+        files = json.loads(manifest_path.read_text(encoding="utf-8"))["files"]
+        entries = [(str(rel), int(e["bytes"]), str(e["sha256"])) for rel, e in files.items()]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise CorruptCheckpoint(manifest_path, f"unreadable ({type(exc).__name__}: {exc})") from exc
+    if CONTROLLER not in files:
+        raise CorruptCheckpoint(manifest_path, f"does not list {CONTROLLER}")
+    for rel, size, digest in entries:
+        path = checkpoint / rel
+        if Path(rel).is_absolute() or ".." in Path(rel).parts:
+            raise CorruptCheckpoint(manifest_path, f"lists a path outside the checkpoint: {rel!r}")
+        if not path.is_file():
+            raise CorruptCheckpoint(path, "missing")
+        actual = path.stat().st_size
+        if actual != size:
+            what = "empty" if actual == 0 else "truncated" if actual < size else "longer than saved"
+            raise CorruptCheckpoint(path, f"{what}: {actual} bytes, {size} at save")
+        if _hash_file(path)[0] != digest:
+            raise CorruptCheckpoint(path, "contents changed since the save (sha256 differs)")
+    return load_controller_state(checkpoint)
 
 
 def load_controller_state(checkpoint: Path) -> ControllerState:
-    raw = json.loads((checkpoint / "controller.json").read_text())
-    return ControllerState(
-        step=raw["step"],
-        policy_version=raw["policy_version"],
-        sampler=SamplerState(**raw["sampler"]),
-        sampling_seed=raw["sampling_seed"],
-    )
+    """The controller state of `checkpoint`; CorruptCheckpoint naming the file if it is garbled."""
+    file = checkpoint / CONTROLLER
+    try:
+        raw = json.loads(file.read_text(encoding="utf-8"))
+        return ControllerState(
+            step=int(raw["step"]),
+            policy_version=int(raw["policy_version"]),
+            sampler=SamplerState(**raw["sampler"]),
+            sampling_seed=int(raw["sampling_seed"]),
+        )
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CorruptCheckpoint(file, f"unreadable ({type(exc).__name__}: {exc})") from exc
+
+
+def load_tensors(path: Path | str) -> Any:
+    """`torch.load(path, weights_only=True)` onto the CPU, with errors that name the file: plain
+    tensors, numbers, strings and containers load; any other pickle is refused, not run."""
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise CorruptCheckpoint(path, "missing") from None
+    if size == 0:
+        raise CorruptCheckpoint(path, "empty (0 bytes)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CorruptCheckpoint(path, f"refused: holds more than plain tensors and containers ({exc})") from exc
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise CorruptCheckpoint(path, f"unreadable, truncated or not a torch file ({type(exc).__name__}: "
+                                      f"{str(exc)[:300]})") from exc
+
+
+# -- helpers --------------------------------------------------------------------------------------
+
+
+def _step_name(step: int) -> str:
+    return f"step_{step:06d}"
+
+
+def _step_of(name: str) -> int:
+    return int(name.removeprefix("step_"))
+
+
+def _step_dirs(root: Path) -> list[tuple[int, Path]]:
+    """(step, directory) of every committed-looking `step_N` directory under `root`."""
+    if not root.is_dir():
+        return []
+    return [(_step_of(p.name), p) for p in root.iterdir()
+            if _STEP_DIR_RE.fullmatch(p.name) and p.is_dir() and not p.is_symlink()]
+
+
+def _set_aside(path: Path, folder: Path) -> Path:
+    """Move `path` into `folder` under a name that says when; returns the new path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    dest = _unique(folder / f"{path.name}-{_utc_stamp()}")
+    os.replace(path, dest)
+    return dest
+
+
+def _unique(path: Path) -> Path:
+    candidate, n = path, 1
+    while candidate.exists():
+        candidate, n = path.with_name(f"{path.name}.{n}"), n + 1
+    return candidate
+
+
+def _utc_stamp() -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())

@@ -25,7 +25,7 @@ from typing import Any
 from tqdm import tqdm
 
 from trainer import steps
-from trainer.checkpoint import ControllerState, latest_checkpoint, load_controller_state, save_checkpoint
+from trainer.checkpoint import ControllerState, load_controller_state, resume_point, save_checkpoint
 from trainer.config import TrainConfig, to_dict
 from trainer.data import PromptSampler, load_prompts
 from trainer.metrics import MetricsLogger, plot_curves
@@ -35,9 +35,11 @@ def train(cfg: TrainConfig) -> Path:
     """Run GRPO as configured; returns the run directory (metrics.jsonl, curves.png, checkpoints/)."""
     cfg = cfg.validate()
     run_dir = Path(cfg.output_dir) / cfg.name
-    if finished(cfg, run_dir):
+    # Validated before any actor starts: an unusable checkpoint directory refuses here, in seconds.
+    checkpoint = resume_point(run_dir, resume=cfg.resume)
+    if finished(cfg, run_dir, checkpoint):
         return run_dir
-    run = Run.start(cfg, run_dir)
+    run = Run.start(cfg, run_dir, checkpoint)
     try:
         if run.state.step == 0:
             run.evaluate(step=0)
@@ -67,16 +69,16 @@ def train(cfg: TrainConfig) -> Path:
     return run_dir
 
 
-def finished(cfg: TrainConfig, run_dir: Path) -> bool:
+def finished(cfg: TrainConfig, run_dir: Path, checkpoint: Path | None) -> bool:
     """A resumed run that already reached total_steps trains nothing; say so instead of starting actors."""
-    checkpoint = latest_checkpoint(run_dir) if cfg.resume else None
     if checkpoint is None:
         return False
     done = load_controller_state(checkpoint).step
     if done < cfg.total_steps:
         return False
     tqdm.write(f"{run_dir} already finished {done} steps (total_steps={cfg.total_steps}); nothing to train. "
-               f"Raise total_steps to continue it, or delete the directory (or --set resume=false) to start over.")
+               f"Raise total_steps to continue it, or --set resume=false to start over (the old outputs "
+               f"move to {run_dir}/previous/).")
     return True
 
 
@@ -93,7 +95,8 @@ class Run:
     state: ControllerState
 
     @classmethod
-    def start(cls, cfg: TrainConfig, run_dir: Path) -> Run:
+    def start(cls, cfg: TrainConfig, run_dir: Path, checkpoint: Path | None) -> Run:
+        """Build the actors and the data; resume from `checkpoint` (validated by `resume_point`) if given."""
         from trainer.system import System  # Ray and the actor groups load only when a run starts
 
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -105,7 +108,6 @@ class Run:
                                default_task=cfg.reward.verifier, limit=cfg.data.eval_size)
         state = ControllerState(step=0, policy_version=0, sampler=PromptSampler(train_prompts, seed=cfg.seed).state,
                                 sampling_seed=cfg.seed)
-        checkpoint = latest_checkpoint(run_dir) if cfg.resume else None
         if checkpoint is not None:
             state = load_controller_state(checkpoint)
             system.learner.load(checkpoint / "learner")
@@ -113,8 +115,8 @@ class Run:
             tqdm.write(f"resumed from {checkpoint} at step {state.step}")
         sampler = PromptSampler(train_prompts, seed=cfg.seed, shuffle=cfg.data.shuffle, state=state.sampler)
         logger = MetricsLogger(run_dir)
-        # Lines past the checkpoint (or all of them, for a fresh start) are rewritten by this run.
-        logger.truncate_after(state.step if checkpoint is not None else -1)
+        if checkpoint is not None:  # lines past the checkpoint are rewritten by this run
+            logger.truncate_after(state.step)
         return cls(cfg, run_dir, system, sampler, heldout, logger, state)
 
     def seed(self, step: int) -> int:

@@ -9,9 +9,13 @@ Files in the run directory:
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 class MetricsLogger:
@@ -38,11 +42,17 @@ class MetricsLogger:
             self._tb.flush()
 
     def truncate_after(self, step: int) -> None:
-        """Drop lines of steps after `step` (a resumed run rewrites them)."""
+        """Drop lines of steps after `step` (a resumed run rewrites them). A line that does not parse
+        (the partial last line of a run killed mid-write) is dropped with a warning, not fatal."""
         if not self.path.exists():
             return
-        kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= step]
-        self.path.write_text("".join(line + "\n" for line in kept))
+        kept = [row for row in _parse_lines(self.path) if row[1]["step"] <= step]
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with tmp.open("w", encoding="utf-8") as f:
+            f.write("".join(line + "\n" for line, _ in kept))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
 
     def close(self) -> None:
         if self._tb is not None:
@@ -59,8 +69,29 @@ def read_metrics(run_dir: str | Path, kind: str | None = None) -> list[dict[str,
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
         return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = [row for _, row in _parse_lines(path)]
     return [r for r in rows if kind is None or r["kind"] == kind]
+
+
+def _parse_lines(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(line, record) of each well-formed line; a malformed one is skipped with a warning naming it."""
+    out = []
+    text = path.read_text(encoding="utf-8", errors="replace")
+    lines = text.splitlines()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+                raise ValueError("not a metrics record with an integer step")
+        except ValueError as exc:
+            last = number == len(lines) and not text.endswith("\n")
+            why = "partial last line (a run stopped while writing it)" if last else str(exc)
+            log.warning("%s:%d: dropping a malformed line, %s: %.80r", path, number, why, line)
+            continue
+        out.append((line, row))
+    return out
 
 
 def plot_curves(run_dir: str | Path) -> Path:
