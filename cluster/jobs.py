@@ -11,6 +11,7 @@ and the controller joins that cluster (`cluster.address=auto`, which a job's RAY
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -77,6 +78,13 @@ def start_local_head(*, num_cpus: int, temp_dir: str | Path | None = None, timeo
     # Ray 2.60 has token authentication on by default, but its job CLI only sends the token
     # (~/.ray/auth_token) when the mode is named.
     env.setdefault("RAY_AUTH_MODE", "token")
+    # `ray start` refuses to start without a token, and a fresh machine has none (~/.ray/auth_token is
+    # written by the first `ray.init`): give this head its own, beside its session files.
+    if not (env.get("RAY_AUTH_TOKEN") or env.get("RAY_AUTH_TOKEN_PATH")):
+        token_path = Path(temp_dir) / "auth_token"
+        token_path.write_text(secrets.token_hex(32))
+        token_path.chmod(0o600)
+        env["RAY_AUTH_TOKEN_PATH"] = str(token_path)
     env[HEAD_MARKER_ENV] = str(temp_dir)  # inherited by every process of this head, whatever it renames itself
     # Jobs run `python` from PATH; make it this interpreter so they see the same packages.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"

@@ -1,19 +1,27 @@
 """Starting or joining Ray.
 
 `address="local"` starts a private Ray on this machine, bound to 127.0.0.1 with no dashboard: the
-one-machine debugging path, CI and the demo. `address="auto"` joins the cluster a `ray job submit`
-runs in. Anything else is passed to `ray.init` as the address of an existing head.
+one-machine debugging path, CI and the demo. It never joins another cluster, whatever `RAY_ADDRESS` or
+a record of an earlier `ray start` (/tmp/ray/ray_current_cluster, live or stale) says; only inside a
+`ray job submit` does it join the job's cluster. `address="auto"` joins the cluster a `ray job submit`
+runs in (or the one `RAY_ADDRESS` names). Anything else is passed to `ray.init` as the address of an
+existing head. `init_ray` says which of these it did.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from pathlib import Path
 
 import ray
 
+log = logging.getLogger(__name__)
+
 LOOPBACK = "127.0.0.1"
+JOB_DRIVER_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+"""Set by Ray's job supervisor in the environment of every `ray job submit` entrypoint, and nowhere else."""
 LOOPBACK_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 """Ray replaces a node address of 127.0.0.1 by the machine's outward address unless this is "0" (its
 single-machine mode), so a local Ray sets it to keep every server it starts on the loopback interface."""
@@ -30,27 +38,50 @@ def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
-def init_ray(address: str = "local", *, num_cpus: int | None = None, log_to_driver: bool = True) -> None:
-    """Start (local) or join (auto / host:port) Ray, unless this process already did."""
+def init_ray(address: str = "local", *, num_cpus: int | None = None, log_to_driver: bool = True) -> str:
+    """Start (local) or join (auto / host:port) Ray, unless this process already did.
+
+    Returns the GCS address of the cluster this process is connected to, and logs what it did.
+    """
     if ray.is_initialized():
-        return
-    # Actors import the project's packages; on one machine they share this checkout.
-    env = {"env_vars": {"PYTHONPATH": _pythonpath()}}
-    if address == "local":
-        # Inside a `ray job submit` the job's driver must join its cluster, not start another.
-        if os.environ.get("RAY_ADDRESS"):
-            ray.init(address="auto", runtime_env=env, log_to_driver=log_to_driver)
-            return
-        _keep_on_loopback()
-        ray.init(
-            num_cpus=num_cpus or os.cpu_count(),
-            include_dashboard=False,
-            _node_ip_address=LOOPBACK,
-            runtime_env=env,
-            log_to_driver=log_to_driver,
-        )
-    else:
+        return _gcs_address()
+    if address == "local" and in_ray_job():
+        # Inside a `ray job submit` the driver must join the job's cluster, not start another.
+        ray.init(address="auto", log_to_driver=log_to_driver)
+        return _announce("joined the cluster of this Ray job")
+    if address != "local":
         ray.init(address=address, log_to_driver=log_to_driver)
+        return _announce(f"joined the Ray cluster at {address!r}")
+    _keep_on_loopback()
+    # address="local" (not None): Ray then ignores RAY_ADDRESS and /tmp/ray/ray_current_cluster and
+    # starts a private instance, so another cluster on this machine, live or stale, is never joined.
+    ray.init(
+        address="local",
+        num_cpus=num_cpus or os.cpu_count(),
+        include_dashboard=False,
+        _node_ip_address=LOOPBACK,
+        # Actors import the project's packages; on one machine they share this checkout.
+        runtime_env={"env_vars": {"PYTHONPATH": _pythonpath()}},
+        log_to_driver=log_to_driver,
+    )
+    return _announce("started a private local Ray on 127.0.0.1")
+
+
+def in_ray_job() -> bool:
+    """True in the entrypoint of a `ray job submit` (and the processes it starts)."""
+    return bool(os.environ.get(JOB_DRIVER_ENV))
+
+
+def _gcs_address() -> str:
+    return str(ray.get_runtime_context().gcs_address)
+
+
+def _announce(what: str) -> str:
+    gcs = _gcs_address()
+    message = f"grpo-ray: {what} (GCS {gcs})"
+    log.info(message)
+    print(message, flush=True)
+    return gcs
 
 
 def _pythonpath() -> str:
