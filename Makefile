@@ -1,6 +1,7 @@
 # Two commands do everything on a fresh machine:
-#   make demo   build the tiny model and data if absent, then train it with GRPO on this CPU
-#   make test   lint, type-check and run the test suite
+#   make demo   install the shipped tiny base model and build the data if absent, then train it with GRPO
+#   make test   lint, type-check and run the whole test suite (what CI runs)
+# While developing: make test-fast runs the tests that start no engine, Ray or process group.
 # Both create the virtual environment .venv on first use (and again when setup.cfg changes).
 
 PYTHON ?= python3
@@ -9,7 +10,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint artifacts bench clean-venv
+.PHONY: demo test test-fast lint artifacts bench clean-venv
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +33,9 @@ lint: $(STAMP)
 
 test: lint artifacts
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: artifacts
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 bench: artifacts
 	$(PY) -m examples.bench_rollout

@@ -18,9 +18,10 @@ engines sample with the weights of the previous step, so the policy-version lag 
 from __future__ import annotations
 
 import random
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
@@ -29,6 +30,9 @@ from trainer.checkpoint import ControllerState, load_controller_state, resume_po
 from trainer.config import TrainConfig, to_dict
 from trainer.data import PromptSampler, load_prompts
 from trainer.metrics import MetricsLogger, plot_curves
+
+if TYPE_CHECKING:
+    from trainer.system import System
 
 
 def train(cfg: TrainConfig) -> Path:
@@ -50,13 +54,14 @@ def train(cfg: TrainConfig) -> Path:
             with timer("rollout"):
                 scored, rollout_metrics = steps.sample_groups(run.system, run.sampler, cfg, run.seed(step))
             with timer("logprobs"):
+                run.system.sleep_engines()  # colocated: the learner gets the GPUs from here to the sync
                 batch, batch_metrics = steps.prepare_batch(run.system, scored, cfg)
             with timer("train"):
-                run.system.sleep_engines()
                 train_metrics = steps.update_policy(run.system.learner, batch, cfg, run.seed(step))
             with timer("weight_sync"):
                 sync_metrics = run.system.sync_weights(version=step)
-            metrics = rollout_metrics | batch_metrics | train_metrics | sync_metrics | timer.metrics()
+            metrics = (rollout_metrics | batch_metrics | train_metrics | sync_metrics | timer.metrics()
+                       | run.system.memory_metrics())
             run.log_step(step, scored, metrics)
             bar.set_postfix(reward=f"{rollout_metrics['reward']:.3f}", acc=f"{rollout_metrics['accuracy']:.2f}")
             if cfg.eval.every_steps and step % cfg.eval.every_steps == 0 or step == cfg.total_steps:
@@ -64,6 +69,7 @@ def train(cfg: TrainConfig) -> Path:
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 or step == cfg.total_steps:
                 run.checkpoint(step)
         plot_curves(run_dir)
+        run.export_model()
     finally:
         run.close()
     return run_dir
@@ -88,7 +94,7 @@ class Run:
 
     cfg: TrainConfig
     run_dir: Path
-    system: Any
+    system: System
     sampler: PromptSampler
     heldout: list
     logger: MetricsLogger
@@ -140,6 +146,17 @@ class Run:
 
     def checkpoint(self, step: int) -> None:
         save_checkpoint(self.run_dir, self.state, self.system.learner.save)
+
+    def export_model(self) -> Path:
+        """The trained policy as a Hugging Face directory (`run_dir/model`), loadable by transformers and
+        vLLM; written beside it first, then renamed, so it is never half there."""
+        final, tmp = self.run_dir / "model", self.run_dir / "model.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.system.learner.export_hf(tmp)
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.replace(final)
+        tqdm.write(f"trained model (Hugging Face format): {final}")
+        return final
 
     def close(self) -> None:
         self.logger.close()
