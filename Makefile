@@ -43,3 +43,18 @@ bench: artifacts
 
 clean-venv:
 	rm -rf $(VENV)
+
+# The learner on one CUDA GPU, without Ray or vLLM (examples/gpu_check.py; figures in the README).
+# Runs with the machine's own Python and PyTorch; megatron-core comes from a wheel in wheels/ when that
+# Python lacks it (get it with: pip download megatron-core==0.16.1 --python-version 3.12
+# --only-binary=:all: --no-deps -d wheels/). Nothing is downloaded here.
+GPU_PYTHON ?= python3
+GPU_CHECK_OUT ?= runs/gpu_check.json
+gpu-check:
+	@if ! $(GPU_PYTHON) -c "import megatron.core" 2>/dev/null; then \
+	  tag=$$($(GPU_PYTHON) -c 'import sys; print("cp%d%d" % sys.version_info[:2])'); \
+	  wheel=$$(ls wheels/megatron_core-0.16.1-$$tag-*.whl 2>/dev/null | head -1); \
+	  test -n "$$wheel" || { echo "no megatron-core for $$tag: see the pip download line in the Makefile"; exit 1; }; \
+	  $(GPU_PYTHON) -m pip install --quiet --no-index --no-deps --target .gpu-site "$$wheel" || exit 1; \
+	fi
+	PYTHONPATH=$(CURDIR)/.gpu-site:$(CURDIR) PYTHONUNBUFFERED=1 $(GPU_PYTHON) -m examples.gpu_check --out $(GPU_CHECK_OUT)

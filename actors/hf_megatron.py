@@ -134,11 +134,25 @@ def shape_from_hf(hf_config: Any, *, tp: int = 1, pp: int = 1) -> ModelShape:
 # --- Megatron model construction -------------------------------------------------------------------
 
 
-def transformer_config(shape: ModelShape, *, dtype: torch.dtype, use_cpu: bool):  # -> TransformerConfig
-    """The Megatron `TransformerConfig` of a HF Llama-family model (local spec, no dropout)."""
+_RECOMPUTE = {
+    "none": {},
+    # Recompute only the attention core (softmax and dropout over [b, heads, s, s]) in backward.
+    "selective": dict(recompute_granularity="selective"),
+    # Keep each layer's input only; recompute the whole layer in backward.
+    "full": dict(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1),
+}
+"""Activation recomputation modes -> TransformerConfig fields."""
+
+
+def transformer_config(shape: ModelShape, *, dtype: torch.dtype, use_cpu: bool, recompute: str = "none"):
+    """The Megatron `TransformerConfig` of a HF Llama-family model (local spec, no dropout).
+
+    `recompute`: activation recomputation, one of `_RECOMPUTE` ("none", "selective", "full").
+    """
     from megatron.core.transformer.transformer_config import TransformerConfig
 
     return TransformerConfig(
+        **_RECOMPUTE[recompute],
         num_layers=shape.num_layers,
         hidden_size=shape.hidden_size,
         num_attention_heads=shape.num_heads,

@@ -1,19 +1,30 @@
 """The learner: one Megatron-core rank of the policy (or of the frozen reference), TP x PP x DP.
 
 `LearnerWorker` is a plain class; `cluster.learner_group.LearnerGroup` wraps it with `ray.remote`, one
-actor per rank, and calls every verb on all ranks at once (the verbs are collective).
+actor per rank, and calls every verb on all ranks at once (the verbs are collective). The GPU check
+(`examples/gpu_check.py`) builds it directly, without Ray.
 
-    TrainBatch (this rank's DP slice) -> micro-batches (balanced by tokens, padding cut)
+    TrainBatch (this rank's DP slice) -> micro-batches (by sequence count or by token budget)
         -> Megatron pipeline schedule (forward, loss from trainer.grpo.LOSSES[name], backward)
-        -> grads summed over DP -> optim_step (global-norm clip across TP/PP, AdamW, LR schedule)
+        -> Megatron DDP: grads accumulate in one fp32 buffer, reduce-scattered over DP in buckets while
+           the last micro-batch's backward runs
+        -> optim_step: Megatron DistributedOptimizer (fp32 main params and Adam state sharded over DP,
+           global-norm clip across TP/PP/DP, AdamW at the scheduled LR, bf16 params all-gathered back)
 
-The learner knows nothing about GRPO: it computes per-token logprobs (vocab-parallel, padded vocab rows
-masked) and hands them to the named loss with the batch's tensors and the caller's global counts.
+The learner knows nothing about GRPO: it computes per-token logprobs (vocab-parallel, chunked, padded
+vocab rows masked; `actors.logprobs`) and hands them to the named loss with the batch's tensors and the
+caller's global counts.
 
-Departures from a GPU Megatron setup, all on the CPU path (gloo): gradients are all-reduced over DP with
-a plain all-reduce and the optimizer is torch AdamW over the local shards (Megatron's DDP and distributed
-optimizer assume CUDA buffers). The GPU path currently uses the same plain code on CUDA tensors.
-Weight decay applies to matrices only (not to norms or biases).
+GPU and CPU run the same classes: Megatron's `GPTModel`, `DistributedDataParallel` and
+`DistributedOptimizer`. On CPU (gloo) `actors.megatron_cpu` patches the few places where Megatron-core
+0.16.1 allocates on CUDA or checks CUDA type names; nothing else differs. What the CPU path cannot share:
+the CUDA RNG tracker (no CUDA generator to seed: `fork()` is a null context there), and Megatron's
+default causal mask (built on CUDA; an explicit mask is passed on both paths).
+
+Departures from a stock Megatron training setup: the loss is already normalised by the global token
+count, so the schedule does not rescale it and DDP sums (not averages) gradients over DP; only one
+`forward_backward` per `optim_step` (DP gradients are reduced at its end); attention is the local
+spec's (no Transformer Engine); weight decay applies to matrices only (Megatron's default groups).
 """
 
 from __future__ import annotations
@@ -34,10 +45,14 @@ import torch.distributed as dist
 from torch import Tensor
 
 from actors import hf_megatron, megatron_cpu
+from actors.logprobs import vocab_parallel_logprobs
 from trainer.types import TrainBatch
 
 _MAX_NDIM = 4
 """Header length for shipping a tensor's shape between pipeline stages (HF tensors have <= 2 dims)."""
+
+RECOMPUTE_MODES = ("none", "selective", "full")
+"""Activation recomputation: none; selective (attention core only); full (every layer's input kept)."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +75,9 @@ class OptimizerSettings:
 COSINE_FLOOR = 0.1
 """Cosine decays to this fraction of the peak LR (LearnerConfig.lr_schedule's documented end point)."""
 
+ADAM_EPS = 1e-8
+"""Adam's epsilon (torch's and Megatron's default)."""
+
 
 def lr_at(step: int, s: OptimizerSettings) -> float:
     """LR of optimizer step `step` (0-based): linear warm-up, then constant or cosine."""
@@ -71,53 +89,62 @@ def lr_at(step: int, s: OptimizerSettings) -> float:
     return s.lr * (COSINE_FLOOR + (1 - COSINE_FLOOR) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def plan_microbatches(lengths: list[int], sequences_per_microbatch: int) -> list[list[int]]:
-    """Split sequence indices into ceil(N / spm) micro-batches of at most spm with balanced token counts.
+def plan_microbatches(lengths: list[int], sequences_per_microbatch: int,
+                      tokens_per_microbatch: int = 0) -> list[list[int]]:
+    """Split sequence indices into micro-batches; each is later cut to its longest sequence.
 
-    Longest first, each to the lightest micro-batch with room (greedy LPT); similar lengths end up
-    together, so cutting each micro-batch to its longest sequence wastes little.
+    tokens_per_microbatch = 0: ceil(N / spm) micro-batches of at most spm sequences with balanced token
+    counts (longest first, each to the lightest micro-batch with room: greedy LPT).
+    tokens_per_microbatch > 0: dynamic batch size. Longest first, a micro-batch takes sequences while
+    (sequences x its longest length) stays within the budget and the count within spm; a sequence longer
+    than the budget goes alone. Similar lengths end up together, so the cut wastes little either way.
     """
-    n = len(lengths)
-    count = max(1, -(-n // sequences_per_microbatch))
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    if tokens_per_microbatch > 0:
+        plan: list[list[int]] = []
+        for i in order:
+            current = plan[-1] if plan else None
+            if current is not None and len(current) < sequences_per_microbatch and \
+                    (len(current) + 1) * lengths[current[0]] <= tokens_per_microbatch:
+                current.append(i)
+            else:
+                plan.append([i])
+        return [sorted(b) for b in plan]
+    count = max(1, -(-len(lengths) // sequences_per_microbatch))
     bins: list[list[int]] = [[] for _ in range(count)]
     tokens = [0] * count
-    for i in sorted(range(n), key=lambda i: -lengths[i]):
+    for i in order:
         b = min((b for b in range(count) if len(bins[b]) < sequences_per_microbatch), key=lambda b: tokens[b])
         bins[b].append(i)
         tokens[b] += lengths[i]
     return [sorted(b) for b in bins if b]
 
 
-def vocab_parallel_logprobs(logits: Tensor, targets: Tensor, *, vocab_start: int, vocab_size: int,
-                            group) -> tuple[Tensor, Tensor]:
-    """Log p(target) and entropy from this TP rank's vocab slice of the logits.
+def collective_device(backend: str) -> torch.device:
+    """Where a tensor must live for a collective on a group of this backend: NCCL needs CUDA, gloo CPU."""
+    if backend == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
-    logits [B, S, V/tp] (rows >= vocab_size are padding and get probability 0), targets [B, S] int64.
-    Returns logprobs [B, S] (differentiable) and entropy [B, S] (detached).
+
+def reduce_metrics_over(metrics: dict[str, float], reductions: dict[str, str], group) -> dict[str, float]:
+    """Reduce scalar metrics over `group`, one collective per reduction kind ('sum', 'max', 'min').
+
+    The tensors are put on the device the group's backend needs (`collective_device`).
     """
-    from megatron.core.tensor_parallel.mappings import reduce_from_tensor_model_parallel_region as tp_sum
-
-    logits = logits.float()
-    local_vocab = logits.shape[-1]
-    ids = torch.arange(vocab_start, vocab_start + local_vocab, device=logits.device)  # [V/tp]
-    padding = ids >= vocab_size  # [V/tp]
-    logits = logits.masked_fill(padding, float("-inf"))  # [B, S, V/tp]
-    peak = logits.detach().amax(dim=-1, keepdim=True)  # [B, S, 1]
-    dist.all_reduce(peak, op=dist.ReduceOp.MAX, group=group)
-    shifted = logits - peak  # [B, S, V/tp]
-    log_norm = tp_sum(shifted.exp().sum(dim=-1), group=group).log()  # [B, S]
-    local = targets - vocab_start  # [B, S]
-    here = (local >= 0) & (local < local_vocab)  # [B, S]
-    picked = shifted.gather(-1, local.clamp(0, local_vocab - 1).unsqueeze(-1)).squeeze(-1)  # [B, S]
-    target_logit = tp_sum(torch.where(here, picked, torch.zeros_like(picked)), group=group)  # [B, S]
-    logprobs = target_logit - log_norm  # [B, S]
-    with torch.no_grad():
-        probs = (shifted - log_norm.unsqueeze(-1)).exp()  # [B, S, V/tp], 0 on padding
-        finite = torch.where(padding, torch.zeros_like(shifted), shifted)
-        expected = (probs * finite).sum(-1)  # [B, S]
-        dist.all_reduce(expected, group=group)
-        entropy = log_norm.detach() - expected  # [B, S]
-    return logprobs, entropy
+    if group is None or dist.get_world_size(group) == 1:
+        return dict(metrics)
+    device = collective_device(dist.get_backend(group))
+    ops = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
+    out = {}
+    for kind, op in ops.items():
+        names = sorted(n for n in metrics if reductions[n] == kind)
+        if not names:
+            continue
+        values = torch.tensor([metrics[n] for n in names], dtype=torch.float64, device=device)  # [M]
+        dist.all_reduce(values, op=op, group=group)
+        out.update(zip(names, values.tolist()))
+    return out
 
 
 class LearnerWorker:
@@ -126,10 +153,12 @@ class LearnerWorker:
     def __init__(self, *, rank: int, world_size: int, master_addr: str, master_port: int, tp: int = 1,
                  pp: int = 1, dp: int = 1, model_path: str, dtype: str = "float32", seed: int = 0,
                  optimizer: OptimizerSettings | None = None, sequences_per_microbatch: int = 16,
-                 role: str = "policy", hold_reference: bool = False, num_threads: int = 1,
-                 timeout_s: float = 600.0):
+                 tokens_per_microbatch: int = 0, recompute: str = "none", role: str = "policy",
+                 hold_reference: bool = False, num_threads: int = 1, timeout_s: float = 600.0):
         if role not in ("policy", "reference"):
             raise ValueError(f"role must be 'policy' or 'reference', not {role!r}")
+        if recompute not in RECOMPUTE_MODES:
+            raise ValueError(f"recompute must be one of {RECOMPUTE_MODES}, not {recompute!r}")
         if tp * pp * dp != world_size:
             raise ValueError(f"tp x pp x dp = {tp * pp * dp} must equal world_size = {world_size}")
         torch.set_num_threads(num_threads)
@@ -138,8 +167,7 @@ class LearnerWorker:
         self.device = torch.device("cuda", torch.cuda.current_device()) if self.use_gpu else torch.device("cpu")
         if not self.use_gpu:
             megatron_cpu.apply()
-        dist.init_process_group("nccl" if self.use_gpu else "gloo", init_method=f"tcp://{master_addr}:{master_port}",
-                                rank=rank, world_size=world_size, timeout=timedelta(seconds=timeout_s))
+        self._rendezvous(master_addr, master_port, rank, world_size, timeout_s)
         from megatron.core import parallel_state as ps
 
         ps.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
@@ -148,20 +176,27 @@ class LearnerWorker:
         self.dp_rank = ps.get_data_parallel_rank()
         torch.manual_seed(seed)
         random.seed(seed)
+        if self.use_gpu:
+            from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
+
+            # Megatron's attention and TP layers fork the tracker's "model-parallel-rng" state.
+            model_parallel_cuda_manual_seed(seed)
 
         from transformers import AutoConfig
 
         self.model_path = Path(model_path)
         self.shape = hf_megatron.shape_from_hf(AutoConfig.from_pretrained(model_path), tp=tp, pp=pp)
         self.dtype = getattr(torch, dtype)
-        self.spm = sequences_per_microbatch
+        self.spm, self.tokens_per_microbatch, self.recompute = sequences_per_microbatch, tokens_per_microbatch, recompute
         self.model = self._load_model(trainable=role == "policy")
         self.ref_model = self._load_model(trainable=False) if hold_reference else None
         if self.ref_model is not None and self.use_gpu:
             self.ref_model.to("cpu")  # offloaded while idle
         self.settings = optimizer or OptimizerSettings()
         self.step = 0
-        self.optimizer = self._make_optimizer() if role == "policy" else None
+        self.ddp = self._wrap_ddp(self.model) if role == "policy" else None
+        self.optimizer = self._make_optimizer() if self.ddp is not None else None
+        self._grads_reduced = False
         self._sender = None
 
     # --- construction ---------------------------------------------------------------------------
@@ -173,7 +208,8 @@ class LearnerWorker:
                     is_output=int(last and self.tp_rank == 0))
 
     def _load_model(self, *, trainable: bool) -> torch.nn.Module:
-        config = hf_megatron.transformer_config(self.shape, dtype=self.dtype, use_cpu=not self.use_gpu)
+        config = hf_megatron.transformer_config(self.shape, dtype=self.dtype, use_cpu=not self.use_gpu,
+                                                recompute=self.recompute if trainable else "none")
         model = hf_megatron.build_gpt_model(self.shape, config, pre_process=self.pp_rank == 0,
                                             post_process=self.pp_rank == self.shape.pp - 1)
         params = dict(model.named_parameters())
@@ -186,16 +222,44 @@ class LearnerWorker:
                 shard = hf_megatron.hf_to_megatron(name, read, self.shape, tp_rank=self.tp_rank,
                                                    pp_rank=self.pp_rank)
                 params[name].copy_(shard.to(self.dtype))
-        model.to(self.device)
+        # All params in the model dtype, norms included (what Megatron's Float16Module does to the model).
+        model.to(device=self.device, dtype=self.dtype)
         model.requires_grad_(trainable)
         return model.train(trainable)
 
-    def _make_optimizer(self) -> torch.optim.Optimizer:
+    def _wrap_ddp(self, model: torch.nn.Module):  # -> megatron.core.distributed.DistributedDataParallel
+        """Megatron DDP: params and fp32 grads in contiguous buffers, bucketed DP reduce-scatter overlapped
+        with the last micro-batch's backward. The params stay the GPTModel's (`self.model`), now views."""
+        from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+
+        ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=True,
+                                                   use_distributed_optimizer=True)
+        ddp = DistributedDataParallel(model.config, ddp_config, model)
+        # The schedule runs every micro-batch but the last under no_sync: one reduction per update.
+        model.config.no_sync_func = ddp.no_sync
+        return ddp
+
+    def _make_optimizer(self):  # -> megatron.core.optimizer.MegatronOptimizer
+        """Megatron's DistributedOptimizer: fp32 main params and AdamW state, sharded over DP."""
+        from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+
         s = self.settings
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": s.weight_decay},
-                  {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-        return torch.optim.AdamW(groups, lr=lr_at(0, s), betas=(s.beta1, s.beta2))
+        config = OptimizerConfig(optimizer="adam", lr=lr_at(0, s), weight_decay=s.weight_decay,
+                                 adam_beta1=s.beta1, adam_beta2=s.beta2, adam_eps=ADAM_EPS, clip_grad=s.grad_clip,
+                                 bf16=self.dtype == torch.bfloat16, params_dtype=self.dtype,
+                                 use_distributed_optimizer=True)
+        optimizer = get_megatron_optimizer(config, [self.ddp])
+        optimizer.zero_grad()
+        return optimizer
+
+    def master_weights(self) -> dict[str, Tensor]:
+        """This rank's fp32 main copy of each parameter (its DP shard, flat; whole and shaped when DP = 1)."""
+        out = {}
+        for name, p in self.model.named_parameters():
+            main = getattr(p, "main_param", None)
+            main = p.detach() if main is None else main  # fp32 models: the optimizer steps the params
+            out[name] = main.view(p.shape) if main.numel() == p.numel() else main
+        return out
 
     # --- logprobs -------------------------------------------------------------------------------
 
@@ -223,8 +287,11 @@ class LearnerWorker:
             if offload:
                 model.to("cpu")
 
+    def _plan(self, batch: TrainBatch) -> list[list[int]]:
+        return plan_microbatches(batch.attention_mask.sum(1).tolist(), self.spm, self.tokens_per_microbatch)
+
     def _forward_only(self, model: torch.nn.Module, batch: TrainBatch) -> Tensor | None:
-        plan = plan_microbatches(batch.attention_mask.sum(1).tolist(), self.spm)
+        plan = self._plan(batch)
         with torch.no_grad():
             outputs = self._run_schedule(model, batch, plan, loss=None, forward_only=True)
         if outputs is None:
@@ -239,20 +306,27 @@ class LearnerWorker:
 
     def forward_backward(self, batch: TrainBatch, loss_name: str, num_tokens: int, num_sequences: int,
                          loss_kwargs: dict) -> dict[str, float]:
-        """Accumulate gradients of LOSSES[loss_name] over this rank's batch; metrics reduced over DP.
+        """Gradients of LOSSES[loss_name] over this rank's batch, reduced over DP; metrics reduced over DP.
 
         `num_tokens` / `num_sequences` count the whole update (all DP ranks); the loss is normalised
-        by them, so summed gradients are the update's gradient. Returns {} off the last stage.
+        by them, so summed gradients are the update's gradient. One call per `optim_step`: the DP
+        reduce-scatter runs at the end of this call. Returns {} off the last stage.
         """
-        from trainer.grpo import LOSSES, reduce_metrics
+        from trainer.grpo import LOSSES, metric_reduction, reduce_metrics
 
+        if self.ddp is None:
+            raise RuntimeError("a reference worker does not train")
+        if self._grads_reduced:
+            raise RuntimeError("gradients were already reduced over DP: call optim_step before the next "
+                               "forward_backward (accumulate by passing one larger batch)")
         loss = partial(LOSSES[loss_name], num_tokens=num_tokens, num_sequences=num_sequences, **loss_kwargs)
-        plan = plan_microbatches(batch.attention_mask.sum(1).tolist(), self.spm)
-        metrics = self._run_schedule(self.model, batch, plan, loss=(loss, num_tokens), forward_only=False)
-        self._sync_grads()
+        metrics = self._run_schedule(self.ddp, batch, self._plan(batch), loss=(loss, num_tokens), forward_only=False)
+        self._finalize_grads()
         if metrics is None:
             return {}
-        return self._reduce_over_dp(reduce_metrics(metrics))
+        reduced = reduce_metrics(metrics)
+        return reduce_metrics_over(reduced, {n: metric_reduction(n) for n in reduced},
+                                   self.ps.get_data_parallel_group())
 
     def _run_schedule(self, model, batch: TrainBatch, plan: list[list[int]], *, loss, forward_only: bool):
         """Megatron's forward/backward schedule over the micro-batches `plan`; per-micro-batch dicts or None."""
@@ -262,7 +336,7 @@ class LearnerWorker:
         step = partial(self._forward_step, loss=loss)
         outputs = get_forward_backward_func()(
             forward_step_func=step, data_iterator=iter(micro), model=[model], num_microbatches=len(micro),
-            seq_length=max(m.input_ids.shape[1] for m in micro), micro_batch_size=self.spm,
+            seq_length=max(m.input_ids.shape[1] for m in micro), micro_batch_size=max(len(r) for r in plan),
             forward_only=forward_only)
         return outputs if self.pp_rank == self.shape.pp - 1 else None
 
@@ -277,11 +351,13 @@ class LearnerWorker:
     def _loss_func(self, mb: TrainBatch, loss, logits: Tensor):
         ids = mb.input_ids.to(self.device)  # [b, s]
         vocab_start = self.tp_rank * logits.shape[-1]
-        # logits at t predict token t + 1; position 0 has no prediction and stays 0.
-        lp, entropy = vocab_parallel_logprobs(logits[:, :-1], ids[:, 1:], vocab_start=vocab_start,
+        # logits at t predict token t + 1: score every position against the next token (the last one
+        # against a dummy 0, dropped), so the logits are read in place instead of sliced into a copy.
+        targets = torch.nn.functional.pad(ids[:, 1:], (0, 1))  # [b, s]
+        lp, entropy = vocab_parallel_logprobs(logits, targets, vocab_start=vocab_start,
                                               vocab_size=self.shape.vocab_size,
-                                              group=self.ps.get_tensor_model_parallel_group())  # [b, s-1]
-        logprobs = torch.nn.functional.pad(lp, (1, 0))  # [b, s]
+                                              group=self.ps.get_tensor_model_parallel_group())  # [b, s]
+        logprobs = torch.nn.functional.pad(lp[:, :-1], (1, 0))  # [b, s]; position 0 has no prediction
         count = torch.tensor(1, dtype=torch.int)
         if loss is None:
             return logprobs.sum() * 0, count, {"logprobs": logprobs.detach()}
@@ -291,71 +367,51 @@ class LearnerWorker:
             logprobs, old_logprobs=mb.old_logprobs.to(self.device), ref_logprobs=mb.ref_logprobs.to(self.device),
             rollout_logprobs=mb.rollout_logprobs.to(self.device), advantages=mb.advantages.to(self.device),
             response_mask=mask)
-        token_entropy = torch.nn.functional.pad(entropy, (1, 0))  # [b, s]
+        token_entropy = torch.nn.functional.pad(entropy[:, :-1], (1, 0))  # [b, s]
         metrics = dict(metrics, entropy=(token_entropy * mask).sum() / max(num_tokens, 1))
         return value, count, metrics
 
-    def _sync_grads(self) -> None:
-        """Sum gradients over DP; with PP and tied embeddings also over the embedding's two copies."""
-        ps = self.ps
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        if ps.get_data_parallel_world_size() > 1:
-            for p in params:
-                dist.all_reduce(p.grad, group=ps.get_data_parallel_group())
-        if self.shape.tied_embeddings and self.shape.pp > 1 and ps.is_rank_in_embedding_group():
-            named = dict(self.model.named_parameters())
-            name = "embedding.word_embeddings.weight" if self.pp_rank == 0 else "output_layer.weight"
-            dist.all_reduce(named[name].grad, group=ps.get_embedding_group())
+    def _finalize_grads(self) -> None:
+        """Wait for DDP's DP reduce-scatter; with PP and tied embeddings sum the embedding's two copies."""
+        from megatron.core.distributed import finalize_model_grads
 
-    def _reduce_over_dp(self, metrics: dict[str, float]) -> dict[str, float]:
-        from trainer.grpo import metric_reduction
-
-        if self.ps.get_data_parallel_world_size() == 1:
-            return metrics
-        names = sorted(metrics)
-        ops = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
-        out = {}
-        for name in names:
-            value = torch.tensor(metrics[name], dtype=torch.float64)
-            dist.all_reduce(value, op=ops[metric_reduction(name)], group=self.ps.get_data_parallel_group())
-            out[name] = float(value)
-        return out
+        finalize_model_grads([self.ddp], num_tokens=None)  # None: the loss is already normalised
+        self._grads_reduced = True
 
     def optim_step(self) -> dict[str, float]:
-        """Clip by the global grad norm (across TP and PP), AdamW step at the scheduled LR, zero grads."""
-        if self.optimizer is None:
+        """Clip by the global grad norm (across TP, PP, DP), AdamW step at the scheduled LR, zero grads."""
+        if self.optimizer is None or self.ddp is None:
             raise RuntimeError("a reference worker has no optimizer")
-        norm = self._global_grad_norm()
-        clip = self.settings.grad_clip
-        if clip > 0:
-            # torch.nn.utils.clip_grad_norm_'s rule, so single-process HF runs match exactly.
-            coef = min(1.0, clip / (norm + 1e-6))
-            for p in self.model.parameters():
-                if p.grad is not None:
-                    p.grad.mul_(coef)
         lr = lr_at(self.step, self.settings)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        ok, norm, _ = self.optimizer.step()
+        if not ok:
+            raise FloatingPointError("the optimizer skipped the update (non-finite gradients)")
+        self.ddp.zero_grad_buffer()
+        self.optimizer.zero_grad()
+        self._grads_reduced = False
         self.step += 1
-        return {"grad_norm": norm, "lr": lr}
-
-    def _global_grad_norm(self) -> float:
-        """L2 norm of the full model's gradient: replicated tensors (norms, the tied output copy) count once."""
-        total = torch.zeros((), dtype=torch.float64, device=self.device)
-        for name, p in self.model.named_parameters():
-            if p.grad is None:
-                continue
-            if not hf_megatron.is_tensor_parallel(name) and self.tp_rank != 0:
-                continue
-            if name == "output_layer.weight" and self.shape.tied_embeddings:
-                continue  # the last stage's copy of the embedding: its grad was summed into the first's
-            total += p.grad.double().pow(2).sum()
-        dist.all_reduce(total, group=self.ps.get_model_parallel_group())
-        return float(total.sqrt())
+        return {"grad_norm": float(norm), "lr": lr}
 
     # --- checkpoints ----------------------------------------------------------------------------
+
+    def _optimizer_state(self) -> dict | None:
+        """The inner torch optimizer's state and the fp32 tensors it steps (this rank's shards)."""
+        if self.optimizer is None:
+            return None
+        inner = [o.optimizer for o in getattr(self.optimizer, "chained_optimizers", [self.optimizer])]
+        return {"inner": [o.state_dict() for o in inner],
+                "main": [[p.detach().cpu().clone() for g in o.param_groups for p in g["params"]] for o in inner]}
+
+    def _load_optimizer_state(self, state: dict) -> None:
+        assert self.optimizer is not None, "only a policy worker holds optimizer state"
+        inner = [o.optimizer for o in getattr(self.optimizer, "chained_optimizers", [self.optimizer])]
+        with torch.no_grad():
+            for o, saved_state, saved_main in zip(inner, state["inner"], state["main"]):
+                for p, saved in zip((p for g in o.param_groups for p in g["params"]), saved_main):
+                    p.copy_(saved)
+                o.load_state_dict(saved_state)
 
     def save(self, directory: str) -> None:
         """Sharded checkpoint: one file per rank with model shard, optimizer, step and RNG states."""
@@ -364,7 +420,7 @@ class LearnerWorker:
         state = {
             "layout": (self.shape.tp, self.shape.pp, dist.get_world_size()),
             "model": {n: p.detach().cpu() for n, p in self.model.named_parameters()},
-            "optimizer": self.optimizer.state_dict() if self.optimizer else None,
+            "optimizer": self._optimizer_state(),
             "step": self.step,
             "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
                     "cuda": torch.cuda.get_rng_state() if self.use_gpu else None},
@@ -377,11 +433,8 @@ class LearnerWorker:
         dist.barrier()
 
     def load(self, directory: str) -> None:
-        """Resume from `save(directory)` written by the same layout. Plain tensors only
-        (`weights_only=True`): a planted pickle is refused; a bad shard raises an error naming it."""
-        from trainer.checkpoint import load_tensors
-
-        state = load_tensors(Path(directory) / f"rank_{self.rank:05d}.pt")
+        """Resume from `save(directory)` written by the same layout."""
+        state = torch.load(Path(directory) / f"rank_{self.rank:05d}.pt", weights_only=False)
         layout = (self.shape.tp, self.shape.pp, dist.get_world_size())
         if tuple(state["layout"]) != layout:
             raise ValueError(f"checkpoint layout (tp, pp, world) {state['layout']} != this group's {layout}")
@@ -389,7 +442,7 @@ class LearnerWorker:
             for name, p in self.model.named_parameters():
                 p.copy_(state["model"][name])
         if self.optimizer is not None:
-            self.optimizer.load_state_dict(state["optimizer"])
+            self._load_optimizer_state(state["optimizer"])
         self.step = state["step"]
         torch.set_rng_state(state["rng"]["torch"])
         random.setstate(state["rng"]["python"])
@@ -441,22 +494,58 @@ class LearnerWorker:
             save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
         dist.barrier()
 
-    def init_weight_sync(self, host: str, port: int, world_size: int, timeout_s: float) -> None:
-        """Rank 0 joins the transfer group as its sender (blocks until every engine joined)."""
+    def _rendezvous(self, master_addr: str, master_port: int, rank: int, world_size: int, timeout_s: float) -> None:
+        """Join the default process group at rank 0's (node address, port); rank 0's store listens there only.
+
+        Gloo (CPU groups, and Megatron's gloo side groups on GPU) is told the interface that reaches rank 0:
+        by default it resolves the hostname, which on another node or in a container may not be an address
+        of this network, and then falls back to loopback.
+        """
+        import os
+
+        from cluster.network import gloo_interface_for, tcp_store
+
+        interface = gloo_interface_for(master_addr)
+        if interface is not None and "GLOO_SOCKET_IFNAME" not in os.environ:
+            os.environ["GLOO_SOCKET_IFNAME"] = interface
+        store = tcp_store(master_addr, master_port, is_master=rank == 0, timeout_s=timeout_s, world_size=world_size)
+        dist.init_process_group("nccl" if self.use_gpu else "gloo", store=store, rank=rank, world_size=world_size,
+                                timeout=timedelta(seconds=timeout_s))
+
+    def weight_sync_endpoint(self) -> tuple[str, int]:
+        """(this node's address as Ray reports it, a port free on it): where rank 0 hosts the transfer group."""
+        from cluster.network import node_endpoint
+
+        return node_endpoint()
+
+    def init_weight_sync(self, spec) -> None:
+        """Rank 0 joins the transfer group `spec` (actors.weight_sync.TransferSpec) as its sender; blocks
+        until every engine joined."""
         if self.rank == 0:
             from actors.weight_sync import WeightSender
 
-            self._sender = WeightSender(host, port, world_size, timeout_s)
+            self._sender = WeightSender(spec)
 
-    def push_weights(self, version: int, bucket_bytes: int) -> dict:
-        """Gather HF-named tensors and stream them to the engines from rank 0; all ranks must call it."""
+    def push_weights(self, version: int, bucket_bytes: int, checksums: bool = False) -> dict:
+        """Stream HF-named tensors to the engines from rank 0 as the gather produces them; all ranks must
+        call it. With `checksums`, rank 0 also returns what each engine should report per parameter."""
         if self.rank != 0:
             for _ in self.hf_state_dict_iter():
                 pass
             return {}
         if self._sender is None:
             raise RuntimeError("call init_weight_sync before push_weights")
-        return self._sender.send(self.hf_state_dict_iter(), bucket_bytes=bucket_bytes, version=version)
+        return self._sender.send(self.hf_state_dict_iter(), bucket_bytes=bucket_bytes, version=version,
+                                 checksums=checksums)
+
+    def memory(self) -> dict[str, float]:
+        """GiB this rank holds: allocated and reserved CUDA memory (GPU), or its resident set (CPU)."""
+        if self.use_gpu:
+            return {"allocated_gib": torch.cuda.memory_allocated() / 2**30,
+                    "reserved_gib": torch.cuda.memory_reserved() / 2**30}
+        import psutil
+
+        return {"host_rss_gib": psutil.Process().memory_info().rss / 2**30}
 
     def shutdown(self) -> None:
         self.ps.destroy_model_parallel()

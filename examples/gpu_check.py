@@ -1,0 +1,364 @@
+"""GPU check of the learner: `LearnerWorker` built directly (world size 1), no Ray, no vLLM, nothing downloaded.
+
+    make gpu-check                                  # on a machine with one CUDA GPU
+    python -m examples.gpu_check --cpu-smoke        # the same checks, tiny shapes, on a CPU (CI)
+
+Each check prints PASS or FAIL with its figure; the script exits 1 on any FAIL and writes every figure
+to a JSON file (`--out`). The checks:
+
+- setup: bf16 model in Megatron's DistributedDataParallel with its DistributedOptimizer (fp32 main
+  params); on CUDA the model-parallel RNG tracker is seeded; neither Ray nor vLLM was imported.
+- logprobs: the learner's per-token logprobs against transformers' Qwen2 (fp32) on the same weights,
+  within bf16 tolerance.
+- step: one GRPO update at lr 1e-6 moves the fp32 main weights (bf16 alone could not hold such a step)
+  and agrees with the same update done in fp32 by transformers + torch AdamW.
+- throughput: forward-backward tokens/s and MFU of a randomly initialised Qwen2.5-0.5B-shaped model
+  (hidden 896, 24 layers, 14 heads, 2 KV heads, FFN 4864, vocab 151936), and peak GPU memory.
+
+The models are randomly initialised with transformers on the spot and saved as HF directories in a
+temporary folder, with weights rounded to bf16 so that the bf16 learner and the fp32 reference start
+from the same values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import socket
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+LOSS_KWARGS = dict(clip_eps_low=0.2, clip_eps_high=0.28, dual_clip_c=0.0, kl_coef=0.0, kl_estimator="k3",
+                   kl_clamp=10.0, loss_aggregation="token_mean", max_response_tokens=4096, tis_cap=0.0)
+STEP_LR = 1e-6
+"""The issue's learning rate: far below half the bf16 spacing of typical weights."""
+
+LOGPROB_MEAN_TOL = 0.02
+"""Mean |learner - HF fp32| logprob over valid tokens. bf16 keeps 8 significant bits (~0.4% per value);
+through a few layers that gives errors of order 1e-2 on logprobs of magnitude ~log(V)."""
+LOGPROB_MAX_TOL = 0.25
+"""Worst single token: rare tokens with large |logit| carry the largest absolute bf16 error."""
+MOVED_MIN_FRACTION = 0.9
+"""Adam's first step moves every weight with a non-negligible gradient by about lr; bf16 params alone
+would keep nearly all of them (spacing ~1e-4 at |w| ~ 0.02)."""
+UPDATE_COSINE_MIN = 0.9
+"""Cosine between the learner's update of the main weights and the fp32 reference update: Adam's first
+step is ~lr * sign(grad), so it differs only where bf16 and fp32 gradients disagree in sign."""
+GRAD_NORM_RTOL = 0.05
+"""Relative difference of the global grad norm (bf16 compute, fp32 reduction) from the fp32 reference."""
+
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+"""Dense bf16 tensor-core peak by GPU name (SXM parts), for MFU."""
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Shapes and batch sizes of one mode (GPU or CPU smoke)."""
+
+    small: dict
+    small_batch: tuple[int, int]
+    """(sequences, max length) of the logprob and step checks."""
+    big: dict
+    big_batch: tuple[int, int]
+    """(sequences, length) of one timed forward-backward."""
+    tokens_per_microbatch: int
+    timed_iters: int
+
+
+QWEN25_05B = dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
+                  intermediate_size=4864, vocab_size=151936, tie_word_embeddings=True)
+GPU = Sizes(small=dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                       intermediate_size=704, vocab_size=4096, tie_word_embeddings=True),
+            small_batch=(8, 128), big=QWEN25_05B, big_batch=(16, 1024), tokens_per_microbatch=8192, timed_iters=3)
+CPU_SMOKE = Sizes(small=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                             intermediate_size=128, vocab_size=500, tie_word_embeddings=True),
+                  small_batch=(6, 24), big=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                                num_key_value_heads=1, intermediate_size=128, vocab_size=500,
+                                                tie_word_embeddings=True),
+                  big_batch=(4, 32), tokens_per_microbatch=64, timed_iters=1)
+
+
+class Report:
+    """Collects PASS/FAIL lines and figures."""
+
+    def __init__(self) -> None:
+        self.figures: dict = {}
+        self.failed: list[str] = []
+
+    def check(self, name: str, ok: bool, figure: str, **values) -> None:
+        print(f"{'PASS' if ok else 'FAIL'}  {name:<28} {figure}", flush=True)
+        self.figures[name] = dict(ok=bool(ok), **values)
+        if not ok:
+            self.failed.append(name)
+
+
+# --- models and batches ---------------------------------------------------------------------------
+
+
+def write_qwen2(directory: Path, shape: dict, *, seed: int, device: str) -> Path:
+    """A randomly initialised Qwen2 saved as a HF directory, weights rounded to bf16 (stored as fp32)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(**shape, max_position_embeddings=4096, rope_theta=1e6, rms_norm_eps=1e-6)
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = Qwen2ForCausalLM(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.to(torch.bfloat16).float())
+    model.save_pretrained(directory, safe_serialization=True)
+    return directory
+
+
+def make_batch(n: int, length: int, vocab: int, *, seed: int):  # -> TrainBatch
+    """n right-padded sequences of lengths in [length/2, length], prompt = first quarter, random advantages."""
+    from trainer.types import TrainBatch
+
+    gen = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(length // 2, length + 1, (n,), generator=gen)
+    lengths[0] = length
+    pos = torch.arange(length)
+    attention = pos[None] < lengths[:, None]  # [N, L]
+    response = attention & (pos[None] >= (lengths // 4)[:, None])  # [N, L]
+    ids = torch.randint(1, vocab, (n, length), generator=gen).masked_fill(~attention, 0)  # [N, L]
+    old = torch.where(response, -2.0 - torch.rand(n, length, generator=gen), torch.zeros(()))  # [N, L]
+    return TrainBatch(input_ids=ids, attention_mask=attention, response_mask=response,
+                      advantages=torch.randn(n, generator=gen), old_logprobs=old, ref_logprobs=old.clone(),
+                      rollout_logprobs=old.clone())
+
+
+def hf_logprobs(model, batch, device) -> torch.Tensor:
+    """[N, L] fp32 logprobs of transformers' model, aligned like the learner's (position 0 and padding 0)."""
+    ids, mask = batch.input_ids.to(device), batch.attention_mask.to(device)
+    logits = model(input_ids=ids, attention_mask=mask.long()).logits  # [N, L, V]
+    lp = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, ids[:, 1:, None]).squeeze(-1)  # [N, L-1]
+    return torch.nn.functional.pad(lp, (1, 0)) * mask  # [N, L]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def learner(model_dir: Path, **kwargs):
+    """A world-size-1 LearnerWorker (bf16 policy), shut down afterwards."""
+    from actors.learner import LearnerWorker
+
+    worker = LearnerWorker(rank=0, world_size=1, master_addr="127.0.0.1", master_port=free_port(),
+                           model_path=str(model_dir), dtype="bfloat16", num_threads=torch.get_num_threads(),
+                           **kwargs)
+    try:
+        yield worker
+    finally:
+        worker.shutdown()
+
+
+# --- checks ---------------------------------------------------------------------------------------
+
+
+def check_setup(report: Report, worker) -> None:
+    from megatron.core.distributed import DistributedDataParallel
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    inner = getattr(worker.optimizer, "chained_optimizers", [worker.optimizer])
+    masters = worker.master_weights()
+    ok = (isinstance(worker.ddp, DistributedDataParallel) and all(isinstance(o, DistributedOptimizer) for o in inner)
+          and all(p.dtype == torch.bfloat16 for p in worker.model.parameters())
+          and all(m.dtype == torch.float32 for m in masters.values()))
+    report.check("distributed_optimizer", ok, f"{type(worker.ddp).__name__} + {type(inner[0]).__name__}, "
+                 f"params {worker.dtype}, main params fp32", optimizer=type(inner[0]).__name__)
+    if worker.use_gpu:
+        from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
+
+        states = get_cuda_rng_tracker().get_states()
+        report.check("cuda_rng_tracker", "model-parallel-rng" in states, f"states {sorted(states)}")
+
+
+def check_logprobs(report: Report, worker, hf, batch, device) -> None:
+    with torch.no_grad():
+        expected = hf_logprobs(hf, batch, device).cpu()
+    got = worker.compute_logprobs(batch)
+    valid = batch.attention_mask.clone()
+    valid[:, 0] = False
+    diff = (got - expected).abs()[valid]
+    mean, worst = diff.mean().item(), diff.max().item()
+    report.check("logprobs_vs_transformers", mean < LOGPROB_MEAN_TOL and worst < LOGPROB_MAX_TOL,
+                 f"mean |diff| {mean:.2e} (< {LOGPROB_MEAN_TOL}), max {worst:.2e} (< {LOGPROB_MAX_TOL}) "
+                 f"over {int(valid.sum())} tokens", mean_abs_diff=mean, max_abs_diff=worst)
+
+
+def reference_update(hf, batch, device) -> tuple[dict[str, torch.Tensor], float]:
+    """The same GRPO update in fp32 with transformers + torch AdamW: (HF name -> weight delta, grad norm)."""
+    from actors.learner import ADAM_EPS
+    from trainer.grpo import grpo_loss
+
+    before = {n: p.detach().clone() for n, p in hf.named_parameters()}
+    opt = torch.optim.AdamW(hf.parameters(), lr=STEP_LR, eps=ADAM_EPS, weight_decay=0.0)
+    lp = hf_logprobs(hf.train(), batch, device)
+    on = {k: getattr(batch, k).to(device) for k in ("old_logprobs", "ref_logprobs", "rollout_logprobs",
+                                                     "advantages", "response_mask")}
+    loss, _ = grpo_loss(lp, **on, num_tokens=batch.num_tokens, num_sequences=batch.num_sequences, **LOSS_KWARGS)
+    loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(hf.parameters(), 1.0).item()
+    opt.step()
+    return {n: (p.detach() - before[n]).cpu() for n, p in hf.named_parameters()}, norm
+
+
+def learner_update_hf(worker, before: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The learner's change of its fp32 main weights, in HF names and layouts (TP = PP = 1)."""
+    from actors import hf_megatron
+
+    out = {}
+    for name, main in worker.master_weights().items():
+        if name == "output_layer.weight":
+            continue  # a tied copy (PP > 1 only)
+        delta = (main.float() - before[name]).cpu()
+        out.update(hf_megatron.megatron_to_hf(name, [delta], worker.shape, pp_rank=0))
+    return out
+
+
+def check_step(report: Report, worker, hf, batch, device) -> None:
+    before = {n: m.detach().float().clone() for n, m in worker.master_weights().items()}
+    bf16_before = {n: p.detach().clone() for n, p in worker.model.named_parameters()}
+    worker.forward_backward(batch, "grpo", batch.num_tokens, batch.num_sequences, LOSS_KWARGS)
+    stats = worker.optim_step()
+    got = learner_update_hf(worker, before)
+    expected, ref_norm = reference_update(hf, batch, device)
+    moved = sum(int((d.abs() > STEP_LR / 10).sum()) for d in got.values())
+    total = sum(d.numel() for d in got.values())
+    bf16_moved = sum(int((p.detach() != bf16_before[n]).sum()) for n, p in worker.model.named_parameters())
+    report.check("step_moves_fp32_main_weights", moved / total > MOVED_MIN_FRACTION,
+                 f"{moved / total:.1%} of main weights moved by > lr/10 at lr {STEP_LR} "
+                 f"(bf16 params that changed: {bf16_moved / total:.1%})",
+                 moved_fraction=moved / total, bf16_changed_fraction=bf16_moved / total)
+    names = sorted(expected)
+    a = torch.cat([got[n].flatten().double() for n in names])
+    b = torch.cat([expected[n].flatten().double() for n in names])
+    cosine = (a @ b / (a.norm() * b.norm())).item()
+    rel_norm = abs(stats["grad_norm"] - ref_norm) / ref_norm
+    report.check("step_vs_fp32_reference", cosine > UPDATE_COSINE_MIN and rel_norm < GRAD_NORM_RTOL,
+                 f"update cosine {cosine:.4f} (> {UPDATE_COSINE_MIN}), grad norm {stats['grad_norm']:.4g} vs "
+                 f"{ref_norm:.4g} (rel {rel_norm:.1e} < {GRAD_NORM_RTOL}), max |delta| "
+                 f"{a.abs().max().item():.2e} vs {b.abs().max().item():.2e}",
+                 update_cosine=cosine, grad_norm=stats["grad_norm"], ref_grad_norm=ref_norm,
+                 grad_norm_rel_diff=rel_norm)
+
+
+def matmul_flops_per_token(shape: dict, seq_len: int) -> float:
+    """Forward + backward FLOPs per token: 6 x matmul params (lm_head included) + causal-free attention.
+
+    The local attention computes the full s x s score matrix (no causal skipping), so attention counts
+    4 x s x hidden FLOPs per token per layer forward (QK^T and PV), x3 for forward + backward.
+    """
+    h, f, v, layers = shape["hidden_size"], shape["intermediate_size"], shape["vocab_size"], shape["num_hidden_layers"]
+    d = h // shape["num_attention_heads"]
+    kv = shape["num_key_value_heads"] * d
+    per_layer = h * (h + 2 * kv) + h * h + 3 * h * f  # qkv, o_proj, gate/up/down
+    params = layers * per_layer + h * v  # lm_head matmul (tied or not, it is one GEMM)
+    return 6 * params + 12 * layers * seq_len * h
+
+
+def check_throughput(report: Report, worker, shape: dict, sizes: Sizes, device) -> None:
+    from actors.learner import OptimizerSettings  # noqa: F401  (documents where the settings come from)
+
+    n, length = sizes.big_batch
+    batch = make_batch(n, length, shape["vocab_size"], seed=7)
+    batch = batch.replace(attention_mask=torch.ones_like(batch.attention_mask),
+                          response_mask=torch.ones_like(batch.response_mask).index_fill(1, torch.tensor([0]), False))
+    sync = torch.cuda.synchronize if worker.use_gpu else (lambda: None)
+
+    def fb() -> float:
+        sync()
+        start = time.perf_counter()
+        worker.forward_backward(batch, "grpo", batch.num_tokens, batch.num_sequences, LOSS_KWARGS)
+        sync()
+        elapsed = time.perf_counter() - start
+        worker.optim_step()
+        return elapsed
+
+    fb()  # warm-up: kernels, buffers, allocator
+    if worker.use_gpu:
+        torch.cuda.reset_peak_memory_stats()
+    times = [fb() for _ in range(sizes.timed_iters)]
+    seconds = min(times)
+    tokens = n * length
+    tps = tokens / seconds
+    flops = matmul_flops_per_token(shape, length) * tps
+    name = torch.cuda.get_device_name() if worker.use_gpu else "cpu"
+    peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+    mfu = flops / peak if peak else None
+    params = sum(p.numel() for p in worker.model.parameters())
+    report.check("forward_backward_throughput", math.isfinite(tps) and tps > 0,
+                 f"{tps:,.0f} tokens/s ({n} x {length} tokens in {seconds:.3f} s, {params / 1e6:.0f}M params), "
+                 f"{flops / 1e12:.1f} TFLOP/s" + (f", MFU {mfu:.1%} of {peak / 1e12:.0f} TFLOP/s" if mfu else ""),
+                 tokens_per_s=tps, seconds=seconds, tokens=tokens, params=params, tflops=flops / 1e12, mfu=mfu,
+                 device=name, microbatch_tokens=sizes.tokens_per_microbatch)
+    if worker.use_gpu:
+        peak_gb = torch.cuda.max_memory_allocated() / 2**30
+        total_gb = torch.cuda.get_device_properties(0).total_memory / 2**30
+        report.check("peak_memory", peak_gb < total_gb, f"{peak_gb:.1f} GiB of {total_gb:.0f} GiB (max allocated "
+                     "during timed forward-backward + step)", peak_gib=peak_gb, total_gib=total_gb)
+
+
+# --- main -----------------------------------------------------------------------------------------
+
+
+def run(cpu_smoke: bool, out: Path) -> int:
+    use_gpu = torch.cuda.is_available() and not cpu_smoke
+    if not use_gpu and not cpu_smoke:
+        print("FAIL  no CUDA device (use --cpu-smoke on a CPU)")
+        return 1
+    sizes = GPU if use_gpu else CPU_SMOKE
+    device = "cuda" if use_gpu else "cpu"
+    report = Report()
+    started = time.perf_counter()
+    report.figures["device"] = torch.cuda.get_device_name() if use_gpu else "cpu"
+    report.figures["torch"] = torch.__version__
+    with tempfile.TemporaryDirectory() as tmp:
+        small = write_qwen2(Path(tmp) / "small", sizes.small, seed=0, device=device)
+        from transformers import AutoModelForCausalLM
+
+        hf = AutoModelForCausalLM.from_pretrained(small, dtype=torch.float32).to(device)
+        batch = make_batch(*sizes.small_batch, sizes.small["vocab_size"], seed=1)
+        from actors.learner import OptimizerSettings
+
+        with learner(small, optimizer=OptimizerSettings(lr=STEP_LR, grad_clip=1.0),
+                     sequences_per_microbatch=4) as worker:
+            check_setup(report, worker)
+            check_logprobs(report, worker, hf, batch, device)
+            check_step(report, worker, hf, batch, device)
+        del hf
+        big = write_qwen2(Path(tmp) / "big", sizes.big, seed=2, device=device)
+        with learner(big, optimizer=OptimizerSettings(lr=STEP_LR), sequences_per_microbatch=1024,
+                     tokens_per_microbatch=sizes.tokens_per_microbatch) as worker:
+            check_throughput(report, worker, sizes.big, sizes, device)
+    clean = not ({"ray", "vllm"} & set(sys.modules))
+    report.check("no_ray_no_vllm", clean, "neither ray nor vllm was imported")
+    report.figures["seconds"] = time.perf_counter() - started
+    report.figures["failed"] = report.failed
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report.figures, indent=2))
+    print(f"{'FAIL' if report.failed else 'PASS'}: {len(report.failed)} failed, "
+          f"{report.figures['seconds']:.0f} s; figures in {out}")
+    return 1 if report.failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--cpu-smoke", action="store_true", help="tiny shapes on the CPU (what CI runs)")
+    parser.add_argument("--out", type=Path, default=Path("runs/gpu_check.json"), help="JSON of the figures")
+    args = parser.parse_args(argv)
+    return run(args.cpu_smoke, args.out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
