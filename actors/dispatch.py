@@ -1,24 +1,23 @@
-"""Spreading prompt groups over N rollout engines, and versioned weight sync to all of them.
+"""The engine group: N rollout engines used as one (generate, versions, sleep / wake, weight-sync endpoints).
 
     EngineGroup.generate(B prompts) --assign_groups--> engine e gets a sub-list (whole groups of G)
-        --ray.get([...]) once--> B groups back in the original prompt order, one policy_version
-    EngineGroup.sync_weights(sender_call, version): receivers on every engine + the sender together,
-        fail fast on the first error, bounded by timeout_s; then every engine must report `version`.
+        --one wait on all engines, with a deadline--> B groups back in the original prompt order
+    EngineGroup.init_weight_sync_async / receive_weights_async: the receiving half of a weight sync,
+        driven by actors.weight_sync.WeightSync, which owns it end to end.
 
 A group of G samples stays on one engine, so its prompt is prefilled once (prefix caching). Engines
 are balanced by estimated work (prompt characters + max_tokens per prompt), greedily, largest first.
+Every call has a deadline; a failure names the engine and the root cause (an engine that died is
+reported as its death).
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-import ray
-
 from actors.rollout import StaleEngineError
-from actors.weight_sync import WeightSyncError
+from cluster.calls import get_all
 from trainer.types import Prompt, RolloutBatch, WeightVersion
 
 
@@ -52,34 +51,22 @@ def merge_batches(prompts: Sequence[Prompt], engine_of: Sequence[int], parts: Se
                         policy_version=versions.pop(), engine_seconds=max(p.engine_seconds for p in parts))
 
 
-def wait_all(refs: list[Any], timeout_s: float, describe: Callable[[int], str]) -> list[Any]:
-    """ray.get of every ref, but raise on the first failure, and WeightSyncError past timeout_s."""
-    deadline = time.monotonic() + timeout_s
-    index = {ref: i for i, ref in enumerate(refs)}
-    results: list[Any] = [None] * len(refs)
-    pending = list(refs)
-    while pending:
-        remaining = deadline - time.monotonic()
-        ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, remaining))
-        if not ready:
-            late = ", ".join(describe(index[r]) for r in pending)
-            raise WeightSyncError(f"weight sync did not finish within {timeout_s}s; still waiting for: {late}")
-        i = index[ready[0]]
-        try:
-            results[i] = ray.get(ready[0])
-        except Exception as e:  # RayActorError (engine died), RayTaskError (transfer failed)
-            raise WeightSyncError(f"weight sync failed at {describe(i)}: {type(e).__name__}: {e}") from e
-    return results
-
-
 class EngineGroup:
-    """N rollout engine actors used as one: generate, weight sync, versions. Lives in the controller."""
+    """N rollout engine actors used as one. Lives in the controller."""
 
-    def __init__(self, engine_actors: Sequence[Any], tp_sizes: Sequence[int] | None = None):
+    def __init__(self, engine_actors: Sequence[Any], tp_sizes: Sequence[int] | None = None, *,
+                 generate_timeout_s: float | None = 600.0, control_timeout_s: float = 120.0,
+                 start_timeout_s: float = 1800.0):
         self.engine_actors = list(engine_actors)
         self.tp_sizes = list(tp_sizes) if tp_sizes is not None else [1] * len(self.engine_actors)
+        self.generate_timeout_s, self.control_timeout_s = generate_timeout_s, control_timeout_s
+        self.start_timeout_s = start_timeout_s
         self.expected_version = 0
         """The version every engine must hold before we sample (0: weights from disk)."""
+
+    @property
+    def names(self) -> list[str]:
+        return [f"engine {e}" for e in range(len(self.engine_actors))]
 
     @property
     def world_size(self) -> int:
@@ -87,7 +74,7 @@ class EngineGroup:
         return 1 + sum(self.tp_sizes)
 
     def generate(self, prompts: Sequence[Prompt], *, n: int, temperature: float, top_p: float, max_tokens: int,
-                 stop: Sequence[str], seed: int | None, timeout_s: float | None = None) -> RolloutBatch:
+                 stop: Sequence[str], seed: int | None) -> RolloutBatch:
         """B prompts -> one RolloutBatch with B groups of n, in prompt order; refuses stale engines."""
         engine_of = assign_groups([len(p.text) + max_tokens for p in prompts], len(self.engine_actors))
         used = sorted(set(engine_of))
@@ -97,33 +84,28 @@ class EngineGroup:
             refs.append(self.engine_actors[e].generate.remote(
                 mine, n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, stop=tuple(stop),
                 seed=seed, expected_version=self.expected_version))
-        parts = ray.get(refs, timeout=timeout_s)
+        parts = get_all(refs, what=f"generate ({len(prompts)} prompts x {n})", names=[f"engine {e}" for e in used],
+                        timeout_s=self.generate_timeout_s)
         slot = {e: i for i, e in enumerate(used)}
         return merge_batches(prompts, [slot[e] for e in engine_of], parts)
 
-    def init_weight_sync(self, sender_connect: Callable[[], Any], *, host: str, port: int, timeout_s: float) -> None:
-        """Form the transfer group: `sender_connect()` (builds the WeightSender, returns its ObjectRef)
-        runs together with every engine's `init_weight_sync`."""
-        self.versions()  # the engines must be up before the group's timeout starts ticking
+    def init_weight_sync_async(self, spec: Any) -> list[Any]:
+        """Refs of every engine joining the transfer group `spec` (actors.weight_sync.TransferSpec)."""
         offsets = [1 + sum(self.tp_sizes[:e]) for e in range(len(self.engine_actors))]
-        refs = [sender_connect()] + [
-            actor.init_weight_sync.remote(host, port, self.world_size, offset, timeout_s)
-            for actor, offset in zip(self.engine_actors, offsets)]
-        wait_all(refs, timeout_s + 30.0, self._describe)
+        return [actor.init_weight_sync.remote(spec, offset) for actor, offset in zip(self.engine_actors, offsets)]
 
-    def sync_weights(self, sender_call: Callable[[], Any], version: int, timeout_s: float) -> dict:
-        """Push `version` to every engine: receivers and `sender_call()` (the sender's send, an ObjectRef)
-        run together; then check that every engine holds `version`. Returns the sender's stats."""
-        if version <= self.expected_version:
-            raise ValueError(f"weight versions must increase: {version} after {self.expected_version}")
-        refs = [sender_call()] + [actor.receive_weights.remote(version) for actor in self.engine_actors]
-        stats = wait_all(refs, timeout_s, self._describe)[0]
-        self.expected_version = version
-        self.check_versions()
-        return stats
+    def receive_weights_async(self, version: int) -> list[Any]:
+        """Refs of every engine receiving `version` (the sender must run concurrently)."""
+        return [actor.receive_weights.remote(version) for actor in self.engine_actors]
+
+    def wait_until_up(self) -> list[WeightVersion]:
+        """Wait for every engine to have loaded its model (at most start_timeout_s); their versions."""
+        return get_all([a.weight_version.remote(False) for a in self.engine_actors], what="engine start-up",
+                       names=self.names, timeout_s=self.start_timeout_s)
 
     def versions(self, with_checksums: bool = False) -> list[WeightVersion]:
-        return ray.get([actor.weight_version.remote(with_checksums) for actor in self.engine_actors])
+        return self._all("weight version" + (" and checksums" if with_checksums else ""),
+                         lambda a: a.weight_version.remote(with_checksums))
 
     def check_versions(self) -> None:
         """Raise StaleEngineError unless every engine holds `expected_version`."""
@@ -132,8 +114,21 @@ class EngineGroup:
             held = ", ".join(f"engine {v.engine} holds {v.policy_version}" for v in stale)
             raise StaleEngineError(f"expected weight version {self.expected_version}: {held}")
 
-    def shutdown(self) -> None:
-        ray.get([actor.shutdown.remote() for actor in self.engine_actors])
+    def sleep(self, level: int = 1) -> None:
+        """Free the engines' device memory while the learner trains (a no-op without GPU sleep mode)."""
+        self._all("sleep", lambda a: a.sleep.remote(level))
 
-    def _describe(self, i: int) -> str:
-        return "the sender" if i == 0 else f"engine {i - 1}"
+    def wake_up(self, tags: list[str] | None = None) -> None:
+        """Reallocate in stages: ["weights"] before a weight sync, ["kv_cache"] after it; None: both."""
+        self._all(f"wake up {tags or 'all'}", lambda a: a.wake_up.remote(tags))
+
+    def memory(self) -> list[dict[str, float]]:
+        """Per engine: GiB in use (`device_used_gib` on GPU, `host_rss_gib` on CPU)."""
+        return self._all("memory", lambda a: a.memory.remote())
+
+    def shutdown(self) -> None:
+        self._all("shutdown", lambda a: a.shutdown.remote())
+
+    def _all(self, what: str, call: Any) -> list[Any]:
+        return get_all([call(a) for a in self.engine_actors], what=what, names=self.names,
+                       timeout_s=self.control_timeout_s)

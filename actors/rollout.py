@@ -7,11 +7,16 @@ recomputes. With n > 1 we ask for `FINAL_ONLY` outputs (the streaming kind can r
 output that lacks some samples). Groups come back in prompt order.
 
 How new weights reach the engine (see actors/weight_sync.py): `init_weight_sync` joins the transfer
-group once; `receive_weights(version)` reads that version's metadata from the sender's control store,
-then runs vLLM's `start_weight_update` -> `update_weights` -> `finish_weight_update(str(version))`.
+group once; `receive_weights(version)` runs vLLM's `start_weight_update`, then one `update_weights` per
+bucket as the sender's control store announces it, then `finish_weight_update(str(version))`.
 Sampling and receiving hold one lock, so every completion is sampled by exactly one version. A
 transfer that fails half-way leaves the model half-loaded: the worker then reports version -1
 (stale) until a later sync succeeds, and refuses to sample when a version is expected.
+
+Tensor parallel on GPUs: an engine of TP = k owns k placement-group bundles of one GPU each (vLLM's
+Ray executor refuses bundles of more than one GPU). The actor itself sits in the first of them without
+a GPU, names its bundles in VLLM_RAY_BUNDLE_INDICES and asks for the Ray executor, which then starts
+one worker per bundle inside the actor's placement group (vLLM reads it from the actor).
 
 CPU threads: vLLM CPU binds its OpenMP threads (`VLLM_CPU_OMP_THREADS_BIND`, default "auto": every
 core this process may use). Two engines on one machine that both bind "auto" fight over the same
@@ -64,7 +69,7 @@ def cpu_threads_bind(engine_index: int, num_engines: int, num_cpus: int | None =
     return str(first) if per_engine == 1 else f"{first}-{first + per_engine - 1}"
 
 
-def rollout_worker_kwargs(cfg: TrainConfig, engine_index: int) -> dict[str, Any]:
+def rollout_worker_kwargs(cfg: TrainConfig, engine_index: int, weight_transfer_backend: str) -> dict[str, Any]:
     """Unpack the config into `RolloutWorker`'s plain constructor arguments."""
     ro = cfg.rollout
     return dict(
@@ -78,7 +83,25 @@ def rollout_worker_kwargs(cfg: TrainConfig, engine_index: int) -> dict[str, Any]
         seed=cfg.seed,
         engine_index=engine_index,
         cpu_threads=None if cfg.cluster.use_gpu else cpu_threads_bind(engine_index, ro.num_engines),
+        use_gpu=cfg.cluster.use_gpu,
+        weight_transfer_backend=weight_transfer_backend,
     )
+
+
+def engine_executor_args(*, use_gpu: bool, tensor_parallel_size: int, bundle_indices: list[int] | None
+                         ) -> tuple[dict[str, Any], dict[str, str]]:
+    """(extra engine arguments, environment) that place an engine's workers (pure).
+
+    GPU with TP > 1: vLLM's Ray executor, one worker per one-GPU bundle of the actor's placement group
+    (`bundle_indices`; default: the first TP bundles). Otherwise vLLM's own choice ('uni' for one
+    worker; CPU engines run their TP workers as local processes).
+    """
+    if not use_gpu or tensor_parallel_size == 1:
+        return {}, {}
+    indices = bundle_indices if bundle_indices is not None else list(range(tensor_parallel_size))
+    if len(indices) != tensor_parallel_size:
+        raise ValueError(f"a TP={tensor_parallel_size} engine needs {tensor_parallel_size} bundles, got {indices}")
+    return {"distributed_executor_backend": "ray"}, {"VLLM_RAY_BUNDLE_INDICES": ",".join(map(str, indices))}
 
 
 def prompt_seed(seed: int | None, prompt: Prompt) -> int | None:
@@ -92,17 +115,22 @@ class RolloutWorker:
     def __init__(self, model_path: str, *, dtype: str = "float32", tensor_parallel_size: int = 1,
                  max_model_len: int = 256, gpu_memory_utilization: float = 0.5,
                  enable_sleep_mode: bool = False, cpu_kvcache_gib: float = 1.0, seed: int = 0,
-                 engine_index: int = 0, cpu_threads: str | None = None):
+                 engine_index: int = 0, cpu_threads: str | None = None, use_gpu: bool | None = None,
+                 weight_transfer_backend: str | None = None, bundle_indices: list[int] | None = None):
         import torch
 
         self.engine_index = engine_index
-        self.on_gpu = torch.cuda.is_available()
-        self.backend = "nccl" if self.on_gpu else "gloo"
+        # A TP > 1 GPU engine's actor holds no GPU itself (its workers do), so ask the caller.
+        self.on_gpu = torch.cuda.is_available() if use_gpu is None else use_gpu
+        self.backend = weight_transfer_backend or ("nccl" if self.on_gpu else "gloo")
         if not self.on_gpu:
             # Read by the engine-core and worker processes vLLM spawns from here.
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, math.ceil(cpu_kvcache_gib)))
             if cpu_threads is not None:
                 os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpu_threads
+        executor_args, executor_env = engine_executor_args(
+            use_gpu=self.on_gpu, tensor_parallel_size=tensor_parallel_size, bundle_indices=bundle_indices)
+        os.environ.update(executor_env)
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -117,13 +145,15 @@ class RolloutWorker:
             # kill the engine. Whole prefills keep per-request seeds usable on CPU and GPU alike.
             enable_chunked_prefill=False,
             max_num_batched_tokens=max(PREFILL_TOKEN_BUDGET, max_model_len),
+            **executor_args,
         )
         self.engine = AsyncLLM.from_engine_args(args)
         self.tp_size = tensor_parallel_size
+        self.sleep_mode = enable_sleep_mode and self.on_gpu
         self._lock = asyncio.Lock()
         self._broken = False
         self._store: Any = None
-        self._sync_timeout_s = 120.0
+        self._spec: Any = None
 
     # --- sampling ----------------------------------------------------------------------------
 
@@ -168,40 +198,53 @@ class RolloutWorker:
 
     # --- weight sync -------------------------------------------------------------------------
 
-    async def init_weight_sync(self, host: str, port: int, world_size: int, rank_offset: int,
-                               timeout_s: float) -> None:
-        """Join the transfer group as ranks rank_offset .. rank_offset + TP - 1 (blocks until all joined)."""
+    async def init_weight_sync(self, spec: Any, rank_offset: int) -> None:
+        """Join the transfer group (`actors.weight_sync.TransferSpec`) as ranks rank_offset ..
+        rank_offset + TP - 1; blocks until all joined, at most spec.timeout_s."""
         from vllm.distributed.weight_transfer.base import WeightTransferInitRequest
 
-        from actors.weight_sync import tcp_store, worker_init_info
+        from actors.weight_sync import (
+            NCCL_BACKEND,
+            NCCL_ID_KEY,
+            WeightSyncError,
+            control_store,
+            worker_init_info,
+        )
 
-        self._sync_timeout_s = timeout_s
-        self._store = await asyncio.to_thread(tcp_store, host, port, is_master=False, timeout_s=timeout_s)
-        info = worker_init_info(self.backend, host, port, world_size, rank_offset, timeout_s)
+        if spec.backend != self.backend:
+            raise WeightSyncError(f"engine {self.engine_index} was started for the {self.backend} transfer "
+                                  f"backend, the group uses {spec.backend}")
+        self._spec = spec
+        self._store = await asyncio.to_thread(control_store, spec, is_master=False)
+        unique_id = None
+        if spec.backend == NCCL_BACKEND:
+            await self._store_wait(NCCL_ID_KEY, "the sender's NCCL unique id")
+            unique_id = self._store.get(NCCL_ID_KEY)
+        info = worker_init_info(spec, rank_offset, unique_id)
         await asyncio.wait_for(self.engine.init_weight_transfer_engine(WeightTransferInitRequest(init_info=info)),
-                               timeout_s + RPC_MARGIN_S)
+                               spec.timeout_s + RPC_MARGIN_S)
+
+    async def _store_wait(self, key: str, what: str) -> None:
+        from actors.weight_sync import WeightSyncError
+
+        try:
+            await asyncio.to_thread(self._store.wait, [key], timedelta(seconds=self._spec.timeout_s))
+        except RuntimeError as e:  # the store raises on timeout or when the sender is gone
+            raise WeightSyncError(f"engine {self.engine_index}: no {what} from learner rank 0 within "
+                                  f"{self._spec.timeout_s}s: {e}") from e
 
     async def receive_weights(self, version: int) -> int:
-        """Receive one full set of weights and commit it as `version`; returns the version now held."""
-        from vllm.distributed.weight_transfer.base import WeightTransferUpdateRequest
-
-        from actors.weight_sync import META_KEY, WeightSyncError, decode_meta, worker_update_info
+        """Receive one full set of weights, bucket by bucket, and commit it as `version`; returns the
+        version now held."""
+        from actors.weight_sync import WeightSyncError
 
         if self._store is None:
             raise WeightSyncError(f"engine {self.engine_index}: init_weight_sync was never called")
-        key = META_KEY.format(version=version)
         async with self._lock:
-            try:
-                await asyncio.to_thread(self._store.wait, [key], timedelta(seconds=self._sync_timeout_s))
-                metas, bucket_bytes = decode_meta(self._store.get(key))
-            except RuntimeError as e:  # the store raises on timeout or when the sender is gone
-                raise WeightSyncError(f"engine {self.engine_index}: no metadata for version {version} "
-                                      f"within {self._sync_timeout_s}s: {e}") from e
             self._broken = True  # until finish_weight_update commits, the weights are half-loaded
             try:
                 await self.engine.start_weight_update()
-                request = WeightTransferUpdateRequest(update_info=worker_update_info(self.backend, metas, bucket_bytes))
-                await asyncio.wait_for(self.engine.update_weights(request), self._sync_timeout_s + RPC_MARGIN_S)
+                buckets = await self._receive_buckets(version)
                 await self.engine.finish_weight_update(str(version))
                 # Cached prefix KV was computed with the old weights; reusing it would sample the next
                 # step from a mix of two policies (seen as a learner-vs-rollout logprob gap that grows).
@@ -210,7 +253,40 @@ class RolloutWorker:
                 raise WeightSyncError(f"engine {self.engine_index}: receiving version {version} failed "
                                       f"({type(e).__name__}: {e}); the engine is stale until the next sync") from e
             self._broken = False
+            log.debug("engine %d: version %d in %d buckets", self.engine_index, version, buckets)
             return await self._policy_version()
+
+    async def _receive_buckets(self, version: int) -> int:
+        """update_weights for each bucket the sender announces, until its end marker; returns the count."""
+        import pickle
+
+        from vllm.distributed.weight_transfer.base import WeightTransferUpdateRequest
+
+        from actors.weight_sync import (
+            ACK_KEY,
+            BUCKET_KEY,
+            IPC_BACKEND,
+            IPC_KEY,
+            decode_bucket,
+            worker_update_info,
+        )
+
+        spec, index = self._spec, 0
+        while True:
+            key = BUCKET_KEY.format(version=version, index=index)
+            await self._store_wait(key, f"bucket {index} of version {version}")
+            metas = decode_bucket(self._store.get(key))
+            if metas is None:
+                return index
+            handles = None
+            if spec.backend == IPC_BACKEND:
+                # Written by learner rank 0 under the run's secret (see weight_sync.TransferSpec).
+                handles = pickle.loads(self._store.get(IPC_KEY.format(version=version, index=index)))
+            request = WeightTransferUpdateRequest(update_info=worker_update_info(metas, handles))
+            await asyncio.wait_for(self.engine.update_weights(request), spec.timeout_s + RPC_MARGIN_S)
+            if spec.backend == IPC_BACKEND:
+                self._store.set(ACK_KEY.format(version=version, index=index, engine=self.engine_index), b"1")
+            index += 1
 
     async def weight_version(self, with_checksums: bool = False) -> WeightVersion:
         """The version this engine holds (0: weights from disk; -1: a failed transfer), with checksums on request.
@@ -235,18 +311,25 @@ class RolloutWorker:
 
     # --- memory and lifetime -----------------------------------------------------------------
 
-    async def sleep(self) -> None:
-        """Free weights and KV cache while the learner trains (GPU only; a no-op on CPU)."""
-        if not self.on_gpu:
-            log.info("engine %d: sleep is a no-op on CPU", self.engine_index)
+    async def sleep(self, level: int = 1) -> None:
+        """Free device memory while the learner trains: level 1 moves the weights to host memory and drops
+        the KV cache (GPU with sleep mode only; a no-op otherwise)."""
+        if not self.sleep_mode:
+            log.debug("engine %d: sleep is a no-op without GPU sleep mode", self.engine_index)
             return
-        await self.engine.sleep(level=1)
+        async with self._lock:
+            await self.engine.sleep(level=level)
 
-    async def wake_up(self) -> None:
-        if not self.on_gpu:
-            log.info("engine %d: wake_up is a no-op on CPU", self.engine_index)
+    async def wake_up(self, tags: list[str] | None = None) -> None:
+        """Reallocate device memory: tags ["weights"] first (so a weight sync has somewhere to land),
+        then ["kv_cache"] (so the cache takes only what the learner left); None wakes both."""
+        if not self.sleep_mode:
             return
-        await self.engine.wake_up()
+        await self.engine.wake_up(tags)
+
+    async def memory(self) -> dict[str, float]:
+        """GiB this engine holds: device memory in use on its GPU (GPU), or its processes' resident set (CPU)."""
+        return _memory_gib(self.on_gpu and self.tp_size == 1)
 
     async def child_pids(self) -> list[int]:
         """Processes vLLM started for this engine (so a test can reap them after ray.kill)."""
@@ -256,6 +339,25 @@ class RolloutWorker:
 
     async def shutdown(self) -> None:
         self.engine.shutdown()
+
+
+def _memory_gib(on_gpu: bool) -> dict[str, float]:
+    """Memory of this process and its children (CPU), or of the GPU it sees (all processes on it)."""
+    import psutil
+
+    if on_gpu:
+        import torch
+
+        free, total = torch.cuda.mem_get_info()
+        return {"device_used_gib": (total - free) / 2**30}
+    me = psutil.Process()
+    rss = me.memory_info().rss
+    for child in me.children(recursive=True):
+        try:
+            rss += child.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return {"host_rss_gib": rss / 2**30}
 
 
 def _completion(c: Any) -> Completion:

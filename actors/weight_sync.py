@@ -1,55 +1,119 @@
-"""Versioned weight sync from one learner process to every vLLM worker of every engine.
+"""Versioned weight sync from learner rank 0 to every vLLM worker of every engine, owned by `WeightSync`.
 
-    learner rank 0                          rollout engine e (vLLM worker w, rank = rank_offset_e + w)
-    WeightSender.send(named_tensors) ──►  control TCPStore key "meta/<version>" (names, dtypes, shapes)
-                                    └──►  buckets of <= bucket_bytes over the transfer group
-                                          GlooWeightTransferEngine.receive_weights -> model.load_weights
+    WeightSync (controller) ── connect() once: rank 0's node address + a port picked there, a per-run secret
+        │                       learner rank 0: WeightSender ── control TCPStore (host, port), the group
+        │                       engine e, worker w: joins as rank 1 + sum(tp of engines < e) + w
+        └─ push(version): rank 0 streams buckets as the TP/PP gather produces them
+              store "bucket/<v>/<k>"  names, dtypes, shapes of bucket k   ──► engine: update_weights(bucket k)
+              group                   the bucket's bytes (gloo, nccl) or   ──► model.load_weights
+                                      CUDA IPC handles (ipc)
+              store "bucket/<v>/<K>"  end of version v (K buckets)        ──► finish_weight_update(v)
+           then every engine must report v; every `checksum_every` versions its checksums must equal
+           the ones rank 0 computed from the bytes it sent.
 
-The transfer group has world_size = 1 + sum of the engines' TP sizes: the sender is rank 0 and every
-vLLM worker is one receiver rank. The sender owns a control TCPStore on (host, port); the metadata of
-each version travels through it, so a receiver knows names, dtypes and shapes before the bytes arrive,
-and both sides cut the same buckets from it (`plan_buckets`).
+The backend is chosen once for both sides by `choose_backend` (pure): gloo on CPU; CUDA IPC when every
+engine shares learner rank 0's GPU (colocated: NCCL refuses two ranks on one device); NCCL otherwise.
+The learner never holds more than one bucket: nothing gathers the whole model before the first send.
 
-We use vLLM's own RL interface (`init_weight_transfer_engine`, `start_weight_update` ->
-`update_weights` -> `finish_weight_update(version)`), not its internals:
-- CPU: no built-in engine fits, so `GlooWeightTransferEngine` is registered under the name "gloo"
-  through `WeightTransferEngineFactory.register_engine`. vLLM's workers are spawned processes, so the
+We use vLLM's RL interface (`init_weight_transfer_engine`, `start_weight_update` -> `update_weights`
+(one call per bucket) -> `finish_weight_update(version)`), not its internals:
+- gloo (CPU): no built-in engine fits, so `GlooWeightTransferEngine` is registered through
+  `WeightTransferEngineFactory.register_engine`; vLLM's workers are spawned processes, so the
   registration runs there through the `vllm.general_plugins` entry point `register_vllm_plugin`
-  (declared in setup.cfg). The group is a `ProcessGroupGloo` made directly on a `PrefixStore` of the
-  control store, bound to `host`, with `timeout_s` on every collective: a missing or dead peer raises.
-- GPU: vLLM's built-in "nccl" engine receives (unpacked, one broadcast per tensor); its rendezvous is
-  vLLM's `StatelessProcessGroup` on port + 1, since the control store already holds `port`.
+  (setup.cfg). Its group is a `ProcessGroupGloo` on a `PrefixStore` of the control store; each side
+  binds the address it reaches the other by, and `timeout_s` bounds every collective.
+- nccl: vLLM's built-in engine, joined by an `ncclUniqueId` that rank 0 mints and publishes in the
+  control store (vLLM's other rendezvous, a TCPStore of its own, would listen on every interface).
+- ipc: vLLM's built-in engine; rank 0 publishes each bucket's IPC handles and waits for every engine's
+  acknowledgement before it frees the bucket.
+
+Every wait has a deadline: store waits and gloo collectives by their own timeouts, NCCL init and
+broadcasts by polling on a thread / a CUDA event (NCCL itself has none), the controller's wait on all
+sides by `cluster.calls.get_all`. Store keys carry a per-run secret, so a stray client cannot feed
+an engine a bucket.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
+import pickle
+import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
 log = logging.getLogger(__name__)
 
-GLOO_BACKEND = "gloo"
+Backend = Literal["gloo", "nccl", "ipc"]
+GLOO_BACKEND: Backend = "gloo"
 """Name our CPU engine is registered under in vLLM's weight-transfer factories."""
-NCCL_PORT_OFFSET = 1
-"""The NCCL rendezvous store sits on port + 1: the control store holds `port` itself."""
-META_KEY = "meta/{version}"
-"""Control-store key holding the metadata of one version's transfer (JSON)."""
+NCCL_BACKEND: Backend = "nccl"
+IPC_BACKEND: Backend = "ipc"
+BUCKET_KEY = "bucket/{version}/{index}"
+"""Control-store key of one bucket's metadata (JSON), or of the end of a version."""
+IPC_KEY = "ipc/{version}/{index}"
+"""Control-store key of one bucket's pickled CUDA IPC handles (ipc backend only)."""
+ACK_KEY = "ack/{version}/{index}/{engine}"
+"""Set by engine `engine` once it loaded bucket `index` (ipc backend: the sender may then free it)."""
+NCCL_ID_KEY = "nccl_unique_id"
+POLL_S = 0.001
+"""Polling interval of the waits that have no blocking form with a deadline (CUDA events, threads)."""
 
 
 class WeightSyncError(RuntimeError):
     """A weight transfer failed or did not finish within its timeout."""
 
 
-# --- wire plan (pure; both sides compute the same one) --------------------------------------------
+# --- the backend, chosen once for both sides (pure) ----------------------------------------------
+
+
+def choose_backend(*, use_gpu: bool, engines_on_sender_gpu: Sequence[bool]) -> Backend:
+    """The transfer backend for a run: `engines_on_sender_gpu[e]` says engine e shares learner rank 0's GPU.
+
+    gloo on CPU; ipc when every engine shares rank 0's GPU (NCCL refuses two ranks on one device, and
+    IPC needs nothing else); nccl when none does. A mix has no backend that reaches every engine.
+    """
+    if not engines_on_sender_gpu:
+        raise ValueError("weight sync needs at least one engine")
+    if not use_gpu:
+        return GLOO_BACKEND
+    if all(engines_on_sender_gpu):
+        return IPC_BACKEND
+    if not any(engines_on_sender_gpu):
+        return NCCL_BACKEND
+    shared = [e for e, s in enumerate(engines_on_sender_gpu) if s]
+    raise ValueError(
+        f"engines {shared} share learner rank 0's GPU and the others do not: CUDA IPC reaches only the "
+        f"first kind and NCCL refuses two ranks on one GPU. Colocate a single engine, or none.")
+
+
+@dataclass(frozen=True)
+class TransferSpec:
+    """Everything both sides must agree on, decided once by `WeightSync.connect`."""
+
+    host: str
+    """Address of learner rank 0's node, as Ray reports it there; the control store listens only on it."""
+    port: int
+    """Port picked on that node."""
+    world_size: int
+    """1 (the sender) + every vLLM worker of every engine."""
+    num_engines: int
+    backend: Backend
+    timeout_s: float
+    """Bound on every wait of the transfer (store waits, collectives, NCCL init and broadcasts)."""
+    secret: str
+    """Prefix of every store key: only peers told it by the controller can read or write a bucket."""
+
+
+# --- wire format (pure; both sides compute the same) ---------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -70,6 +134,10 @@ class TensorMeta:
             numel *= d
         return numel * torch.empty((), dtype=getattr(torch, self.dtype)).element_size()
 
+    @classmethod
+    def of(cls, name: str, tensor: Tensor) -> TensorMeta:
+        return cls(name, str(tensor.dtype).removeprefix("torch."), tuple(tensor.shape))
+
 
 def plan_buckets(sizes: list[int], bucket_bytes: int) -> list[range]:
     """Split tensors (by byte size, in order) into consecutive buckets of at most bucket_bytes.
@@ -88,14 +156,37 @@ def plan_buckets(sizes: list[int], bucket_bytes: int) -> list[range]:
     return buckets
 
 
-def encode_meta(metas: list[TensorMeta], bucket_bytes: int) -> bytes:
-    return json.dumps({"bucket_bytes": bucket_bytes,
-                       "tensors": [[m.name, m.dtype, list(m.shape)] for m in metas]}).encode()
+def iter_buckets(named_tensors: Iterable[tuple[str, Tensor]], bucket_bytes: int
+                 ) -> Iterator[list[tuple[str, Tensor]]]:
+    """`plan_buckets` over a stream: each bucket is yielded as soon as it is full, so at most one bucket
+    (plus the tensor that overflowed it) is held, however large the model."""
+    bucket: list[tuple[str, Tensor]] = []
+    filled = 0
+    for name, tensor in named_tensors:
+        size = tensor.numel() * tensor.element_size()
+        if bucket and filled + size > bucket_bytes:
+            yield bucket
+            bucket, filled = [], 0
+        bucket.append((name, tensor))
+        filled += size
+    if bucket:
+        yield bucket
 
 
-def decode_meta(raw: bytes) -> tuple[list[TensorMeta], int]:
+def encode_bucket(metas: list[TensorMeta]) -> bytes:
+    return json.dumps({"tensors": [[m.name, m.dtype, list(m.shape)] for m in metas]}).encode()
+
+
+def encode_end(num_buckets: int) -> bytes:
+    return json.dumps({"end": num_buckets}).encode()
+
+
+def decode_bucket(raw: bytes) -> list[TensorMeta] | None:
+    """The bucket's metadata, or None at the end of a version."""
     obj = json.loads(raw)
-    return [TensorMeta(n, d, tuple(s)) for n, d, s in obj["tensors"]], int(obj["bucket_bytes"])
+    if "end" in obj:
+        return None
+    return [TensorMeta(n, d, tuple(s)) for n, d, s in obj["tensors"]]
 
 
 def pack_bucket(tensors: list[Tensor]) -> Tensor:
@@ -115,68 +206,170 @@ def unpack_bucket(flat: Tensor, metas: list[TensorMeta]) -> list[tuple[str, Tens
     return out
 
 
-def make_gloo_group(host: str, store: Any, rank: int, world_size: int, timeout_s: float) -> Any:
-    """A ProcessGroupGloo outside torch.distributed's default group, bound to `host`.
-
-    Construction waits for every rank (a missing peer raises after timeout_s), and the same
-    timeout bounds every collective, so a dead peer raises instead of hanging.
-    """
-    from torch.distributed import PrefixStore, ProcessGroupGloo
-
-    options = ProcessGroupGloo._Options()
-    options._timeout = timedelta(seconds=timeout_s)
-    options._devices = [ProcessGroupGloo.create_device(hostname=host)]
-    return ProcessGroupGloo(PrefixStore("gloo", store), rank, world_size, options)
-
-
-def tcp_store(host: str, port: int, *, is_master: bool, timeout_s: float) -> Any:
-    from torch.distributed import TCPStore
-
-    return TCPStore(host, port, world_size=None, is_master=is_master,
-                    timeout=timedelta(seconds=timeout_s), wait_for_workers=False)
-
-
-def digest(tensor: Tensor) -> str:
-    """sha256 of a tensor's bytes, as vLLM's `compute_weight_checksums` computes it."""
-    return hashlib.sha256(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy()).hexdigest()
-
+# --- checksums: what the engines must report after loading what we sent ---------------------------
 
 # vLLM fuses these Hugging Face projections into one parameter (its `stacked_params_mapping`).
 _STACKED = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
-
-
 VOCAB_PADDING = 64
 """vLLM pads embedding and lm_head rows with zeros to a multiple of this (DEFAULT_VOCAB_PADDING_SIZE)."""
 _VOCAB_PARAMS = ("model.embed_tokens.weight", "lm_head.weight")
 
 
-def expected_vllm_checksums(named_tensors: Iterable[tuple[str, Tensor]], *, prefix: str = "",
-                            tie_word_embeddings: bool = False) -> dict[str, str]:
-    """Checksums a TP=1 vLLM engine should report after loading these HF tensors (Llama/Qwen2 family).
+def _bytes(tensor: Tensor) -> memoryview:
+    return memoryview(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
 
-    Fused projections are the concatenation of their parts along dim 0, in vLLM's order; vocabulary
-    rows are zero-padded to a multiple of VOCAB_PADDING; with tied embeddings vLLM has no lm_head.
+
+def digest(tensor: Tensor) -> str:
+    """sha256 of a tensor's bytes, as vLLM's `compute_weight_checksums` computes it."""
+    return hashlib.sha256(_bytes(tensor)).hexdigest()
+
+
+class ChecksumStream:
+    """Checksums a TP=1 vLLM engine should report after loading a stream of HF tensors (Llama/Qwen2).
+
+    Fed tensor by tensor as they are sent: fused projections hash their parts in vLLM's order (the
+    digest of `cat(parts, dim=0)` is the digest of the parts' bytes back to back), so only the parts
+    of one fused parameter wait; vocabulary rows are zero-padded to a multiple of VOCAB_PADDING.
     """
-    tensors = dict(named_tensors)
-    out: dict[str, str] = {}
-    for name, tensor in tensors.items():
-        if tie_word_embeddings and name == "lm_head.weight":
-            continue
-        if name in _VOCAB_PARAMS:
-            pad = -tensor.shape[0] % VOCAB_PADDING
-            tensor = torch.cat([tensor, tensor.new_zeros(pad, *tensor.shape[1:])])
+
+    def __init__(self, prefix: str = "") -> None:
+        self.prefix = prefix
+        self.checksums: dict[str, str] = {}
+        self._parts: dict[str, dict[str, Tensor]] = {}
+
+    def add(self, name: str, tensor: Tensor) -> None:
         parent, _, leaf = name.rpartition(".")
         module_path, _, proj = parent.rpartition(".")
         fused = next((f for f, parts in _STACKED.items() if proj in parts), None)
         if fused is None:
-            out[prefix + name] = digest(tensor)
-        elif proj == _STACKED[fused][0]:
-            parts = [tensors[f"{module_path}.{p}.{leaf}"] for p in _STACKED[fused]]
-            out[prefix + f"{module_path}.{fused}.{leaf}"] = digest(torch.cat(parts, dim=0))
-    return out
+            h = hashlib.sha256(_bytes(tensor))
+            if name in _VOCAB_PARAMS and tensor.shape[0] % VOCAB_PADDING:
+                pad_rows = -tensor.shape[0] % VOCAB_PADDING
+                h.update(bytes(pad_rows * tensor[0].numel() * tensor.element_size()))
+            self.checksums[self.prefix + name] = h.hexdigest()
+            return
+        target = f"{module_path}.{fused}.{leaf}"
+        parts = self._parts.setdefault(target, {})
+        parts[proj] = tensor.detach().cpu()
+        if len(parts) == len(_STACKED[fused]):
+            h = hashlib.sha256()
+            for p in _STACKED[fused]:
+                h.update(_bytes(parts[p]))
+            self.checksums[self.prefix + target] = h.hexdigest()
+            del self._parts[target]
 
 
-# --- the receiving side: a vLLM worker-side engine -----------------------------------------------
+def expected_vllm_checksums(named_tensors: Iterable[tuple[str, Tensor]], *, prefix: str = "",
+                            tie_word_embeddings: bool = False) -> dict[str, str]:
+    """Checksums a TP=1 vLLM engine should report after loading these HF tensors (see ChecksumStream).
+    With tied embeddings vLLM has no lm_head."""
+    stream = ChecksumStream(prefix)
+    for name, tensor in named_tensors:
+        if not (tie_word_embeddings and name == "lm_head.weight"):
+            stream.add(name, tensor)
+    return stream.checksums
+
+
+def compare_checksums(expected: dict[str, str], reported: dict[str, str], *, tp_size: int
+                      ) -> tuple[int, list[str]]:
+    """(number of parameters compared, names that differ) between the sender's checksums and one
+    engine's (`dp0:pp0:pcp0:tp<k>:<name>` keys). With TP > 1 an engine holds shards of split
+    parameters, so only replicated ones (norms) compare; names the sender did not send are skipped."""
+    compared, differ = 0, []
+    for key, value in sorted(reported.items()):
+        name = key.split(":")[-1]
+        if name not in expected or (tp_size > 1 and "norm" not in name):
+            continue
+        compared += 1
+        if expected[name] != value:
+            differ.append(key)
+    return compared, differ
+
+
+# --- process groups and stores --------------------------------------------------------------------
+
+
+def make_gloo_group(local_address: str, store: Any, rank: int, world_size: int, timeout_s: float) -> Any:
+    """A ProcessGroupGloo outside torch.distributed's default group, listening on `local_address`.
+
+    Construction waits for every rank (a missing peer raises after timeout_s), and the same timeout
+    bounds every collective, so a dead peer raises instead of hanging.
+    """
+    from torch.distributed import PrefixStore, ProcessGroupGloo
+
+    options = ProcessGroupGloo._Options()
+    options._timeout = timedelta(seconds=timeout_s)
+    options._devices = [ProcessGroupGloo.create_device(hostname=local_address)]
+    return ProcessGroupGloo(PrefixStore("gloo", store), rank, world_size, options)
+
+
+def control_store(spec: TransferSpec, *, is_master: bool) -> Any:
+    """The transfer's control store (the master listens only on spec.host), keys under the run's secret."""
+    from torch.distributed import PrefixStore
+
+    from cluster.network import tcp_store
+
+    return PrefixStore(spec.secret, tcp_store(spec.host, spec.port, is_master=is_master, timeout_s=spec.timeout_s))
+
+
+def bounded(call: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    """Run a blocking call that has no timeout of its own (NCCL init) and raise after timeout_s.
+
+    The call keeps running on its daemon thread; the caller gets the error and the component name.
+    """
+    result: list[Any] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            result.append(call())
+        except BaseException as e:  # re-raised in the caller's thread
+            failure.append(e)
+
+    thread = threading.Thread(target=run, daemon=True, name=what)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        raise WeightSyncError(f"{what} did not finish within {timeout_s:.0f}s")
+    if failure:
+        raise failure[0]
+    return result[0]
+
+
+def wait_cuda(timeout_s: float, what: str) -> None:
+    """Wait for the work queued on the current CUDA stream, at most timeout_s (NCCL has no timeout)."""
+    event = torch.cuda.Event()
+    event.record()
+    deadline = time.monotonic() + timeout_s
+    while not event.query():
+        if time.monotonic() > deadline:
+            raise WeightSyncError(f"{what} did not complete within {timeout_s:.0f}s (a receiver is gone?)")
+        time.sleep(POLL_S)
+
+
+# --- the receiving side: vLLM worker-side payloads and the gloo engine ----------------------------
+
+
+def worker_init_info(spec: TransferSpec, rank_offset: int, nccl_unique_id: bytes | None = None) -> dict[str, Any]:
+    """The `init_weight_transfer_engine` payload for one engine whose workers start at rank_offset."""
+    if spec.backend == GLOO_BACKEND:
+        return dict(master_address=spec.host, master_port=spec.port, rank_offset=rank_offset,
+                    world_size=spec.world_size, timeout_s=spec.timeout_s, secret=spec.secret)
+    if spec.backend == NCCL_BACKEND:
+        if nccl_unique_id is None:
+            raise WeightSyncError("the nccl backend needs the sender's unique id from the control store")
+        return dict(nccl_unique_id_b64=base64.b64encode(nccl_unique_id).decode(), rank_offset=rank_offset,
+                    world_size=spec.world_size, packed=False)
+    return dict(packed=False)
+
+
+def worker_update_info(metas: list[TensorMeta], ipc_handles: list[dict[str, tuple]] | None = None) -> dict[str, Any]:
+    """The `update_weights` payload of one bucket."""
+    info: dict[str, Any] = dict(names=[m.name for m in metas], dtype_names=[m.dtype for m in metas],
+                                shapes=[list(m.shape) for m in metas])
+    if ipc_handles is not None:
+        info["ipc_handles"] = ipc_handles
+    return info
 
 
 def _engine_classes() -> tuple[type, type, type]:
@@ -194,20 +387,17 @@ def _engine_classes() -> tuple[type, type, type]:
         rank_offset: int
         world_size: int
         timeout_s: float = 120.0
+        secret: str = ""
 
     @dataclass
     class GlooUpdateInfo(WeightTransferUpdateInfo):
         names: list[str]
         dtype_names: list[str]
         shapes: list[list[int]]
-        bucket_bytes: int
 
     class GlooWeightTransferEngine(WeightTransferEngine[GlooInitInfo, GlooUpdateInfo]):
-        """Receives HF-named full tensors over gloo, bucket by bucket, into `model.load_weights`.
-
-        Weights arrive in checkpoint format, so the update goes through vLLM's layerwise reload
-        (as its NCCL engine does): each layer is re-processed once all of its tensors are in.
-        """
+        """Receives one bucket of HF-named full tensors per `update_weights`, over gloo, into
+        `model.load_weights`; vLLM's layerwise reload re-processes each layer once its tensors are in."""
 
         init_info_cls = GlooInitInfo
         update_info_cls = GlooUpdateInfo
@@ -218,12 +408,18 @@ def _engine_classes() -> tuple[type, type, type]:
             self.store: Any = None
 
         def init_transfer_engine(self, init_info: GlooInitInfo) -> None:
+            from torch.distributed import PrefixStore
+
+            from cluster.network import route_source_address, tcp_store
+
             pc = self.parallel_config
             rank = init_info.rank_offset + pc.data_parallel_index * pc.world_size + pc.rank
-            self.store = tcp_store(init_info.master_address, init_info.master_port,
-                                   is_master=False, timeout_s=init_info.timeout_s)
-            self.group = make_gloo_group(init_info.master_address, self.store, rank,
-                                         init_info.world_size, init_info.timeout_s)
+            self.store = PrefixStore(init_info.secret, tcp_store(
+                init_info.master_address, init_info.master_port, is_master=False, timeout_s=init_info.timeout_s))
+            # Listen on the address this node reaches the sender by: on another node the sender's
+            # address is not ours, and loopback would not be reachable from it.
+            local = route_source_address(init_info.master_address)
+            self.group = make_gloo_group(local, self.store, rank, init_info.world_size, init_info.timeout_s)
 
         def start_weight_update(self) -> None:
             from vllm.model_executor.model_loader.reload import initialize_layerwise_reload
@@ -242,11 +438,9 @@ def _engine_classes() -> tuple[type, type, type]:
                 raise RuntimeError("gloo weight transfer not initialised: call init_weight_transfer_engine first")
             metas = [TensorMeta(n, d, tuple(s)) for n, d, s in
                      zip(update_info.names, update_info.dtype_names, update_info.shapes)]
-            for bucket in plan_buckets([m.nbytes for m in metas], update_info.bucket_bytes):
-                bucket_metas = [metas[i] for i in bucket]
-                flat = torch.empty(sum(m.nbytes for m in bucket_metas), dtype=torch.uint8)
-                self.group.broadcast(flat, 0).wait()
-                self.model.load_weights(unpack_bucket(flat, bucket_metas))
+            flat = torch.empty(sum(m.nbytes for m in metas), dtype=torch.uint8)
+            self.group.broadcast(flat, 0).wait()
+            self.model.load_weights(unpack_bucket(flat, metas))
 
         def shutdown(self) -> None:
             self.group, self.store = None, None
@@ -277,72 +471,82 @@ def register_vllm_plugin() -> None:
         WeightTransferEngineFactory.register_engine(GLOO_BACKEND, _engine_classes()[2])
 
 
-def worker_init_info(backend: str, host: str, port: int, world_size: int, rank_offset: int,
-                     timeout_s: float) -> dict[str, Any]:
-    """The `init_weight_transfer_engine` payload for one engine whose workers start at rank_offset."""
-    if backend == GLOO_BACKEND:
-        return dict(master_address=host, master_port=port, rank_offset=rank_offset,
-                    world_size=world_size, timeout_s=timeout_s)
-    return dict(master_address=host, master_port=port + NCCL_PORT_OFFSET, rank_offset=rank_offset,
-                world_size=world_size, packed=False)
-
-
-def worker_update_info(backend: str, metas: list[TensorMeta], bucket_bytes: int) -> dict[str, Any]:
-    """The `update_weights` payload: metadata of every tensor of this version."""
-    info: dict[str, Any] = dict(names=[m.name for m in metas], dtype_names=[m.dtype for m in metas],
-                                shapes=[list(m.shape) for m in metas])
-    if backend == GLOO_BACKEND:
-        info["bucket_bytes"] = bucket_bytes
-    return info
-
-
-# --- the sending side: one learner process -------------------------------------------------------
+# --- the sending side: learner rank 0 --------------------------------------------------------------
 
 
 class WeightSender:
-    """Rank 0 of the transfer group; lives in ONE learner process (Megatron rank 0 after the gather).
+    """Rank 0 of the transfer group, in learner rank 0's process (where the TP/PP gather lands).
 
-    The constructor opens the control store on (host, port) and joins the group, so it blocks until
-    every receiver called `init_weight_transfer_engine` (raises after timeout_s if one never does).
+    The constructor opens the control store on (spec.host, spec.port) and joins the group, so it
+    blocks until every receiver joined (raises after spec.timeout_s if one never does).
     """
 
-    def __init__(self, host: str, port: int, world_size: int, timeout_s: float, backend: str = GLOO_BACKEND):
-        self.backend, self.timeout_s = backend, timeout_s
-        self.store = tcp_store(host, port, is_master=True, timeout_s=timeout_s)
-        if backend == GLOO_BACKEND:
-            self.group = make_gloo_group(host, self.store, 0, world_size, timeout_s)
-        else:  # GPU: vLLM's own NCCL rendezvous (StatelessProcessGroup) on port + 1
-            from vllm.distributed.weight_transfer.nccl_common import trainer_init
+    def __init__(self, spec: TransferSpec):
+        self.spec = spec
+        self.store = control_store(spec, is_master=True)
+        self.group: Any = None
+        if spec.backend == GLOO_BACKEND:
+            self.group = make_gloo_group(spec.host, self.store, 0, spec.world_size, spec.timeout_s)
+        elif spec.backend == NCCL_BACKEND:
+            from vllm.distributed.device_communicators.pynccl import PyNcclCommunicator
+            from vllm.distributed.device_communicators.pynccl_wrapper import NCCLLibrary
 
-            self.group = trainer_init(dict(master_address=host, master_port=port + NCCL_PORT_OFFSET,
-                                           world_size=world_size))
+            unique_id = bytes(NCCLLibrary().ncclGetUniqueId().internal)
+            self.store.set(NCCL_ID_KEY, unique_id)
+            device = torch.cuda.current_device()
+            self.group = bounded(lambda: PyNcclCommunicator.from_unique_id_bytes(
+                unique_id, rank=0, world_size=spec.world_size, device=device),
+                spec.timeout_s, "NCCL init of the weight-transfer group")
+        else:
+            self.gpu_uuid = str(torch.cuda.get_device_properties(torch.cuda.current_device()).uuid)
 
-    def send(self, named_tensors: Iterable[tuple[str, Tensor]], *, bucket_bytes: int, version: int) -> dict:
-        """Publish metadata for `version`, then stream the tensors in buckets. Returns stats.
+    def send(self, named_tensors: Iterable[tuple[str, Tensor]], *, bucket_bytes: int, version: int,
+             checksums: bool = False) -> dict[str, Any]:
+        """Stream `named_tensors` to every engine as `version`, one bucket as soon as it is full.
 
-        The receivers' `receive_weights(version)` must run concurrently (the controller starts both).
+        The engines' `receive_weights(version)` must run concurrently (the controller starts both).
+        Returns stats, and with `checksums` the sha256 each engine should report per parameter.
         """
-        tensors = [(name, t.detach()) for name, t in named_tensors]
-        metas = [TensorMeta(name, str(t.dtype).removeprefix("torch."), tuple(t.shape)) for name, t in tensors]
         start = time.perf_counter()
-        self.store.set(META_KEY.format(version=version), encode_meta(metas, bucket_bytes))
-        buckets = plan_buckets([m.nbytes for m in metas], bucket_bytes)
+        stream = ChecksumStream() if checksums else None
+        sent, count, index = 0, 0, 0
         try:
-            for bucket in buckets:
-                self._broadcast([tensors[i][1] for i in bucket])
-        except RuntimeError as e:
-            raise WeightSyncError(f"weight sync of version {version} failed after "
-                                  f"{time.perf_counter() - start:.1f}s (timeout {self.timeout_s}s): {e}") from e
-        return {"bytes": sum(m.nbytes for m in metas), "seconds": time.perf_counter() - start,
-                "buckets": len(buckets), "tensors": len(metas)}
+            for index, bucket in enumerate(iter_buckets(named_tensors, bucket_bytes)):
+                metas = [TensorMeta.of(name, t) for name, t in bucket]
+                self.store.set(BUCKET_KEY.format(version=version, index=index), encode_bucket(metas))
+                self._transfer([t for _, t in bucket], metas, version, index)
+                if stream is not None:
+                    for name, t in bucket:
+                        stream.add(name, t)
+                sent += sum(m.nbytes for m in metas)
+                count += len(metas)
+            buckets = index + 1 if count else 0
+            self.store.set(BUCKET_KEY.format(version=version, index=buckets), encode_end(buckets))
+        except (RuntimeError, WeightSyncError) as e:
+            raise WeightSyncError(f"learner rank 0: sending version {version} failed after "
+                                  f"{time.perf_counter() - start:.1f}s at bucket {index} "
+                                  f"(timeout {self.spec.timeout_s}s): {e}") from e
+        return {"bytes": sent, "seconds": time.perf_counter() - start, "buckets": buckets, "tensors": count,
+                "checksums": stream.checksums if stream is not None else {}}
 
-    def _broadcast(self, tensors: list[Tensor]) -> None:
-        if self.backend == GLOO_BACKEND:
+    def _transfer(self, tensors: list[Tensor], metas: list[TensorMeta], version: int, index: int) -> None:
+        spec = self.spec
+        if spec.backend == GLOO_BACKEND:
             self.group.broadcast(pack_bucket(tensors), 0).wait()
-            return
-        for t in tensors:  # NCCL: one broadcast per tensor, as vLLM's unpacked consumer expects
-            self.group.broadcast(t.contiguous(), src=0, stream=torch.cuda.current_stream())
-        torch.cuda.current_stream().synchronize()
+        elif spec.backend == NCCL_BACKEND:
+            stream = torch.cuda.current_stream()
+            for t in tensors:  # one broadcast per tensor, as vLLM's unpacked NCCL consumer expects
+                self.group.broadcast(t.contiguous(), src=0, stream=stream)
+            wait_cuda(spec.timeout_s, f"NCCL broadcast of bucket {index}")
+        else:
+            from torch.multiprocessing.reductions import reduce_tensor
+
+            keep = [t.detach().contiguous() for t in tensors]  # alive until every engine loaded them
+            handles = [{self.gpu_uuid: reduce_tensor(t)[1]} for t in keep]
+            self.store.set(IPC_KEY.format(version=version, index=index), pickle.dumps(handles))
+            acks = [ACK_KEY.format(version=version, index=index, engine=e) for e in range(spec.num_engines)]
+            self.store.wait(acks, timedelta(seconds=spec.timeout_s))
+            del keep
 
 
 def iter_module_tensors(module: torch.nn.Module) -> Iterator[tuple[str, Tensor]]:
@@ -352,3 +556,85 @@ def iter_module_tensors(module: torch.nn.Module) -> Iterator[tuple[str, Tensor]]
     for name, tensor in module.state_dict().items():
         if not (tied and name == "lm_head.weight"):
             yield name, tensor
+
+
+# --- the owner: forms the group once, pushes versions, proves what the engines hold ---------------
+
+
+CONNECT_MARGIN_S = 30.0
+"""Extra time the controller gives the group to form beyond the transfer timeout (actor start-up)."""
+
+
+class WeightSync:
+    """Weight sync end to end, from the controller: form the group once, push a version, verify it.
+
+    `learner_group` (cluster.learner_group.LearnerGroup) hosts the sender on rank 0;
+    `engine_group` (actors.dispatch.EngineGroup) the receivers. Checksums of every engine are compared
+    with the sender's every `checksum_every` versions (0: never), since hashing costs a pass over the
+    weights on both sides.
+    """
+
+    def __init__(self, engine_group: Any, learner_group: Any, *, backend: Backend, timeout_s: float,
+                 bucket_bytes: int, checksum_every: int = 1) -> None:
+        self.engine_group, self.learner_group = engine_group, learner_group
+        self.backend, self.timeout_s = backend, timeout_s
+        self.bucket_bytes, self.checksum_every = bucket_bytes, checksum_every
+        self.spec: TransferSpec | None = None
+
+    def connect(self) -> TransferSpec:
+        """Form the transfer group: rank 0 and every engine worker join together (once per run)."""
+        import secrets
+
+        from cluster.calls import get_all
+
+        self.engine_group.wait_until_up()  # the engines must be up before the group's timeout starts ticking
+        host, port = self.learner_group.weight_sync_endpoint()
+        self.spec = TransferSpec(host=host, port=port, world_size=self.engine_group.world_size,
+                                 num_engines=len(self.engine_group.tp_sizes), backend=self.backend,
+                                 timeout_s=self.timeout_s, secret=secrets.token_hex(16))
+        learner_refs = self.learner_group.init_weight_sync_async(self.spec)
+        engine_refs = self.engine_group.init_weight_sync_async(self.spec)
+        get_all([*learner_refs, *engine_refs], what=f"forming the {self.backend} weight-transfer group at "
+                f"{host}:{port}", names=self.learner_group.names + self.engine_group.names,
+                timeout_s=self.timeout_s + CONNECT_MARGIN_S, error=WeightSyncError)
+        return self.spec
+
+    def push(self, version: int) -> dict[str, float]:
+        """Send the learner's weights to every engine as `version`; every engine must then hold it, and
+        on a checksum step hold exactly the bytes rank 0 sent."""
+        from cluster.calls import get_all
+
+        if self.spec is None:
+            raise WeightSyncError("push before connect: the transfer group was never formed")
+        if version <= self.engine_group.expected_version:
+            raise ValueError(f"weight versions must increase: {version} after {self.engine_group.expected_version}")
+        verify = bool(self.checksum_every) and version % self.checksum_every == 0
+        start = time.perf_counter()
+        learner_refs = self.learner_group.push_weights_async(version, self.bucket_bytes, checksums=verify)
+        engine_refs = self.engine_group.receive_weights_async(version)
+        results = get_all([*learner_refs, *engine_refs], what=f"weight sync of version {version}",
+                          names=self.learner_group.names + self.engine_group.names,
+                          timeout_s=self.timeout_s, error=WeightSyncError)
+        stats = results[0]
+        self.engine_group.expected_version = version
+        self.engine_group.check_versions()
+        metrics = {"weight_sync_bytes": float(stats["bytes"]), "weight_sync_buckets": float(stats["buckets"]),
+                   "weight_sync_s": time.perf_counter() - start}
+        if verify:
+            metrics["weight_sync_checksums_compared"] = float(self.verify(stats["checksums"]))
+        return metrics
+
+    def verify(self, expected: dict[str, str]) -> int:
+        """Compare every engine's checksums with the sender's; returns how many parameters matched."""
+        total = 0
+        for held, tp in zip(self.engine_group.versions(with_checksums=True), self.engine_group.tp_sizes):
+            compared, differ = compare_checksums(expected, held.checksums, tp_size=tp)
+            if differ:
+                raise WeightSyncError(f"engine {held.engine} holds version {held.policy_version} but "
+                                      f"{len(differ)} of {compared} parameters differ from what learner rank 0 "
+                                      f"sent, e.g. {differ[:3]}")
+            if compared == 0:
+                raise WeightSyncError(f"engine {held.engine} reported no checksum comparable with the sender's "
+                                      f"({len(held.checksums)} reported, {len(expected)} sent)")
+            total += compared
+        return total

@@ -7,6 +7,11 @@ waits on the whole list of refs. Data parallel: the batch is split into `dp` con
 into the object store once and handed to every rank of that DP replica. Results come from the ranks that
 hold the model's output (last pipeline stage, TP rank 0): logprobs are concatenated over DP, metrics
 were already reduced over DP by the workers.
+
+The process groups rendezvous at rank 0's node address, as Ray reports it on that node, with a port
+picked there (a zero-resource task in rank 0's bundle finds both before the ranks start); only a local
+Ray answers 127.0.0.1. Every verb has a deadline (`timeout_s`); a failure names the rank and the root
+cause.
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from cluster.ray_init import LOOPBACK, free_port
+from cluster.calls import get_all
+from cluster.network import endpoint_on
+from cluster.placement import NODE_RESOURCE_SHARE
 
 
 class LearnerGroup:
@@ -27,73 +34,105 @@ class LearnerGroup:
     def __init__(self, *, model_path: str, tp: int = 1, pp: int = 1, dp: int = 1, dtype: str = "float32",
                  seed: int = 0, optimizer: Any = None, sequences_per_microbatch: int = 16,
                  role: str = "policy", hold_reference: bool = False, use_gpu: bool = False,
-                 cpus_per_actor: float = 1.0, num_threads: int = 1, master_addr: str = LOOPBACK,
-                 placement: Callable[[int], dict[str, Any]] | None = None):
+                 cpus_per_actor: float = 1.0, num_threads: int = 1, timeout_s: float | None = 1800.0,
+                 node_resource: str = "",
+                 placement: Callable[[int], dict[str, Any]] | None = None, **worker_options: Any):
         """`placement(rank)` gives the Ray options that place rank `rank` (e.g. a bundle it shares with a
-        rollout engine, see cluster.placement); without it the group reserves a placement group of its own."""
+        rollout engine, see cluster.placement); without it the group reserves a placement group of its own.
+        `timeout_s` bounds every verb (None: no deadline); `worker_options` go to every LearnerWorker;
+        `node_resource` pins an own placement group to the nodes started with that custom resource."""
         from actors.learner import LearnerWorker
 
-        self.world_size, self.dp = tp * pp * dp, dp
+        self.world_size, self.dp, self.timeout_s = tp * pp * dp, dp, timeout_s
         self.pg = None
         if placement is None:
-            bundle = {"GPU": 1, "CPU": 1} if use_gpu else {"CPU": cpus_per_actor}
+            bundle: dict[str, float] = {"GPU": 1, "CPU": 1} if use_gpu else {"CPU": cpus_per_actor}
+            if node_resource:  # only nodes started with this custom resource may host the ranks
+                bundle[node_resource] = NODE_RESOURCE_SHARE
             self.pg = placement_group([dict(bundle) for _ in range(self.world_size)], strategy="PACK")
-            ray.get(self.pg.ready())
+            ray.get(self.pg.ready(), timeout=timeout_s)
             own_pg = self.pg
 
             def placement(rank: int) -> dict[str, Any]:
                 return {"num_cpus": bundle["CPU"], "num_gpus": bundle.get("GPU", 0),
                         "scheduling_strategy": PlacementGroupSchedulingStrategy(own_pg, placement_group_bundle_index=rank)}
 
-        port = free_port(master_addr)
+        master_addr, port = endpoint_on(placement(0), timeout_s or 600.0)
         remote: Any = ray.remote(LearnerWorker)  # Ray's stubs do not type `.remote` on actor methods
         self.workers: list[Any] = [
             remote.options(**placement(r)).remote(
                 rank=r, world_size=self.world_size, master_addr=master_addr, master_port=port, tp=tp,
                 pp=pp, dp=dp, model_path=model_path, dtype=dtype, seed=seed, optimizer=optimizer,
                 sequences_per_microbatch=sequences_per_microbatch, role=role,
-                hold_reference=hold_reference, num_threads=num_threads)
+                hold_reference=hold_reference, num_threads=num_threads, **worker_options)
             for r in range(self.world_size)
         ]
-        self.coords = ray.get([w.coords.remote() for w in self.workers])
+        self.names = [f"{role} learner rank {r}" for r in range(self.world_size)]
+        self.coords = self._all("start-up", lambda w: w.coords.remote())
         # For each DP replica, the rank whose results we read (last stage, TP rank 0).
         self.output_rank = {c["dp_rank"]: c["rank"] for c in self.coords if c["is_output"]}
 
     # --- verbs --------------------------------------------------------------------------------
 
     def compute_logprobs(self, batch):  # TrainBatch -> Tensor [N, L]
-        return self._concat(self._per_dp(lambda w, b: w.compute_logprobs.remote(b), batch))
+        return self._concat(self._per_dp("compute_logprobs", lambda w, b: w.compute_logprobs.remote(b), batch))
 
     def compute_ref_logprobs(self, batch):  # TrainBatch -> Tensor [N, L]
-        return self._concat(self._per_dp(lambda w, b: w.compute_ref_logprobs.remote(b), batch))
+        return self._concat(self._per_dp("compute_ref_logprobs", lambda w, b: w.compute_ref_logprobs.remote(b),
+                                         batch))
 
     def forward_backward(self, batch, loss_name: str, num_tokens: int, num_sequences: int,
                          loss_kwargs: dict) -> dict[str, float]:
-        results = self._per_dp(
+        results = self._per_dp("forward_backward",
             lambda w, b: w.forward_backward.remote(b, loss_name, num_tokens, num_sequences, loss_kwargs), batch)
         return results[self.output_rank[0]]
 
     def optim_step(self) -> dict[str, float]:
-        return self._all(lambda w: w.optim_step.remote())[0]
+        return self._all("optim_step", lambda w: w.optim_step.remote())[0]
 
     def save(self, directory) -> None:
-        self._all(lambda w: w.save.remote(str(directory)))
+        self._all("save", lambda w: w.save.remote(str(directory)))
 
     def load(self, directory) -> None:
-        self._all(lambda w: w.load.remote(str(directory)))
+        self._all("load", lambda w: w.load.remote(str(directory)))
 
     def export_hf(self, directory) -> None:
-        self._all(lambda w: w.export_hf.remote(str(directory)))
+        self._all("export_hf", lambda w: w.export_hf.remote(str(directory)))
 
-    def init_weight_sync(self, host: str, port: int, world_size: int, timeout_s: float) -> None:
-        self._all(lambda w: w.init_weight_sync.remote(host, port, world_size, timeout_s))
+    def offload(self) -> None:
+        """Move parameters, gradients and optimizer state off the GPUs (colocated runs, while engines
+        generate); a no-op for a learner that cannot (LearnerWorker without `offload`)."""
+        from actors.learner import LearnerWorker
 
-    def push_weights(self, version: int, bucket_bytes: int) -> dict:
-        return self._all(lambda w: w.push_weights.remote(version, bucket_bytes))[0]
+        if hasattr(LearnerWorker, "offload"):
+            self._all("offload", lambda w: w.offload.remote())
 
-    def push_weights_async(self, version: int, bucket_bytes: int) -> list:
-        """Refs of a weight push, for a caller that must run the engines' receive concurrently."""
-        return [w.push_weights.remote(version, bucket_bytes) for w in self.workers]
+    def onload(self) -> None:
+        """Inverse of `offload`."""
+        from actors.learner import LearnerWorker
+
+        if hasattr(LearnerWorker, "onload"):
+            self._all("onload", lambda w: w.onload.remote())
+
+    def memory(self) -> list[dict[str, float]]:
+        """Per rank: GiB in use (see LearnerWorker.memory)."""
+        return self._all("memory", lambda w: w.memory.remote())
+
+    # --- the sending half of weight sync (driven by actors.weight_sync.WeightSync) --------------
+
+    def weight_sync_endpoint(self) -> tuple[str, int]:
+        """(rank 0's node address as Ray reports it there, a port picked on that node)."""
+        host, port = get_all([self.workers[0].weight_sync_endpoint.remote()], what="weight-sync endpoint",
+                             names=self.names[:1], timeout_s=self.timeout_s)[0]
+        return host, port
+
+    def init_weight_sync_async(self, spec: Any) -> list:
+        """Refs of every rank joining the transfer group (rank 0 sends; the others only gather)."""
+        return [w.init_weight_sync.remote(spec) for w in self.workers]
+
+    def push_weights_async(self, version: int, bucket_bytes: int, *, checksums: bool = False) -> list:
+        """Refs of a weight push (rank 0's first), for a caller that runs the engines' receive concurrently."""
+        return [w.push_weights.remote(version, bucket_bytes, checksums) for w in self.workers]
 
     def shutdown(self) -> None:
         """Kill the ranks and free the placement group (safe to call twice)."""
@@ -106,18 +145,19 @@ class LearnerGroup:
 
     # --- fan-out ------------------------------------------------------------------------------
 
-    def _all(self, call: Callable[[Any], Any]) -> list:
+    def _all(self, what: str, call: Callable[[Any], Any]) -> list:
         """`call(worker)` returns an ObjectRef; run it on every rank and wait for all of them at once."""
-        return ray.get([call(w) for w in self.workers])
+        return get_all([call(w) for w in self.workers], what=what, names=self.names, timeout_s=self.timeout_s)
 
-    def _per_dp(self, call: Callable[[Any, Any], Any], batch) -> list:
+    def _per_dp(self, what: str, call: Callable[[Any, Any], Any], batch) -> list:
         """Call `verb` on every rank with its DP replica's slice of `batch` (each slice put once)."""
         n = batch.num_sequences
         if n % self.dp:
             raise ValueError(f"{n} sequences do not split evenly over {self.dp} data-parallel ranks")
         per = n // self.dp
         slices = [ray.put(batch.select(slice(d * per, (d + 1) * per))) for d in range(self.dp)]
-        return ray.get([call(w, slices[c["dp_rank"]]) for w, c in zip(self.workers, self.coords)])
+        return get_all([call(w, slices[c["dp_rank"]]) for w, c in zip(self.workers, self.coords)], what=what,
+                       names=self.names, timeout_s=self.timeout_s)
 
     def _concat(self, results: list):
         import torch

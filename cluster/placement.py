@@ -6,6 +6,12 @@ named in `ResourceSpec.colocated` (rollout engines and learner ranks) share one 
 bundle i holds actor i of each of them, and each takes its own share of the bundle's device (verl's
 and OpenRLHF's "hybrid engine" layout). The engines sleep while the learner trains.
 
+Tensor-parallel engines on GPUs (`bundles_per_actor` > 1): vLLM's Ray executor refuses bundles of more
+than one GPU and starts one worker per one-GPU bundle of the placement group its engine's actor runs
+in. So each such engine gets a placement group of its own, STRICT_PACK (a TP group shares a node and
+its NVLink): k bundles of one GPU, the first also holding the actor itself without a GPU; the actor
+passes the bundle indices to vLLM (`actors.rollout.engine_executor_args`), as verl and NeMo-RL do.
+
 On one CPU machine the bundles are logical CPUs only (`cpus_per_actor` each, small enough that every
 role fits on two cores); Ray does not pin them to cores.
 """
@@ -21,6 +27,8 @@ from ray.util.placement_group import PlacementGroup, placement_group, remove_pla
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 PLACEMENT_TIMEOUT_S = 120.0
+NODE_RESOURCE_SHARE = 0.001
+"""What a bundle asks of a role's node resource: a node given 1 of it hosts up to 1000 bundles."""
 
 
 @dataclass(frozen=True)
@@ -35,6 +43,10 @@ class RoleSpec:
     """Logical CPUs each actor reserves."""
     gpus_per_actor: float
     """Devices each actor reserves (0 on CPU; an engine reserves its tensor-parallel size)."""
+    bundles_per_actor: int = 1
+    """One-device bundles an actor's workers span (a GPU engine's TP size); > 1: a placement group each."""
+    node_resource: str = ""
+    """Custom Ray resource every bundle asks a little of, so the role runs only on nodes that have it."""
 
 
 @dataclass(frozen=True)
@@ -61,14 +73,20 @@ class Placement:
         if spec.colocated:
             shared = [spec.role(name) for name in spec.colocated]
             bundles = [_bundle(sum(r.cpus_per_actor for r in shared if i < r.num_actors),
-                               sum(r.gpus_per_actor for r in shared if i < r.num_actors))
+                               sum(r.gpus_per_actor for r in shared if i < r.num_actors),
+                               *(r.node_resource for r in shared if i < r.num_actors))
                        for i in range(max(r.num_actors for r in shared))]
             group = _create(bundles, strategy)
             self._groups.update({name: group for name in spec.colocated})
+        self._actor_groups: dict[str, list[PlacementGroup]] = {}
         for role in spec.roles:
             if role.num_actors == 0 or role.name in self._groups:
                 continue
-            bundle = _bundle(role.cpus_per_actor, role.gpus_per_actor)
+            if role.bundles_per_actor > 1:
+                self._actor_groups[role.name] = [_create(actor_bundles(role), "STRICT_PACK")
+                                                 for _ in range(role.num_actors)]
+                continue
+            bundle = _bundle(role.cpus_per_actor, role.gpus_per_actor, role.node_resource)
             self._groups[role.name] = _create([bundle] * role.num_actors, strategy)
 
     def options(self, role: str, index: int) -> dict[str, Any]:
@@ -76,6 +94,10 @@ class Placement:
         spec = self.spec.role(role)
         if not 0 <= index < spec.num_actors:
             raise IndexError(f"{role} actor {index} out of range: the spec has {spec.num_actors}")
+        if spec.bundles_per_actor > 1:  # the actor holds no device: its workers take one bundle each
+            return {"num_cpus": spec.cpus_per_actor, "num_gpus": 0,
+                    "scheduling_strategy": PlacementGroupSchedulingStrategy(
+                        placement_group=self._actor_groups[role][index], placement_group_bundle_index=0)}
         return {
             "num_cpus": spec.cpus_per_actor,
             "num_gpus": spec.gpus_per_actor,
@@ -88,14 +110,39 @@ class Placement:
         """`options` for one role, for a group that places its own actors (the learner group)."""
         return lambda index: self.options(role, index)
 
+    def bundle_indices(self, role: str) -> list[int] | None:
+        """The bundles of its own placement group that an actor of `role` gives its workers (None: its own)."""
+        spec = self.spec.role(role)
+        return list(range(spec.bundles_per_actor)) if spec.bundles_per_actor > 1 else None
+
     def remove(self) -> None:
-        for group in {id(g): g for g in self._groups.values()}.values():
+        groups = [*self._groups.values(), *(g for gs in self._actor_groups.values() for g in gs)]
+        for group in {id(g): g for g in groups}.values():
             remove_placement_group(group)
         self._groups.clear()
+        self._actor_groups.clear()
 
 
-def _bundle(cpus: float, gpus: float) -> dict[str, float]:
-    return {"CPU": cpus, "GPU": gpus} if gpus else {"CPU": cpus}
+def actor_bundles(role: RoleSpec) -> list[dict[str, float]]:
+    """The bundles one actor of `role` reserves: one, or `bundles_per_actor` of one device each (the
+    first also holding the actor's CPUs). Pure, so the shapes vLLM requires are tested without Ray."""
+    k = role.bundles_per_actor
+    if k < 1:
+        raise ValueError(f"{role.name}: bundles_per_actor must be >= 1, not {k}")
+    if k == 1:
+        return [_bundle(role.cpus_per_actor, role.gpus_per_actor, role.node_resource)]
+    per_bundle = role.gpus_per_actor / k
+    if per_bundle != 1:
+        raise ValueError(f"{role.name}: {role.gpus_per_actor} devices over {k} bundles; vLLM's Ray executor "
+                         f"needs exactly one device per bundle")
+    return [_bundle(role.cpus_per_actor, 1.0, role.node_resource)] + [_bundle(0.0, 1.0, role.node_resource)
+                                                                       for _ in range(k - 1)]
+
+
+def _bundle(cpus: float, gpus: float, *node_resources: str) -> dict[str, float]:
+    """A bundle; resources of 0 are left out (Ray rejects them), node resources ask NODE_RESOURCE_SHARE."""
+    bundle = {"CPU": cpus, "GPU": gpus} | {r: NODE_RESOURCE_SHARE for r in node_resources if r}
+    return {k: v for k, v in bundle.items() if v}
 
 
 def _create(bundles: list[dict[str, float]], strategy: str) -> PlacementGroup:

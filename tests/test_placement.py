@@ -1,13 +1,58 @@
-"""Placement groups on a local Ray bound to 127.0.0.1: every role's actors are reserved together,
-scheduled into their own bundles, and a spec the cluster cannot hold fails with a clear error."""
+"""Placement: the bundle shapes vLLM requires (pure), and placement groups on a local Ray bound to
+127.0.0.1: every role's actors are reserved together, scheduled into their own bundles, and a spec the
+cluster cannot hold fails with a clear error. Remote calls have deadlines and name who failed."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
-from cluster.placement import Placement, ResourceSpec, RoleSpec
+from cluster.placement import Placement, ResourceSpec, RoleSpec, actor_bundles
 
-pytestmark = pytest.mark.slow
+# --- pure: bundle shapes --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tp", [1, 2, 4])
+def test_gpu_engine_bundles_hold_one_gpu_each(tp):
+    """vLLM's Ray executor refuses bundles of more than one GPU and needs TP of them."""
+    from actors.rollout import engine_executor_args
+    from trainer.config import TrainConfig
+    from trainer.system import resource_spec
+
+    cfg = TrainConfig()
+    cfg = replace(cfg, cluster=replace(cfg.cluster, use_gpu=True, cpus_per_actor=2.0),
+                  rollout=replace(cfg.rollout, num_engines=3, tensor_parallel_size=tp))
+    rollout = resource_spec(cfg).role("rollout")
+    bundles = actor_bundles(rollout)
+    assert len(bundles) == tp and all(b["GPU"] == 1.0 for b in bundles)
+    assert bundles[0]["CPU"] == 2.0 and all("CPU" not in b for b in bundles[1:])
+    args, env = engine_executor_args(use_gpu=True, tensor_parallel_size=tp, bundle_indices=list(range(tp)))
+    if tp == 1:
+        assert (args, env) == ({}, {})  # one GPU: vLLM's in-process executor in the actor's own bundle
+    else:
+        assert args == {"distributed_executor_backend": "ray"}
+        assert env == {"VLLM_RAY_BUNDLE_INDICES": ",".join(map(str, range(tp)))}
+
+
+def test_cpu_and_learner_bundles_stay_single():
+    from actors.rollout import engine_executor_args
+    from trainer.config import TrainConfig
+    from trainer.system import resource_spec
+
+    cfg = TrainConfig()
+    cpu = replace(cfg, rollout=replace(cfg.rollout, tensor_parallel_size=2))
+    assert actor_bundles(resource_spec(cpu).role("rollout")) == [{"CPU": cfg.cluster.cpus_per_actor}]
+    assert engine_executor_args(use_gpu=False, tensor_parallel_size=2, bundle_indices=None) == ({}, {})
+    gpu = replace(cfg, cluster=replace(cfg.cluster, use_gpu=True))
+    assert actor_bundles(resource_spec(gpu).role("learner")) == [{"CPU": cfg.cluster.cpus_per_actor, "GPU": 1.0}]
+    with pytest.raises(ValueError, match="one device per bundle"):
+        actor_bundles(RoleSpec("rollout", 1, 1.0, 3.0, bundles_per_actor=2))
+    with pytest.raises(ValueError, match="needs 2 bundles"):
+        engine_executor_args(use_gpu=True, tensor_parallel_size=2, bundle_indices=[0])
+
+
+# --- local Ray --------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -22,6 +67,7 @@ def local_ray():
     shutdown_ray()
 
 
+@pytest.mark.slow
 def test_actors_land_in_their_bundles(local_ray):
     import ray
 
@@ -47,6 +93,7 @@ def test_actors_land_in_their_bundles(local_ray):
         placement.remove()
 
 
+@pytest.mark.slow
 def test_unsatisfiable_spec_fails_clearly(local_ray, monkeypatch):
     import cluster.placement as placement_module
 
@@ -55,6 +102,7 @@ def test_unsatisfiable_spec_fails_clearly(local_ray, monkeypatch):
         Placement(ResourceSpec(roles=(RoleSpec("rollout", 1, 0.0, 1.0),)))   # a GPU this machine lacks
 
 
+@pytest.mark.slow
 def test_colocated_roles_share_bundles(local_ray):
     import ray
     from ray.util.placement_group import placement_group_table
@@ -77,5 +125,46 @@ def test_colocated_roles_share_bundles(local_ray):
         assert [b["CPU"] for b in table["bundles"].values()] == [0.75, 0.75]
         for a in engines + ranks:
             ray.kill(a)
+    finally:
+        placement.remove()
+
+
+@pytest.mark.slow
+def test_remote_calls_name_the_failed_actor_and_the_cause(local_ray):
+    import time
+
+    import ray
+
+    from cluster.calls import RemoteCallError, get_all
+    from cluster.network import endpoint_on
+
+    @ray.remote(num_cpus=0)
+    class Worker:
+        def ok(self):
+            return 1
+
+        def fail(self):
+            raise KeyError("no such weight")
+
+        def hang(self):
+            time.sleep(60)
+
+    a, b = Worker.remote(), Worker.remote()
+    assert get_all([a.ok.remote(), b.ok.remote()], what="ok", names=["w0", "w1"], timeout_s=30) == [1, 1]
+    with pytest.raises(RemoteCallError, match=r"fail: w1 failed: KeyError: 'no such weight'"):
+        get_all([a.ok.remote(), b.fail.remote()], what="fail", names=["w0", "w1"], timeout_s=30)
+    start = time.monotonic()
+    with pytest.raises(RemoteCallError, match=r"hang: no answer within 2s from w0"):
+        get_all([a.hang.remote(), b.ok.remote()], what="hang", names=["w0", "w1"], timeout_s=2)
+    assert time.monotonic() - start < 10
+    ray.kill(b)
+    with pytest.raises(RemoteCallError, match=r"ok: w1 failed: the actor died"):
+        get_all([b.ok.remote()], what="ok", names=["w1"], timeout_s=30)
+    ray.kill(a)
+    # a rendezvous endpoint is found on the node of a bundle, before its actor exists
+    placement = Placement(ResourceSpec(roles=(RoleSpec("learner", 1, 0.5, 0.0),)))
+    try:
+        host, port = endpoint_on(placement.options("learner", 0), timeout_s=60)
+        assert host == "127.0.0.1" and 0 < port < 65536
     finally:
         placement.remove()

@@ -69,6 +69,7 @@ def engines(tmp_path_factory):
             str(model_dir), max_model_len=128, seed=0, engine_index=i, cpu_threads=cpu_threads_bind(i, 2))
             for i in range(2)]
         group = EngineGroup(actors)
+        group.wait_until_up()
         group.check_versions()
         yield group, str(model_dir)
         group.shutdown()

@@ -13,18 +13,25 @@ import pytest
 import torch
 
 from actors.weight_sync import (
+    ChecksumStream,
     TensorMeta,
+    TransferSpec,
     WeightSyncError,
-    decode_meta,
-    encode_meta,
+    choose_backend,
+    compare_checksums,
+    decode_bucket,
+    digest,
+    encode_bucket,
+    encode_end,
     expected_vllm_checksums,
+    iter_buckets,
     pack_bucket,
     plan_buckets,
     unpack_bucket,
+    worker_init_info,
 )
 from trainer.types import Prompt
 
-HOST, PORT = "127.0.0.1", 29617
 SYNC_TIMEOUT_S = 20.0
 LOGPROB_TOL = 1e-3
 """fp32 on both sides; vLLM's oneDNN GEMMs and HF's sum in different orders (measured ~1e-5)."""
@@ -35,6 +42,54 @@ PROMPTS = [Prompt(index=i, text=t, ground_truth="") for i, t in enumerate(
 # --- pure pieces ---------------------------------------------------------------------------------
 
 
+def test_backend_is_chosen_once_for_both_sides():
+    assert choose_backend(use_gpu=False, engines_on_sender_gpu=[False, False]) == "gloo"
+    assert choose_backend(use_gpu=False, engines_on_sender_gpu=[True]) == "gloo"  # CPU: no device to share
+    assert choose_backend(use_gpu=True, engines_on_sender_gpu=[False, False, False]) == "nccl"
+    assert choose_backend(use_gpu=True, engines_on_sender_gpu=[True]) == "ipc"
+    with pytest.raises(ValueError, match=r"engines \[0\] share learner rank 0's GPU"):
+        choose_backend(use_gpu=True, engines_on_sender_gpu=[True, False])
+    with pytest.raises(ValueError, match="at least one engine"):
+        choose_backend(use_gpu=True, engines_on_sender_gpu=[])
+
+
+def test_backend_from_run_layouts():
+    """The system's plan: colocated GPU engine 0 shares rank 0's GPU (bundle 0 holds both)."""
+    from dataclasses import replace
+
+    from trainer.config import TrainConfig
+    from trainer.system import engines_on_rank0_gpu
+
+    cfg = TrainConfig()
+    gpu = replace(cfg, cluster=replace(cfg.cluster, use_gpu=True))
+    two = replace(gpu, rollout=replace(gpu.rollout, num_engines=2))
+    coloc = replace(gpu, cluster=replace(gpu.cluster, colocate=True))
+    assert choose_backend(use_gpu=False, engines_on_sender_gpu=engines_on_rank0_gpu(cfg)) == "gloo"
+    assert choose_backend(use_gpu=True, engines_on_sender_gpu=engines_on_rank0_gpu(two)) == "nccl"
+    assert choose_backend(use_gpu=True, engines_on_sender_gpu=engines_on_rank0_gpu(coloc)) == "ipc"
+    coloc_two = replace(coloc, rollout=replace(coloc.rollout, num_engines=2))
+    with pytest.raises(ValueError, match="Colocate a single engine"):
+        choose_backend(use_gpu=True, engines_on_sender_gpu=engines_on_rank0_gpu(coloc_two))
+
+
+def test_worker_init_payloads_match_the_backend():
+    spec = TransferSpec(host="10.0.0.5", port=4000, world_size=3, num_engines=2, backend="gloo",
+                        timeout_s=9.0, secret="s3")
+    gloo = worker_init_info(spec, rank_offset=2)
+    assert gloo["master_address"] == "10.0.0.5" and gloo["rank_offset"] == 2 and gloo["secret"] == "s3"
+    nccl = worker_init_info(replace_backend(spec, "nccl"), rank_offset=1, nccl_unique_id=bytes(range(128)))
+    assert "master_address" not in nccl and nccl["packed"] is False and len(nccl["nccl_unique_id_b64"]) > 128
+    with pytest.raises(WeightSyncError, match="unique id"):
+        worker_init_info(replace_backend(spec, "nccl"), rank_offset=1)
+    assert worker_init_info(replace_backend(spec, "ipc"), rank_offset=1) == {"packed": False}
+
+
+def replace_backend(spec: TransferSpec, backend: str) -> TransferSpec:
+    from dataclasses import replace
+
+    return replace(spec, backend=backend)
+
+
 def test_plan_buckets_respects_limit_and_order():
     sizes = [4, 4, 4, 10, 1, 1]
     buckets = plan_buckets(sizes, 8)
@@ -43,14 +98,34 @@ def test_plan_buckets_respects_limit_and_order():
     assert plan_buckets([], 8) == []
 
 
+def test_buckets_stream_as_produced():
+    """iter_buckets cuts what plan_buckets plans, and yields each bucket before the next tensor exists."""
+    sizes = [4, 4, 4, 10, 1, 1, 7]
+    produced: list[int] = []
+
+    def tensors():
+        for i, n in enumerate(sizes):
+            produced.append(i)
+            yield f"t{i}", torch.zeros(n, dtype=torch.uint8)
+
+    seen = []
+    for bucket in iter_buckets(tensors(), 8):
+        seen.append([int(name[1:]) for name, _ in bucket])
+        # at most the tensor that overflowed this bucket was produced beyond it
+        assert max(produced) <= seen[-1][-1] + 1
+    assert seen == [list(b) for b in plan_buckets(sizes, 8)]
+    assert list(iter_buckets(iter([]), 8)) == []
+
+
 def test_pack_unpack_roundtrip_mixed_dtypes():
     tensors = [torch.randn(3, 5), torch.arange(7, dtype=torch.int64), torch.randn(2, 2).to(torch.bfloat16)]
-    metas = [TensorMeta(f"t{i}", str(t.dtype).removeprefix("torch."), tuple(t.shape)) for i, t in enumerate(tensors)]
+    metas = [TensorMeta.of(f"t{i}", t) for i, t in enumerate(tensors)]
     flat = pack_bucket(tensors)
     assert flat.numel() == sum(m.nbytes for m in metas)
     for (name, got), want, meta in zip(unpack_bucket(flat, metas), tensors, metas):
         assert name == meta.name and torch.equal(got, want)
-    assert decode_meta(encode_meta(metas, 64)) == (metas, 64)
+    assert decode_bucket(encode_bucket(metas)) == metas
+    assert decode_bucket(encode_end(3)) is None
 
 
 def test_expected_checksums_fuse_qkv_and_gate_up():
@@ -59,6 +134,56 @@ def test_expected_checksums_fuse_qkv_and_gate_up():
     t["model.norm.weight"] = torch.ones(2)
     got = expected_vllm_checksums(t.items())
     assert set(got) == {"model.layers.0.self_attn.qkv_proj.weight", "model.norm.weight"}
+    fused = torch.cat([t[f"model.layers.0.self_attn.{p}.weight"] for p in ("q_proj", "k_proj", "v_proj")])
+    assert got["model.layers.0.self_attn.qkv_proj.weight"] == digest(fused)
+
+
+def test_streamed_checksums_equal_whole_tensor_digests():
+    """Parts arriving out of order and a vocabulary that needs padding: same digests as concatenating."""
+    gen = torch.Generator().manual_seed(0)
+    embed = torch.randn(70, 4, generator=gen)  # 70 rows -> padded to 128 by vLLM
+    up, gate = torch.randn(6, 4, generator=gen), torch.randn(6, 4, generator=gen)
+    stream = ChecksumStream()
+    for name, tensor in [("model.layers.1.mlp.up_proj.weight", up), ("model.embed_tokens.weight", embed),
+                         ("model.layers.1.mlp.gate_proj.weight", gate)]:
+        stream.add(name, tensor)
+    padded = torch.cat([embed, embed.new_zeros(58, 4)])
+    assert stream.checksums == {"model.embed_tokens.weight": digest(padded),
+                                "model.layers.1.mlp.gate_up_proj.weight": digest(torch.cat([gate, up]))}
+
+
+def test_compare_checksums_counts_and_names_differences():
+    expected = {"model.norm.weight": "a", "model.embed_tokens.weight": "b", "lm_head.weight": "c"}
+    reported = {"dp0:pp0:pcp0:tp0:model.norm.weight": "a", "dp0:pp0:pcp0:tp0:model.embed_tokens.weight": "x",
+                "dp0:pp0:pcp0:tp0:model.rotary.inv_freq": "z"}
+    assert compare_checksums(expected, reported, tp_size=1) == (2, ["dp0:pp0:pcp0:tp0:model.embed_tokens.weight"])
+    # TP > 1: an engine holds shards of the embedding; only replicated norms compare
+    assert compare_checksums(expected, reported, tp_size=2) == (1, [])
+
+
+def test_control_store_listens_only_on_its_address():
+    """issue 10: torch's TCPStore master listens on *:port whatever host it is given; ours does not."""
+    import subprocess
+
+    from cluster.network import free_port, tcp_store
+
+    port = free_port("127.0.0.1")
+    store = tcp_store("127.0.0.1", port, is_master=True, timeout_s=5.0)
+    client = tcp_store("127.0.0.1", port, is_master=False, timeout_s=5.0)
+    client.set("k", b"v")
+    assert store.get("k") == b"v"
+    listening = [line.split()[3] for line in subprocess.run(["ss", "-ltnH"], capture_output=True, text=True,
+                                                             check=True).stdout.splitlines()
+                 if line.split()[3].endswith(f":{port}")]
+    assert listening == [f"127.0.0.1:{port}"], listening
+
+
+def test_route_source_and_interface_of_loopback():
+    from cluster.network import gloo_interface_for, interface_of, route_source_address
+
+    assert route_source_address("127.0.0.1") == "127.0.0.1"
+    assert interface_of("127.0.0.1") == "lo" and gloo_interface_for("127.0.0.1") == "lo"
+    assert interface_of("203.0.113.7") is None  # TEST-NET-3: never local
 
 
 # --- real engine ---------------------------------------------------------------------------------
@@ -73,20 +198,26 @@ class HFSender:
         torch.set_num_threads(1)
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
 
-    def connect(self, host: str, port: int, world_size: int, timeout_s: float) -> None:
+    def weight_sync_endpoint(self) -> tuple[str, int]:
+        from cluster.network import node_endpoint
+
+        return node_endpoint()
+
+    def init_weight_sync(self, spec) -> None:
         from actors.weight_sync import WeightSender
 
-        self.sender = WeightSender(host, port, world_size, timeout_s)
+        self.sender = WeightSender(spec)
 
     def scale(self, factor: float) -> None:
         with torch.no_grad():
             for p in self.model.parameters():
                 p.mul_(factor)
 
-    def send(self, version: int, bucket_bytes: int) -> dict:
+    def push_weights(self, version: int, bucket_bytes: int, checksums: bool = False) -> dict:
         from actors.weight_sync import iter_module_tensors
 
-        return self.sender.send(iter_module_tensors(self.model), bucket_bytes=bucket_bytes, version=version)
+        return self.sender.send(iter_module_tensors(self.model), bucket_bytes=bucket_bytes, version=version,
+                                checksums=checksums)
 
     def checksums(self) -> dict[str, str]:
         tied = bool(self.model.config.tie_word_embeddings)
@@ -106,6 +237,24 @@ class HFSender:
         return logp.gather(1, torch.tensor(completion_ids)[:, None])[:, 0].tolist()
 
 
+class OneRankLearner:
+    """The learner group's weight-sync half (LearnerGroup's methods) around the one HFSender actor."""
+
+    def __init__(self, sender_actor):
+        self.actor, self.names = sender_actor, ["learner rank 0"]
+
+    def weight_sync_endpoint(self):
+        import ray
+
+        return ray.get(self.actor.weight_sync_endpoint.remote())
+
+    def init_weight_sync_async(self, spec):
+        return [self.actor.init_weight_sync.remote(spec)]
+
+    def push_weights_async(self, version, bucket_bytes, *, checksums=False):
+        return [self.actor.push_weights.remote(version, bucket_bytes, checksums)]
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     import ray
@@ -113,6 +262,7 @@ def setup(tmp_path_factory):
 
     from actors.dispatch import EngineGroup
     from actors.rollout import RolloutWorker
+    from actors.weight_sync import WeightSync
     from examples.tiny_model import write_test_model
 
     root = tmp_path_factory.mktemp("models")
@@ -125,26 +275,30 @@ def setup(tmp_path_factory):
     try:
         engine = ray.remote(num_cpus=1)(RolloutWorker).remote(str(engine_dir), max_model_len=128, seed=0)
         sender = ray.remote(num_cpus=1)(HFSender).remote(str(sender_dir))
-        group = EngineGroup([engine])
-        group.init_weight_sync(lambda: sender.connect.remote(HOST, PORT, group.world_size, SYNC_TIMEOUT_S),
-                               host=HOST, port=PORT, timeout_s=120.0)
-        yield group, engine, sender
+        group = EngineGroup([engine], control_timeout_s=60.0)
+        sync = WeightSync(group, OneRankLearner(sender), backend="gloo", timeout_s=SYNC_TIMEOUT_S,
+                          bucket_bytes=1 << 16, checksum_every=1)
+        spec = sync.connect()
+        assert spec.host == "127.0.0.1"  # a local Ray reports loopback as the node address
+        yield group, engine, sender, sync
     finally:
         ray.shutdown()
 
 
-def _sync(group, sender, version: int, bucket_bytes: int = 1 << 16) -> dict:
-    return group.sync_weights(lambda: sender.send.remote(version, bucket_bytes), version, SYNC_TIMEOUT_S)
+def _sync(sync, version: int, bucket_bytes: int = 1 << 16) -> dict:
+    sync.bucket_bytes = bucket_bytes
+    return sync.push(version)
 
 
 @pytest.mark.slow
 def test_greedy_after_sync_equals_hf_model(setup):
     import ray
 
-    group, _, sender = setup
+    group, _, sender, sync = setup
     before = group.generate(PROMPTS, n=1, temperature=0.0, top_p=1.0, max_tokens=12, stop=(), seed=0)
-    stats = _sync(group, sender, 1)
-    assert stats["buckets"] > 1 and stats["bytes"] > 0
+    stats = _sync(sync, 1)
+    assert stats["weight_sync_buckets"] > 1 and stats["weight_sync_bytes"] > 0
+    assert stats["weight_sync_checksums_compared"] >= 5
     after = group.generate(PROMPTS, n=1, temperature=0.0, top_p=1.0, max_tokens=12, stop=(), seed=0)
     assert after.policy_version == 1 and before.policy_version == 0
     want = ray.get([sender.greedy.remote(list(ids), 12) for ids in after.prompt_token_ids])
@@ -157,7 +311,7 @@ def test_greedy_after_sync_equals_hf_model(setup):
 def test_sampling_logprobs_match_hf(setup):
     import ray
 
-    group, _, sender = setup
+    group, _, sender, _ = setup
     batch = group.generate(PROMPTS, n=4, temperature=1.0, top_p=1.0, max_tokens=16, stop=(), seed=3)
     pairs = [(list(ids), list(c.token_ids), c.rollout_logprobs)
              for ids, g in zip(batch.prompt_token_ids, batch.completions) for c in g]
@@ -173,10 +327,10 @@ def test_versions_increase_and_checksums_match_sender(setup):
 
     from actors.rollout import StaleEngineError
 
-    group, _, sender = setup
+    group, _, sender, sync = setup
     version = group.expected_version + 1
     ray.get(sender.scale.remote(0.5))
-    _sync(group, sender, version, bucket_bytes=1 << 20)
+    _sync(sync, version, bucket_bytes=1 << 20)
     [held] = group.versions(with_checksums=True)
     assert held.policy_version == version
     want = ray.get(sender.checksums.remote())
@@ -184,7 +338,7 @@ def test_versions_increase_and_checksums_match_sender(setup):
     assert len(got) >= 5, f"too few checksums to prove anything: {sorted(got)}"
     assert {k: want.get(k) for k in got} == got
     with pytest.raises(ValueError, match="increase"):
-        _sync(group, sender, version)
+        _sync(sync, version)
     group.expected_version = version + 7  # as if a sync had been missed
     with pytest.raises(StaleEngineError):
         group.generate(PROMPTS, n=2, temperature=1.0, top_p=1.0, max_tokens=4, stop=(), seed=0)
@@ -196,13 +350,13 @@ def test_sync_to_killed_engine_fails_within_timeout(setup):
     import psutil
     import ray
 
-    group, engine, sender = setup
+    group, engine, sender, sync = setup
     children = ray.get(engine.child_pids.remote())
     ray.kill(engine)
     try:
         start = time.monotonic()
-        with pytest.raises(WeightSyncError, match="engine 0"):
-            _sync(group, sender, group.expected_version + 1)
+        with pytest.raises(WeightSyncError, match="engine 0 failed: the actor died"):
+            _sync(sync, group.expected_version + 1)
         assert time.monotonic() - start < SYNC_TIMEOUT_S + 5
     finally:
         for pid in children:  # vLLM's engine core may outlive a SIGKILLed parent

@@ -86,6 +86,8 @@ class RolloutConfig:
     """A step's generation that takes longer raises, naming the engine that did not answer."""
     control_timeout_s: float = 300.0
     """Deadline of the engines' short calls: versions, checksums, sleep, wake-up, memory, shutdown."""
+    start_timeout_s: float = 1800.0
+    """Deadline for every engine to load its model and answer after it was started."""
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     """Sampling settings for training rollouts."""
 
@@ -196,6 +198,10 @@ class ClusterConfig:
     """CPUs for a local Ray (None: all of this machine's)."""
     cpus_per_actor: float = 0.5
     """Logical CPUs each actor reserves (small on one machine, so everything fits)."""
+    rollout_node_resource: str = ""
+    """Custom Ray resource (`ray start --resources`) marking the nodes that may host engines ('': any)."""
+    learner_node_resource: str = ""
+    """Custom Ray resource marking the nodes that may host learner and reference ranks ('': any)."""
     gpus_per_node: int = 8
     """GPUs on each node of the cluster (`python -m trainer plan` lays the roles out on nodes of this size)."""
     gpu_memory_gib: float = 80.0
@@ -495,6 +501,7 @@ def _check_ranges(cfg: TrainConfig) -> None:
     _in_range("rollout.weight_sync_checksum_every", ro.weight_sync_checksum_every, 0)  # 0: never
     _in_range("rollout.generate_timeout_s", ro.generate_timeout_s, 0, MAX_TIMEOUT_S, low_open=True)
     _in_range("rollout.control_timeout_s", ro.control_timeout_s, 0, MAX_TIMEOUT_S, low_open=True)
+    _in_range("rollout.start_timeout_s", ro.start_timeout_s, 0, MAX_TIMEOUT_S, low_open=True)
     _in_range("learner.verb_timeout_s", lr.verb_timeout_s, 0, MAX_TIMEOUT_S, low_open=True)
     _in_range("learner.lr", lr.lr, 0, low_open=True)
     _in_range("learner.lr_warmup_steps", lr.lr_warmup_steps, 0)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import torch
 
@@ -16,6 +15,7 @@ from trainer.batch import build_train_batch, concat_scored, rollout_stats, selec
 from trainer.config import TrainConfig
 from trainer.data import PromptSampler
 from trainer.evaluate import cons_at_k, pass_at_1
+from trainer.protocols import LearnerGroupProtocol, SystemProtocol
 from trainer.templates import completion_for_reward
 from trainer.types import Prompt, ScoredBatch, TrainBatch
 
@@ -36,7 +36,7 @@ class PhaseTimer:
         return {f"time/{k}": v for k, v in self.seconds.items()} | {"time/step": sum(self.seconds.values())}
 
 
-def sample_groups(system: Any, sampler: PromptSampler, cfg: TrainConfig, seed: int) -> tuple[ScoredBatch, dict]:
+def sample_groups(system: SystemProtocol, sampler: PromptSampler, cfg: TrainConfig, seed: int) -> tuple[ScoredBatch, dict]:
     """B scored groups of G. With DAPO dynamic sampling, groups whose rewards are all equal are dropped
     and more prompts sampled, up to `max_sampling_rounds`; a shortfall is topped up with dropped groups
     (advantage 0) so every step trains on exactly B groups."""
@@ -65,7 +65,7 @@ def sample_groups(system: Any, sampler: PromptSampler, cfg: TrainConfig, seed: i
     return batch, stats
 
 
-def score(system: Any, prompts: list[Prompt], *, n: int, cfg: TrainConfig, seed: int,
+def score(system: SystemProtocol, prompts: list[Prompt], *, n: int, cfg: TrainConfig, seed: int,
           temperature: float | None = None) -> ScoredBatch:
     """Generate n completions per prompt on the engines, then score them on the reward actors."""
     s = cfg.rollout.sampling
@@ -76,7 +76,7 @@ def score(system: Any, prompts: list[Prompt], *, n: int, cfg: TrainConfig, seed:
     return system.rewards.score(rollout)
 
 
-def prepare_batch(system: Any, scored: ScoredBatch, cfg: TrainConfig) -> tuple[TrainBatch, dict[str, float]]:
+def prepare_batch(system: SystemProtocol, scored: ScoredBatch, cfg: TrainConfig) -> tuple[TrainBatch, dict[str, float]]:
     """Pad, fill old and reference logprobs, apply KL-in-reward if asked, compute advantages."""
     a = cfg.algorithm
     rewards = scored.rewards()                                                   # [B, G]
@@ -106,7 +106,7 @@ def _logprob_gap(old: torch.Tensor, rollout: torch.Tensor, mask: torch.Tensor) -
     return {"logprob_gap_mean": float(gap.mean()), "logprob_gap_max": float(gap.max())}
 
 
-def update_policy(learner: Any, batch: TrainBatch, cfg: TrainConfig, seed: int) -> dict[str, float]:
+def update_policy(learner: LearnerGroupProtocol, batch: TrainBatch, cfg: TrainConfig, seed: int) -> dict[str, float]:
     """`epochs_per_step` passes over the batch in `updates_per_step` shuffled mini-batches."""
     a = cfg.algorithm
     loss_kwargs = grpo.grpo_loss_kwargs(a, max_response_tokens=cfg.model.max_response_tokens)
@@ -122,7 +122,7 @@ def update_policy(learner: Any, batch: TrainBatch, cfg: TrainConfig, seed: int) 
     return {k: sum(m[k] for m in logs) / len(logs) for k in logs[-1]}
 
 
-def evaluate(system: Any, prompts: list[Prompt], cfg: TrainConfig, seed: int) -> dict[str, float]:
+def evaluate(system: SystemProtocol, prompts: list[Prompt], cfg: TrainConfig, seed: int) -> dict[str, float]:
     """Held-out pass@1 (mean over k samples) and cons@k (majority vote) at the eval temperature."""
     from reward_server.verifiers import extract_answer
 

@@ -1,7 +1,15 @@
-"""The actor groups of a run, built from the config: rollout engines, learner (+ reference), reward pool.
+"""The actor groups of a run, built from the config: rollout engines, learner (+ reference), reward pool,
+and the weight sync between them.
 
 This is the only trainer module besides the controller that touches Ray. Each group is created by a
-builder that unpacks its config section into plain arguments.
+builder that unpacks its config section into plain arguments; the controller sees the groups through
+the protocols of `trainer.protocols`.
+
+Colocated runs (engines and learner ranks share GPUs): engines start first, each measuring free memory
+against `rollout.gpu_memory_utilization`, then sleep while the learner starts. In the loop the engines
+sleep while the learner computes logprobs and trains, and wake in stages for the weight sync: their
+weights first (the sync writes into them), their KV cache after it. A learner that can offload
+(`LearnerWorker.offload` / `onload`) moves out while the engines generate.
 """
 
 from __future__ import annotations
@@ -14,20 +22,28 @@ import ray
 
 from cluster.learner_group import LearnerGroup
 from cluster.placement import Placement, ResourceSpec, RoleSpec
-from cluster.ray_init import LOOPBACK, free_port, init_ray, shutdown_ray
+from cluster.ray_init import init_ray, shutdown_ray
 from trainer.config import TrainConfig
+from trainer.protocols import (
+    EngineGroupProtocol,
+    LearnerGroupProtocol,
+    RewardPoolProtocol,
+    WeightSyncProtocol,
+)
 
 
 @dataclass
 class System:
-    engines: Any
+    engines: EngineGroupProtocol
     """actors.dispatch.EngineGroup: N vLLM engines used as one."""
-    learner: LearnerGroup
+    learner: LearnerGroupProtocol
     """Policy ranks (TP x PP x DP), holding the reference when it is colocated."""
-    reference: LearnerGroup | None
+    reference: LearnerGroupProtocol | None
     """Reference ranks when not colocated with the policy (kl_coef > 0 only)."""
-    rewards: Any
+    rewards: RewardPoolProtocol
     """reward_server.pool.RewardPool: K stateless reward actors."""
+    weight_sync: WeightSyncProtocol
+    """actors.weight_sync.WeightSync: learner rank 0 -> every engine, group formed at build."""
     placement: Placement
     tokenizer: Any
     pad_token_id: int
@@ -38,65 +54,66 @@ class System:
         from transformers import AutoTokenizer
 
         from actors.dispatch import EngineGroup
+        from actors.weight_sync import WeightSync, choose_backend
         from reward_server.pool import RewardPool
 
+        # Decided before anything starts, for both sides: a layout no backend can serve fails here.
+        backend = choose_backend(use_gpu=cfg.cluster.use_gpu, engines_on_sender_gpu=engines_on_rank0_gpu(cfg))
         init_ray(cfg.cluster.address, num_cpus=cfg.cluster.num_cpus)
         tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
         placement = Placement(resource_spec(cfg))
-        engine_actors = start_engines(cfg, placement)   # vLLM starts while the learner builds
-        learner = start_learner(cfg, role="policy", placement=placement)
+        ro = cfg.rollout
+        engines = EngineGroup(start_engines(cfg, placement, backend), [ro.tensor_parallel_size] * ro.num_engines,
+                              generate_timeout_s=ro.generate_timeout_s, control_timeout_s=ro.control_timeout_s,
+                              start_timeout_s=ro.start_timeout_s)
+        if cfg.cluster.colocate:
+            engines.wait_until_up()  # up, having taken their share of free memory; then out of the learner's way
+            engines.sleep()
+        learner = start_learner(cfg, role="policy", placement=placement)  # non-colocated: while vLLM starts
         reference = None
         if cfg.needs_reference and not cfg.learner.reference_colocated:
             reference = start_learner(cfg, role="reference")
         rewards = RewardPool(cfg.reward, cfg.model.max_response_tokens, cfg.reward.num_actors,
                              cfg.cluster.cpus_per_actor)
-        engines = EngineGroup(engine_actors, [cfg.rollout.tensor_parallel_size] * cfg.rollout.num_engines)
-        system = cls(engines, learner, reference, rewards, placement, tokenizer, tokenizer.pad_token_id, cfg)
-        system.connect_weight_sync()
-        return system
+        weight_sync = WeightSync(engines, learner, backend=backend, timeout_s=ro.weight_sync_timeout_s,
+                                 bucket_bytes=ro.weight_sync_bucket_bytes, checksum_every=ro.weight_sync_checksum_every)
+        weight_sync.connect()
+        if cfg.cluster.colocate:
+            engines.wake_up()
+            learner.offload()
+        return cls(engines, learner, reference, rewards, weight_sync, placement, tokenizer,
+                   tokenizer.pad_token_id, cfg)
 
     def compute_ref_logprobs(self, batch: Any) -> Any:
         if self.reference is not None:
             return self.reference.compute_logprobs(batch)
         return self.learner.compute_ref_logprobs(batch)
 
-    def connect_weight_sync(self) -> None:
-        """Form the transfer group once: learner rank 0 sends, every engine worker receives."""
-        port, timeout = free_port(LOOPBACK), self.cfg.rollout.weight_sync_timeout_s
-        rest: list[Any] = []
-
-        def connect() -> Any:
-            refs = [w.init_weight_sync.remote(LOOPBACK, port, self.engines.world_size, timeout)
-                    for w in self.learner.workers]
-            rest.extend(refs[1:])
-            return refs[0]
-
-        self.engines.init_weight_sync(connect, host=LOOPBACK, port=port, timeout_s=timeout)
-        ray.get(rest, timeout=timeout)
-
     def sync_weights(self, version: int) -> dict[str, float]:
         """Push the learner's weights to every engine as `version`; every engine must then report it."""
-        rest: list[Any] = []
         start = time.perf_counter()
-
-        def send() -> Any:
-            refs = self.learner.push_weights_async(version, self.cfg.rollout.weight_sync_bucket_bytes)
-            rest.extend(refs[1:])
-            return refs[0]
-
-        self.wake_engines()
-        stats = self.engines.sync_weights(send, version, self.cfg.rollout.weight_sync_timeout_s)
-        ray.get(rest, timeout=self.cfg.rollout.weight_sync_timeout_s)
-        return {"weight_sync_bytes": float(stats.get("bytes", 0)), "weight_sync_s": time.perf_counter() - start}
+        colocated = self.cfg.cluster.colocate
+        if colocated:
+            self.engines.wake_up(["weights"])
+        metrics = self.weight_sync.push(version)
+        if colocated:
+            self.learner.offload()
+            self.engines.wake_up(["kv_cache"])  # after the learner left: the cache gets what it freed
+        return metrics | {"weight_sync_s": time.perf_counter() - start}
 
     def sleep_engines(self) -> None:
-        """Colocated runs: free the engines' device memory while the learner trains."""
+        """Colocated runs: free the engines' device memory while the learner computes and trains."""
         if self.cfg.cluster.colocate:
-            ray.get([a.sleep.remote() for a in self.engines.engine_actors])
+            self.engines.sleep()
+            self.learner.onload()
 
-    def wake_engines(self) -> None:
-        if self.cfg.cluster.colocate:
-            ray.get([a.wake_up.remote() for a in self.engines.engine_actors])
+    def memory_metrics(self) -> dict[str, float]:
+        """GiB per role now (the largest over its actors): logged every step."""
+        out: dict[str, float] = {}
+        for role, per_actor in (("rollout", self.engines.memory()), ("learner", self.learner.memory())):
+            for key in sorted({k for m in per_actor for k in m}):
+                out[f"memory/{role}_{key}"] = max(m.get(key, 0.0) for m in per_actor)
+        return out
 
     def shutdown(self) -> None:
         for part in (self.engines, self.learner, self.reference, self.rewards):
@@ -109,6 +126,13 @@ class System:
         shutdown_ray()
 
 
+def engines_on_rank0_gpu(cfg: TrainConfig) -> list[bool]:
+    """For each engine, whether it shares learner rank 0's GPU: colocated bundle i holds engine i and
+    learner rank i, so engine 0 does (see resource_spec)."""
+    shared = cfg.cluster.use_gpu and cfg.cluster.colocate
+    return [shared and e == 0 for e in range(cfg.rollout.num_engines)]
+
+
 COLOCATED_GPU_SHARE = 0.5
 """Share of a GPU each colocated role (engine, learner rank) reserves; the engine sleeps while the
 learner trains, so in practice each uses the whole memory in turn."""
@@ -117,25 +141,30 @@ learner trains, so in practice each uses the whole memory in turn."""
 def resource_spec(cfg: TrainConfig) -> ResourceSpec:
     """Rollout engines and policy learner ranks, as `cluster.placement` places them."""
     gpu = 1.0 if cfg.cluster.use_gpu else 0.0
-    cpus, lc = cfg.cluster.cpus_per_actor, cfg.learner
+    cl, lc = cfg.cluster, cfg.learner
+    cpus = cl.cpus_per_actor
     learner_ranks = lc.tensor_parallel_size * lc.pipeline_parallel_size * lc.data_parallel_size
     if cfg.cluster.colocate:
         share = gpu * COLOCATED_GPU_SHARE
-        return ResourceSpec(roles=(RoleSpec("rollout", cfg.rollout.num_engines, cpus, share),
-                                   RoleSpec("learner", learner_ranks, cpus, share)),
-                            colocated=("rollout", "learner"))
+        return ResourceSpec(roles=(
+            RoleSpec("rollout", cfg.rollout.num_engines, cpus, share, node_resource=cl.rollout_node_resource),
+            RoleSpec("learner", learner_ranks, cpus, share, node_resource=cl.learner_node_resource)),
+            colocated=("rollout", "learner"))
+    tp = cfg.rollout.tensor_parallel_size
     return ResourceSpec(roles=(
-        RoleSpec("rollout", cfg.rollout.num_engines, cpus, gpu * cfg.rollout.tensor_parallel_size),
-        RoleSpec("learner", learner_ranks, cpus, gpu),
+        RoleSpec("rollout", cfg.rollout.num_engines, cpus, gpu * tp, bundles_per_actor=tp if gpu else 1,
+                 node_resource=cl.rollout_node_resource),
+        RoleSpec("learner", learner_ranks, cpus, gpu, node_resource=cl.learner_node_resource),
     ))
 
 
-def start_engines(cfg: TrainConfig, placement: Placement) -> list[Any]:
+def start_engines(cfg: TrainConfig, placement: Placement, backend: str) -> list[Any]:
     from actors.rollout import RolloutWorker, rollout_worker_kwargs
 
-    remote = ray.remote(RolloutWorker)
-    return [remote.options(**placement.options("rollout", i)).remote(**rollout_worker_kwargs(cfg, i))
-            for i in range(cfg.rollout.num_engines)]
+    remote: Any = ray.remote(RolloutWorker)
+    bundles = placement.bundle_indices("rollout")
+    return [remote.options(**placement.options("rollout", i)).remote(
+        **rollout_worker_kwargs(cfg, i, backend), bundle_indices=bundles) for i in range(cfg.rollout.num_engines)]
 
 
 def start_learner(cfg: TrainConfig, *, role: str, placement: Placement | None = None) -> LearnerGroup:
@@ -153,6 +182,7 @@ def start_learner(cfg: TrainConfig, *, role: str, placement: Placement | None = 
         optimizer=optimizer if role == "policy" else None,
         sequences_per_microbatch=lc.sequences_per_microbatch, role=role,
         hold_reference=role == "policy" and cfg.needs_reference and lc.reference_colocated,
-        use_gpu=cfg.cluster.use_gpu, cpus_per_actor=cfg.cluster.cpus_per_actor,
+        use_gpu=cfg.cluster.use_gpu, cpus_per_actor=cfg.cluster.cpus_per_actor, timeout_s=lc.verb_timeout_s,
+        node_resource=cfg.cluster.learner_node_resource,
         placement=placement.options_for("learner") if placement is not None else None,
     )
