@@ -3,7 +3,11 @@
     python -m trainer train --example tiny_cpu
     python -m trainer train --example tiny_cpu --set total_steps=10 --set rollout.num_engines=1
     python -m trainer config --example qwen25_math_r1_zero       # print the resolved config
+    python -m trainer plan --example qwen25_math_r1_zero         # GPUs, nodes and memory per GPU
     python -m trainer examples                                    # list the examples
+
+`train` checks the model directory, the tokenizer and the data files before it starts anything.
+`plan` starts nothing; it exits with 1 when the estimate does not fit the GPUs.
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainer", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, help_text in (("train", "run GRPO"), ("config", "print the resolved config as JSON")):
+    for name, help_text in (("train", "run GRPO"), ("config", "print the resolved config as JSON"),
+                            ("plan", "print GPUs, nodes and per-GPU memory of each role; start nothing")):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--example", required=True, help="config function from examples/configs.py")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -53,6 +58,27 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "config":
         print(json.dumps(to_dict(cfg), indent=2))
         return 0
+    if args.command == "plan":
+        from trainer.plan import PlanError, make_plan
+
+        try:
+            plan = make_plan(cfg, example=args.example)
+        except PlanError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(plan.render())
+        if not plan.fits:
+            print(f"error: {plan.refusal()}", file=sys.stderr)
+            return 1
+        return 0
+    from trainer.data import DataError, check_run_inputs
+
+    try:
+        counts = check_run_inputs(cfg)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"inputs checked: {counts['train']} training and {counts['eval']} held-out prompts")
     from trainer.controller import train
 
     run_dir = train(cfg)
