@@ -205,6 +205,13 @@ def _worker_main(config_json: str) -> None:
     except Exception as exc:
         out.write(json.dumps({"error": _error_text(exc)}) + "\n")
         return
+    # One call each before "ready": math-verify imports its LaTeX parser on first use (seconds on a
+    # busy machine), which would otherwise count against the first sample's limit after a restart.
+    for verify in verifiers.values():
+        try:
+            verify("1", "1")
+        except BaseException:  # a hook may refuse "1"; warming up is all that matters
+            pass
     out.write(json.dumps({"ready": True}) + "\n")
     for line in sys.stdin:
         request = json.loads(line)

@@ -26,7 +26,6 @@ MAX_EQUATION_NODES = 128
 _INT_RE = re.compile(r"[+-]?[0-9]+")
 _EQUATION_CHARS_RE = re.compile(r"[0-9+\-*/() \t]*")
 """Characters an equation may contain; rejects names, floats, `0x10` and `1_0` before parsing."""
-_BOXED_RE = re.compile(r"\\boxed\s*\{")
 
 _BINOPS: dict[type[ast.operator], Callable[[Fraction, Fraction], Fraction]] = {
     ast.Add: operator.add,
@@ -51,18 +50,11 @@ def extract_answer(text: str) -> str | None:
 
 
 def _last_boxed(text: str) -> str | None:
-    """Content of the last `\\boxed{...}` with balanced braces (unclosed ones are skipped)."""
-    for match in reversed(list(_BOXED_RE.finditer(text))):
-        depth = 1
-        for i in range(match.end(), len(text)):
-            ch = text[i]
-            if ch == "{":
-                depth += 1
-            elif ch == "}":
-                depth -= 1
-                if depth == 0:
-                    return text[match.end() : i].strip()
-    return None
+    """Content of the last `\\boxed{...}` with balanced braces (unclosed ones are skipped), found in
+    one linear pass (`reward_server.textscan`; imported here so the verifier worker never loads numpy)."""
+    from reward_server.textscan import last_boxed
+
+    return last_boxed(text)
 
 
 def verify_arithmetic(answer: str, ground_truth: str) -> bool:
