@@ -18,9 +18,12 @@ from trainer.config import (
     EvalConfig,
     LearnerConfig,
     ModelConfig,
+    RejectionConfig,
     RewardConfig,
     RolloutConfig,
     SamplingConfig,
+    SFTConfig,
+    SFTDataConfig,
     TrainConfig,
 )
 
@@ -99,3 +102,119 @@ EXAMPLES: dict[str, Callable[[], TrainConfig]] = {
     "qwen25_math_r1_zero": qwen25_math_r1_zero,
 }
 """Example name -> config function, as `--example` takes it."""
+
+
+# --- the R1 stages beyond R1-Zero on the tiny model (examples/r1_pipeline.py chains them) -----------
+
+TINY_SFT_DATA = "artifacts/data/sft"
+"""Written by `python -m examples.build_sft_data`."""
+
+
+def tiny_cpu_sft() -> SFTConfig:
+    """R1 stage 1, cold start: SFT of the tiny base on 2,000 correct chains of thought in the readable format.
+
+    `|special_token|<reasoning>|special_token|<summary>` after the `r1_cold_start` prompt; TP=1 learner.
+    """
+    return SFTConfig(
+        name="tiny_cpu_sft",
+        epochs=2,
+        samples_per_step=32,
+        tokens_per_microbatch=4096,
+        eval_every_steps=20,
+        checkpoint_every=50,
+        model=ModelConfig(path="artifacts/tiny-qwen2"),
+        data=SFTDataConfig(train_path=f"{TINY_SFT_DATA}/cold_start/train.jsonl",
+                           valid_path=f"{TINY_SFT_DATA}/cold_start/valid.jsonl", template="r1_cold_start",
+                           valid_size=200, max_sample_tokens=256),
+        learner=LearnerConfig(lr=1e-3, lr_warmup_steps=5, lr_schedule="cosine", sequences_per_microbatch=64,
+                              grad_clip=1.0),
+        cluster=ClusterConfig(address="local", cpus_per_actor=0.25),
+    )
+
+
+def tiny_cpu_r1_rl() -> TrainConfig:
+    """R1 stage 2, reasoning RL: GRPO from the cold-start checkpoint, in the readable format.
+
+    Accuracy reward only (the R1-Zero format reward needs <think> tags, which this format does not use).
+    """
+    base = tiny_cpu()
+    return replace(
+        base,
+        name="tiny_cpu_r1_rl",
+        total_steps=40,
+        model=replace(base.model, path="runs/tiny_cpu_sft/hf", max_prompt_tokens=128, max_response_tokens=96),
+        data=replace(base.data, template="r1_cold_start"),
+        rollout=replace(base.rollout, num_engines=1, max_model_len=256),
+        learner=replace(base.learner, tensor_parallel_size=1),
+        reward=replace(base.reward, format_weight=0.0, num_actors=1),
+    )
+
+
+def tiny_cpu_reject() -> RejectionConfig:
+    """R1 stage 3, rejection sampling: 8 samples for each of 512 training prompts, correct and filtered ones kept.
+
+    `--checkpoint DIR` names the model to sample (the RL stage's `run_dir/model`).
+    """
+    return RejectionConfig(
+        name="tiny_cpu_reject",
+        samples_per_prompt=8,
+        prompts_per_batch=64,
+        max_prompts=512,
+        keep_per_prompt=2,
+        model=ModelConfig(path="artifacts/tiny-qwen2", max_prompt_tokens=128, max_response_tokens=96),
+        data=DataConfig(train_path="artifacts/data/arithmetic/train.jsonl", template="r1_cold_start"),
+        rollout=RolloutConfig(num_engines=1, max_model_len=256, cpu_kvcache_gib=0.5,
+                              sampling=SamplingConfig(temperature=1.0)),
+        reward=RewardConfig(verifier="arithmetic", num_actors=1, timeout_s=5.0),
+        cluster=ClusterConfig(address="local", cpus_per_actor=0.25),
+    )
+
+
+def tiny_cpu_reject_sft() -> SFTConfig:
+    """R1 stage 4: SFT of the tiny base on the rejection-sampled data (runs/tiny_cpu_reject/sft.jsonl)."""
+    base = tiny_cpu_sft()
+    return replace(base, name="tiny_cpu_reject_sft",
+                   data=replace(base.data, train_path="runs/tiny_cpu_reject/sft.jsonl"))
+
+
+def tiny_cpu_distill() -> SFTConfig:
+    """R1 distillation: SFT of a smaller student (every other layer of the tiny base) on the teacher's samples.
+
+    The student is written by `python -m examples.build_sft_data --student-from artifacts/tiny-qwen2`.
+    """
+    base = tiny_cpu_reject_sft()
+    return replace(base, name="tiny_cpu_distill", epochs=3, model=replace(base.model, path="artifacts/tiny-student"))
+
+
+def qwen25_7b_cold_start_sft() -> SFTConfig:
+    """R1 stage 1 on GPUs: cold-start SFT of Qwen2.5-7B on a few thousand readable long chains of thought."""
+    return SFTConfig(
+        name="qwen25_7b_cold_start",
+        epochs=2,
+        samples_per_step=128,
+        tokens_per_microbatch=32768,
+        eval_every_steps=50,
+        checkpoint_every=100,
+        model=ModelConfig(path="/data/models/Qwen2.5-7B", dtype="bfloat16"),
+        data=SFTDataConfig(train_path="/data/r1/cold_start/train.jsonl", valid_path="/data/r1/cold_start/valid.jsonl",
+                           template="r1_cold_start", valid_size=512, max_sample_tokens=16384),
+        learner=LearnerConfig(tensor_parallel_size=4, data_parallel_size=2, lr=1e-5, lr_warmup_steps=20,
+                              lr_schedule="cosine", weight_decay=0.01, sequences_per_microbatch=4),
+        cluster=ClusterConfig(address="auto", use_gpu=True, cpus_per_actor=2.0),
+    )
+
+
+EXAMPLES["tiny_cpu_r1_rl"] = tiny_cpu_r1_rl
+
+SFT_EXAMPLES: dict[str, Callable[[], SFTConfig]] = {
+    "tiny_cpu_sft": tiny_cpu_sft,
+    "tiny_cpu_reject_sft": tiny_cpu_reject_sft,
+    "tiny_cpu_distill": tiny_cpu_distill,
+    "qwen25_7b_cold_start_sft": qwen25_7b_cold_start_sft,
+}
+"""Example name -> SFT config function, as `python -m trainer sft --example` takes it."""
+
+REJECTION_EXAMPLES: dict[str, Callable[[], RejectionConfig]] = {
+    "tiny_cpu_reject": tiny_cpu_reject,
+}
+"""Example name -> rejection-sampling config function, as `python -m trainer reject --example` takes it."""

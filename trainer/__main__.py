@@ -5,6 +5,8 @@
     python -m trainer config --example qwen25_math_r1_zero       # print the resolved config
     python -m trainer plan --example qwen25_math_r1_zero         # GPUs, nodes and memory per GPU
     python -m trainer examples                                    # list the examples
+    python -m trainer sft --example tiny_cpu_sft                  # SFT on the learner (R1 cold start)
+    python -m trainer reject --example tiny_cpu_reject --checkpoint runs/tiny_cpu_r1_rl/model
 
 `train` checks the model directory, the tokenizer and the data files before it starts anything.
 `plan` starts nothing; it exits with 1 when the estimate does not fit the GPUs.
@@ -44,11 +46,34 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override one field, e.g. --set algorithm.group_size=16 (repeatable)")
     sub.add_parser("examples", help="list the examples")
+    for name, help_text in (("sft", "supervised fine-tuning on the learner (cold start, rejection-sampled data, "
+                                    "distillation); writes run_dir/hf"),
+                            ("reject", "rejection sampling on the rollout engines; writes SFT JSONL and a report")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--example", required=True, help="config function from examples/configs.py")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override one field (repeatable)")
+        if name == "reject":
+            p.add_argument("--checkpoint", default=None, help="Hugging Face model directory to sample from")
     args = parser.parse_args(argv)
+
+    if args.command == "sft":
+        from trainer.sft import main as sft_main
+
+        return sft_main(args.example, args.overrides)
+    if args.command == "reject":
+        from trainer.rejection import main as reject_main
+
+        return reject_main(args.example, args.overrides, checkpoint=args.checkpoint)
 
     if args.command == "examples":
         for name, fn in sorted(examples().items()):
             print(f"{name:28s} {(fn.__doc__ or '').strip().splitlines()[0]}")
+        from examples.configs import REJECTION_EXAMPLES, SFT_EXAMPLES
+
+        for command, table in (("sft", SFT_EXAMPLES), ("reject", REJECTION_EXAMPLES)):
+            for name, stage_fn in sorted(table.items()):
+                print(f"{name:28s} [{command}] {(stage_fn.__doc__ or '').strip().splitlines()[0]}")
         return 0
     try:
         cfg = resolve(args.example, args.overrides)

@@ -1,0 +1,113 @@
+"""SFT data for the tiny model: correct chains of thought for addition, as JSONL `prompt` / `response`.
+
+    python -m examples.build_sft_data [--out-dir artifacts] [--train 2000] [--valid 200]
+
+Writes, under `artifacts/data/sft/`:
+- `cold_start/{train,valid}.jsonl`: R1's readable cold-start format (template `r1_cold_start`):
+  `|special_token|7+6+0=13,4+8+1=13,3+0+1=4|special_token|347+86=433 <answer>433</answer>`, the
+  reasoning between the markers, then a summary that ends with the answer.
+- `arithmetic/{train,valid}.jsonl`: the R1-Zero layout the tiny base was pretrained on (template
+  `r1_zero`, whose prompt already opened `<think>`): `7+6+0=13,...</think><answer>433</answer>`.
+
+Questions come from the same seeded splits as `examples/build_tiny.py` (same sizes and seed, so the
+same questions as `artifacts/data/arithmetic/`): training samples from the train split, validation
+samples from the held-out split, so SFT never trains on a question GRPO evaluates on.
+
+`make_student` writes the distillation student: the tiny base with every other layer (DistilBERT's
+initialisation of a smaller student from its teacher's layers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+from pathlib import Path
+
+from examples import tasks
+from examples.build_tiny import BuildConfig
+from examples.tasks import ARITHMETIC, TaskExample
+from trainer.templates import readable_response
+
+COLD_START = "cold_start"
+R1_ZERO = "arithmetic"
+
+
+def cold_start_response(example: TaskExample) -> str:
+    """Readable format: column steps between the markers, then `a+b=sum <answer>sum</answer>`."""
+    a, b = tasks.parse_arithmetic_question(example.prompt)
+    steps, answer = tasks.arithmetic_steps(a, b)
+    return readable_response(",".join(steps), f"{a}+{b}={answer} <answer>{answer}</answer>")
+
+
+def r1_zero_response(example: TaskExample) -> str:
+    """The R1-Zero completion after the prompt's `<think>`: steps, `</think>`, the answer."""
+    return tasks.reference_completion(example)
+
+
+FORMATS = {COLD_START: cold_start_response, R1_ZERO: r1_zero_response}
+"""Data set name under data/sft/ -> the response writer."""
+
+
+def write_rows(path: Path, rows: list[dict[str, str]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+    tmp.replace(path)  # atomic: a reader never sees half a file
+    return path
+
+
+def build(out_dir: str | Path, *, n_train: int, n_valid: int, seed: int = BuildConfig.seed) -> dict[str, Path]:
+    """Write every format's train and valid split; returns {"<format>/<split>": path}."""
+    base = BuildConfig(seed=seed)
+    train, heldout = tasks.make_splits(ARITHMETIC, base.arithmetic_train, base.arithmetic_heldout, seed)
+    if n_train > len(train) or n_valid > len(heldout):
+        raise ValueError(f"at most {len(train)} training and {len(heldout)} validation questions")
+    written = {}
+    for name, response in FORMATS.items():
+        for split, examples in (("train", train[:n_train]), ("valid", heldout[:n_valid])):
+            rows = [{"prompt": e.prompt, "response": response(e), "ground_truth": e.ground_truth, "task": e.task}
+                    for e in examples]
+            written[f"{name}/{split}"] = write_rows(Path(out_dir) / "data" / "sft" / name / f"{split}.jsonl", rows)
+    return written
+
+
+def make_student(teacher_dir: str | Path, out_dir: str | Path, *, keep_every: int = 2) -> Path:
+    """A smaller model from `teacher_dir`: layers 0, keep_every, 2 x keep_every, ... (embeddings, final
+    norm and tokenizer copied), written as a Hugging Face directory."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.float32)
+    layers = model.model.layers
+    model.model.layers = torch.nn.ModuleList(layers[i] for i in range(0, len(layers), keep_every))
+    for new_index, layer in enumerate(model.model.layers):
+        layer.self_attn.layer_idx = new_index
+    model.config.num_hidden_layers = len(model.model.layers)
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = model.config.layer_types[:len(model.model.layers)]
+    out = Path(out_dir)
+    model.save_pretrained(out, safe_serialization=True)
+    AutoTokenizer.from_pretrained(teacher_dir).save_pretrained(out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Write the tiny model's SFT data sets (and its distillation student).")
+    parser.add_argument("--out-dir", default="artifacts")
+    parser.add_argument("--train", type=int, default=2000, help="training samples per format")
+    parser.add_argument("--valid", type=int, default=200, help="validation samples per format")
+    parser.add_argument("--student-from", default=None,
+                        help="also write <out-dir>/tiny-student from this teacher directory (every other layer)")
+    args = parser.parse_args(argv)
+    Path(args.out_dir).mkdir(parents=True, exist_ok=True)
+    with open(Path(args.out_dir) / ".sft_data.lock", "w") as lock:  # tests and developers share the tree
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for key, path in build(args.out_dir, n_train=args.train, n_valid=args.valid).items():
+            print(f"{key}: {path}")
+        if args.student_from:
+            print(f"student: {make_student(args.student_from, Path(args.out_dir) / 'tiny-student')}")
+
+
+if __name__ == "__main__":
+    main()
