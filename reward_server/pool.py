@@ -9,17 +9,26 @@ actor stuck on a timing-out sample does not hold up the others' share. Every sam
 its own [b][g] position: a verifier that raises or times out scores 0 with the reason in
 `RewardResult.error`, and a chunk whose actor died is filled with error results and the actor
 replaced, so a step never loses a sample and G never changes.
+
+Every call has a deadline, so no sample can stall a step: a chunk gets `timeout_s` plus
+`SAMPLE_ALLOWANCE_S` per sample (a verifier restart re-imports sympy), and an actor's first chunk also
+`STARTUP_ALLOWANCE_S` (the actor and its verifier worker start). A chunk past its deadline scores 0
+with the reason recorded, its actor is killed and replaced, and the chunks queued behind it are
+handed out again.
 """
 
 from __future__ import annotations
 
 import math
-from collections import Counter
+import time
+from collections import Counter, deque
+from dataclasses import dataclass
 from typing import Any
 
 import ray
 
 from reward_server.rewards import build_reward_fn
+from reward_server.sandbox import STARTUP_TIMEOUT_S
 from trainer.config import RewardConfig
 from trainer.types import Completion, Prompt, RewardResult, RolloutBatch, ScoredBatch
 
@@ -30,7 +39,26 @@ per-call Ray overhead (~1 ms) stays far below the scoring time."""
 IN_FLIGHT_PER_ACTOR = 2
 """Chunks queued on one actor at a time, so it starts the next one without waiting for the driver."""
 
+SAMPLE_ALLOWANCE_S = 10.0
+"""Per-sample time on top of the verifier's limit: scoring the text (linear, well under a second for
+5 MB) and, after a timeout, the verifier worker's restart (its sympy import takes seconds when busy)."""
+
+STARTUP_ALLOWANCE_S = STARTUP_TIMEOUT_S + 60.0
+"""Extra time for an actor's first chunk: the actor process starts, then its verifier worker imports."""
+
 Item = tuple[Prompt, Completion]
+
+
+@dataclass
+class _Call:
+    chunk: int
+    """Index of the chunk being scored."""
+    actor_index: int
+    actor: Any
+    """The handle the call went to (the slot may hold a replacement by the time it returns)."""
+    budget_s: float
+    deadline: float
+    """time.monotonic() past which the call has failed."""
 
 
 class RewardActor:
@@ -51,14 +79,20 @@ class RewardPool:
     """K reward actors behind one `score(rollout) -> ScoredBatch` call. Needs `ray.init` done."""
 
     def __init__(
-        self, cfg: RewardConfig, max_response_tokens: int, num_actors: int, cpus_per_actor: float
+        self, cfg: RewardConfig, max_response_tokens: int, num_actors: int, cpus_per_actor: float, *,
+        sample_allowance_s: float = SAMPLE_ALLOWANCE_S, startup_allowance_s: float = STARTUP_ALLOWANCE_S,
+        actor_cls: type = RewardActor,
     ) -> None:
         if num_actors < 1:
             raise ValueError(f"num_actors must be >= 1, got {num_actors}")
         # Any: Ray's stubs do not type `.remote` on actor classes and methods.
-        self._remote_cls: Any = ray.remote(num_cpus=cpus_per_actor)(RewardActor)
+        self._remote_cls: Any = ray.remote(num_cpus=cpus_per_actor)(actor_cls)
         self._args = (cfg, max_response_tokens)
         self._actors: list[Any] = [self._remote_cls.remote(*self._args) for _ in range(num_actors)]
+        self._fresh = [True] * num_actors
+        """Actor slots whose actor has not returned a chunk yet (its start counts against its first)."""
+        self._sample_budget_s = cfg.timeout_s + sample_allowance_s
+        self._startup_allowance_s = startup_allowance_s
         self.failures_total = 0
         """Samples scored with an error (timeout, exception, dead actor) since the pool started."""
 
@@ -84,36 +118,72 @@ class RewardPool:
     def _run(self, chunks: list[list[Item]]) -> list[RewardResult]:
         """Score `chunks` over the actors as they free up; results in chunk order, flattened."""
         done: list[list[RewardResult] | None] = [None] * len(chunks)
-        pending: dict[ray.ObjectRef, tuple[int, int, Any]] = {}  # ref -> (chunk, actor index, actor)
-        next_chunk = 0
+        queue = deque(range(len(chunks)))
+        pending: dict[ray.ObjectRef, _Call] = {}
+        busy_until = [0.0] * len(self._actors)  # an actor's queued calls run one after another
 
         def submit(actor_index: int) -> None:
-            nonlocal next_chunk
-            if next_chunk < len(chunks):
-                ref = self._actors[actor_index].score.remote(chunks[next_chunk])
-                pending[ref] = (next_chunk, actor_index, self._actors[actor_index])
-                next_chunk += 1
+            if not queue:
+                return
+            chunk = queue.popleft()
+            budget = len(chunks[chunk]) * self._sample_budget_s
+            if self._fresh[actor_index] and not any(c.actor_index == actor_index for c in pending.values()):
+                budget += self._startup_allowance_s
+            deadline = max(time.monotonic(), busy_until[actor_index]) + budget
+            busy_until[actor_index] = deadline
+            actor = self._actors[actor_index]
+            pending[actor.score.remote(chunks[chunk])] = _Call(chunk, actor_index, actor, budget, deadline)
 
         for _ in range(IN_FLIGHT_PER_ACTOR):
             for actor_index in range(len(self._actors)):
                 submit(actor_index)
         while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            chunk_index, actor_index, actor = pending.pop(ready[0])
+            wait_s = max(0.0, min(c.deadline for c in pending.values()) - time.monotonic())
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=wait_s)
+            if not ready:
+                for actor_index in self._time_out(pending, chunks, done, queue):
+                    busy_until[actor_index] = 0.0
+                    for _ in range(IN_FLIGHT_PER_ACTOR):
+                        submit(actor_index)
+                continue
+            call = pending.pop(ready[0])
+            n = len(chunks[call.chunk])
             try:
-                done[chunk_index] = ray.get(ready[0])
+                done[call.chunk] = ray.get(ready[0])
+                self._fresh[call.actor_index] = False
             except ray.exceptions.RayActorError as exc:
-                done[chunk_index] = [_failed(f"reward actor died: {exc}")] * len(chunks[chunk_index])
-                if self._actors[actor_index] is actor:  # its other queued chunk fails too: replace once
-                    self._replace(actor_index)
+                done[call.chunk] = [_failed(f"reward actor died: {exc}")] * n
+                if self._actors[call.actor_index] is call.actor:  # its other queued chunk fails too: replace once
+                    self._replace(call.actor_index)
             except ray.exceptions.RayTaskError as exc:
-                done[chunk_index] = [_failed(f"reward actor raised: {exc}")] * len(chunks[chunk_index])
-            submit(actor_index)
+                done[call.chunk] = [_failed(f"reward actor raised: {exc}")] * n
+            submit(call.actor_index)
         return [r for chunk in done if chunk is not None for r in chunk]
+
+    def _time_out(self, pending: dict[ray.ObjectRef, _Call], chunks: list[list[Item]],
+                  done: list[list[RewardResult] | None], queue: deque[int]) -> list[int]:
+        """Fail every call past its deadline, replace its actor and queue again the chunks that waited
+        behind it there; returns the replaced actor slots."""
+        now, replaced = time.monotonic(), []
+        for call in [c for c in pending.values() if c.deadline <= now]:
+            if call.actor_index in replaced:
+                continue
+            reason = (f"reward timeout: {len(chunks[call.chunk])} samples not scored within "
+                      f"{call.budget_s:.0f} s; reward actor {call.actor_index} replaced")
+            done[call.chunk] = [_failed(reason)] * len(chunks[call.chunk])
+            for ref, other in list(pending.items()):
+                if other.actor is call.actor:
+                    del pending[ref]
+                    if other is not call:
+                        queue.appendleft(other.chunk)
+            self._replace(call.actor_index)
+            replaced.append(call.actor_index)
+        return replaced
 
     def _replace(self, actor_index: int) -> None:
         ray.kill(self._actors[actor_index])
         self._actors[actor_index] = self._remote_cls.remote(*self._args)
+        self._fresh[actor_index] = True
 
 
 def _failed(reason: str) -> RewardResult:

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from reward_server.pool import RewardPool, _regroup, _split, failure_counts
+from reward_server.pool import RewardActor, RewardPool, _regroup, _split, failure_counts
 from trainer.config import RewardConfig
 from trainer.types import Completion, Prompt, RewardResult, RolloutBatch
 
@@ -79,6 +79,47 @@ def test_pool_keeps_order_groups_and_reasons(ray_local) -> None:
         assert pool.failures_total == 8  # both calls
         # One timeout on one actor: the batch costs about one timeout, not one per sample.
         assert elapsed < TIMEOUT_S + 5.0, elapsed
+    finally:
+        pool.shutdown()
+
+
+@pytest.mark.slow
+def test_a_stuck_chunk_times_out_scores_zero_and_the_step_goes_on(ray_local) -> None:
+    """A hang outside the verifier sandbox (here: in the actor itself) costs one chunk's deadline:
+    its samples score 0 with the reason, the actor is replaced, and every other sample is scored."""
+
+    class HangingActor(RewardActor):  # defined here, so Ray ships it by value
+        def score(self, items):
+            if any(c.text == "HANG" for _, c in items):
+                time.sleep(3600)
+            return RewardActor.score(self, items)
+
+    cfg = RewardConfig(verifier="arithmetic", timeout_s=TIMEOUT_S)
+    pool = RewardPool(cfg, max_response_tokens=64, num_actors=2, cpus_per_actor=0.5,
+                      sample_allowance_s=1.0, actor_cls=HangingActor)
+    try:
+        pool.score(_rollout())  # warm-up: actors and their verifier workers start
+        hostile = _rollout()
+        groups = [list(g) for g in hostile.completions]
+        groups[3][0] = _completion("HANG")
+        hostile = RolloutBatch(hostile.prompts, hostile.prompt_token_ids, tuple(tuple(g) for g in groups), 7)
+        start = time.monotonic()
+        scored = pool.score(hostile)
+        elapsed = time.monotonic() - start
+
+        assert [len(g) for g in scored.results] == [3, 3, 3, 3]
+        stuck = scored.results[3][0]
+        assert stuck.reward == 0.0 and stuck.error is not None and stuck.error.startswith("reward timeout")
+        assert "replaced" in stuck.error
+        timed_out = [(b, g) for b, group in enumerate(scored.results) for g, r in enumerate(group)
+                     if r.error and r.error.startswith("reward timeout")]
+        assert len(timed_out) <= 2 and (3, 0) in timed_out  # only the stuck sample's chunk
+        assert [r.correct for r in scored.results[0]] == [True, False, True]
+        assert elapsed < 120, elapsed  # one chunk deadline (4 s) plus a replacement actor's start
+
+        again = pool.score(_rollout())  # the replacement serves the next step
+        assert [r.correct for r in again.results[0]] == [True, False, True]
+        assert not any(r.error and r.error.startswith("reward") for g in again.results for r in g)
     finally:
         pool.shutdown()
 
