@@ -186,7 +186,18 @@ def test_shape_from_config_json_or_known_table(tmp_path):
     assert round(KNOWN_SHAPES["Qwen2.5-7B"].num_params / 1e9, 2) == 7.62
 
 
-def test_unknown_model_without_config_is_an_error_naming_the_table(capsys):
-    assert main(["plan", "--example", "qwen25_math_r1_zero", "--set", "model.path=/nowhere/MyModel"]) == 2
+def test_model_path_without_a_known_name_falls_back_to_the_example():
+    shape, source = model_shape("/nowhere/hf", "tiny_cpu_r1_rl")
+    assert shape is KNOWN_SHAPES["tiny-qwen2"] and "example 'tiny_cpu_r1_rl'" in source
+    plan = make_plan(resolve("qwen25_math_r1_zero", ["model.path=/nowhere/MyModel"]), example="qwen25_math_r1_zero")
+    assert plan.shape is KNOWN_SHAPES["Qwen2.5-7B"]
+
+
+def test_unknown_model_without_config_is_an_error_naming_the_table(monkeypatch, capsys):
+    import examples.configs
+    from trainer.config import ModelConfig, TrainConfig
+
+    monkeypatch.setitem(examples.configs.EXAMPLES, "mystery", lambda: TrainConfig(model=ModelConfig(path="/x/MyModel")))
+    assert main(["plan", "--example", "mystery"]) == 2
     err = capsys.readouterr().err
-    assert "/nowhere/MyModel/config.json not found" in err and "Qwen2.5-7B" in err
+    assert "/x/MyModel/config.json not found" in err and "Qwen2.5-7B" in err and "example 'mystery'" in err

@@ -6,10 +6,11 @@ with (importing that module loads the Ray package; it starts nothing). Reference
 colocated and reward actors are placed by their own groups and added here.
 
 The model's shape comes from `config.json` in `model.path` when that directory exists; otherwise from
-`KNOWN_SHAPES`, keyed by the model directory's name (the last component of `model.path`), which holds
-the published configs of the models the examples use: `qwen25_gsm8k_r1_zero` -> `Qwen2.5-1.5B`,
-`qwen25_math_r1_zero` -> `Qwen2.5-7B`, `tiny_cpu` -> `tiny-qwen2`. An unknown name without a
-`config.json` is an error that lists the known ones.
+`KNOWN_SHAPES` (the published configs of the models the examples use), looked up by the model
+directory's name (the last component of `model.path`, so `--set model.path=/x/Qwen2.5-7B` plans a 7B),
+else by the example's name through `EXAMPLE_MODELS` (for a model an earlier stage writes, such as
+`runs/tiny_cpu_sft/hf`). Neither is an error that lists the known names; every example in
+`examples/configs.py` must resolve (tests/test_plan.py checks it).
 
 The memory model (per GPU, GiB = 2**30 bytes), and where it simplifies:
 - learner weights: the parameters of the heaviest pipeline stage (ceil(layers / PP) layers plus the
@@ -128,17 +129,29 @@ KNOWN_SHAPES: dict[str, ModelShape] = {
 }
 """Model directory name -> shape, used when `model.path` holds no config.json."""
 
+EXAMPLE_MODELS: dict[str, str] = {
+    "tiny_cpu": "tiny-qwen2",
+    "tiny_cpu_r1_rl": "tiny-qwen2",  # starts from the cold-start SFT of the tiny model
+    "qwen25_gsm8k_r1_zero": "Qwen2.5-1.5B",
+    "qwen25_math_r1_zero": "Qwen2.5-7B",
+}
+"""Example name -> the `KNOWN_SHAPES` entry of its model, for a model path that names no known model."""
 
-def model_shape(model_path: str) -> tuple[ModelShape, str]:
-    """The shape of the model at `model_path` and where it came from."""
+
+def model_shape(model_path: str, example: str = "") -> tuple[ModelShape, str]:
+    """The shape of the model at `model_path` (of example `example`) and where it came from."""
     config = Path(model_path) / "config.json"
     if config.is_file():
         return ModelShape.from_hf_config(json.loads(config.read_text())), str(config)
     name = Path(model_path).name
     if name in KNOWN_SHAPES:
         return KNOWN_SHAPES[name], f"known shape of {name!r} ({config} not found)"
-    raise PlanError(f"{config} not found and {name!r} is not in trainer.plan.KNOWN_SHAPES "
-                    f"({', '.join(KNOWN_SHAPES)}): point model.path at the model directory, or add its shape")
+    if example in EXAMPLE_MODELS:
+        known = EXAMPLE_MODELS[example]
+        return KNOWN_SHAPES[known], f"known shape of {known!r}, the model of example {example!r} ({config} not found)"
+    raise PlanError(f"{config} not found, and neither {name!r} nor example {example!r} is in trainer.plan's "
+                    f"KNOWN_SHAPES ({', '.join(KNOWN_SHAPES)}) or EXAMPLE_MODELS: point model.path at the "
+                    f"model directory, or add its shape")
 
 
 # --- layout ----------------------------------------------------------------------------------------
@@ -368,7 +381,7 @@ class Plan:
 
 def make_plan(cfg: TrainConfig, *, example: str = "config", recompute: str = "none") -> Plan:
     """The plan of a validated config; `recompute` is the learner's activation recomputation mode."""
-    shape, source = model_shape(cfg.model.path)
+    shape, source = model_shape(cfg.model.path, example)
     lm = learner_memory(shape, cfg)
     kinds = [_learner_kind(cfg, lm, recompute)]
     if cfg.cluster.use_gpu:
