@@ -85,7 +85,7 @@ class EngineGroup:
                 mine, n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, stop=tuple(stop),
                 seed=seed, expected_version=self.expected_version))
         parts = get_all(refs, what=f"generate ({len(prompts)} prompts x {n})", names=[f"engine {e}" for e in used],
-                        timeout_s=self.generate_timeout_s)
+                        timeout_s=self.generate_timeout_s, keep=(StaleEngineError,))
         slot = {e: i for i, e in enumerate(used)}
         return merge_batches(prompts, [slot[e] for e in engine_of], parts)
 

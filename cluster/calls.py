@@ -40,11 +40,12 @@ def root_cause(error: BaseException) -> str:
 
 
 def get_all(refs: Sequence[Any], *, what: str, names: Sequence[str], timeout_s: float | None,
-            error: type[Exception] = RemoteCallError) -> list[Any]:
+            error: type[Exception] = RemoteCallError, keep: tuple[type[Exception], ...] = ()) -> list[Any]:
     """`ray.get` of every ref within `timeout_s` (None: no deadline), raising on the first failure.
 
     `names[i]` names the actor behind `refs[i]` ("engine 1", "learner rank 3"); `what` names the call
-    ("generate", "weight sync of version 7").
+    ("generate", "weight sync of version 7"). Failures raise `error`, except an actor's own exception of
+    a type in `keep` (e.g. StaleEngineError), which is raised as that type so callers can tell it apart.
     """
     import ray
 
@@ -64,5 +65,8 @@ def get_all(refs: Sequence[Any], *, what: str, names: Sequence[str], timeout_s: 
         try:
             results[i] = ray.get(ready[0])
         except Exception as e:  # RayActorError (the actor died), RayTaskError (the call raised)
+            cause = getattr(e, "cause", None)
+            if keep and isinstance(cause, keep):
+                raise type(cause)(f"{what}: {names[i]}: {cause}") from e
             raise error(f"{what}: {names[i]} failed: {root_cause(e)}") from e
     return results

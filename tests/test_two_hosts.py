@@ -1,0 +1,284 @@
+"""Two hosts on one machine: the tiny run trains across a Ray cluster of two network namespaces.
+
+    namespace A (10.231.0.1)                      namespace B (10.231.0.2)
+      ray head  --resources {"hostA": 1}    veth    ray worker  --resources {"hostB": 1}
+      driver (python -m trainer's train)  ◄──────►  rollout engine (vLLM)
+      learner ranks 0, 1 (TP=2) + reference          (pinned by cluster.rollout_node_resource)
+      (pinned by cluster.learner_node_resource)
+
+Weights travel from learner rank 0 on A to the engine on B every step; each engine must then hold the
+version and the checksums rank 0 computed from the bytes it sent. Nothing of the run may listen on all
+interfaces in either namespace (checked with `ss -ltnp` inside them after Ray started and after each
+sync): every store, rendezvous and collective binds the namespace's address (or loopback).
+
+One exception, Ray's own servers: in cluster mode Ray 2.60's GCS, raylet, agents, monitor and every
+worker's core-worker gRPC server listen on all interfaces (local mode binds them to 127.0.0.1), and no
+setting changes that. The test tells them apart by process (Ray's daemons) and by port (the core-worker
+port Ray's actor table records for each actor and for the driver that owns them), and lists them.
+
+Cleanup kills the namespaces' own processes (`ip netns pids`) and deletes the namespaces; it never runs
+`ray stop`, which kills every Ray on the machine. Traffic goes only to the two namespace addresses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = ROOT / "artifacts" / "tiny-qwen2"
+DATA = ROOT / "artifacts" / "data" / "arithmetic"
+HOST_A, HOST_B = "10.231.0.1", "10.231.0.2"
+GCS_PORT = 6390
+STEPS = 2
+RUN_TIMEOUT_S = 1500.0
+"""The whole run on a shared 2-core machine: two Ray nodes, one vLLM engine, a TP=2 learner, 2 steps."""
+ARTIFACT_WAIT_S = 900.0
+"""The tiny model may be being rebuilt by `make artifacts` in the same tree: wait for it this long."""
+
+pytestmark = pytest.mark.slow
+
+
+def _run(*cmd: str, check: bool = True, timeout: float = 60.0, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(list(cmd), capture_output=True, text=True, check=check, timeout=timeout, env=env)
+
+
+WILDCARDS = ("0.0.0.0", "*", "[::]", "::")
+RAY_AGENTS = ("ray::IDLE", "ray::DashboardAgent", "ray::RuntimeEnvAgent")
+"""Process titles of Ray's own worker-side processes (an idle pool worker, the per-node agents)."""
+
+
+def listeners(namespace: str) -> list[dict]:
+    """Listening TCP sockets in `namespace`: local address, port, pid and the process's command line."""
+    import re
+
+    out = _run("ip", "netns", "exec", namespace, "ss", "-ltnpH").stdout
+    found = []
+    for line in out.splitlines():
+        if not line.strip():
+            continue
+        host, _, port = line.split()[3].rpartition(":")
+        pid = re.search(r"pid=(\d+)", line)
+        cmdline = ""
+        if pid:
+            try:
+                cmdline = Path(f"/proc/{pid[1]}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+            except OSError:
+                pass
+        found.append({"host": host.removeprefix("[::ffff:").rstrip("]") if host.startswith("[::ffff:") else host,
+                      "port": int(port), "pid": int(pid[1]) if pid else 0, "cmdline": cmdline})
+    return found
+
+
+def is_rays_own(listener: dict, core_worker_ports: set[int]) -> bool:
+    """Ray's daemons (its binaries and scripts), its agents and idle workers, or a core-worker gRPC port."""
+    cmd = listener["cmdline"]
+    return ("/site-packages/ray/" in cmd or "-m ray." in cmd or cmd.startswith(RAY_AGENTS)
+            or listener["port"] in core_worker_ports)
+
+
+def wildcard_violations(found: list[dict], core_worker_ports: set[int]) -> list[dict]:
+    return [x for x in found if x["host"] in WILDCARDS and not is_rays_own(x, core_worker_ports)]
+
+
+class TwoHosts:
+    """Two network namespaces joined by a veth pair, each with one address, and a Ray node in each."""
+
+    def __init__(self) -> None:
+        tag = f"{os.getpid() % 100000}"
+        self.ns = {HOST_A: f"grpoA{tag}", HOST_B: f"grpoB{tag}"}
+        self.veth = (f"gva{tag}", f"gvb{tag}")
+        self.tmp = Path(tempfile.mkdtemp(prefix="r2h", dir="/tmp"))  # short: Ray's socket paths <= 107 bytes
+        token = self.tmp / "auth_token"
+        token.write_text(secrets.token_hex(32))
+        token.chmod(0o600)
+        self.env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token),
+                        PYTHONPATH=str(ROOT), RAY_USAGE_STATS_ENABLED="0",
+                        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+        for name in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"):
+            self.env.pop(name, None)
+
+    def network(self) -> None:
+        a, b = self.ns[HOST_A], self.ns[HOST_B]
+        _run("ip", "netns", "add", a)
+        _run("ip", "netns", "add", b)
+        _run("ip", "link", "add", self.veth[0], "type", "veth", "peer", "name", self.veth[1])
+        for ns, veth, addr in ((a, self.veth[0], HOST_A), (b, self.veth[1], HOST_B)):
+            _run("ip", "link", "set", veth, "netns", ns)
+            _run("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", veth)
+            _run("ip", "-n", ns, "link", "set", veth, "up")
+            _run("ip", "-n", ns, "link", "set", "lo", "up")
+
+    def exec(self, host: str, *cmd: str) -> list[str]:
+        return ["ip", "netns", "exec", self.ns[host], *cmd]
+
+    def start_ray(self) -> None:
+        ray = str(Path(sys.executable).parent / "ray")
+        common = ["--num-cpus=4", "--disable-usage-stats"]
+        _run(*self.exec(HOST_A, ray, "start", "--head", f"--node-ip-address={HOST_A}", f"--port={GCS_PORT}",
+                        '--resources={"hostA": 1}', f"--temp-dir={self.tmp}/a", "--include-dashboard=false",
+                        *common),
+             env=self.env, timeout=180)
+        _run(*self.exec(HOST_B, ray, "start", f"--address={HOST_A}:{GCS_PORT}", f"--node-ip-address={HOST_B}",
+                        '--resources={"hostB": 1}', f"--temp-dir={self.tmp}/b", *common),
+             env=self.env, timeout=180)
+
+    def close(self) -> None:
+        """Kill what runs in the namespaces (by their own pids), then delete them."""
+        for ns in self.ns.values():
+            pids = _run("ip", "netns", "pids", ns, check=False).stdout.split()
+            for pid in pids:
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except (ProcessLookupError, ValueError):
+                    pass
+        time.sleep(1)
+        for ns in self.ns.values():
+            _run("ip", "netns", "del", ns, check=False)
+        _run("ip", "link", "del", self.veth[0], check=False)  # only if it never moved into a namespace
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _wait_for_artifacts() -> None:
+    deadline = time.monotonic() + ARTIFACT_WAIT_S
+    while not (MODEL / "config.json").exists() or not (DATA / "train.jsonl").exists():
+        if time.monotonic() > deadline:
+            pytest.skip(f"{MODEL} not built: run `make artifacts` (python -m examples.build_tiny) first")
+        time.sleep(10)
+    time.sleep(2)  # a build that just wrote its last file
+
+
+@pytest.fixture(scope="module")
+def two_hosts():
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("network namespaces need root and iproute2 (`ip netns`)")
+    probe = f"grpoprobe{os.getpid() % 100000}"
+    made = _run("ip", "netns", "add", probe, check=False)
+    if made.returncode != 0:
+        pytest.skip(f"network namespaces are not permitted here: {made.stderr.strip()}")
+    _run("ip", "netns", "del", probe, check=False)
+    _wait_for_artifacts()
+    hosts = TwoHosts()
+    try:
+        hosts.network()
+        hosts.start_ray()
+        yield hosts
+    finally:
+        hosts.close()
+
+
+DRIVER = textwrap.dedent('''
+    """Runs in namespace A: the tiny run, recording where each role ran and what listened meanwhile."""
+    import json, sys
+
+    import ray
+    from ray._private.state import actors
+
+    import trainer.system as system_module
+    from examples.configs import tiny_cpu
+    from trainer.config import apply_overrides
+    from trainer.controller import train
+
+    facts_path, namespaces, overrides = sys.argv[1], sys.argv[2].split(","), sys.argv[3:]
+    facts = {"listeners": []}
+    build, sync = system_module.System.build.__func__, system_module.System.sync_weights
+
+    def node_of(actor):
+        return actor.__ray_call__.remote(lambda self: ray.util.get_node_ip_address())
+
+    def snapshot(when):
+        from test_two_hosts import listeners
+
+        table = actors().values()
+        ports = {a["Address"]["Port"] for a in table} | {a["OwnerAddress"]["Port"] for a in table}
+        facts.setdefault("core_worker_ports", []).extend(sorted(ports))
+        for ns in namespaces:
+            facts["listeners"].append([when, ns, listeners(ns)])
+
+    def recording_build(cls, cfg):
+        system = build(cls, cfg)
+        facts["learner_nodes"] = ray.get([node_of(w) for w in system.learner.workers])
+        facts["engine_nodes"] = ray.get([node_of(a) for a in system.engines.engine_actors])
+        facts["rendezvous_host"] = system.weight_sync.spec.host
+        facts["backend"] = system.weight_sync.spec.backend
+        snapshot("built")
+        return system
+
+    def recording_sync(self, version):
+        metrics = sync(self, version)
+        held = self.engines.versions(with_checksums=True)
+        facts.setdefault("versions", []).append([version, [v.policy_version for v in held],
+                                                 [len(v.checksums) for v in held]])
+        snapshot(f"synced {version}")
+        return metrics
+
+    system_module.System.build = classmethod(recording_build)
+    system_module.System.sync_weights = recording_sync
+    run_dir = train(apply_overrides(tiny_cpu(), overrides))
+    facts["run_dir"] = str(run_dir)
+    with open(facts_path, "w") as f:
+        json.dump(facts, f)
+''')
+
+
+def test_tiny_run_trains_across_two_hosts(two_hosts, tmp_path):
+    from trainer.metrics import read_metrics
+
+    for ns in two_hosts.ns.values():  # Ray alone, before the run: only its own servers may be wildcards
+        assert wildcard_violations(listeners(ns), set()) == [], ns
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER)
+    facts_path = tmp_path / "facts.json"
+    overrides = [
+        f"cluster.address={HOST_A}:{GCS_PORT}", "cluster.learner_node_resource=hostA",
+        "cluster.rollout_node_resource=hostB", "cluster.cpus_per_actor=0.25",
+        f"model.path={MODEL}", f"data.train_path={DATA / 'train.jsonl'}", f"data.eval_path={DATA / 'heldout.jsonl'}",
+        f"output_dir={tmp_path}", "name=two_hosts", f"total_steps={STEPS}", "checkpoint_every=0",
+        "rollout.num_engines=1", "rollout.weight_sync_checksum_every=1", "reward.num_actors=1",
+        "algorithm.prompts_per_step=4", "algorithm.group_size=4", "data.eval_size=4",
+        "eval.every_steps=0", "eval.samples_per_prompt=2",
+    ]
+    namespaces = ",".join(two_hosts.ns.values())
+    env = dict(two_hosts.env, PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'tests'}")  # the driver imports listeners()
+    run = subprocess.run([*two_hosts.exec(HOST_A, sys.executable, str(driver), str(facts_path), namespaces),
+                          *overrides], capture_output=True, text=True, timeout=RUN_TIMEOUT_S, env=env,
+                         cwd=ROOT, check=False)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-6000:]
+    facts = json.loads(facts_path.read_text())
+
+    # Roles ran where they were pinned; the transfer group met at learner rank 0's node address.
+    assert facts["learner_nodes"] == [HOST_A, HOST_A] and facts["engine_nodes"] == [HOST_B]
+    assert facts["rendezvous_host"] == HOST_A and facts["backend"] == "gloo"
+    # Every sync: the engine across the veth holds the version, with checksums compared to the sender's.
+    assert [v for v, _, _ in facts["versions"]] == list(range(1, STEPS + 1))
+    assert all(held == [v] and counts[0] >= 5 for v, held, counts in facts["versions"])
+    rows = read_metrics(Path(facts["run_dir"]), "train")
+    assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
+    for row in rows:
+        assert row["policy_version_lag"] == 0 and row["weight_sync_checksums_compared"] >= 5, row
+        assert row["logprob_gap_max"] < 1e-3, row  # the engine on B samples with the learner's exact weights
+        assert row["weight_sync_bytes"] > 0
+    # Nothing of the run listened on all interfaces, in either namespace, at any point we looked; every
+    # other listener is on a namespace address or loopback.
+    ports = set(facts["core_worker_ports"])
+    ours = 0
+    for when, ns, found in facts["listeners"]:
+        assert wildcard_violations(found, ports) == [], f"{when}: in {ns}"
+        for x in found:
+            assert x["host"] in (*WILDCARDS, HOST_A, HOST_B, "127.0.0.1", "[::1]"), (when, ns, x)
+        ours += sum(1 for x in found if not is_rays_own(x, ports))
+    assert ours > 0, "no listener of the run was seen: the check proved nothing"
+    rays = sorted({(x["cmdline"][:60], x["host"]) for _, _, found in facts["listeners"] for x in found
+                   if x["host"] in WILDCARDS})
+    print("Ray's own wildcard listeners:", *rays, sep="\n  ")
