@@ -1,0 +1,101 @@
+"""Rejection sampling's selection: correctness, R1's filters, dedup, per-prompt limit, and the report."""
+
+from __future__ import annotations
+
+import json
+
+from reward_server.filters import Deduplicator, FilterSettings, rules
+from trainer.config import RejectionConfig
+from trainer.rejection import REASONS, Selection, select_samples, write_outputs
+from trainer.templates import r1_cold_start, r1_zero, readable_response
+from trainer.types import Completion, Prompt, RewardResult, RolloutBatch, ScoredBatch
+
+
+def completion(text: str) -> Completion:
+    return Completion(token_ids=(1,) * len(text), text=text, rollout_logprobs=(0.0,) * len(text), finish_reason="stop")
+
+
+def result(correct: bool, error: str | None = None) -> RewardResult:
+    return RewardResult(reward=float(correct), components={"accuracy": float(correct)}, correct=correct, error=error)
+
+
+def scored(groups: list[tuple[str, list[tuple[str, RewardResult]]]], template=r1_zero) -> ScoredBatch:
+    prompts = tuple(Prompt(index=i, text=template(q), ground_truth="3", task="arithmetic")
+                    for i, (q, _) in enumerate(groups))
+    return ScoredBatch(
+        rollout=RolloutBatch(prompts=prompts, prompt_token_ids=tuple((1,) for _ in groups),
+                             completions=tuple(tuple(completion(t) for t, _ in g) for _, g in groups),
+                             policy_version=0),
+        results=tuple(tuple(r for _, r in g) for _, g in groups))
+
+
+GOOD = "1+2+0=3</think><answer>3</answer>"
+
+
+def run(batch: ScoredBatch, questions: list[str], **kwargs) -> Selection:
+    table = rules(FilterSettings(max_paragraph_chars=kwargs.pop("max_paragraph_chars", 1000)))
+    return select_samples(batch, questions, Selection(), filter_rules=table, dedup=Deduplicator(), **kwargs)
+
+
+def test_each_reason_is_counted_once_and_counts_add_up():
+    batch = scored([
+        ("What is 1+2?", [
+            (GOOD, result(True)),
+            (GOOD, result(True)),                                          # duplicate
+            ("1+2+0=4</think><answer>4</answer>", result(False)),          # incorrect
+            ("x", result(False, error="timeout")),                         # reward error
+            ("no tags <answer>3</answer>", result(True)),                  # no chain of thought
+            ("三</think><answer>3</answer>", result(True)),                 # mixed language
+            ("```\nprint(3)\n```</think><answer>3</answer>", result(True)),  # code block
+            ("x" * 50 + "</think><answer>3</answer>", result(True)),        # overlong paragraph
+        ]),
+    ])
+    sel = run(batch, ["What is 1+2?"], max_paragraph_chars=40)
+    report = sel.report()
+    assert report["kept"] == 1 and report["samples"] == 8 and report["prompts"] == 1
+    assert report["dropped"] == {"reward_error": 1, "incorrect": 1, "no_chain_of_thought": 1, "mixed_language": 1,
+                                 "overlong_paragraph": 1, "code_block": 1, "duplicate": 1, "over_keep_limit": 0}
+    assert report["kept"] + sum(report["dropped"].values()) == report["samples"]
+    assert list(report["dropped"]) == list(REASONS)
+    assert sel.rows == [{"prompt": "What is 1+2?", "response": GOOD, "ground_truth": "3", "task": "arithmetic"}]
+
+
+def test_keep_per_prompt_and_prompts_with_kept():
+    other = "2+1+0=3</think><answer>3</answer>"
+    batch = scored([("q1", [(GOOD, result(True)), (other, result(True)), (GOOD + " ", result(True))]),
+                    ("q2", [(GOOD, result(False))])])
+    sel = run(batch, ["q1", "q2"], keep_per_prompt=1)
+    assert [r["response"] for r in sel.rows] == [GOOD]
+    assert sel.dropped == {"over_keep_limit": 1, "duplicate": 1, "incorrect": 1}
+    assert sel.prompts_with_kept == 1
+
+
+def test_readable_format_is_filtered_on_its_reasoning():
+    ok = readable_response("1+2+0=3", "1+2=3 <answer>3</answer>")
+    bad = readable_response("1+2+0=3 我", "<answer>3</answer>")
+    sel = run(scored([("What is 1+2?", [(ok, result(True)), (bad, result(True))])], template=r1_cold_start),
+              ["What is 1+2?"])
+    assert [r["response"] for r in sel.rows] == [ok]
+    assert sel.dropped == {"mixed_language": 1}
+
+
+def test_selection_accumulates_over_batches_and_dedups_across_them(tmp_path):
+    table, dedup, sel = rules(FilterSettings()), Deduplicator(), Selection()
+    for _ in range(2):
+        select_samples(scored([("q", [(GOOD, result(True))])]), ["q"], sel, filter_rules=table, dedup=dedup)
+    assert len(sel.rows) == 1 and sel.dropped == {"duplicate": 1} and sel.prompts == 2
+    report = write_outputs(tmp_path / "out", sel, {"model": "m"})
+    rows = [json.loads(line) for line in (tmp_path / "out" / "sft.jsonl").read_text().splitlines()]
+    assert rows == sel.rows
+    assert json.loads((tmp_path / "out" / "report.json").read_text()) == report
+    assert report["model"] == "m" and report["kept"] == 1
+
+
+def test_rejection_config_validates():
+    import pytest
+
+    from trainer.config import ConfigError
+
+    RejectionConfig().validate()
+    with pytest.raises(ConfigError, match="samples_per_prompt"):
+        RejectionConfig(samples_per_prompt=0).validate()
