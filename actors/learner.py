@@ -363,12 +363,13 @@ class LearnerWorker:
             return logprobs.sum() * 0, count, {"logprobs": logprobs.detach()}
         loss_fn, num_tokens = loss
         mask = mb.response_mask.to(self.device)  # [b, s]
+        rollout = mb.rollout_logprobs.to(self.device)  # [b, s]
+        old, gap = old_logprobs_or_own(mb.old_logprobs.to(self.device), logprobs, rollout, mask, num_tokens)
         value, metrics = loss_fn(
-            logprobs, old_logprobs=mb.old_logprobs.to(self.device), ref_logprobs=mb.ref_logprobs.to(self.device),
-            rollout_logprobs=mb.rollout_logprobs.to(self.device), advantages=mb.advantages.to(self.device),
-            response_mask=mask)
+            logprobs, old_logprobs=old, ref_logprobs=mb.ref_logprobs.to(self.device),
+            rollout_logprobs=rollout, advantages=mb.advantages.to(self.device), response_mask=mask)
         token_entropy = torch.nn.functional.pad(entropy[:, :-1], (1, 0))  # [b, s]
-        metrics = dict(metrics, entropy=(token_entropy * mask).sum() / max(num_tokens, 1))
+        metrics = dict(metrics, entropy=(token_entropy * mask).sum() / max(num_tokens, 1)) | gap
         return value, count, metrics
 
     def _finalize_grads(self) -> None:
@@ -551,6 +552,21 @@ class LearnerWorker:
         self.ps.destroy_model_parallel()
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def old_logprobs_or_own(old_logprobs: Tensor, logprobs: Tensor, rollout_logprobs: Tensor, response_mask: Tensor,
+                        num_tokens: int) -> tuple[Tensor, dict[str, Tensor]]:
+    """The micro-batch's old logprobs [b, s], or, when it carries none ([b, 0]: an exactly on-policy step,
+    `trainer.steps.old_logprobs_from_update`), this forward's own, detached: the numbers a second forward
+    pass would give (TRL does the same). The controller then has no old logprobs to compare with vLLM's,
+    so the gap is measured here, as loss metrics (trainer.grpo's contract: normalised by `num_tokens`,
+    summed over micro-batches; `_max` by max)."""
+    if old_logprobs.shape[-1] != 0:
+        return old_logprobs, {}
+    own = logprobs.detach()  # [b, s]
+    gap = (own - rollout_logprobs).abs()  # [b, s]
+    return own, {"logprob_gap_mean": torch.where(response_mask, gap, 0.0).sum() / max(num_tokens, 1),
+                 "logprob_gap_max": torch.where(response_mask, gap, -torch.inf).amax()}
 
 
 def _trim(mb: TrainBatch) -> TrainBatch:

@@ -150,6 +150,9 @@ class AlgorithmConfig:
     """How per-token losses become one number (see trainer.grpo.aggregate_loss)."""
     old_logprobs_source: OldLogprobSource = "learner"
     """learner: recompute old logprobs; rollout: use vLLM's with truncated importance sampling."""
+    old_logprobs_from_update: bool = True
+    """When a step is exactly on-policy (one update, one epoch, learner old logprobs, no KL in the reward),
+    the update's own forward gives the old logprobs (detached, as TRL does): no second forward pass."""
     tis_cap: float = 2.0
     """Cap C of the truncated importance-sampling weight min(pi_old / pi_rollout, C); 0 disables."""
     updates_per_step: int = 1

@@ -76,19 +76,40 @@ def score(system: SystemProtocol, prompts: list[Prompt], *, n: int, cfg: TrainCo
     return system.rewards.score(rollout)
 
 
+def old_logprobs_from_update(cfg: TrainConfig) -> bool:
+    """Whether the update's own forward gives the old logprobs: the step is exactly on-policy (one
+    optimizer step over one pass, old logprobs from the learner, none needed before the advantages), so
+    the policy that sampled is the one the update starts from and a second forward would repeat it."""
+    a = cfg.algorithm
+    return (a.old_logprobs_from_update and a.updates_per_step == 1 and a.epochs_per_step == 1
+            and a.old_logprobs_source == "learner" and not (a.kl_in_reward and cfg.needs_reference))
+
+
+def no_old_logprobs(num_sequences: int) -> torch.Tensor:
+    """[N, 0]: a batch that carries no old logprobs; the learner's loss uses its forward's own, detached
+    (`actors.learner.old_logprobs_or_own`), and reports the learner-vs-vLLM gap itself."""
+    return torch.zeros(num_sequences, 0)
+
+
 def prepare_batch(system: SystemProtocol, scored: ScoredBatch, cfg: TrainConfig) -> tuple[TrainBatch, dict[str, float]]:
-    """Pad, fill old and reference logprobs, apply KL-in-reward if asked, compute advantages."""
+    """Pad, fill old and reference logprobs, apply KL-in-reward if asked, compute advantages.
+
+    An exactly on-policy step (`old_logprobs_from_update`) leaves the old logprobs to the update's forward."""
     a = cfg.algorithm
     rewards = scored.rewards()                                                   # [B, G]
     batch = build_train_batch(scored, torch.zeros_like(rewards), pad_token_id=system.pad_token_id,
                               overlong_filter=a.overlong_filter)
     mask = batch.response_mask
-    if a.old_logprobs_source == "learner":
-        old = system.learner.compute_logprobs(batch)                             # [N, L]
+    metrics: dict[str, float] = {}
+    if old_logprobs_from_update(cfg):
+        old = no_old_logprobs(batch.num_sequences)                               # [N, 0]
     else:
-        old = batch.rollout_logprobs
-    ref = system.compute_ref_logprobs(batch) if cfg.needs_reference else torch.zeros_like(old)
-    metrics = _logprob_gap(old, batch.rollout_logprobs, mask)
+        if a.old_logprobs_source == "learner":
+            old = system.learner.compute_logprobs(batch)                         # [N, L]
+        else:
+            old = batch.rollout_logprobs
+        metrics = _logprob_gap(old, batch.rollout_logprobs, mask)
+    ref = system.compute_ref_logprobs(batch) if cfg.needs_reference else torch.zeros_like(batch.rollout_logprobs)
     if a.kl_in_reward and cfg.needs_reference:
         seq_kl = grpo.sequence_kl(old, ref, mask, estimator=a.kl_estimator, clamp=a.kl_clamp)  # [N]
         rewards = grpo.subtract_kl_from_rewards(rewards, seq_kl, kl_coef=a.kl_coef)
