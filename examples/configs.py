@@ -61,7 +61,8 @@ def qwen25_gsm8k_r1_zero() -> TrainConfig:
         checkpoint_every=25,
         model=ModelConfig(path="/data/models/Qwen2.5-1.5B", dtype="bfloat16",
                           max_prompt_tokens=512, max_response_tokens=1024),
-        data=DataConfig(train_path="/data/gsm8k/train.parquet", eval_path="/data/gsm8k/test.parquet",
+        # written by `python -m examples.prepare_data gsm8k` from openai/gsm8k's main/{train,test} parquet
+        data=DataConfig(train_path="/data/gsm8k/train.jsonl", eval_path="/data/gsm8k/test.jsonl",
                         eval_size=1319),
         rollout=RolloutConfig(num_engines=4, tensor_parallel_size=1, gpu_memory_utilization=0.85,
                               max_model_len=2048, weight_sync_bucket_bytes=512 * 2**20),
@@ -86,7 +87,8 @@ def qwen25_math_r1_zero() -> TrainConfig:
         name="qwen25_7b_math",
         total_steps=500,
         model=replace(base.model, path="/data/models/Qwen2.5-7B", max_response_tokens=3072),
-        data=replace(base.data, train_path="/data/math/train.parquet", eval_path="/data/math/math500.parquet",
+        # written by `python -m examples.prepare_data math` from MATH's train split and MATH-500
+        data=replace(base.data, train_path="/data/math/train.jsonl", eval_path="/data/math/math500.jsonl",
                      eval_size=500),
         rollout=replace(base.rollout, num_engines=16, max_model_len=4096),
         learner=replace(base.learner, tensor_parallel_size=4, data_parallel_size=4, sequences_per_microbatch=4),

@@ -162,3 +162,11 @@ def test_nothing_convertible_is_an_error_and_writes_nothing(tmp_path):
 def test_convert_keeps_non_text_rows_out():
     rows, report = convert("math", [{"problem": 3, "solution": "\\boxed{1}"}, {"problem": "p", "solution": None}])
     assert rows == [] and report.dropped == {"empty or non-text 'problem'": 1, "non-text 'solution'": 1}
+
+
+def test_gpu_recipes_read_the_prepared_files():
+    from examples.configs import qwen25_gsm8k_r1_zero, qwen25_math_r1_zero
+
+    gsm8k, math = qwen25_gsm8k_r1_zero().data, qwen25_math_r1_zero().data
+    assert (gsm8k.train_path, gsm8k.eval_path) == ("/data/gsm8k/train.jsonl", "/data/gsm8k/test.jsonl")
+    assert (math.train_path, math.eval_path) == ("/data/math/train.jsonl", "/data/math/math500.jsonl")
