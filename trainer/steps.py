@@ -35,6 +35,10 @@ class PhaseTimer:
     def metrics(self) -> dict[str, float]:
         return {f"time/{k}": v for k, v in self.seconds.items()} | {"time/step": sum(self.seconds.values())}
 
+    def parts(self, phase: str) -> dict[str, float]:
+        """The parts of one phase, `time/<phase>/<part>` (not counted again in time/step)."""
+        return {f"time/{phase}/{k}": v for k, v in self.seconds.items()}
+
 
 def sample_groups(system: SystemProtocol, sampler: PromptSampler, cfg: TrainConfig, seed: int) -> tuple[ScoredBatch, dict]:
     """B scored groups of G. With DAPO dynamic sampling, groups whose rewards are all equal are dropped
@@ -46,11 +50,12 @@ def sample_groups(system: SystemProtocol, sampler: PromptSampler, cfg: TrainConf
     dropped: list[ScoredBatch] = []
     first: ScoredBatch | None = None
     have = 0
+    timer = PhaseTimer()
     for r in range(rounds):
-        scored = score(system, sampler.next(a.prompts_per_step), n=a.group_size, cfg=cfg, seed=seed + r)
+        scored = score(system, sampler.next(a.prompts_per_step), n=a.group_size, cfg=cfg, seed=seed + r, timer=timer)
         first = first or scored
         if not a.dynamic_sampling:
-            return scored, rollout_stats(scored)
+            return scored, rollout_stats(scored) | timer.parts("rollout")
         useful = useful_groups(scored.rewards()).tolist()
         kept.append(select_groups(scored, [i for i, u in enumerate(useful) if u]))
         dropped.append(select_groups(scored, [i for i, u in enumerate(useful) if not u]))
@@ -62,18 +67,21 @@ def sample_groups(system: SystemProtocol, sampler: PromptSampler, cfg: TrainConf
     batch = select_groups(merged, list(range(a.prompts_per_step)))
     stats = rollout_stats(first) | {"sampling_rounds": float(r + 1),
                                     "dynamic_sampling_shortfall": float(max(0, a.prompts_per_step - have))}
-    return batch, stats
+    return batch, stats | timer.parts("rollout")
 
 
 def score(system: SystemProtocol, prompts: list[Prompt], *, n: int, cfg: TrainConfig, seed: int,
-          temperature: float | None = None) -> ScoredBatch:
+          temperature: float | None = None, timer: PhaseTimer | None = None) -> ScoredBatch:
     """Generate n completions per prompt on the engines, then score them on the reward actors."""
     s = cfg.rollout.sampling
-    rollout = system.engines.generate(
-        prompts, n=n, temperature=s.temperature if temperature is None else temperature, top_p=s.top_p,
-        max_tokens=cfg.model.max_response_tokens, stop=list(s.stop), seed=seed,
-    )
-    return system.rewards.score(rollout)
+    timer = timer or PhaseTimer()
+    with timer("generate"):
+        rollout = system.engines.generate(
+            prompts, n=n, temperature=s.temperature if temperature is None else temperature, top_p=s.top_p,
+            max_tokens=cfg.model.max_response_tokens, stop=list(s.stop), seed=seed,
+        )
+    with timer("reward"):
+        return system.rewards.score(rollout)
 
 
 def old_logprobs_from_update(cfg: TrainConfig) -> bool:
@@ -101,15 +109,17 @@ def prepare_batch(system: SystemProtocol, scored: ScoredBatch, cfg: TrainConfig)
                               overlong_filter=a.overlong_filter)
     mask = batch.response_mask
     metrics: dict[str, float] = {}
+    timer = PhaseTimer()
     if old_logprobs_from_update(cfg):
         old = no_old_logprobs(batch.num_sequences)                               # [N, 0]
     else:
-        if a.old_logprobs_source == "learner":
-            old = system.learner.compute_logprobs(batch)                         # [N, L]
-        else:
-            old = batch.rollout_logprobs
+        with timer("old"):
+            old = system.learner.compute_logprobs(batch) if a.old_logprobs_source == "learner" \
+                else batch.rollout_logprobs                                      # [N, L]
         metrics = _logprob_gap(old, batch.rollout_logprobs, mask)
-    ref = system.compute_ref_logprobs(batch) if cfg.needs_reference else torch.zeros_like(batch.rollout_logprobs)
+    with timer("ref"):
+        ref = system.compute_ref_logprobs(batch) if cfg.needs_reference else torch.zeros_like(batch.rollout_logprobs)
+    metrics |= timer.parts("logprobs")
     if a.kl_in_reward and cfg.needs_reference:
         seq_kl = grpo.sequence_kl(old, ref, mask, estimator=a.kl_estimator, clamp=a.kl_clamp)  # [N]
         rewards = grpo.subtract_kl_from_rewards(rewards, seq_kl, kl_coef=a.kl_coef)
