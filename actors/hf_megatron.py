@@ -191,11 +191,23 @@ def transformer_config(shape: ModelShape, *, dtype: torch.dtype, use_cpu: bool, 
     )
 
 
-def build_gpt_model(shape: ModelShape, config, *, pre_process: bool, post_process: bool):  # -> GPTModel
+ATTENTION = ("sdpa", "local")
+"""Core attention: PyTorch SDPA (FlashAttention on GPUs; actors.sdpa_attention) or Megatron's local one."""
+
+
+def build_gpt_model(shape: ModelShape, config, *, pre_process: bool, post_process: bool,
+                    attention: str = "sdpa"):  # -> GPTModel
+    """Megatron's GPTModel with the local (non-Transformer-Engine) layer spec and the chosen core attention."""
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
     from megatron.core.models.gpt.gpt_model import GPTModel
 
+    if attention not in ATTENTION:
+        raise ValueError(f"attention must be one of {ATTENTION}, not {attention!r}")
     spec = get_gpt_layer_local_spec(normalization="RMSNorm", qk_layernorm=shape.qk_norm)
+    if attention == "sdpa":
+        from actors.sdpa_attention import sdpa_attention_class
+
+        spec.submodules.self_attention.submodules.core_attention = sdpa_attention_class()
     return GPTModel(
         config,
         spec,

@@ -23,8 +23,9 @@ default causal mask (built on CUDA; an explicit mask is passed on both paths).
 
 Departures from a stock Megatron training setup: the loss is already normalised by the global token
 count, so the schedule does not rescale it and DDP sums (not averages) gradients over DP; only one
-`forward_backward` per `optim_step` (DP gradients are reduced at its end); attention is the local
-spec's (no Transformer Engine); weight decay applies to matrices only (Megatron's default groups).
+`forward_backward` per `optim_step` (DP gradients are reduced at its end); attention is
+PyTorch's SDPA (FlashAttention on GPUs, `actors.sdpa_attention`) in place of Transformer Engine's;
+weight decay applies to matrices only (Megatron's default groups).
 """
 
 from __future__ import annotations
@@ -153,7 +154,8 @@ class LearnerWorker:
     def __init__(self, *, rank: int, world_size: int, master_addr: str, master_port: int, tp: int = 1,
                  pp: int = 1, dp: int = 1, model_path: str, dtype: str = "float32", seed: int = 0,
                  optimizer: OptimizerSettings | None = None, sequences_per_microbatch: int = 16,
-                 tokens_per_microbatch: int = 0, recompute: str = "none", role: str = "policy",
+                 tokens_per_microbatch: int = 0, recompute: str = "none", attention: str = "sdpa",
+                 role: str = "policy",
                  hold_reference: bool = False, num_threads: int = 1, timeout_s: float = 600.0):
         if role not in ("policy", "reference"):
             raise ValueError(f"role must be 'policy' or 'reference', not {role!r}")
@@ -187,7 +189,8 @@ class LearnerWorker:
         self.model_path = Path(model_path)
         self.shape = hf_megatron.shape_from_hf(AutoConfig.from_pretrained(model_path), tp=tp, pp=pp)
         self.dtype = getattr(torch, dtype)
-        self.spm, self.tokens_per_microbatch, self.recompute = sequences_per_microbatch, tokens_per_microbatch, recompute
+        self.spm, self.tokens_per_microbatch = sequences_per_microbatch, tokens_per_microbatch
+        self.recompute, self.attention = recompute, attention
         self.model = self._load_model(trainable=role == "policy")
         self.ref_model = self._load_model(trainable=False) if hold_reference else None
         if self.ref_model is not None and self.use_gpu:
@@ -211,7 +214,8 @@ class LearnerWorker:
         config = hf_megatron.transformer_config(self.shape, dtype=self.dtype, use_cpu=not self.use_gpu,
                                                 recompute=self.recompute if trainable else "none")
         model = hf_megatron.build_gpt_model(self.shape, config, pre_process=self.pp_rank == 0,
-                                            post_process=self.pp_rank == self.shape.pp - 1)
+                                            post_process=self.pp_rank == self.shape.pp - 1,
+                                            attention=self.attention)
         params = dict(model.named_parameters())
         expected = hf_megatron.stage_param_names(self.shape, self.pp_rank)
         if set(params) != set(expected):
@@ -369,7 +373,8 @@ class LearnerWorker:
             logprobs, old_logprobs=old, ref_logprobs=mb.ref_logprobs.to(self.device),
             rollout_logprobs=rollout, advantages=mb.advantages.to(self.device), response_mask=mask)
         token_entropy = torch.nn.functional.pad(entropy[:, :-1], (1, 0))  # [b, s]
-        metrics = dict(metrics, entropy=(token_entropy * mask).sum() / max(num_tokens, 1)) | gap
+        metrics = {k: v.detach() if isinstance(v, Tensor) else v for k, v in metrics.items()} | gap
+        metrics["entropy"] = (token_entropy * mask).sum() / max(num_tokens, 1)
         return value, count, metrics
 
     def _finalize_grads(self) -> None:

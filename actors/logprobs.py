@@ -60,12 +60,12 @@ class _VocabParallelLogprobs(torch.autograd.Function):
             sums[2, rows] = torch.where(here[rows], picked, torch.zeros_like(picked))
         _all_reduce(sums, dist.ReduceOp.SUM, group)
         log_norm = sums[0].log()  # [T] log Z relative to the peak
-        logprobs = sums[2] - log_norm  # [T]
-        entropy = log_norm - sums[1] / sums[0]  # [T]
+        logprobs = (sums[2] - log_norm).view(shape)  # [B, S]
+        entropy = (log_norm - sums[1] / sums[0]).view(shape)  # [B, S]
         ctx.save_for_backward(logits, local, here, peak, log_norm)
         ctx.valid, ctx.chunk_tokens = valid, chunk_tokens
         ctx.mark_non_differentiable(entropy)
-        return logprobs.view(shape), entropy.view(shape)
+        return logprobs, entropy
 
     @staticmethod
     def backward(ctx, grad_logprobs: Tensor, _grad_entropy: Tensor):

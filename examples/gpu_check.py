@@ -13,7 +13,8 @@ to a JSON file (`--out`). The checks:
 - step: one GRPO update at lr 1e-6 moves the fp32 main weights (bf16 alone could not hold such a step)
   and agrees with the same update done in fp32 by transformers + torch AdamW.
 - throughput: forward-backward tokens/s and MFU of a randomly initialised Qwen2.5-0.5B-shaped model
-  (hidden 896, 24 layers, 14 heads, 2 KV heads, FFN 4864, vocab 151936), and peak GPU memory.
+  (hidden 896, 24 layers, 14 heads, 2 KV heads, FFN 4864, vocab 151936), and peak GPU memory; with SDPA
+  attention (the default), with full activation recomputation, and with Megatron's local attention.
 
 The models are randomly initialised with transformers on the spot and saved as HF directories in a
 temporary folder, with weights rounded to bf16 so that the bf16 learner and the fp32 reference start
@@ -53,6 +54,14 @@ UPDATE_COSINE_MIN = 0.9
 step is ~lr * sign(grad), so it differs only where bf16 and fp32 gradients disagree in sign."""
 GRAD_NORM_RTOL = 0.05
 """Relative difference of the global grad norm (bf16 compute, fp32 reduction) from the fp32 reference."""
+
+THROUGHPUT_VARIANTS: dict[str, dict] = {
+    "": dict(attention="sdpa"),
+    "_full_recompute": dict(attention="sdpa", recompute="full"),
+    "_local_attention": dict(attention="local"),
+}
+"""Learner settings timed: the default (SDPA attention), with full activation recomputation (less
+memory, one more forward), and Megatron's local attention (the baseline SDPA replaces)."""
 
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 """Dense bf16 tensor-core peak by GPU name (SXM parts), for MFU."""
@@ -254,10 +263,11 @@ def check_step(report: Report, worker, hf, batch, device) -> None:
 
 
 def matmul_flops_per_token(shape: dict, seq_len: int) -> float:
-    """Forward + backward FLOPs per token: 6 x matmul params (lm_head included) + causal-free attention.
+    """Model FLOPs per token, forward + backward: 6 x matmul params (lm_head included) + attention.
 
-    The local attention computes the full s x s score matrix (no causal skipping), so attention counts
-    4 x s x hidden FLOPs per token per layer forward (QK^T and PV), x3 for forward + backward.
+    Attention counts 4 x s x hidden FLOPs per token per layer forward (QK^T and PV over the full s x s,
+    as PaLM's MFU formula does), x3 for forward + backward. The same count serves every variant, so
+    recomputation's extra forward and causal skipping do not change it: MFU compares useful work.
     """
     h, f, v, layers = shape["hidden_size"], shape["intermediate_size"], shape["vocab_size"], shape["num_hidden_layers"]
     d = h // shape["num_attention_heads"]
@@ -267,9 +277,7 @@ def matmul_flops_per_token(shape: dict, seq_len: int) -> float:
     return 6 * params + 12 * layers * seq_len * h
 
 
-def check_throughput(report: Report, worker, shape: dict, sizes: Sizes, device) -> None:
-    from actors.learner import OptimizerSettings  # noqa: F401  (documents where the settings come from)
-
+def check_throughput(report: Report, worker, shape: dict, sizes: Sizes, suffix: str) -> None:
     n, length = sizes.big_batch
     batch = make_batch(n, length, shape["vocab_size"], seed=7)
     batch = batch.replace(attention_mask=torch.ones_like(batch.attention_mask),
@@ -297,7 +305,7 @@ def check_throughput(report: Report, worker, shape: dict, sizes: Sizes, device) 
     peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
     mfu = flops / peak if peak else None
     params = sum(p.numel() for p in worker.model.parameters())
-    report.check("forward_backward_throughput", math.isfinite(tps) and tps > 0,
+    report.check("forward_backward_throughput" + suffix, math.isfinite(tps) and tps > 0,
                  f"{tps:,.0f} tokens/s ({n} x {length} tokens in {seconds:.3f} s, {params / 1e6:.0f}M params), "
                  f"{flops / 1e12:.1f} TFLOP/s" + (f", MFU {mfu:.1%} of {peak / 1e12:.0f} TFLOP/s" if mfu else ""),
                  tokens_per_s=tps, seconds=seconds, tokens=tokens, params=params, tflops=flops / 1e12, mfu=mfu,
@@ -305,7 +313,7 @@ def check_throughput(report: Report, worker, shape: dict, sizes: Sizes, device) 
     if worker.use_gpu:
         peak_gb = torch.cuda.max_memory_allocated() / 2**30
         total_gb = torch.cuda.get_device_properties(0).total_memory / 2**30
-        report.check("peak_memory", peak_gb < total_gb, f"{peak_gb:.1f} GiB of {total_gb:.0f} GiB (max allocated "
+        report.check("peak_memory" + suffix, peak_gb < total_gb, f"{peak_gb:.1f} GiB of {total_gb:.0f} GiB (max allocated "
                      "during timed forward-backward + step)", peak_gib=peak_gb, total_gib=total_gb)
 
 
@@ -338,9 +346,10 @@ def run(cpu_smoke: bool, out: Path) -> int:
             check_step(report, worker, hf, batch, device)
         del hf
         big = write_qwen2(Path(tmp) / "big", sizes.big, seed=2, device=device)
-        with learner(big, optimizer=OptimizerSettings(lr=STEP_LR), sequences_per_microbatch=1024,
-                     tokens_per_microbatch=sizes.tokens_per_microbatch) as worker:
-            check_throughput(report, worker, sizes.big, sizes, device)
+        for suffix, variant in THROUGHPUT_VARIANTS.items():
+            with learner(big, optimizer=OptimizerSettings(lr=STEP_LR), sequences_per_microbatch=1024,
+                         tokens_per_microbatch=sizes.tokens_per_microbatch, **variant) as worker:
+                check_throughput(report, worker, sizes.big, sizes, suffix)
     clean = not ({"ray", "vllm"} & set(sys.modules))
     report.check("no_ray_no_vllm", clean, "neither ray nor vllm was imported")
     report.figures["seconds"] = time.perf_counter() - started

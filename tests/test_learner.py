@@ -1,6 +1,7 @@
 """The Megatron learner on CPU (gloo) as Ray actors, checked against Hugging Face transformers.
 
-One Ray session per module; one worker group per layout (TP=2, then PP=2), shut down before the next.
+One Ray session per module; one worker group per layout (TP=2, then PP=2, then DP=2), shut down before
+the next.
 """
 
 from __future__ import annotations
@@ -198,6 +199,21 @@ def test_tp2_save_load_resumes_exactly(tp2, batch, tmp_path):
 def test_pp2_matches_hf_logprobs_and_step(ray_session, model_dir, batch, tmp_path, tp2):
     tp2.shutdown()  # two cores: one group at a time
     group = _group(model_dir, pp=2)
+    try:
+        _check_layout(group, model_dir, batch, tmp_path)
+    finally:
+        group.shutdown()
+
+
+# --- DP = 2 --------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_dp2_matches_hf_logprobs_and_step(ray_session, model_dir, batch, tmp_path, tp2):
+    """Two replicas over gloo: DDP reduce-scatters fp32 grads, the distributed optimizer shards its state
+    and all-gathers the params, metrics are reduced over DP; the result equals one HF step on the batch."""
+    tp2.shutdown()  # two cores: one group at a time
+    group = _group(model_dir, dp=2)
     try:
         _check_layout(group, model_dir, batch, tmp_path)
     finally:
