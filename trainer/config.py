@@ -116,6 +116,11 @@ class LearnerConfig:
     """Clip the global gradient norm to this (0 disables)."""
     sequences_per_microbatch: int = 16
     """Sequences per forward/backward; gradients accumulate over micro-batches."""
+    tokens_per_microbatch: int = 0
+    """Token budget of a micro-batch (sequences x its longest length), packed longest first and capped
+    at sequences_per_microbatch; 0 splits by sequences_per_microbatch alone."""
+    activation_recompute: Literal["none", "selective", "full"] = "none"
+    """Recompute activations in backward: selective (attention core only) or full (each layer)."""
     reference_colocated: bool = True
     """Reference model shares the policy's ranks (True) or gets its own workers (False)."""
     verb_timeout_s: float = 1800.0
@@ -298,6 +303,7 @@ class TrainConfig:
         for name in ("tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size"):
             _require(getattr(lr, name) >= 1, f"learner.{name} must be >= 1")
         _require(lr.sequences_per_microbatch >= 1, "learner.sequences_per_microbatch must be >= 1")
+        _require(lr.tokens_per_microbatch >= 0, "learner.tokens_per_microbatch must be >= 0 (0: off)")
         _require(ro.num_engines >= 1 and ro.tensor_parallel_size >= 1, "rollout needs >= 1 engine of size >= 1")
         _require(
             self.model.max_prompt_tokens + self.model.max_response_tokens <= ro.max_model_len,
