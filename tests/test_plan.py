@@ -201,3 +201,17 @@ def test_unknown_model_without_config_is_an_error_naming_the_table(monkeypatch, 
     assert main(["plan", "--example", "mystery"]) == 2
     err = capsys.readouterr().err
     assert "/x/MyModel/config.json not found" in err and "Qwen2.5-7B" in err and "example 'mystery'" in err
+
+
+def test_token_budget_and_recomputation_settings_change_the_activations(tmp_path, capsys):
+    from trainer.plan import learner_memory
+
+    cfg = _small_cfg(tmp_path, "learner.tokens_per_microbatch=20")
+    lm = learner_memory(make_plan(cfg).shape, cfg)
+    # min(2 x 16, max(20, 16)) = 20 tokens: 20 x 2 layers x 832 x 2 bytes + 20 x 100 x 6 bytes of logits
+    assert lm.microbatch_tokens == 20 and lm.activations["none"] == 66560 + 12000
+    none = make_plan(resolve("qwen25_math_r1_zero", []))
+    full = make_plan(resolve("qwen25_math_r1_zero", ["learner.activation_recompute=full"]))
+    assert full.recompute == "full" and full.gpu_kinds[1].peak_gib < none.gpu_kinds[1].peak_gib
+    assert main(["plan", "--example", "qwen25_math_r1_zero", "--set", "learner.activation_recompute=full"]) == 0
+    assert "learner activations with recompute=full" in capsys.readouterr().out

@@ -19,13 +19,15 @@ The memory model (per GPU, GiB = 2**30 bytes), and where it simplifies:
 - gradients: Megatron DDP's fp32 buffer (`grad_reduce_in_fp32`), 4 bytes per local parameter.
 - optimizer: Megatron's distributed optimizer, sharded over DP: fp32 main parameters (only when the
   model is not fp32 already) plus Adam's two fp32 moments: 12 or 8 bytes per parameter, / DP.
-- activations of one micro-batch of `sequences_per_microbatch` sequences at the longest length
-  (`max_prompt_tokens + max_response_tokens`), per token and layer in the compute dtype:
+- activations of the largest micro-batch: `sequences_per_microbatch` sequences at the longest length
+  (`max_prompt_tokens + max_response_tokens`), or at most `tokens_per_microbatch` tokens (one sequence
+  at least) when that budget is set; per token and layer in the compute dtype:
   4h (two norm inputs and outputs) + (2 heads + 2 kv_heads) x head_dim / TP (q, k, v, attention output)
   + 3 x intermediate / TP (gate, up, their product), plus heads / TP x seq for the softmax
   probabilities where attention is not fused (the CPU path; on GPUs flash attention stores none).
   Selective recomputation drops that last term; full recomputation keeps only each layer's input (h)
-  and one layer's activations while it recomputes. Under 1F1B the first pipeline stage holds
+  and one layer's activations while it recomputes (`learner.activation_recompute` picks the mode the
+  peak uses; all three are printed). Under 1F1B the first pipeline stage holds
   min(PP, micro-batches) micro-batches in flight. The logits add vocab / TP x (dtype + 4 fp32) bytes
   per token (the logits and one fp32 copy for the log-softmax).
 - reference: same weights as the policy; colocated on GPU it lives on the host and visits the GPU for
@@ -248,6 +250,8 @@ def learner_memory(shape: ModelShape, cfg: TrainConfig) -> LearnerMemory:
 
     seq = m.max_prompt_tokens + m.max_response_tokens
     tokens = lc.sequences_per_microbatch * seq
+    if lc.tokens_per_microbatch:  # packed up to the budget; a longer sequence goes alone
+        tokens = min(tokens, max(lc.tokens_per_microbatch, seq))
     per_layer = (4 * h + (2 * shape.num_heads + 2 * shape.num_kv_heads) * shape.head_dim // tp
                  + 3 * shape.intermediate_size // tp)                      # elements per token
     unfused = 0 if cfg.cluster.use_gpu else shape.num_heads // tp * seq   # softmax probabilities
@@ -326,7 +330,7 @@ class Plan:
     nodes: tuple[tuple[str, ...], ...]
     gpu_kinds: tuple[GpuKind, ...]
     recompute: str
-    """Activation recomputation mode the learner lines assume."""
+    """Activation recomputation mode the learner's peak assumes (`learner.activation_recompute`)."""
 
     @property
     def available_gib(self) -> float:
@@ -345,7 +349,8 @@ class Plan:
         return ("the plan does not fit: " + "; ".join(reasons) +
                 f". Larger GPUs: --set cluster.gpu_memory_gib={math.ceil(needed)}; or shard more "
                 "(learner.tensor_parallel_size, pipeline_parallel_size, data_parallel_size), use smaller "
-                "micro-batches (learner.sequences_per_microbatch), shorter sequences (model.max_*_tokens), "
+                "micro-batches (learner.sequences_per_microbatch, tokens_per_microbatch), activation "
+                "recomputation (learner.activation_recompute=full), shorter sequences (model.max_*_tokens), "
                 "or give the engines more memory (rollout.gpu_memory_utilization, rollout.tensor_parallel_size)")
 
     def render(self) -> str:
@@ -379,8 +384,9 @@ class Plan:
         return "\n".join(out)
 
 
-def make_plan(cfg: TrainConfig, *, example: str = "config", recompute: str = "none") -> Plan:
-    """The plan of a validated config; `recompute` is the learner's activation recomputation mode."""
+def make_plan(cfg: TrainConfig, *, example: str = "config") -> Plan:
+    """The plan of a validated config (`example` names it, and picks a known shape if need be)."""
+    recompute = cfg.learner.activation_recompute
     shape, source = model_shape(cfg.model.path, example)
     lm = learner_memory(shape, cfg)
     kinds = [_learner_kind(cfg, lm, recompute)]
@@ -413,8 +419,7 @@ def _learner_lines(cfg: TrainConfig, lm: LearnerMemory, recompute: str) -> tuple
         ("optimizer state", lm.optimizer / GIB,
          ("fp32 main + " if DTYPE_BYTES[dtype] < 4 else "") + f"Adam m, v; / DP={lc.data_parallel_size}"),
         (f"activations ({recompute} recompute)", lm.activations[recompute] / GIB,
-         f"micro-batch {lc.sequences_per_microbatch} x {lm.microbatch_tokens // lc.sequences_per_microbatch} "
-         f"tokens, logits included; recompute none/selective/full: {acts}"),
+         f"micro-batch of {lm.microbatch_tokens} tokens, logits included; none/selective/full: {acts}"),
     ]
     if lm.reference:
         lines.append(("reference weights", lm.reference / GIB,
