@@ -122,29 +122,31 @@ class RewardPool:
         pending: dict[ray.ObjectRef, _Call] = {}
         busy_until = [0.0] * len(self._actors)  # an actor's queued calls run one after another
 
-        def submit(actor_index: int) -> None:
-            if not queue:
-                return
-            chunk = queue.popleft()
-            budget = len(chunks[chunk]) * self._sample_budget_s
-            if self._fresh[actor_index] and not any(c.actor_index == actor_index for c in pending.values()):
-                budget += self._startup_allowance_s
-            deadline = max(time.monotonic(), busy_until[actor_index]) + budget
-            busy_until[actor_index] = deadline
-            actor = self._actors[actor_index]
-            pending[actor.score.remote(chunks[chunk])] = _Call(chunk, actor_index, actor, budget, deadline)
+        def top_up() -> None:
+            """Give every actor up to IN_FLIGHT_PER_ACTOR calls while chunks wait."""
+            for index, actor in enumerate(self._actors):
+                in_flight = sum(1 for c in pending.values() if c.actor is actor)
+                for _ in range(IN_FLIGHT_PER_ACTOR - in_flight):
+                    if not queue:
+                        return
+                    chunk = queue.popleft()
+                    budget = len(chunks[chunk]) * self._sample_budget_s
+                    if self._fresh[index] and in_flight == 0:
+                        budget += self._startup_allowance_s
+                    deadline = max(time.monotonic(), busy_until[index]) + budget
+                    busy_until[index] = deadline
+                    pending[actor.score.remote(chunks[chunk])] = _Call(chunk, index, actor, budget, deadline)
+                    in_flight += 1
 
-        for _ in range(IN_FLIGHT_PER_ACTOR):
-            for actor_index in range(len(self._actors)):
-                submit(actor_index)
+        top_up()
         while pending:
-            wait_s = max(0.0, min(c.deadline for c in pending.values()) - time.monotonic())
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=wait_s)
+            wait_s = min(c.deadline for c in pending.values()) - time.monotonic()
+            ready, _ = ray.wait(list(pending), num_returns=1,
+                                timeout=max(0.0, wait_s) if math.isfinite(wait_s) else None)
             if not ready:
-                for actor_index in self._time_out(pending, chunks, done, queue):
-                    busy_until[actor_index] = 0.0
-                    for _ in range(IN_FLIGHT_PER_ACTOR):
-                        submit(actor_index)
+                for index in self._time_out(pending, chunks, done, queue):
+                    busy_until[index] = 0.0
+                top_up()
                 continue
             call = pending.pop(ready[0])
             n = len(chunks[call.chunk])
@@ -155,9 +157,10 @@ class RewardPool:
                 done[call.chunk] = [_failed(f"reward actor died: {exc}")] * n
                 if self._actors[call.actor_index] is call.actor:  # its other queued chunk fails too: replace once
                     self._replace(call.actor_index)
+                    busy_until[call.actor_index] = 0.0
             except ray.exceptions.RayTaskError as exc:
                 done[call.chunk] = [_failed(f"reward actor raised: {exc}")] * n
-            submit(call.actor_index)
+            top_up()
         return [r for chunk in done if chunk is not None for r in chunk]
 
     def _time_out(self, pending: dict[ray.ObjectRef, _Call], chunks: list[list[Item]],
@@ -166,8 +169,8 @@ class RewardPool:
         behind it there; returns the replaced actor slots."""
         now, replaced = time.monotonic(), []
         for call in [c for c in pending.values() if c.deadline <= now]:
-            if call.actor_index in replaced:
-                continue
+            if not any(c is call for c in pending.values()):
+                continue  # dropped with an earlier call of the same actor
             reason = (f"reward timeout: {len(chunks[call.chunk])} samples not scored within "
                       f"{call.budget_s:.0f} s; reward actor {call.actor_index} replaced")
             done[call.chunk] = [_failed(reason)] * len(chunks[call.chunk])
@@ -176,8 +179,11 @@ class RewardPool:
                     del pending[ref]
                     if other is not call:
                         queue.appendleft(other.chunk)
-            self._replace(call.actor_index)
-            replaced.append(call.actor_index)
+            if self._actors[call.actor_index] is call.actor:
+                self._replace(call.actor_index)
+                replaced.append(call.actor_index)
+            else:  # its slot already holds a replacement (the actor had died): just make sure it is gone
+                ray.kill(call.actor)
         return replaced
 
     def _replace(self, actor_index: int) -> None:
