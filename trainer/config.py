@@ -239,7 +239,8 @@ class TrainConfig:
     checkpoint_every: int = 0
     """Save a resumable checkpoint every this many steps (0: only at the end)."""
     resume: bool = True
-    """Continue from the latest checkpoint in the run directory if there is one."""
+    """Continue from the newest intact checkpoint in the run directory if there is one; False starts
+    over at step 0 and moves the earlier run's outputs to `previous/<UTC time>/` (nothing is deleted)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     """The model to train."""
     data: DataConfig = field(default_factory=DataConfig)
