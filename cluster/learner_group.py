@@ -1,6 +1,6 @@
 """A TP x PP x DP group of learner ranks as Ray actors in one placement group.
 
-    LearnerGroup --(one ray.get over all ranks)--> LearnerWorker rank 0 .. world_size - 1
+    LearnerGroup --(one wait over all ranks, with a deadline)--> LearnerWorker rank 0 .. world_size - 1
 
 Every verb of `actors.learner.LearnerWorker` is collective, so the group calls it on all ranks at once and
 waits on the whole list of refs. Data parallel: the batch is split into `dp` contiguous slices, each put
