@@ -254,7 +254,7 @@ def test_stamp_skips_a_matching_build_and_notices_changes(tmp_path, capsys):
         path.write_text("placeholder")
     (tmp_path / build_tiny.STAMP_NAME).write_text(json.dumps({"hash": build_tiny.build_hash(cfg)}))
     assert build_tiny.is_up_to_date(cfg)
-    build_tiny.main(["--out-dir", str(tmp_path)])
+    build_tiny.main(["--from-scratch", "--out-dir", str(tmp_path)])
     assert "up to date" in capsys.readouterr().out
     assert not build_tiny.is_up_to_date(build_tiny.BuildConfig(out_dir=str(tmp_path), seed=1))
     assert build_tiny.build_hash(cfg) != build_tiny.build_hash(build_tiny.BuildConfig(pretrain_steps=1))
