@@ -124,3 +124,51 @@ def test_stale_engine_is_refused(engines):
             group.check_versions()
     finally:
         group.expected_version = 0
+
+
+# --- colocated memory choreography (pure, with recording fakes) --------------------------------
+
+
+class _Recorder:
+    def __init__(self, log: list, name: str, memory: list[dict]):
+        self.log, self.name, self._memory = log, name, memory
+
+    def __getattr__(self, verb):
+        return lambda *args, **kwargs: self.log.append((self.name, verb, *args))
+
+    def memory(self):
+        return self._memory
+
+
+def _system(colocate: bool):
+    from dataclasses import replace
+
+    from trainer.config import TrainConfig
+    from trainer.system import System
+
+    cfg = TrainConfig()
+    cfg = replace(cfg, cluster=replace(cfg.cluster, colocate=colocate))
+    log: list = []
+    engines = _Recorder(log, "engines", [{"device_used_gib": 3.0}, {"device_used_gib": 5.0}])
+    learner = _Recorder(log, "learner", [{"allocated_gib": 1.5}])
+    sync = _Recorder(log, "weight_sync", [])
+    sync.push = lambda version: log.append(("weight_sync", "push", version)) or {"weight_sync_bytes": 1.0}
+    return System(engines, learner, None, None, sync, None, None, 0, cfg), log
+
+
+def test_colocated_engines_sleep_for_the_learner_and_wake_in_stages():
+    system, log = _system(colocate=True)
+    system.sleep_engines()
+    metrics = system.sync_weights(version=4)
+    assert log == [("engines", "sleep"), ("learner", "onload"),
+                   ("engines", "wake_up", ["weights"]), ("weight_sync", "push", 4),
+                   ("learner", "offload"), ("engines", "wake_up", ["kv_cache"])]
+    assert metrics["weight_sync_bytes"] == 1.0 and metrics["weight_sync_s"] >= 0
+    assert system.memory_metrics() == {"memory/rollout_device_used_gib": 5.0, "memory/learner_allocated_gib": 1.5}
+
+
+def test_separate_engines_never_sleep():
+    system, log = _system(colocate=False)
+    system.sleep_engines()
+    system.sync_weights(version=1)
+    assert log == [("weight_sync", "push", 1)]
