@@ -241,6 +241,21 @@ def test_corrupt_checkpoint_falls_back_to_the_previous_one_and_names_the_file(tm
     assert len(list((tmp_path / "checkpoints" / "discarded").iterdir())) == 1
 
 
+def test_a_checkpoint_missing_a_rank_shard_is_not_intact(tmp_path):
+    """learner.json says two ranks, but only rank 0 was saved (and hashed): the save was incomplete."""
+    def save_learner(path: Path) -> None:
+        path.mkdir(parents=True)
+        torch.save(_learner_state(1), path / "rank_00000.pt")
+        (path / "learner.json").write_text(json.dumps({"tp": 2, "pp": 1, "world_size": 2, "step": 1}))
+
+    path = save_checkpoint(tmp_path, _state(1), save_learner)
+    with pytest.raises(CorruptCheckpoint, match="rank_00001.pt: missing from the manifest"):
+        validate_checkpoint(path)
+    save_checkpoint(tmp_path, _state(2), lambda p: p.mkdir())  # a learner that wrote nothing
+    with pytest.raises(CorruptCheckpoint, match="learner: missing from the manifest"):
+        validate_checkpoint(tmp_path / "checkpoints" / "step_000002")
+
+
 def test_checkpoints_of_which_none_is_intact_refuse_instead_of_restarting(tmp_path):
     for step in (2, 3):
         _save(tmp_path, step)

@@ -278,8 +278,9 @@ def validate_checkpoint(checkpoint: Path) -> ControllerState:
         entries = [(str(rel), int(e["bytes"]), str(e["sha256"])) for rel, e in files.items()]
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise CorruptCheckpoint(manifest_path, f"unreadable ({type(exc).__name__}: {exc})") from exc
-    if CONTROLLER not in files:
-        raise CorruptCheckpoint(manifest_path, f"does not list {CONTROLLER}")
+    for rel in _expected_files(checkpoint, files):
+        if rel not in files:
+            raise CorruptCheckpoint(checkpoint / rel, "missing from the manifest: the save was incomplete")
     for rel, size, _ in entries:  # cheap checks first: presence and size
         path = checkpoint / rel
         if Path(rel).is_absolute() or ".." in Path(rel).parts:
@@ -296,6 +297,19 @@ def validate_checkpoint(checkpoint: Path) -> ControllerState:
         if actual_digest != digest:
             raise CorruptCheckpoint(checkpoint / rel, "contents changed since the save (sha256 differs)")
     return load_controller_state(checkpoint)
+
+
+def _expected_files(checkpoint: Path, files: dict[str, Any]) -> list[str]:
+    """Files every checkpoint must hold: the controller state, learner state, and one shard per
+    rank when the learner wrote its layout (`learner/learner.json`, see `LearnerWorker.save`)."""
+    expected = [CONTROLLER]
+    if not any(rel.startswith("learner/") for rel in files):
+        expected.append("learner/")
+    try:
+        world_size = int(json.loads((checkpoint / "learner" / "learner.json").read_text())["world_size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return expected  # no layout file (or a damaged one, which its hash check reports)
+    return expected + [f"learner/rank_{rank:05d}.pt" for rank in range(world_size)]
 
 
 def load_controller_state(checkpoint: Path) -> ControllerState:
