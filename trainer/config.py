@@ -117,8 +117,8 @@ class LearnerConfig:
     sequences_per_microbatch: int = 16
     """Sequences per forward/backward; gradients accumulate over micro-batches."""
     tokens_per_microbatch: int = 0
-    """Token budget of a micro-batch (sequences x its longest length), packed longest first and capped
-    at sequences_per_microbatch; 0 splits by sequences_per_microbatch alone."""
+    """Token budget of a micro-batch (its sequences x its longest length): dynamic batch size, sequences
+    grouped longest first, at most sequences_per_microbatch each; 0 splits by sequence count alone."""
     activation_recompute: Literal["none", "selective", "full"] = "none"
     """Recompute activations in backward: selective (attention core only) or full (each layer)."""
     reference_colocated: bool = True
