@@ -215,3 +215,40 @@ def test_token_budget_and_recomputation_settings_change_the_activations(tmp_path
     assert full.recompute == "full" and full.gpu_kinds[1].peak_gib < none.gpu_kinds[1].peak_gib
     assert main(["plan", "--example", "qwen25_math_r1_zero", "--set", "learner.activation_recompute=full"]) == 0
     assert "learner activations with recompute=full" in capsys.readouterr().out
+
+
+# --- the R1 stages beyond GRPO: an SFT learner alone, rejection sampling's engines alone ---------------
+
+
+def _stage_examples():
+    from examples.configs import REJECTION_EXAMPLES, SFT_EXAMPLES
+
+    return [(n, "sft") for n in sorted(SFT_EXAMPLES)] + [(n, "reject") for n in sorted(REJECTION_EXAMPLES)]
+
+
+@pytest.mark.parametrize(("name", "stage"), _stage_examples())
+def test_every_stage_example_has_a_plan(name, stage, capsys):
+    code = main(["plan", "--example", name])
+    out = capsys.readouterr().out
+    assert code in (0, 1) and f"plan for {name}" in out
+    assert ("learner (Megatron)" in out) == (stage == "sft")
+    assert ("rollout engines (vLLM)" in out) == (stage == "reject")
+    assert "reward actors" in out or stage == "sft"
+
+
+def test_sft_plan_golden(tmp_path):
+    from examples.configs import SFT_EXAMPLES
+    from trainer.plan import learner_memory, sft_view
+
+    sft = apply_overrides(SFT_EXAMPLES["tiny_cpu_sft"](), [f"model.path={_small_cfg(tmp_path).model.path}",
+                                                         "tokens_per_microbatch=40", "data.max_sample_tokens=16",
+                                                         "learner.sequences_per_microbatch=4"]).validate()
+    view = sft_view(sft)
+    plan = make_plan(view, stage="sft")
+    assert [r.role for r in plan.roles] == ["learner (Megatron)"] and len(plan.gpu_kinds) == 1
+    lm = learner_memory(plan.shape, view)
+    # min(4 x 16, max(40, 16)) = 40 tokens. Per token and layer 832 elements plus, on CPU (unfused attention),
+    # 2 heads x 16 softmax probabilities; 4 bytes each (fp32). Logits: 40 x 100 x (4 + 4) bytes.
+    assert lm.microbatch_tokens == 40 and lm.activations["none"] == 40 * 2 * (832 + 32) * 4 + 40 * 100 * 8
+    assert lm.activations["selective"] == 40 * 2 * 832 * 4 + 40 * 100 * 8    # probabilities recomputed
+    assert lm.reference == 0 and lm.optimizer == 80704 * 8  # fp32 model: Adam m, v only, DP = 1

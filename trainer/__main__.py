@@ -9,7 +9,8 @@
     python -m trainer reject --example tiny_cpu_reject --checkpoint runs/tiny_cpu_r1_rl/model
 
 `train` checks the model directory, the tokenizer and the data files before it starts anything.
-`plan` starts nothing; it exits with 1 when the estimate does not fit the GPUs.
+`plan` starts nothing (GRPO, SFT and rejection-sampling examples); it exits with 1 when the estimate
+does not fit the GPUs.
 """
 
 from __future__ import annotations
@@ -33,6 +34,30 @@ def resolve(example: str, overrides: list[str]) -> TrainConfig:
     if example not in table:
         raise ConfigError(f"unknown example {example!r}; known: {', '.join(sorted(table))}")
     return apply_overrides(table[example](), overrides).validate()
+
+
+def plan(example: str, overrides: list[str]) -> int:
+    """`plan` for a GRPO example, an SFT stage (learner only) or rejection sampling (engines only)."""
+    from examples.configs import REJECTION_EXAMPLES, SFT_EXAMPLES
+    from trainer.plan import PlanError, make_plan, sft_view
+
+    try:
+        if example in SFT_EXAMPLES:
+            sft = apply_overrides(SFT_EXAMPLES[example](), overrides).validate()
+            result = make_plan(sft_view(sft), example=example, stage="sft")
+        elif example in REJECTION_EXAMPLES:
+            reject = apply_overrides(REJECTION_EXAMPLES[example](), overrides).validate()
+            result = make_plan(reject.engine_config(), example=example, stage="reject")
+        else:
+            result = make_plan(resolve(example, overrides), example=example)
+    except (ConfigError, PlanError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(result.render())
+    if not result.fits:
+        print(f"error: {result.refusal()}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
             for name, stage_fn in sorted(table.items()):
                 print(f"{name:28s} [{command}] {(stage_fn.__doc__ or '').strip().splitlines()[0]}")
         return 0
+    if args.command == "plan":
+        return plan(args.example, args.overrides)
     try:
         cfg = resolve(args.example, args.overrides)
     except ConfigError as e:
@@ -82,19 +109,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "config":
         print(json.dumps(to_dict(cfg), indent=2))
-        return 0
-    if args.command == "plan":
-        from trainer.plan import PlanError, make_plan
-
-        try:
-            plan = make_plan(cfg, example=args.example)
-        except PlanError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        print(plan.render())
-        if not plan.fits:
-            print(f"error: {plan.refusal()}", file=sys.stderr)
-            return 1
         return 0
     from trainer.data import DataError, check_run_inputs
 

@@ -1,5 +1,7 @@
 """`python -m trainer plan --example NAME`: which GPUs and nodes each role gets, and an estimate of the
 memory on each GPU, computed from the config alone. Nothing starts: no Ray cluster, no vLLM, no CUDA.
+GRPO examples plan every role; an SFT stage plans its learner alone (`sft_view`), and rejection sampling
+its engines and reward actors alone (`RejectionConfig.engine_config()`).
 
 The layout comes from `trainer.system.resource_spec`, the function the run itself places its actors
 with (importing that module loads the Ray package; it starts nothing). Reference ranks that are not
@@ -47,11 +49,14 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from trainer.config import TrainConfig
+from trainer.config import AlgorithmConfig, SFTConfig, TrainConfig
+
+Stage = Literal["grpo", "sft", "reject"]
+"""What a plan covers: a GRPO run (every role), an SFT stage (learner only), rejection sampling (engines)."""
 
 GIB = 2**30
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -128,12 +133,15 @@ KNOWN_SHAPES: dict[str, ModelShape] = {
     "Qwen2.5-Math-7B": ModelShape(3584, 28, 28, 4, 128, 18944, 152064, False),
     # examples/build_tiny.py's defaults; the vocabulary is its BPE limit plus the four tags (an upper bound).
     "tiny-qwen2": ModelShape(128, 4, 2, 2, 64, 384, 1028, True),
+    # examples/build_sft_data.py's distillation student: every other layer of tiny-qwen2
+    "tiny-student": ModelShape(128, 2, 2, 2, 64, 384, 1028, True),
 }
 """Model directory name -> shape, used when `model.path` holds no config.json."""
 
 EXAMPLE_MODELS: dict[str, str] = {
     "tiny_cpu": "tiny-qwen2",
     "tiny_cpu_r1_rl": "tiny-qwen2",  # starts from the cold-start SFT of the tiny model
+    "tiny_cpu_distill": "tiny-student",
     "qwen25_gsm8k_r1_zero": "Qwen2.5-1.5B",
     "qwen25_math_r1_zero": "Qwen2.5-7B",
 }
@@ -169,29 +177,34 @@ class RoleRow:
     detail: str
 
 
-def roles(cfg: TrainConfig) -> list[RoleRow]:
-    """Actors and devices of every role, the engines' and learner's from `trainer.system.resource_spec`."""
+def roles(cfg: TrainConfig, stage: Stage = "grpo") -> list[RoleRow]:
+    """Actors and devices of every role of `stage`, the engines' and learner's from
+    `trainer.system.resource_spec` (an SFT learner reserves one GPU per rank itself, as the reference does)."""
     from trainer.system import resource_spec
 
     spec = resource_spec(cfg)
     lc, ro = cfg.learner, cfg.rollout
     engine, learner = spec.role("rollout"), spec.role("learner")
-    colocated = bool(spec.colocated)
-    rows = [
-        RoleRow("rollout engines (vLLM)", engine.num_actors, 0.0 if colocated else engine.gpus_per_actor,
-                f"TP={ro.tensor_parallel_size} each" + (", sharing the learner ranks' GPUs" if colocated else "")),
-        RoleRow("learner (Megatron)", learner.num_actors, 1.0 if colocated and cfg.cluster.use_gpu
-                else learner.gpus_per_actor,
-                f"TP={lc.tensor_parallel_size} x PP={lc.pipeline_parallel_size} x DP={lc.data_parallel_size}"),
-    ]
-    if cfg.needs_reference and not lc.reference_colocated:
-        rows.append(RoleRow("reference (Megatron)", learner.num_actors, 1.0 if cfg.cluster.use_gpu else 0.0,
-                            "own ranks, same TP x PP x DP"))
-    rows.append(RoleRow("reward actors", cfg.reward.num_actors, 0.0, f"{cfg.cluster.cpus_per_actor:g} CPUs each"))
+    colocated = bool(spec.colocated) and stage == "grpo"
+    parallel = f"TP={lc.tensor_parallel_size} x PP={lc.pipeline_parallel_size} x DP={lc.data_parallel_size}"
+    rows = []
+    if stage != "sft":
+        rows.append(RoleRow("rollout engines (vLLM)", engine.num_actors, 0.0 if colocated else engine.gpus_per_actor,
+                            f"TP={ro.tensor_parallel_size} each" + (", sharing the learner ranks' GPUs" * colocated)))
+    if stage == "sft":
+        rows.append(RoleRow("learner (Megatron)", learner.num_actors, 1.0 if cfg.cluster.use_gpu else 0.0, parallel))
+    if stage == "grpo":
+        rows.append(RoleRow("learner (Megatron)", learner.num_actors, 1.0 if colocated and cfg.cluster.use_gpu
+                            else learner.gpus_per_actor, parallel))
+        if cfg.needs_reference and not lc.reference_colocated:
+            rows.append(RoleRow("reference (Megatron)", learner.num_actors, 1.0 if cfg.cluster.use_gpu else 0.0,
+                                "own ranks, same TP x PP x DP"))
+    if stage != "sft":
+        rows.append(RoleRow("reward actors", cfg.reward.num_actors, 0.0, f"{cfg.cluster.cpus_per_actor:g} CPUs each"))
     return rows
 
 
-def layout(cfg: TrainConfig) -> list[list[str]]:
+def layout(cfg: TrainConfig, stage: Stage = "grpo") -> list[list[str]]:
     """GPU labels per node: engines first (each TP group on one node), then learner ranks, then reference
     ranks, filling nodes of `cluster.gpus_per_node` in order, as PACK places groups created in that order."""
     per_node, lc = cfg.cluster.gpus_per_node, cfg.learner
@@ -202,15 +215,17 @@ def layout(cfg: TrainConfig) -> list[list[str]]:
         return f"{role} {r} (tp{r % tp} pp{(r // tp) % pp} dp{r // (tp * pp)})"
 
     groups: list[list[str]] = []  # each group must share a node
-    if cfg.cluster.colocate:
+    if cfg.cluster.colocate and stage == "grpo":
         engines = cfg.rollout.num_engines  # engine i shares learner rank i's GPU
         groups += [[(f"engine {r} + " if r < engines else "") + rank_label("learner", r)] for r in range(ranks)]
     else:
         k = cfg.rollout.tensor_parallel_size
-        groups += [[f"engine {e}" + (f" tp{i}" if k > 1 else "") for i in range(k)]
-                   for e in range(cfg.rollout.num_engines)]
-        groups += [[rank_label("learner", r)] for r in range(ranks)]
-    if cfg.needs_reference and not lc.reference_colocated:
+        if stage != "sft":
+            groups += [[f"engine {e}" + (f" tp{i}" if k > 1 else "") for i in range(k)]
+                       for e in range(cfg.rollout.num_engines)]
+        if stage != "reject":
+            groups += [[rank_label("learner", r)] for r in range(ranks)]
+    if stage == "grpo" and cfg.needs_reference and not lc.reference_colocated:
         groups += [[rank_label("reference", r)] for r in range(ranks)]
     nodes: list[list[str]] = [[]]
     for group in groups:
@@ -331,6 +346,7 @@ class Plan:
     gpu_kinds: tuple[GpuKind, ...]
     recompute: str
     """Activation recomputation mode the learner's peak assumes (`learner.activation_recompute`)."""
+    stage: Stage = "grpo"
 
     @property
     def available_gib(self) -> float:
@@ -371,7 +387,8 @@ class Plan:
             out += [f"  node {i}: " + " | ".join(f"GPU {g}: {label}" for g, label in enumerate(node))
                     for i, node in enumerate(self.nodes)]
         where = f"GPU (GiB; cluster.gpu_memory_gib = {self.available_gib:g}" if cl.use_gpu else "process (GiB"
-        out += ["", f"memory per {where}; learner activations with recompute={self.recompute}):"]
+        learner = "" if self.stage == "reject" else f"; learner activations with recompute={self.recompute}"
+        out += ["", f"memory per {where}{learner}):"]
         for kind in self.gpu_kinds:
             out.append(f"  {kind.name} (x{kind.count})")
             out += [f"    {what:44s} {gib:9.3f}  {note}".rstrip() for what, gib, note in kind.lines]
@@ -384,30 +401,41 @@ class Plan:
         return "\n".join(out)
 
 
-def make_plan(cfg: TrainConfig, *, example: str = "config") -> Plan:
-    """The plan of a validated config (`example` names it, and picks a known shape if need be)."""
+def make_plan(cfg: TrainConfig, *, example: str = "config", stage: Stage = "grpo") -> Plan:
+    """The plan of a validated config (`example` names it, and picks a known shape if need be). An SFT
+    or rejection-sampling stage passes its `sft_view` / `RejectionConfig.engine_config()` and `stage`."""
     recompute = cfg.learner.activation_recompute
     shape, source = model_shape(cfg.model.path, example)
     lm = learner_memory(shape, cfg)
-    kinds = [_learner_kind(cfg, lm, recompute)]
-    if cfg.cluster.use_gpu:
-        em = engine_memory(shape, cfg)
-        if cfg.cluster.colocate:
-            kinds = [_colocated_kind(cfg, lm, em, kinds[0])]
+    kinds = [] if stage == "reject" else [_learner_kind(cfg, lm, recompute)]
+    if stage != "sft":  # the engines
+        if not cfg.cluster.use_gpu:
+            kinds.insert(0, _cpu_engine_kind(shape, cfg))
+        elif cfg.cluster.colocate and stage == "grpo":
+            kinds = [_colocated_kind(cfg, lm, engine_memory(shape, cfg), kinds[0])]
         else:
-            kinds.insert(0, _engine_kind(cfg, em))
-    else:
-        kinds.insert(0, _cpu_engine_kind(shape, cfg))
-    if cfg.needs_reference and not cfg.learner.reference_colocated:
-        kinds.append(GpuKind("reference rank GPU" if cfg.cluster.use_gpu else "reference rank process",
-                             kinds[-1].count,
+            kinds.insert(0, _engine_kind(cfg, engine_memory(shape, cfg)))
+    if stage == "grpo" and cfg.needs_reference and not cfg.learner.reference_colocated:
+        ranks = cfg.learner.tensor_parallel_size * cfg.learner.pipeline_parallel_size * cfg.learner.data_parallel_size
+        kinds.append(GpuKind("reference rank GPU" if cfg.cluster.use_gpu else "reference rank process", ranks,
                              (("reference weights", lm.weights / GIB, cfg.model.dtype),
                               ("forward activations", lm.forward_activations / GIB,
                                f"{lm.microbatch_tokens} tokens, logits included"),
                               ("runtime", lm.runtime / GIB, "CUDA context, NCCL")),
                              (lm.weights + lm.forward_activations + lm.runtime) / GIB))
-    return Plan(example, cfg, shape, source, tuple(roles(cfg)), tuple(tuple(n) for n in layout(cfg)),
-                tuple(kinds), recompute)
+    return Plan(example, cfg, shape, source, tuple(roles(cfg, stage)), tuple(tuple(n) for n in layout(cfg, stage)),
+                tuple(kinds), recompute, stage)
+
+
+def sft_view(cfg: SFTConfig) -> TrainConfig:
+    """An SFT stage as the plan reads it: a learner only, micro-batches of samples up to
+    `data.max_sample_tokens` long (as prompts with no response) within `tokens_per_microbatch`,
+    `samples_per_step` sequences per optimizer step, no reference."""
+    return TrainConfig(
+        name=cfg.name, model=replace(cfg.model, max_prompt_tokens=cfg.data.max_sample_tokens, max_response_tokens=0),
+        learner=replace(cfg.learner, tokens_per_microbatch=cfg.tokens_per_microbatch), cluster=cfg.cluster,
+        algorithm=AlgorithmConfig(prompts_per_step=cfg.samples_per_step, group_size=1, kl_coef=0.0),
+    )
 
 
 def _learner_lines(cfg: TrainConfig, lm: LearnerMemory, recompute: str) -> tuple[tuple[str, float, str], ...]:
