@@ -140,3 +140,15 @@ def test_sft_config_validates_and_takes_overrides():
         SFTConfig(data=SFTDataConfig(template="nope")).validate()
     with pytest.raises(ConfigError, match="epochs"):
         SFTConfig(epochs=0).validate()
+
+
+def test_commands_refuse_bad_input_before_starting_anything(capsys, tmp_path):
+    from trainer.__main__ import main
+
+    assert main(["sft", "--example", "nope"]) == 2
+    assert "unknown SFT example" in capsys.readouterr().err
+    assert main(["sft", "--example", "tiny_cpu_sft", "--set", "epochs=0"]) == 2
+    assert "epochs = 0" in capsys.readouterr().err
+    assert main(["reject", "--example", "tiny_cpu_reject", "--checkpoint", str(tmp_path)]) == 2
+    assert "not a Hugging Face model directory" in capsys.readouterr().err
+    assert main(["reject", "--example", "nope"]) == 2
