@@ -280,6 +280,10 @@ def test_tiny_run_trains_across_two_hosts(two_hosts, tiny_inputs, tmp_path):
     rows = read_metrics(Path(facts["run_dir"]), "train")
     assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
     for row in rows:
+        print(f"step {row['step']}: {row['weight_sync_bytes']:.0f} bytes A -> B in {row['weight_sync_s']:.2f}s, "
+              f"{row['weight_sync_checksums_compared']:.0f} checksums equal, logprob gap max "
+              f"{row['logprob_gap_max']:.1e}, reward {row['reward']:.3f}")
+    for row in rows:
         assert row["policy_version_lag"] == 0 and row["weight_sync_checksums_compared"] >= 5, row
         assert row["logprob_gap_max"] < 1e-3, row  # the engine on B samples with the learner's exact weights
         assert row["weight_sync_bytes"] > 0
