@@ -382,3 +382,36 @@ def test_train_refuses_an_unusable_checkpoint_directory_before_starting_anything
     _corrupt_shard_truncated(tmp_path / "run" / "checkpoints" / "step_000002")
     with pytest.raises(CheckpointError, match="rank_00000.pt: truncated"):
         controller.train(cfg)
+
+
+def test_train_resumes_from_the_previous_intact_checkpoint(tmp_path, monkeypatch, caplog):
+    """The controller hands Run.start the checkpoint resume_point chose; with resume=false, nothing."""
+    from dataclasses import replace
+
+    import trainer.controller as controller
+    from examples.configs import tiny_cpu
+    from trainer.config import TrainConfig
+
+    started: list = []
+
+    class Started(Exception):
+        pass
+
+    def capture(cfg, run_dir, checkpoint):
+        started.append(checkpoint)
+        raise Started
+
+    monkeypatch.setattr(controller.Run, "start", capture)
+    monkeypatch.setattr(TrainConfig, "validate", lambda self: self)
+    cfg = replace(tiny_cpu(), output_dir=str(tmp_path), name="run", total_steps=10)
+    for step in (2, 4):
+        _save(tmp_path / "run", step)
+    _corrupt_shard_empty(tmp_path / "run" / "checkpoints" / "step_000004")
+    with caplog.at_level(logging.WARNING), pytest.raises(Started):
+        controller.train(cfg)
+    assert started[-1].name == "step_000002" and "rank_00000.pt: empty" in caplog.text
+
+    with pytest.raises(Started):
+        controller.train(replace(cfg, resume=False))
+    assert started[-1] is None and not (tmp_path / "run" / "checkpoints").exists()
+    assert len(list((tmp_path / "run" / "previous").iterdir())) == 1
