@@ -4,10 +4,11 @@ Rewards run on whatever a policy writes, and R1-length completions (16k-32k toke
 kilobytes; a hostile or degenerate one can hold 10,000 unclosed `\\boxed{` or megabytes of one letter.
 A scan per candidate (`for each \\boxed{: walk forward to its brace`) is quadratic there: 10,000
 unclosed `\\boxed{` took 12 s. So every scan here is one vectorised pass (numpy) over the text:
-O(n) time with a small constant, about 0.1 s for 5 MB, whatever the content.
+O(n) time with a small constant: 0.2-0.3 s for 5 MB on a busy 2-core machine, whatever the content.
 
 Both functions give exactly the answers of the obvious regex / loop versions they replace (see
-tests/test_hostile_text.py, which checks them against those on random text).
+tests/test_hostile_text.py, which checks them against those on random text), with one departure:
+between `\\boxed` and its `{` only ASCII whitespace counts (the old `\\s*` also took U+3000 and such).
 """
 
 from __future__ import annotations
