@@ -88,20 +88,27 @@ def rollout_worker_kwargs(cfg: TrainConfig, engine_index: int, weight_transfer_b
     )
 
 
+RAY_HIDDEN_DEVICES = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES")
+"""Ray sets these to '' in an actor that holds no GPU; a TP engine's actor holds none (its workers do)."""
+
+
 def engine_executor_args(*, use_gpu: bool, tensor_parallel_size: int, bundle_indices: list[int] | None
-                         ) -> tuple[dict[str, Any], dict[str, str]]:
-    """(extra engine arguments, environment) that place an engine's workers (pure).
+                         ) -> tuple[dict[str, Any], dict[str, str | None]]:
+    """(extra engine arguments, environment changes; None unsets) that place an engine's workers (pure).
 
     GPU with TP > 1: vLLM's Ray executor, one worker per one-GPU bundle of the actor's placement group
-    (`bundle_indices`; default: the first TP bundles). Otherwise vLLM's own choice ('uni' for one
-    worker; CPU engines run their TP workers as local processes).
+    (`bundle_indices`; default: the first TP bundles), and the actor's empty device list removed so
+    vLLM's engine core does not conclude the node has no GPU (OpenRLHF does the same). Otherwise
+    vLLM's own choice ('uni' for one worker; CPU engines run their TP workers as local processes).
     """
     if not use_gpu or tensor_parallel_size == 1:
         return {}, {}
     indices = bundle_indices if bundle_indices is not None else list(range(tensor_parallel_size))
     if len(indices) != tensor_parallel_size:
         raise ValueError(f"a TP={tensor_parallel_size} engine needs {tensor_parallel_size} bundles, got {indices}")
-    return {"distributed_executor_backend": "ray"}, {"VLLM_RAY_BUNDLE_INDICES": ",".join(map(str, indices))}
+    env: dict[str, str | None] = {"VLLM_RAY_BUNDLE_INDICES": ",".join(map(str, indices))}
+    env.update(dict.fromkeys(RAY_HIDDEN_DEVICES))
+    return {"distributed_executor_backend": "ray"}, env
 
 
 def prompt_seed(seed: int | None, prompt: Prompt) -> int | None:
@@ -130,7 +137,11 @@ class RolloutWorker:
                 os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpu_threads
         executor_args, executor_env = engine_executor_args(
             use_gpu=self.on_gpu, tensor_parallel_size=tensor_parallel_size, bundle_indices=bundle_indices)
-        os.environ.update(executor_env)
+        for name, value in executor_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 

@@ -32,7 +32,8 @@ def test_gpu_engine_bundles_hold_one_gpu_each(tp):
         assert (args, env) == ({}, {})  # one GPU: vLLM's in-process executor in the actor's own bundle
     else:
         assert args == {"distributed_executor_backend": "ray"}
-        assert env == {"VLLM_RAY_BUNDLE_INDICES": ",".join(map(str, range(tp)))}
+        assert env["VLLM_RAY_BUNDLE_INDICES"] == ",".join(map(str, range(tp)))
+        assert env["CUDA_VISIBLE_DEVICES"] is None  # Ray's '' for a GPU-less actor is removed, not kept
 
 
 def test_cpu_and_learner_bundles_stay_single():
