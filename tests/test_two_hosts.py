@@ -299,4 +299,7 @@ def test_tiny_run_trains_across_two_hosts(two_hosts, tiny_inputs, tmp_path):
     assert ours > 0, "no listener of the run was seen: the check proved nothing"
     rays = sorted({(x["cmdline"][:60], x["host"]) for _, _, found in facts["listeners"] for x in found
                    if x["host"] in WILDCARDS})
+    print(f"listeners of the run seen (all on a namespace address or loopback): {ours}; facts: "
+          f"learner on {facts['learner_nodes']}, engine on {facts['engine_nodes']}, rendezvous "
+          f"{facts['rendezvous_host']} ({facts['backend']}), versions {facts['versions']}")
     print("Ray's own wildcard listeners:", *rays, sep="\n  ")
