@@ -28,7 +28,7 @@ from tqdm import tqdm
 from trainer import steps
 from trainer.checkpoint import ControllerState, load_controller_state, resume_point, save_checkpoint
 from trainer.config import TrainConfig, to_dict
-from trainer.data import PromptSampler, load_prompts
+from trainer.data import PromptSampler, load_run_prompts
 from trainer.metrics import MetricsLogger, plot_curves
 
 if TYPE_CHECKING:
@@ -108,10 +108,7 @@ class Run:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(_json(to_dict(cfg)))
         system = System.build(cfg)
-        train_prompts = load_prompts(cfg.data.train_path, template=cfg.data.template, tokenizer=system.tokenizer,
-                                     default_task=cfg.reward.verifier)
-        heldout = load_prompts(cfg.data.eval_path, template=cfg.data.template, tokenizer=system.tokenizer,
-                               default_task=cfg.reward.verifier, limit=cfg.data.eval_size)
+        train_prompts, heldout = load_run_prompts(cfg, system.tokenizer)  # prompts over max_prompt_tokens dropped
         state = ControllerState(step=0, policy_version=0, sampler=PromptSampler(train_prompts, seed=cfg.seed).state,
                                 sampling_seed=cfg.seed)
         if checkpoint is not None:
