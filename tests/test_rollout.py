@@ -164,6 +164,9 @@ def test_colocated_engines_sleep_for_the_learner_and_wake_in_stages():
                    ("engines", "wake_up", ["weights"]), ("weight_sync", "push", 4),
                    ("learner", "offload"), ("engines", "wake_up", ["kv_cache"])]
     assert metrics["weight_sync_bytes"] == 1.0 and metrics["weight_sync_s"] >= 0
+    log.clear()
+    system.sync_weights(version=5)  # e.g. on resume: awake engines are not woken again
+    assert log == [("weight_sync", "push", 5)]
     assert system.memory_metrics() == {"memory/rollout_device_used_gib": 5.0, "memory/learner_allocated_gib": 1.5}
 
 

@@ -48,6 +48,8 @@ class System:
     tokenizer: Any
     pad_token_id: int
     cfg: TrainConfig
+    engines_asleep: bool = False
+    """Colocated runs: the engines freed their memory (sleep_engines) and the sync must wake them."""
 
     @classmethod
     def build(cls, cfg: TrainConfig) -> System:
@@ -92,20 +94,22 @@ class System:
     def sync_weights(self, version: int) -> dict[str, float]:
         """Push the learner's weights to every engine as `version`; every engine must then report it."""
         start = time.perf_counter()
-        colocated = self.cfg.cluster.colocate
-        if colocated:
+        asleep = self.engines_asleep
+        if asleep:
             self.engines.wake_up(["weights"])
         metrics = self.weight_sync.push(version)
-        if colocated:
+        if asleep:
             self.learner.offload()
             self.engines.wake_up(["kv_cache"])  # after the learner left: the cache gets what it freed
+            self.engines_asleep = False
         return metrics | {"weight_sync_s": time.perf_counter() - start}
 
     def sleep_engines(self) -> None:
         """Colocated runs: free the engines' device memory while the learner computes and trains."""
-        if self.cfg.cluster.colocate:
+        if self.cfg.cluster.colocate and not self.engines_asleep:
             self.engines.sleep()
             self.learner.onload()
+            self.engines_asleep = True
 
     def memory_metrics(self) -> dict[str, float]:
         """GiB per role now (the largest over its actors): logged every step."""
