@@ -41,6 +41,7 @@ MODEL = ROOT / "artifacts" / "tiny-qwen2"
 DATA = ROOT / "artifacts" / "data" / "arithmetic"
 HOST_A, HOST_B = "10.231.0.1", "10.231.0.2"
 GCS_PORT = 6390
+RAY_START_ATTEMPTS = 3
 STEPS = 2
 RUN_TIMEOUT_S = 1500.0
 """The whole run on a shared 2-core machine: two Ray nodes, one vLLM engine, a TP=2 learner, 2 steps."""
@@ -51,7 +52,10 @@ pytestmark = pytest.mark.slow
 
 
 def _run(*cmd: str, check: bool = True, timeout: float = 60.0, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(list(cmd), capture_output=True, text=True, check=check, timeout=timeout, env=env)
+    done = subprocess.run(list(cmd), capture_output=True, text=True, check=False, timeout=timeout, env=env)
+    if check and done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {done.returncode}:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
+    return done
 
 
 WILDCARDS = ("0.0.0.0", "*", "[::]", "::")
@@ -124,26 +128,37 @@ class TwoHosts:
         return ["ip", "netns", "exec", self.ns[host], *cmd]
 
     def start_ray(self) -> None:
+        """A head in A, a worker in B. Ray gives a raylet 30 s to register (hard-coded in ray._private.node),
+        which a loaded machine can miss: then the namespace's processes are killed and the start retried."""
         ray = str(Path(sys.executable).parent / "ray")
         common = ["--num-cpus=4", "--disable-usage-stats"]
-        _run(*self.exec(HOST_A, ray, "start", "--head", f"--node-ip-address={HOST_A}", f"--port={GCS_PORT}",
-                        '--resources={"hostA": 1}', f"--temp-dir={self.tmp}/a", "--include-dashboard=false",
-                        *common),
-             env=self.env, timeout=180)
-        _run(*self.exec(HOST_B, ray, "start", f"--address={HOST_A}:{GCS_PORT}", f"--node-ip-address={HOST_B}",
-                        '--resources={"hostB": 1}', f"--temp-dir={self.tmp}/b", *common),
-             env=self.env, timeout=180)
+        head = self.exec(HOST_A, ray, "start", "--head", f"--node-ip-address={HOST_A}", f"--port={GCS_PORT}",
+                         '--resources={"hostA": 1}', f"--temp-dir={self.tmp}/a", "--include-dashboard=false", *common)
+        worker = self.exec(HOST_B, ray, "start", f"--address={HOST_A}:{GCS_PORT}", f"--node-ip-address={HOST_B}",
+                           '--resources={"hostB": 1}', f"--temp-dir={self.tmp}/b", *common)
+        for host, cmd in ((HOST_A, head), (HOST_B, worker)):
+            for attempt in range(RAY_START_ATTEMPTS):
+                try:
+                    _run(*cmd, env=self.env, timeout=240)
+                    break
+                except (RuntimeError, subprocess.TimeoutExpired):
+                    if attempt == RAY_START_ATTEMPTS - 1:
+                        raise
+                    self.kill(host)
+
+    def kill(self, host: str) -> None:
+        """SIGKILL every process in one namespace, found by its own pids."""
+        for pid in _run("ip", "netns", "pids", self.ns[host], check=False).stdout.split():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+        time.sleep(1)
 
     def close(self) -> None:
         """Kill what runs in the namespaces (by their own pids), then delete them."""
-        for ns in self.ns.values():
-            pids = _run("ip", "netns", "pids", ns, check=False).stdout.split()
-            for pid in pids:
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except (ProcessLookupError, ValueError):
-                    pass
-        time.sleep(1)
+        for host in self.ns:
+            self.kill(host)
         for ns in self.ns.values():
             _run("ip", "netns", "del", ns, check=False)
         _run("ip", "link", "del", self.veth[0], check=False)  # only if it never moved into a namespace
