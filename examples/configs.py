@@ -128,7 +128,9 @@ def tiny_cpu_sft() -> SFTConfig:
         data=SFTDataConfig(train_path=f"{TINY_SFT_DATA}/cold_start/train.jsonl",
                            valid_path=f"{TINY_SFT_DATA}/cold_start/valid.jsonl", template="r1_cold_start",
                            valid_size=200, max_sample_tokens=256),
-        learner=LearnerConfig(lr=1e-3, lr_warmup_steps=5, lr_schedule="cosine", sequences_per_microbatch=64,
+        # 3e-3: the markers are new text to the base; a plain-transformers replica of this loop was at loss
+        # 2.2 after 20 steps with 1e-3, and at 1.55 (0.49 after 80 steps) with 3e-3.
+        learner=LearnerConfig(lr=3e-3, lr_warmup_steps=5, lr_schedule="cosine", sequences_per_microbatch=64,
                               grad_clip=1.0),
         cluster=ClusterConfig(address="local", cpus_per_actor=0.25),
     )
