@@ -102,7 +102,11 @@ def run_stage(name: str, cfg: Any) -> dict[str, Any]:
     from trainer.rejection import run_rejection
 
     out = run_rejection(cfg)
-    return {"data": str(out / "sft.jsonl"), "report": json.loads((out / "report.json").read_text())}
+    report = json.loads((out / "report.json").read_text())
+    if report["kept"] == 0:
+        raise SystemExit(f"rejection sampling kept no sample ({report['dropped']}): the RL policy solved none of "
+                         f"its prompts, so there is nothing to fine-tune on; train the earlier stages longer")
+    return {"data": str(out / "sft.jsonl"), "report": report}
 
 
 def heldout_pass_at_1(model_dir: str, *, template: str, prompts: int, k: int, max_new_tokens: int,
