@@ -37,9 +37,24 @@ test: lint artifacts
 test-fast: artifacts
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
-bench: artifacts
-	$(PY) -m examples.bench_rollout
-	$(PY) -m examples.bench_weight_sync
+# The benchmark suite (benchmarks/; tables printed, JSON in runs/bench/). The peer, TRL, lives in its own
+# environment benchmarks/.venv, never in .venv. BENCH_PEER picks the peer comparison's scales.
+BENCH_VENV := benchmarks/.venv
+BENCH_STAMP := $(BENCH_VENV)/.installed
+BENCH_PEER ?= --scale demo --scale generation
+
+$(BENCH_STAMP): Makefile
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet trl==1.16.0 torch==2.13.0 transformers==5.19.0 numpy psutil
+	touch $(BENCH_STAMP)
+
+bench: artifacts $(BENCH_STAMP)
+	$(PY) -m benchmarks.peer $(BENCH_PEER)
+	$(PY) -m benchmarks.phases
+	$(PY) -m benchmarks.memory
+	$(PY) -m benchmarks.rollout_scaling
+	$(PY) -m benchmarks.weight_sync
+	$(PY) -m benchmarks.rollout_engines
 
 clean-venv:
 	rm -rf $(VENV)

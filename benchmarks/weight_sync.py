@@ -1,0 +1,175 @@
+"""Weight sync speed against model size, beside a memory copy of the same bytes in the same run.
+
+    python -m benchmarks.weight_sync [--sizes 1m,10m,100m] [--bucket-mib 64] [--repeats 3]
+
+Each size is pushed by the real `actors.weight_sync.WeightSync` from a sender actor (a Hugging Face copy of
+the model standing in for learner rank 0, so no Megatron start-up) into a real vLLM engine: the whole
+sync (stream, vLLM's weight loading, version check) and the sender's streaming alone, against copying
+the same tensors into preallocated buffers in the sender's process (on a GPU: device to device). The
+backend is chosen as a run chooses it: gloo on CPU, NCCL when Ray has two GPUs (sender and engine on
+one each). The first push warms up; the median of the next `--repeats` is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from typing import Any
+
+import torch
+
+from benchmarks.common import print_table, write_json
+
+SIZES = {"1m": dict(hidden_size=128, num_layers=4), "10m": dict(hidden_size=384, num_layers=6),
+         "100m": dict(hidden_size=1024, num_layers=8)}
+"""Qwen2 shapes of about 1M, 10M and 100M parameters (intermediate = 3 x hidden, head_dim 64)."""
+
+
+class Sender:
+    """Learner rank 0's weight-sync half (LearnerWorker's verbs) around a Hugging Face model."""
+
+    def __init__(self, model_dir: str, use_gpu: bool):
+        from transformers import AutoModelForCausalLM
+
+        self.device = torch.device("cuda" if use_gpu else "cpu")
+        self.model: Any = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        self.model.to(self.device)
+
+    def weight_sync_endpoint(self) -> tuple[str, int]:
+        from cluster.network import node_endpoint
+
+        return node_endpoint()
+
+    def init_weight_sync(self, spec: Any) -> None:
+        from actors.weight_sync import WeightSender
+
+        self.sender = WeightSender(spec)
+
+    def push_weights(self, version: int, bucket_bytes: int, checksums: bool = False) -> dict:
+        from actors.weight_sync import iter_module_tensors
+
+        return self.sender.send(iter_module_tensors(self.model), bucket_bytes=bucket_bytes, version=version,
+                                checksums=checksums)
+
+    def memcpy(self, repeats: int) -> tuple[int, float]:
+        """(bytes, median seconds) of copying every sent tensor into a preallocated buffer."""
+        from actors.weight_sync import iter_module_tensors
+
+        tensors = [t for _, t in iter_module_tensors(self.model)]
+        dst = [torch.empty_like(t) for t in tensors]
+        times = []
+        for _ in range(repeats + 1):
+            self._sync()
+            start = time.perf_counter()
+            for d, t in zip(dst, tensors):
+                d.copy_(t)
+            self._sync()
+            times.append(time.perf_counter() - start)
+        return sum(t.nbytes for t in tensors), statistics.median(times[1:])
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+
+class OneRankLearner:
+    """The learner group's weight-sync methods (LearnerGroup's) around the one Sender actor."""
+
+    def __init__(self, actor: Any):
+        self.actor, self.names = actor, ["sender (learner rank 0)"]
+
+    def weight_sync_endpoint(self) -> tuple[str, int]:
+        import ray
+
+        return ray.get(self.actor.weight_sync_endpoint.remote())
+
+    def init_weight_sync_async(self, spec: Any) -> list:
+        return [self.actor.init_weight_sync.remote(spec)]
+
+    def push_weights_async(self, version: int, bucket_bytes: int, *, checksums: bool = False) -> list:
+        return [self.actor.push_weights.remote(version, bucket_bytes, checksums)]
+
+
+def measure(label: str, model_dir: str, *, use_gpu: bool, bucket_bytes: int, repeats: int) -> dict[str, Any]:
+    import ray
+
+    from actors.dispatch import EngineGroup
+    from actors.rollout import RolloutWorker
+    from actors.weight_sync import WeightSync, choose_backend
+
+    backend = choose_backend(use_gpu=use_gpu, engines_on_sender_gpu=[False])
+    gpus = 1 if use_gpu else 0
+    engine: Any = ray.remote(num_cpus=1, num_gpus=gpus)(RolloutWorker).remote(
+        model_dir, max_model_len=128, weight_transfer_backend=backend, use_gpu=use_gpu)
+    sender: Any = ray.remote(num_cpus=1, num_gpus=gpus)(Sender).remote(model_dir, use_gpu)
+    group = EngineGroup([engine], control_timeout_s=300.0)
+    sync = WeightSync(group, OneRankLearner(sender), backend=backend, timeout_s=300.0, bucket_bytes=bucket_bytes,
+                      checksum_every=0)
+    try:
+        sync.connect()
+        sync.push(1)  # warm-up: the first reload allocates on the engine's side
+        pushes = []
+        for version in range(2, repeats + 2):
+            start = time.perf_counter()
+            metrics = sync.push(version)
+            pushes.append((time.perf_counter() - start, metrics))
+        nbytes, copy_s = ray.get(sender.memcpy.remote(repeats))
+        params = ray.get(sender.num_params.remote())
+    finally:
+        group.shutdown()
+        ray.kill(engine)
+        ray.kill(sender)
+    sync_s = statistics.median(s for s, _ in pushes)
+    return {"size": label, "params": params, "bytes": nbytes, "buckets": pushes[-1][1]["weight_sync_buckets"],
+            "backend": backend, "sync_s": sync_s, "sync_bytes_per_s": nbytes / sync_s,
+            "memcpy_s": copy_s, "memcpy_bytes_per_s": nbytes / copy_s, "sync_over_memcpy": copy_s / sync_s}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="1m,10m,100m", help=f"comma-separated of {', '.join(SIZES)}")
+    ap.add_argument("--bucket-mib", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    import ray
+    from ray import cloudpickle
+
+    from cluster.ray_init import init_ray
+    from examples.tiny_model import write_test_model
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's workers cannot import benchmarks/
+    init_ray("local", log_to_driver=False)
+    use_gpu = ray.cluster_resources().get("GPU", 0) >= 2
+    results = []
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for label in args.sizes.split(","):
+                shape = SIZES[label]
+                model = str(write_test_model(f"{tmp}/{label}", intermediate_size=3 * shape["hidden_size"],
+                                             num_heads=shape["hidden_size"] // 64,
+                                             num_kv_heads=shape["hidden_size"] // 64, **shape))
+                results.append(measure(label, model, use_gpu=use_gpu, bucket_bytes=args.bucket_mib * 2**20,
+                                       repeats=args.repeats))
+                r = results[-1]
+                print(f"{label}: {r['params'] / 1e6:.1f}M params, sync {r['sync_s']:.3f} s, "
+                      f"memcpy {r['memcpy_s']:.4f} s", flush=True)
+    finally:
+        ray.shutdown()
+    mib = 2**20
+    print_table(f"weight sync ({results[0]['backend'] if results else '-'}, buckets of {args.bucket_mib} MiB) "
+                f"against a memory copy of the same bytes",
+                ["size", "params (M)", "MiB", "buckets", "sync s", "sync MiB/s", "memcpy MiB/s", "sync / memcpy"],
+                [[r["size"], r["params"] / 1e6, r["bytes"] / mib, r["buckets"], r["sync_s"],
+                  r["sync_bytes_per_s"] / mib, r["memcpy_bytes_per_s"] / mib, r["sync_over_memcpy"]]
+                 for r in results])
+    write_json("weight_sync", {"args": vars(args), "use_gpu": use_gpu, "results": results})
+
+
+if __name__ == "__main__":
+    main()
