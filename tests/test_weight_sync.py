@@ -90,6 +90,23 @@ def replace_backend(spec: TransferSpec, backend: str) -> TransferSpec:
     return replace(spec, backend=backend)
 
 
+def test_calls_without_a_timeout_of_their_own_are_bounded():
+    """NCCL init has no timeout: `bounded` gives it one, and names what did not finish."""
+    import threading
+
+    from actors.weight_sync import bounded
+
+    never = threading.Event()
+    start = time.monotonic()
+    with pytest.raises(WeightSyncError, match="NCCL init of the weight-transfer group did not finish within 1s"):
+        bounded(never.wait, 1.0, "NCCL init of the weight-transfer group")
+    assert time.monotonic() - start < 5
+    assert bounded(lambda: 7, 1.0, "quick") == 7
+    with pytest.raises(KeyError, match="boom"):
+        bounded(lambda: {}["boom"], 1.0, "failing")
+    never.set()
+
+
 def test_plan_buckets_respects_limit_and_order():
     sizes = [4, 4, 4, 10, 1, 1]
     buckets = plan_buckets(sizes, 8)
