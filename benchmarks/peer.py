@@ -34,6 +34,10 @@ from benchmarks.common import OUT_DIR, print_table, run_logged, write_json
 BENCH_PYTHON = Path("benchmarks/.venv/bin/python")
 """The peer's interpreter (TRL installed there, never in the project's .venv)."""
 
+TRL_MICROBATCH = 64
+"""Completions per TRL forward/backward, gradients accumulated over the rest: the demo's whole batch, and
+a bound on activation memory at the generation-heavy scale (grpo-ray's learner micro-batches too)."""
+
 SCALES: dict[str, dict[str, Any]] = {
     "demo": {"steps": 30, "set": ["eval.every_steps=10"]},
     "generation": {"steps": 2, "set": [
@@ -71,7 +75,7 @@ def setup_of(cfg: Any) -> dict[str, Any]:
         "grad_clip": cfg.learner.grad_clip, "kl_coef": a.kl_coef, "clip_eps_low": a.clip_eps_low,
         "clip_eps_high": a.clip_eps_high, "temperature": cfg.rollout.sampling.temperature,
         "eval_every": e.every_steps, "eval_samples": e.samples_per_prompt, "eval_temperature": e.temperature,
-        "seed": cfg.seed, "reward": asdict(cfg.reward),
+        "seed": cfg.seed, "reward": asdict(cfg.reward), "microbatch": TRL_MICROBATCH,
     }
 
 

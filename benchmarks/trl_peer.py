@@ -101,13 +101,17 @@ def main() -> None:
     score, reward = reward_function(setup)
     model = AutoModelForCausalLM.from_pretrained(setup["model_path"], dtype=torch.float32)
     n = setup["prompts_per_step"] * setup["group_size"]
+    micro = min(n, setup["microbatch"])
+    if n % micro:
+        raise SystemExit(f"{n} completions per step do not split into micro-batches of {micro}")
     config = GRPOConfig(
-        output_dir=str(out / "trl"), max_steps=setup["steps"], per_device_train_batch_size=n,
+        output_dir=str(out / "trl"), max_steps=setup["steps"], per_device_train_batch_size=micro,
+        gradient_accumulation_steps=n // micro, steps_per_generation=n // micro,
         num_generations=setup["group_size"], max_completion_length=setup["max_response_tokens"],
         learning_rate=setup["lr"], lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
         max_grad_norm=setup["grad_clip"], beta=setup["kl_coef"], epsilon=setup["clip_eps_low"],
         epsilon_high=setup["clip_eps_high"], temperature=setup["temperature"], top_p=1.0, loss_type="dapo",
-        num_iterations=1, gradient_accumulation_steps=1, logging_steps=1, save_strategy="no", report_to="none",
+        num_iterations=1, logging_steps=1, save_strategy="no", report_to="none",
         use_cpu=True, bf16=False, seed=setup["seed"], disable_dropout=True,
         generation_kwargs={"eos_token_id": stop_token_ids(tokenizer)},
     )
