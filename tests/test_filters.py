@@ -171,12 +171,13 @@ def _time(fn, text: str) -> float:
 @pytest.mark.parametrize("name", sorted(HOSTILE))
 def test_every_rule_is_linear_on_hostile_input(name):
     """Four times the hostile input takes about four times as long (quadratic would take sixteen; the
-    bound of eight leaves room for a busy machine), and 200k characters take well under a second."""
+    bound of eight, plus 50 ms of slack, leaves room for a busy machine), and 200k characters take
+    seconds at most (a backtracking pattern on such input takes minutes)."""
     make = HOSTILE[name]
     table = rules(FilterSettings())
     check = [*table.values(), normalise, lambda t: Deduplicator().seen("k", t)]
     for fn in check:
-        small = min(_time(fn, make(50_000)) for _ in range(3))
-        large = min(_time(fn, make(200_000)) for _ in range(3))
-        assert large < 1.0, f"{name}: {large:.3f}s for 200k characters"
-        assert large < 8 * small + 0.01, f"{name}: 50k took {small:.4f}s, 200k took {large:.4f}s"
+        small = min(_time(fn, make(50_000)) for _ in range(5))
+        large = min(_time(fn, make(200_000)) for _ in range(5))
+        assert large < 3.0, f"{name}: {large:.3f}s for 200k characters"
+        assert large < 8 * small + 0.05, f"{name}: 50k took {small:.4f}s, 200k took {large:.4f}s"
