@@ -85,10 +85,7 @@ def run_grpo_ray(scale: str, steps: int, extra: list[str], run_name: str = "grpo
     shutil.rmtree(run_dir, ignore_errors=True)
     cmd = [sys.executable, "-m", "trainer", "train", "--example", "tiny_cpu", *sum((["--set", o] for o in overrides), [])]
     print(f"grpo-ray ({scale}, {steps} steps): {run_dir}", flush=True)
-    # A busy machine can take longer than Ray's default 30 s to register the local node.
-    env = dict(os.environ, RAY_raylet_start_wait_time_s=os.environ.get("RAY_raylet_start_wait_time_s", "120"))
-    result = run_logged(cmd, log_path=run_dir.parent / f"{run_name}.log", env=env,
-                        metrics_path=run_dir / "metrics.jsonl")
+    result = run_logged(cmd, log_path=run_dir.parent / f"{run_name}.log", metrics_path=run_dir / "metrics.jsonl")
     return summarize(result, n=cfg.sequences_per_step) | {"run_dir": str(run_dir), "overrides": overrides,
                                                            "setup": setup_of(cfg)}
 
