@@ -26,6 +26,9 @@ from trainer.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "artifacts" / "data" / "arithmetic"
+RETRIES = 1
+"""A run that fails (on a loaded machine Ray's 30 s node start-up limit can pass) is started once more;
+it resumes from its last checkpoint."""
 
 
 def base_model(seed: int, out: Path) -> Path:
@@ -46,8 +49,11 @@ def run_demo(model: Path, rl_seed: int, out: Path, name: str, extra: list[str]) 
     cmd = [sys.executable, "-m", "trainer", "train", "--example", "tiny_cpu", "--set", f"model.path={model}",
            "--set", f"data.train_path={DATA / 'train.jsonl'}", "--set", f"data.eval_path={DATA / 'heldout.jsonl'}",
            "--set", f"output_dir={out}", "--set", f"name={name}", "--set", f"seed={rl_seed}", *extra]
-    subprocess.run(cmd, cwd=ROOT, check=True)
-    return time.perf_counter() - t0
+    for attempt in range(RETRIES + 1):
+        if subprocess.run(cmd, cwd=ROOT, check=False).returncode == 0:
+            return time.perf_counter() - t0
+        print(f"{name}: the run failed (attempt {attempt + 1} of {RETRIES + 1})", file=sys.stderr)
+    raise RuntimeError(f"{name}: the run failed {RETRIES + 1} times; see its output above")
 
 
 def summarize(run_dir: Path, mid_step: int) -> dict[str, float]:
@@ -68,7 +74,9 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     extra = [x for kv in args.set for x in ("--set", kv)]
-    rows = []
+    # Rows of earlier sweeps into the same OUT are kept (a sweep can be run in parts).
+    spread = out / "spread.json"
+    rows = json.loads(spread.read_text()) if spread.exists() else []
     for base_seed in args.bases:
         model = base_model(base_seed, out)
         for rl_seed in args.rl_seeds:
@@ -78,8 +86,8 @@ def main(argv: list[str] | None = None) -> None:
                    **summarize(out / name, args.mid_step)}
             if base_seed == read_manifest()["build"]["config"]["seed"]:
                 row["base"] = model_id(read_manifest())
-            rows.append(row)
-            (out / "spread.json").write_text(json.dumps(rows, indent=1))
+            rows = [r for r in rows if (r["base_seed"], r["rl_seed"]) != (base_seed, rl_seed)] + [row]
+            spread.write_text(json.dumps(rows, indent=1))
     print(f"\n{'base':>4} {'rl':>3} {'pass@1 start':>12} {f'step {args.mid_step}':>8} {'end':>6} {'gain':>6}")
     for r in rows:
         print(f"{r['base_seed']:>4} {r['rl_seed']:>3} {r['start']:>12.1%} {r['mid']:>8.1%} {r['end']:>6.1%} "
