@@ -203,7 +203,8 @@ def qwen25_7b_cold_start_sft() -> SFTConfig:
         data=SFTDataConfig(train_path="/data/r1/cold_start/train.jsonl", valid_path="/data/r1/cold_start/valid.jsonl",
                            template="r1_cold_start", valid_size=512, max_sample_tokens=16384),
         learner=LearnerConfig(tensor_parallel_size=4, data_parallel_size=2, lr=1e-5, lr_warmup_steps=20,
-                              lr_schedule="cosine", weight_decay=0.01, sequences_per_microbatch=4),
+                              lr_schedule="cosine", weight_decay=0.01, sequences_per_microbatch=4,
+                              activation_recompute="full"),  # 82.5 GiB per GPU without, 38 with (trainer plan)
         cluster=ClusterConfig(address="auto", use_gpu=True, cpus_per_actor=2.0),
     )
 
