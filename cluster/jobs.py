@@ -24,6 +24,9 @@ from pathlib import Path
 from cluster.ray_init import LOOPBACK, LOOPBACK_ONLY_ENV, free_port
 
 HEAD_MARKER_ENV = "GRPO_RAY_LOCAL_HEAD"
+NO_AGENT_YET = "No available agent to submit job"
+"""Ray's job server's answer (HTTP 500) until the head's job agent has registered."""
+AGENT_RETRY_S = 3.0
 
 
 @dataclass(frozen=True)
@@ -44,7 +47,15 @@ class LocalHead:
         """`ray job submit` (waits for the job to finish and streams its logs)."""
         cmd = [_ray_cli(), "job", "submit", "--address", self.dashboard_address,
                "--working-dir", str(working_dir), "--", *entrypoint]
-        return subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=timeout_s, check=False)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            result = subprocess.run(cmd, env=self.env, capture_output=True, text=True,
+                                    timeout=max(1.0, deadline - time.monotonic()), check=False)
+            # The job server answers before its agent has registered (slow on a loaded machine); Ray says
+            # to try again, and nothing was submitted.
+            if NO_AGENT_YET not in result.stderr or time.monotonic() + AGENT_RETRY_S >= deadline:
+                return result
+            time.sleep(AGENT_RETRY_S)
 
     def stop(self) -> None:
         """Kill this head's processes only (`ray stop` would stop every Ray on the machine)."""

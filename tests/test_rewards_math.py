@@ -134,8 +134,10 @@ def test_unparsable_ground_truth_raises() -> None:
 # -- the sandbox -------------------------------------------------------------------------------
 
 TIMEOUT_S = 1.0
-SLACK_S = 1.0
-"""Killing the worker and spawning its successor (the import waits for the next request)."""
+SLACK_S = 10.0
+"""Killing the worker and spawning its successor (the import waits for the next request). Generous, so a
+loaded machine cannot fail the test: what it proves is that a call that would run for hours returns near
+its limit."""
 
 
 @pytest.fixture(scope="module")
