@@ -10,14 +10,11 @@ existing head. `init_ray` says which of these it did.
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 from pathlib import Path
 
 import ray
-
-log = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
 JOB_DRIVER_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
@@ -41,7 +38,7 @@ def repo_root() -> Path:
 def init_ray(address: str = "local", *, num_cpus: int | None = None, log_to_driver: bool = True) -> str:
     """Start (local) or join (auto / host:port) Ray, unless this process already did.
 
-    Returns the GCS address of the cluster this process is connected to, and logs what it did.
+    Returns the GCS address of the cluster this process is connected to, and prints what it did.
     """
     if ray.is_initialized():
         return _gcs_address()
@@ -78,9 +75,7 @@ def _gcs_address() -> str:
 
 def _announce(what: str) -> str:
     gcs = _gcs_address()
-    message = f"grpo-ray: {what} (GCS {gcs})"
-    log.info(message)
-    print(message, flush=True)
+    print(f"grpo-ray: {what} (GCS {gcs})", flush=True)
     return gcs
 
 

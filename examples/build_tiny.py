@@ -123,9 +123,12 @@ def build_hash(cfg: BuildConfig) -> str:
     return h.hexdigest()
 
 
+def _data_outputs(out: Path) -> list[Path]:
+    return [out / "data" / t / f"{s}.jsonl" for t in (ARITHMETIC, COUNTDOWN) for s in ("train", "heldout")]
+
+
 def _outputs(out: Path) -> list[Path]:
-    data = [out / "data" / t / f"{s}.jsonl" for t in (ARITHMETIC, COUNTDOWN) for s in ("train", "heldout")]
-    return data + [out / "tiny-qwen2" / "config.json", out / "tiny-qwen2" / "model.safetensors"]
+    return _data_outputs(out) + [out / "tiny-qwen2" / "config.json", out / "tiny-qwen2" / "model.safetensors"]
 
 
 def is_up_to_date(cfg: BuildConfig) -> bool:
@@ -313,11 +316,8 @@ class ShippedModelError(RuntimeError):
 
 
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def dir_digests(directory: Path) -> dict[str, str]:
@@ -327,7 +327,7 @@ def dir_digests(directory: Path) -> dict[str, str]:
 
 def data_digests(out: Path) -> dict[str, str]:
     """{path under out/: SHA-256} of the four data files."""
-    return {str(p.relative_to(out)): sha256_file(p) for p in _outputs(out) if p.suffix == ".jsonl"}
+    return {str(p.relative_to(out)): sha256_file(p) for p in _data_outputs(out)}
 
 
 def read_manifest() -> dict:
@@ -375,7 +375,7 @@ def install(cfg: BuildConfig) -> None:
     out = Path(cfg.out_dir)
     data_stamp = out / DATA_STAMP_NAME
     data_hash = _data_hash(cfg)
-    have_data = all(p.exists() for p in _outputs(out) if p.suffix == ".jsonl")
+    have_data = all(p.exists() for p in _data_outputs(out))
     if not (have_data and data_stamp.exists() and json.loads(data_stamp.read_text()).get("hash") == data_hash):
         write_data(cfg)
         data_stamp.write_text(json.dumps({"hash": data_hash}))

@@ -31,9 +31,9 @@ RETRIES = 1
 it resumes from its last checkpoint."""
 
 
-def base_model(seed: int, out: Path) -> Path:
+def base_model(seed: int, shipped_seed: int, out: Path) -> Path:
     """The base built by pretraining seed `seed`: the shipped one for the shipped seed, else built here."""
-    if seed == read_manifest()["build"]["config"]["seed"]:
+    if seed == shipped_seed:
         return SHIPPED_MODEL
     base_dir = out / f"base{seed}"
     if (base_dir / "tiny-qwen2" / "model.safetensors").exists():
@@ -77,15 +77,17 @@ def main(argv: list[str] | None = None) -> None:
     # Rows of earlier sweeps into the same OUT are kept (a sweep can be run in parts).
     spread = out / "spread.json"
     rows = json.loads(spread.read_text()) if spread.exists() else []
+    manifest = read_manifest()
+    shipped_seed = manifest["build"]["config"]["seed"]
     for base_seed in args.bases:
-        model = base_model(base_seed, out)
+        model = base_model(base_seed, shipped_seed, out)
         for rl_seed in args.rl_seeds:
             name = f"base{base_seed}_rl{rl_seed}"
             seconds = run_demo(model, rl_seed, out, name, extra)
             row = {"base_seed": base_seed, "rl_seed": rl_seed, "wall_s": round(seconds, 1),
                    **summarize(out / name, args.mid_step)}
-            if base_seed == read_manifest()["build"]["config"]["seed"]:
-                row["base"] = model_id(read_manifest())
+            if base_seed == shipped_seed:
+                row["base"] = model_id(manifest)
             rows = [r for r in rows if (r["base_seed"], r["rl_seed"]) != (base_seed, rl_seed)] + [row]
             spread.write_text(json.dumps(rows, indent=1))
     print(f"\n{'base':>4} {'rl':>3} {'pass@1 start':>12} {f'step {args.mid_step}':>8} {'end':>6} {'gain':>6}")
