@@ -1,6 +1,6 @@
 """The learner: one Megatron-core rank of the policy (or of the frozen reference), TP x PP x DP.
 
-`LearnerWorker` is a plain class; `cluster.learner_group.LearnerGroup` wraps it with `ray.remote`, one
+`LearnerWorker` is a plain class; `actors.learner_group.LearnerGroup` wraps it with `ray.remote`, one
 actor per rank, and calls every verb on all ranks at once (the verbs are collective). The GPU check
 (`examples/gpu_check.py`) builds it directly, without Ray.
 

@@ -568,8 +568,8 @@ CONNECT_MARGIN_S = 30.0
 class WeightSync:
     """Weight sync end to end, from the controller: form the group once, push a version, verify it.
 
-    `learner_group` (cluster.learner_group.LearnerGroup) hosts the sender on rank 0;
-    `engine_group` (actors.dispatch.EngineGroup) the receivers. Checksums of every engine are compared
+    `learner_group` (actors.learner_group.LearnerGroup) hosts the sender on rank 0;
+    `engine_group` (actors.engine_group.EngineGroup) the receivers. Checksums of every engine are compared
     with the sender's every `checksum_every` versions (0: never), since hashing costs a pass over the
     weights on both sides.
     """

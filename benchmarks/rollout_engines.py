@@ -14,7 +14,7 @@ import tempfile
 import time
 from typing import Any
 
-from actors.dispatch import EngineGroup
+from actors.engine_group import EngineGroup
 from actors.rollout import RolloutWorker, cpu_threads_bind
 from benchmarks.common import print_table, write_json
 from examples.tiny_model import write_test_model

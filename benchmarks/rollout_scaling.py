@@ -1,4 +1,4 @@
-"""Rollout scaling in simulation: the real controller-side dispatcher (`actors.dispatch.EngineGroup`) with
+"""Rollout scaling in simulation: the real controller-side dispatcher (`actors.engine_group.EngineGroup`) with
 1 to 256 simulated engines, prompts per second against engine count.
 
     python -m benchmarks.rollout_scaling [--engines 1,2,4,...,256] [--prompts-per-engine 4] [--hosts 4]
@@ -61,7 +61,7 @@ class SimEngine:
 
 def measure(num_engines: int, hosts: list[Any], *, prompts_per_engine: int, group_size: int, max_tokens: int,
             repeats: int) -> dict[str, float]:
-    from actors.dispatch import EngineGroup
+    from actors.engine_group import EngineGroup
 
     engines = [SimEngine(hosts[e % len(hosts)], e) for e in range(num_engines)]
     group = EngineGroup(engines, generate_timeout_s=600.0)

@@ -99,7 +99,7 @@ class OneRankLearner:
 def measure(label: str, model_dir: str, *, use_gpu: bool, bucket_bytes: int, repeats: int) -> dict[str, Any]:
     import ray
 
-    from actors.dispatch import EngineGroup
+    from actors.engine_group import EngineGroup
     from actors.rollout import RolloutWorker
     from actors.weight_sync import WeightSync, choose_backend
 

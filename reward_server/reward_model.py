@@ -111,7 +111,7 @@ def route_by_source(items: Sequence[Item], scorers: Mapping[str, Scorer], *, def
 
 
 class RewardModelActor:
-    """A reward model as a stateless reward actor: `ray.remote(RewardModelActor)` in a pool, or plain."""
+    """A reward model as a stateless reward actor: `ray.remote(RewardModelActor)` in a reward group, or plain."""
 
     def __init__(self, model_dir: str, **options: Any) -> None:
         self._scorer = RewardModelScorer(model_dir, **options)

@@ -64,7 +64,7 @@ def ray_session():
 
 
 def _group(model_dir, **layout):
-    from cluster.learner_group import LearnerGroup
+    from actors.learner_group import LearnerGroup
 
     return LearnerGroup(model_path=str(model_dir), optimizer=SETTINGS, sequences_per_microbatch=2,
                         cpus_per_actor=1, hold_reference=True, **layout)

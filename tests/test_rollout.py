@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from actors.dispatch import assign_groups, merge_batches
+from actors.engine_group import assign_groups, merge_batches
 from actors.rollout import StaleEngineError, cpu_threads_bind, prompt_seed
 from trainer.types import Completion, Prompt, RolloutBatch
 
@@ -56,7 +56,7 @@ def test_cpu_threads_bind_gives_engines_disjoint_cores():
 def engines(tmp_path_factory):
     import ray
 
-    from actors.dispatch import EngineGroup
+    from actors.engine_group import EngineGroup
     from actors.rollout import RolloutWorker
     from examples.tiny_model import write_test_model
 

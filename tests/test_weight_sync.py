@@ -277,7 +277,7 @@ def setup(tmp_path_factory):
     import ray
     from ray import cloudpickle
 
-    from actors.dispatch import EngineGroup
+    from actors.engine_group import EngineGroup
     from actors.rollout import RolloutWorker
     from actors.weight_sync import WeightSync
     from examples.tiny_model import write_test_model

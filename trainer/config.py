@@ -439,7 +439,7 @@ class RejectionConfig:
     """Where the engines and reward actors run."""
 
     def engine_config(self) -> TrainConfig:
-        """The run config the engine and reward-pool builders of `trainer.system` take."""
+        """The run config the engine and reward-group builders of `trainer.system` take."""
         return TrainConfig(name=self.name, output_dir=self.output_dir, seed=self.seed, model=self.model,
                            data=self.data, rollout=self.rollout, reward=self.reward, cluster=self.cluster)
 

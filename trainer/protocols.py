@@ -1,8 +1,8 @@
 """What the controller may ask of the actor groups: typed protocols, so the loop never touches `Any`.
 
-    controller ──► EngineGroupProtocol   N vLLM engines    (actors.dispatch.EngineGroup)
-               ──► LearnerGroupProtocol  TP x PP x DP ranks (cluster.learner_group.LearnerGroup)
-               ──► RewardPoolProtocol    K reward actors    (reward_server.pool.RewardPool)
+    controller ──► EngineGroupProtocol   N vLLM engines    (actors.engine_group.EngineGroup)
+               ──► LearnerGroupProtocol  TP x PP x DP ranks (actors.learner_group.LearnerGroup)
+               ──► RewardGroupProtocol    K reward actors    (reward_server.reward_group.RewardGroup)
                ──► WeightSyncProtocol    learner rank 0 ──► every engine (actors.weight_sync.WeightSync)
 
 Each group is a plain object in the driver that fans a verb out to its actors and waits with a
@@ -90,7 +90,7 @@ class LearnerGroupProtocol(Protocol):
     def shutdown(self) -> None: ...
 
 
-class RewardPoolProtocol(Protocol):
+class RewardGroupProtocol(Protocol):
     """Stateless scorers."""
 
     def score(self, rollout: RolloutBatch) -> ScoredBatch:
@@ -113,7 +113,7 @@ class SystemProtocol(Protocol):
 
     engines: EngineGroupProtocol
     learner: LearnerGroupProtocol
-    rewards: RewardPoolProtocol
+    rewards: RewardGroupProtocol
     pad_token_id: int
 
     def compute_ref_logprobs(self, batch: TrainBatch) -> Tensor:

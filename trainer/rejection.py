@@ -118,12 +118,12 @@ def write_outputs(out_dir: Path, selection: Selection, extra: dict[str, Any]) ->
 
 
 def start_rollout_and_rewards(cfg: RejectionConfig) -> tuple[Any, Any, Any]:
-    """(engine group, reward pool, placement): the rollout engines and reward actors of a run, without a
+    """(engine group, reward group, placement): the rollout engines and reward actors of a run, without a
     learner, built with `trainer.system`'s builders."""
-    from actors.dispatch import EngineGroup
+    from actors.engine_group import EngineGroup
     from actors.weight_sync import choose_backend
     from cluster.placement import Placement, ResourceSpec
-    from reward_server.pool import RewardPool
+    from reward_server.reward_group import RewardGroup
     from trainer.system import engines_on_rank0_gpu, resource_spec, start_engines
 
     run = cfg.engine_config()
@@ -134,7 +134,7 @@ def start_rollout_and_rewards(cfg: RejectionConfig) -> tuple[Any, Any, Any]:
     engines = EngineGroup(start_engines(run, placement, backend), [ro.tensor_parallel_size] * ro.num_engines,
                           generate_timeout_s=ro.generate_timeout_s, control_timeout_s=ro.control_timeout_s,
                           start_timeout_s=ro.start_timeout_s)
-    rewards = RewardPool(run.reward, run.model.max_response_tokens, run.reward.num_actors, run.cluster.cpus_per_actor)
+    rewards = RewardGroup(run.reward, run.model.max_response_tokens, run.reward.num_actors, run.cluster.cpus_per_actor)
     return engines, rewards, placement
 
 

@@ -183,7 +183,7 @@ def validation_loss(learner: Any, samples: list[SFTSample], *, pad_token_id: int
 def start_sft_learner(cfg: SFTConfig, *, optimizer_steps: int) -> Any:
     """The policy's learner ranks, built from plain values unpacked from the config."""
     from actors.learner import OptimizerSettings
-    from cluster.learner_group import LearnerGroup
+    from actors.learner_group import LearnerGroup
 
     lc = cfg.learner
     optimizer = OptimizerSettings(

@@ -1,4 +1,4 @@
-"""The actor groups of a run, built from the config: rollout engines, learner (+ reference), reward pool,
+"""The actor groups of a run, built from the config: rollout engines, learner (+ reference), reward group,
 and the weight sync between them.
 
 This is the only trainer module besides the controller that touches Ray. Each group is created by a
@@ -20,14 +20,14 @@ from typing import Any
 
 import ray
 
-from cluster.learner_group import LearnerGroup
+from actors.learner_group import LearnerGroup
 from cluster.placement import Placement, ResourceSpec, RoleSpec
 from cluster.ray_init import init_ray, shutdown_ray
 from trainer.config import TrainConfig
 from trainer.protocols import (
     EngineGroupProtocol,
     LearnerGroupProtocol,
-    RewardPoolProtocol,
+    RewardGroupProtocol,
     WeightSyncProtocol,
 )
 
@@ -35,13 +35,13 @@ from trainer.protocols import (
 @dataclass
 class System:
     engines: EngineGroupProtocol
-    """actors.dispatch.EngineGroup: N vLLM engines used as one."""
+    """actors.engine_group.EngineGroup: N vLLM engines used as one."""
     learner: LearnerGroupProtocol
     """Policy ranks (TP x PP x DP), holding the reference when it is colocated."""
     reference: LearnerGroupProtocol | None
     """Reference ranks when not colocated with the policy (kl_coef > 0 only)."""
-    rewards: RewardPoolProtocol
-    """reward_server.pool.RewardPool: K stateless reward actors."""
+    rewards: RewardGroupProtocol
+    """reward_server.reward_group.RewardGroup: K stateless reward actors."""
     weight_sync: WeightSyncProtocol
     """actors.weight_sync.WeightSync: learner rank 0 -> every engine, group formed at build."""
     placement: Placement
@@ -55,9 +55,9 @@ class System:
     def build(cls, cfg: TrainConfig) -> System:
         from transformers import AutoTokenizer
 
-        from actors.dispatch import EngineGroup
+        from actors.engine_group import EngineGroup
         from actors.weight_sync import WeightSync, choose_backend
-        from reward_server.pool import RewardPool
+        from reward_server.reward_group import RewardGroup
 
         # Decided before anything starts, for both sides: a layout no backend can serve fails here.
         backend = choose_backend(use_gpu=cfg.cluster.use_gpu, engines_on_sender_gpu=engines_on_rank0_gpu(cfg))
@@ -75,7 +75,7 @@ class System:
         reference = None
         if cfg.needs_reference and not cfg.learner.reference_colocated:
             reference = start_learner(cfg, role="reference")
-        rewards = RewardPool(cfg.reward, cfg.model.max_response_tokens, cfg.reward.num_actors,
+        rewards = RewardGroup(cfg.reward, cfg.model.max_response_tokens, cfg.reward.num_actors,
                              cfg.cluster.cpus_per_actor)
         weight_sync = WeightSync(engines, learner, backend=backend, timeout_s=ro.weight_sync_timeout_s,
                                  bucket_bytes=ro.weight_sync_bucket_bytes, checksum_every=ro.weight_sync_checksum_every)

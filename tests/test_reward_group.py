@@ -1,4 +1,4 @@
-"""The reward actor pool on a local Ray: order, group size and failure reasons survive."""
+"""The reward group on a local Ray: order, group size and failure reasons survive."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from reward_server.pool import RewardActor, RewardPool, _regroup, _split, failure_counts
+from reward_server.reward_group import RewardActor, RewardGroup, _regroup, _split, failure_counts
 from reward_server.verifiers import extract_answer
 from trainer.config import RewardConfig
 from trainer.types import Completion, Prompt, RewardResult, RolloutBatch
@@ -56,12 +56,12 @@ def ray_local():
 @pytest.mark.slow
 def test_pool_keeps_order_groups_and_reasons(ray_local) -> None:
     cfg = RewardConfig(verifier="arithmetic", format_weight=0.5, timeout_s=TIMEOUT_S)
-    pool = RewardPool(cfg, max_response_tokens=64, num_actors=2, cpus_per_actor=0.5)
+    group = RewardGroup(cfg, max_response_tokens=64, num_actors=2, cpus_per_actor=0.5)
     try:
         rollout = _rollout()
-        pool.score(_rollout())  # warm-up: actors and their verifier workers start
+        group.score(_rollout())  # warm-up: actors and their verifier workers start
         start = time.monotonic()
-        scored = pool.score(rollout)
+        scored = group.score(rollout)
         elapsed = time.monotonic() - start
 
         assert scored.rollout is rollout
@@ -77,11 +77,11 @@ def test_pool_keeps_order_groups_and_reasons(ray_local) -> None:
             assert r.error is not None and r.error.startswith("ValueError") and "not-an-int" in r.error
         counts = failure_counts(scored)
         assert counts["timeout"] == 1 and sum(counts.values()) == 4
-        assert pool.failures_total == 8  # both calls
+        assert group.failures_total == 8  # both calls
         # One timeout on one actor: the batch costs about one timeout, not one per sample.
         assert elapsed < TIMEOUT_S + 5.0, elapsed
     finally:
-        pool.shutdown()
+        group.shutdown()
 
 
 @pytest.mark.slow
@@ -96,16 +96,16 @@ def test_a_stuck_chunk_times_out_scores_zero_and_the_step_goes_on(ray_local) -> 
             return RewardActor.score(self, items)
 
     cfg = RewardConfig(verifier="arithmetic", timeout_s=TIMEOUT_S)
-    pool = RewardPool(cfg, max_response_tokens=64, num_actors=2, cpus_per_actor=0.5,
+    group = RewardGroup(cfg, max_response_tokens=64, num_actors=2, cpus_per_actor=0.5,
                       sample_allowance_s=10.0, actor_cls=HangingActor)  # generous: a busy machine
     try:
-        pool.score(_rollout())  # warm-up: actors and their verifier workers start
+        group.score(_rollout())  # warm-up: actors and their verifier workers start
         hostile = _rollout()
         groups = [list(g) for g in hostile.completions]
         groups[3][0] = _completion("HANG")
         hostile = RolloutBatch(hostile.prompts, hostile.prompt_token_ids, tuple(tuple(g) for g in groups), 7)
         start = time.monotonic()
-        scored = pool.score(hostile)
+        scored = group.score(hostile)
         elapsed = time.monotonic() - start
 
         assert [len(g) for g in scored.results] == [3, 3, 3, 3]
@@ -118,11 +118,11 @@ def test_a_stuck_chunk_times_out_scores_zero_and_the_step_goes_on(ray_local) -> 
         assert [r.correct for r in scored.results[0]] == [True, False, True]
         assert elapsed < 240, elapsed  # one chunk deadline (22 s) plus a replacement actor's start
 
-        again = pool.score(_rollout())  # the replacement serves the next step
+        again = group.score(_rollout())  # the replacement serves the next step
         assert [r.correct for r in again.results[0]] == [True, False, True]
         assert not any(r.error and r.error.startswith("reward") for g in again.results for r in g)
     finally:
-        pool.shutdown()
+        group.shutdown()
 
 
 class _Ref:
@@ -148,7 +148,7 @@ class _FakeHandle:
 
 
 class _FakeRay:
-    """Just enough of Ray for `RewardPool`: `wait` sleeps out its timeout when nothing is ready."""
+    """Just enough of Ray for `RewardGroup`: `wait` sleeps out its timeout when nothing is ready."""
 
     def __init__(self) -> None:
         import ray.exceptions
@@ -175,21 +175,21 @@ class _FakeRay:
 def test_a_stuck_call_fails_its_chunk_only_and_requeues_the_rest(monkeypatch) -> None:
     """The deadline logic without Ray: the chunk with the hang scores 0 with the reason, the chunk
     queued behind it on the same actor is scored by the replacement, and nothing is lost."""
-    import reward_server.pool as pool_module
+    import reward_server.reward_group as pool_module
 
     fake = _FakeRay()
     monkeypatch.setattr(pool_module, "ray", fake)
     cfg = RewardConfig(verifier="arithmetic", timeout_s=0.1)
-    pool = RewardPool(cfg, max_response_tokens=64, num_actors=2, cpus_per_actor=0.5,
+    group = RewardGroup(cfg, max_response_tokens=64, num_actors=2, cpus_per_actor=0.5,
                       sample_allowance_s=0.1, startup_allowance_s=0.0)
     rollout = _rollout()
     groups = [list(g) for g in rollout.completions]
     groups[0][0] = _completion("HANG")
     rollout = RolloutBatch(rollout.prompts, rollout.prompt_token_ids, tuple(tuple(g) for g in groups), 7)
-    first_actor = pool._actors[0]
+    first_actor = group._actors[0]
 
     start = time.monotonic()
-    scored = pool.score(rollout)
+    scored = group.score(rollout)
     assert time.monotonic() - start < 5.0
     flat = [r for g in scored.results for r in g]
     assert len(flat) == 12
@@ -198,8 +198,8 @@ def test_a_stuck_call_fails_its_chunk_only_and_requeues_the_rest(monkeypatch) ->
     assert "replaced" in flat[0].error and flat[0].reward == 0.0
     assert [r.correct for r in flat[2:6]] == [True, True, False, False]  # chunk 1 ran on the replacement
     assert [r.correct for r in flat[9:12]] == [True, False, True]
-    assert first_actor in fake.killed and pool._actors[0] is not first_actor
-    assert pool.failures_total == 2
+    assert first_actor in fake.killed and group._actors[0] is not first_actor
+    assert group.failures_total == 2
 
 
 def test_split_and_regroup_are_inverse() -> None:

@@ -1,4 +1,4 @@
-"""The stateless reward actor pool: K Ray actors score the B x G completions of a rollout batch.
+"""The stateless reward actors and their group: K Ray actors score the B x G completions of a rollout batch.
 
     RolloutBatch --flatten--> N (prompt, completion) pairs --chunks--> K RewardActors
          ▲                                                                │  (each: RewardFn + its
@@ -62,7 +62,7 @@ class _Call:
 
 
 class RewardActor:
-    """Holds one scoring function and its verifier worker subprocess. The pool runs it as a Ray actor."""
+    """Holds one scoring function and its verifier worker subprocess. The group runs it as a Ray actor."""
 
     def __init__(self, cfg: RewardConfig, max_response_tokens: int) -> None:
         self._score = build_reward_fn(cfg, max_response_tokens=max_response_tokens)
@@ -75,7 +75,7 @@ class RewardActor:
         self._score.close()
 
 
-class RewardPool:
+class RewardGroup:
     """K reward actors behind one `score(rollout) -> ScoredBatch` call. Needs `ray.init` done."""
 
     def __init__(
@@ -94,7 +94,7 @@ class RewardPool:
         self._sample_budget_s = cfg.timeout_s + sample_allowance_s
         self._startup_allowance_s = startup_allowance_s
         self.failures_total = 0
-        """Samples scored with an error (timeout, exception, dead actor) since the pool started."""
+        """Samples scored with an error (timeout, exception, dead actor) since the group started."""
 
     def score(self, rollout: RolloutBatch) -> ScoredBatch:
         """Rewards for every completion of `rollout`, [B][G] in the same order."""
