@@ -3,6 +3,7 @@
 Layout under `run_dir/checkpoints/`:
   step_000010/learner/...       the learner's sharded state (model, optimizer, schedule, RNG per rank)
   step_000010/controller.json   step, policy_version, data position, RNG state of the controller
+  step_000010/ledger.jsonl      the prompt ledger: ids trained and dropped per step (trainer.ledger)
   step_000010/manifest.json     written last: byte size and sha256 of every other file of the checkpoint
   latest                        name of the newest committed checkpoint (the commit point)
   discarded/                    checkpoints a resume set aside: newer than the one it resumed from
@@ -39,7 +40,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -98,9 +99,9 @@ class ControllerState:
 
 
 def save_checkpoint(run_dir: Path, state: ControllerState, save_learner: Callable[[Path], None],
-                    *, keep: int = 2) -> Path:
-    """Write a checkpoint of `state` plus the learner's (via `save_learner(dir)`), commit it, and keep
-    the newest `keep` (at least the one just written)."""
+                    *, keep: int = 2, extra_files: Mapping[str, str] | None = None) -> Path:
+    """Write a checkpoint of `state` plus the learner's (via `save_learner(dir)`) and `extra_files` (name ->
+    text, e.g. the prompt ledger), commit it, and keep the newest `keep` (at least the one just written)."""
     root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     name = _step_name(state.step)
@@ -109,6 +110,8 @@ def save_checkpoint(run_dir: Path, state: ControllerState, save_learner: Callabl
     tmp.mkdir()
     save_learner(tmp / "learner")
     (tmp / CONTROLLER).write_text(json.dumps(asdict(state), indent=1))
+    for rel, text in (extra_files or {}).items():
+        (tmp / rel).write_text(text, encoding="utf-8")
     files = _fsync_and_hash(tmp)
     manifest = {"format": MANIFEST_FORMAT, "step": state.step, "files": files}
     _write_durably(tmp / MANIFEST, json.dumps(manifest, indent=1))

@@ -29,6 +29,7 @@ from trainer import steps
 from trainer.checkpoint import ControllerState, load_controller_state, resume_point, save_checkpoint
 from trainer.config import TrainConfig, to_dict
 from trainer.data import PromptSampler, load_run_prompts
+from trainer.ledger import LEDGER, PromptLedger, fingerprint
 from trainer.metrics import MetricsLogger, plot_curves
 
 if TYPE_CHECKING:
@@ -52,7 +53,7 @@ def train(cfg: TrainConfig) -> Path:
         for step in bar:
             timer = steps.PhaseTimer()
             with timer("rollout"):
-                scored, rollout_metrics = steps.sample_groups(run.system, run.sampler, cfg, run.seed(step))
+                scored, rollout_metrics = steps.sample_groups(run.system, run.sampler, cfg, run.seed(step), run.ledger)
             with timer("logprobs"):
                 run.system.sleep_engines()  # colocated: the learner gets the GPUs from here to the sync
                 batch, batch_metrics = steps.prepare_batch(run.system, scored, cfg)
@@ -99,6 +100,7 @@ class Run:
     heldout: list
     logger: MetricsLogger
     state: ControllerState
+    ledger: PromptLedger
 
     @classmethod
     def start(cls, cfg: TrainConfig, run_dir: Path, checkpoint: Path | None) -> Run:
@@ -111,16 +113,19 @@ class Run:
         train_prompts, heldout = load_run_prompts(cfg, system.tokenizer)  # prompts over max_prompt_tokens dropped
         state = ControllerState(step=0, policy_version=0, sampler=PromptSampler(train_prompts, seed=cfg.seed).state,
                                 sampling_seed=cfg.seed)
+        ledger = PromptLedger(fingerprint(train_prompts))
         if checkpoint is not None:
             state = load_controller_state(checkpoint)
+            ledger = resume_ledger(checkpoint, state, train_prompts)
             system.learner.load(checkpoint / "learner")
             system.sync_weights(version=state.policy_version)
             tqdm.write(f"resumed from {checkpoint} at step {state.step}")
         sampler = PromptSampler(train_prompts, seed=cfg.seed, shuffle=cfg.data.shuffle, state=state.sampler)
+        sampler.requeue(ledger.in_flight)  # dispatched but never scored before the checkpoint
         logger = MetricsLogger(run_dir)
         if checkpoint is not None:  # lines past the checkpoint are rewritten by this run
             logger.truncate_after(state.step)
-        return cls(cfg, run_dir, system, sampler, heldout, logger, state)
+        return cls(cfg, run_dir, system, sampler, heldout, logger, state, ledger)
 
     def seed(self, step: int) -> int:
         """Sampling seed of a step: a function of the run seed and the step, so a resumed run repeats it."""
@@ -132,6 +137,7 @@ class Run:
         metrics["rollout_tokens_per_s"] = tokens / max(metrics.get("time/rollout", 0.0), 1e-9)
         metrics["tokens_per_s"] = tokens / max(metrics["time/step"], 1e-9)
         self.logger.log(step, "train", metrics)
+        self.ledger.trained(step, scored.rollout.prompts)
         self.state = ControllerState(step=step, policy_version=step, sampler=self.sampler.state,
                                      sampling_seed=self.seed(step + 1))
 
@@ -142,7 +148,8 @@ class Run:
                    f"{result['cons@k']:.3f}  mean length {result['response_length_mean']:.1f}")
 
     def checkpoint(self, step: int) -> None:
-        save_checkpoint(self.run_dir, self.state, self.system.learner.save)
+        save_checkpoint(self.run_dir, self.state, self.system.learner.save,
+                        extra_files={LEDGER: self.ledger.to_text()})
 
     def export_model(self) -> Path:
         """The trained policy as a Hugging Face directory (`run_dir/model`), loadable by transformers and
@@ -158,6 +165,19 @@ class Run:
     def close(self) -> None:
         self.logger.close()
         self.system.shutdown()
+
+
+def resume_ledger(checkpoint: Path, state: ControllerState, train_prompts: list) -> PromptLedger:
+    """The checkpoint's prompt ledger, checked against its state and the training data (LedgerError if
+    they disagree); a checkpoint written before ledgers existed starts a new one at its step."""
+    data_sha256 = fingerprint(train_prompts)
+    if not (checkpoint / LEDGER).is_file():
+        tqdm.write(f"{checkpoint} has no prompt ledger (written by an older version): starting one at step {state.step}")
+        return PromptLedger(data_sha256, started_at=state.step)
+    ledger = PromptLedger.from_text((checkpoint / LEDGER).read_text(encoding="utf-8"), source=str(checkpoint / LEDGER))
+    handed_out = state.sampler.epoch * len(train_prompts) + state.sampler.position
+    ledger.check_resume(step=state.step, data_sha256=data_sha256, sampler_handed_out=handed_out)
+    return ledger
 
 
 def _json(obj: Any) -> str:

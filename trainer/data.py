@@ -201,6 +201,17 @@ class PromptSampler:
         self.seed = seed
         self.shuffle = shuffle
         self.state = state or SamplerState()
+        self.requeued: list[Prompt] = []
+        """Handed out before the seeded order continues: prompts in flight when a checkpoint was written
+        (see trainer.ledger); not part of `state`, since the ledger saved with it lists them."""
+
+    def requeue(self, indices: list[int]) -> None:
+        """Hand out the prompts with these ids (`Prompt.index`) first, in this order."""
+        by_index = {p.index: p for p in self.prompts}
+        missing = [i for i in indices if i not in by_index]
+        if missing:
+            raise DataError(f"prompts {missing[:8]} to hand out again are not in the training data")
+        self.requeued.extend(by_index[i] for i in indices)
 
     def _order(self, epoch: int) -> np.ndarray:
         if not self.shuffle:
@@ -209,7 +220,8 @@ class PromptSampler:
 
     def next(self, count: int) -> list[Prompt]:
         """The next `count` prompts; an epoch boundary inside a step continues into the next epoch."""
-        out: list[Prompt] = []
+        out: list[Prompt] = self.requeued[:count]
+        self.requeued = self.requeued[count:]
         while len(out) < count:
             order = self._order(self.state.epoch)
             take = min(count - len(out), len(order) - self.state.position)

@@ -15,6 +15,7 @@ from trainer.batch import build_train_batch, concat_scored, rollout_stats, selec
 from trainer.config import TrainConfig
 from trainer.data import PromptSampler
 from trainer.evaluate import cons_at_k, pass_at_1
+from trainer.ledger import PromptLedger
 from trainer.protocols import LearnerGroupProtocol, SystemProtocol
 from trainer.templates import completion_for_reward
 from trainer.types import Prompt, ScoredBatch, TrainBatch
@@ -40,10 +41,11 @@ class PhaseTimer:
         return {f"time/{phase}/{k}": v for k, v in self.seconds.items()}
 
 
-def sample_groups(system: SystemProtocol, sampler: PromptSampler, cfg: TrainConfig, seed: int) -> tuple[ScoredBatch, dict]:
+def sample_groups(system: SystemProtocol, sampler: PromptSampler, cfg: TrainConfig, seed: int,
+                  ledger: PromptLedger | None = None) -> tuple[ScoredBatch, dict]:
     """B scored groups of G. With DAPO dynamic sampling, groups whose rewards are all equal are dropped
     and more prompts sampled, up to `max_sampling_rounds`; a shortfall is topped up with dropped groups
-    (advantage 0) so every step trains on exactly B groups."""
+    (advantage 0) so every step trains on exactly B groups. `ledger` records what was dispatched and scored."""
     a = cfg.algorithm
     rounds = a.max_sampling_rounds if a.dynamic_sampling else 1
     kept: list[ScoredBatch] = []
@@ -52,7 +54,12 @@ def sample_groups(system: SystemProtocol, sampler: PromptSampler, cfg: TrainConf
     have = 0
     timer = PhaseTimer()
     for r in range(rounds):
-        scored = score(system, sampler.next(a.prompts_per_step), n=a.group_size, cfg=cfg, seed=seed + r, timer=timer)
+        prompts = sampler.next(a.prompts_per_step)
+        if ledger is not None:
+            ledger.dispatched(prompts)
+        scored = score(system, prompts, n=a.group_size, cfg=cfg, seed=seed + r, timer=timer)
+        if ledger is not None:
+            ledger.scored(scored.rollout.prompts)
         first = first or scored
         if not a.dynamic_sampling:
             return scored, rollout_stats(scored) | timer.parts("rollout")
