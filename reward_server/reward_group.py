@@ -1,8 +1,12 @@
 """The stateless reward actors and their group: K Ray actors score the B x G completions of a rollout batch.
 
     RolloutBatch --flatten--> N (prompt, completion) pairs --chunks--> K RewardActors
-         ▲                                                                │  (each: RewardFn + its
-         └──── ScoredBatch [B][G] ◄── reassemble by position ◄── ray.wait ┘   verifier subprocess)
+         ▲                                                                │  (each: the scorers of
+         └──── ScoredBatch [B][G] ◄── reassemble by position ◄── ray.wait ┘   each data source)
+
+A reward actor scores each sample with the scorer its data source is routed to (`reward_server.scorers`):
+the rule-based reward (with its verifier subprocess), a generative judge served on judge engines that the
+group was handed, or reward models held in the actor.
 
 Chunks are handed out on demand (each actor holds at most `IN_FLIGHT_PER_ACTOR` at a time), so an
 actor stuck on a timing-out sample does not hold up the others' share. Every sample comes back at
@@ -22,12 +26,12 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter, deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import ray
 
-from reward_server.rewards import build_reward_fn
 from reward_server.sandbox import STARTUP_TIMEOUT_S
 from trainer.config import RewardConfig
 from trainer.types import Completion, Prompt, RewardResult, RolloutBatch, ScoredBatch
@@ -62,17 +66,22 @@ class _Call:
 
 
 class RewardActor:
-    """Holds one scoring function and its verifier worker subprocess. The group runs it as a Ray actor."""
+    """Holds the scorers of `cfg.routes` (`reward_server.scorers`): the rule-based reward and its verifier
+    worker subprocess, a handle to a judge engine, reward models in this process. Run as a Ray actor."""
 
-    def __init__(self, cfg: RewardConfig, max_response_tokens: int) -> None:
-        self._score = build_reward_fn(cfg, max_response_tokens=max_response_tokens)
+    def __init__(self, cfg: RewardConfig, max_response_tokens: int, judge_engines: Sequence[Any] = (),
+                 actor_index: int = 0) -> None:
+        from reward_server.scorers import build_routed_scorer, judge_generate_for
+
+        self._scorer = build_routed_scorer(cfg, max_response_tokens=max_response_tokens,
+                                           judge_generate=judge_generate_for(cfg, judge_engines, actor_index))
 
     def score(self, items: list[Item]) -> list[RewardResult]:
         """Score each (prompt, completion), in order; never raises for a bad sample."""
-        return [self._score(prompt, completion) for prompt, completion in items]
+        return self._scorer.score(items)
 
     def close(self) -> None:
-        self._score.close()
+        self._scorer.close()
 
 
 class RewardGroup:
@@ -81,17 +90,23 @@ class RewardGroup:
     def __init__(
         self, cfg: RewardConfig, max_response_tokens: int, num_actors: int, cpus_per_actor: float, *,
         sample_allowance_s: float = SAMPLE_ALLOWANCE_S, startup_allowance_s: float = STARTUP_ALLOWANCE_S,
-        actor_cls: type = RewardActor,
+        actor_cls: type = RewardActor, judge_engines: Sequence[Any] = (),
     ) -> None:
+        """`judge_engines`: handles of the judge's engine actors (`RolloutWorker`s serving the judge model),
+        needed when `cfg.routes` send a data source to the judge; reward actor i asks engine i mod their number."""
         if num_actors < 1:
             raise ValueError(f"num_actors must be >= 1, got {num_actors}")
         # Any: Ray's stubs do not type `.remote` on actor classes and methods.
         self._remote_cls: Any = ray.remote(num_cpus=cpus_per_actor)(actor_cls)
-        self._args = (cfg, max_response_tokens)
-        self._actors: list[Any] = [self._remote_cls.remote(*self._args) for _ in range(num_actors)]
+        extra: tuple[Any, ...] = (list(judge_engines),) if judge_engines else ()
+        self._args = [(cfg, max_response_tokens, *extra, i) if extra else (cfg, max_response_tokens)
+                      for i in range(num_actors)]
+        self._actors: list[Any] = [self._remote_cls.remote(*args) for args in self._args]
         self._fresh = [True] * num_actors
         """Actor slots whose actor has not returned a chunk yet (its start counts against its first)."""
         self._sample_budget_s = cfg.timeout_s + sample_allowance_s
+        self._chunk_allowance_s = cfg.judge.timeout_s if "judge" in cfg.scorers_used() else 0.0
+        """A chunk with judged samples waits on one judge call on top of its samples' own budget."""
         self._startup_allowance_s = startup_allowance_s
         self.failures_total = 0
         """Samples scored with an error (timeout, exception, dead actor) since the group started."""
@@ -130,7 +145,7 @@ class RewardGroup:
                     if not queue:
                         return
                     chunk = queue.popleft()
-                    budget = len(chunks[chunk]) * self._sample_budget_s
+                    budget = len(chunks[chunk]) * self._sample_budget_s + self._chunk_allowance_s
                     if self._fresh[index] and in_flight == 0:
                         budget += self._startup_allowance_s
                     deadline = max(time.monotonic(), busy_until[index]) + budget
@@ -188,7 +203,7 @@ class RewardGroup:
 
     def _replace(self, actor_index: int) -> None:
         ray.kill(self._actors[actor_index])
-        self._actors[actor_index] = self._remote_cls.remote(*self._args)
+        self._actors[actor_index] = self._remote_cls.remote(*self._args[actor_index])
         self._fresh[actor_index] = True
 
 

@@ -172,6 +172,51 @@ class AlgorithmConfig:
     """Mask completions cut at max_response_tokens out of the loss (DAPO)."""
 
 
+ScorerKind = Literal["rule", "judge", "reward_model"]
+"""How a data source is scored: the rule-based reward, a generative judge, or reward models."""
+SCORER_KINDS: tuple[str, ...] = typing.get_args(ScorerKind)
+
+
+@dataclass(frozen=True)
+class JudgeConfig:
+    model_path: str = ""
+    """Hugging Face directory of the generative judge ('': no judge). It is served on engines of its own,
+    apart from the rollout engines: it is another model, and it never takes the policy's weights."""
+    num_engines: int = 1
+    """Judge engines (vLLM, one Ray actor each); the reward actors share them."""
+    tensor_parallel_size: int = 1
+    """Devices per judge engine."""
+    max_model_len: int = 1024
+    """Judge prompt (question, reference, prediction) plus verdict length the engine reserves for."""
+    max_tokens: int = 16
+    """Most tokens of a verdict; the judge decodes greedily and stops at a blank line."""
+    gpu_memory_utilization: float = 0.3
+    """Share of its GPU a judge engine may take (ignored on CPU)."""
+    cpu_kvcache_gib: float = 0.25
+    """KV-cache size per judge engine on CPU."""
+    weight: float = 1.0
+    """Reward of a CORRECT verdict (INCORRECT and malformed ones score 0)."""
+    timeout_s: float = 600.0
+    """Deadline of one reward actor's batch of judge prompts; past it the batch scores 0 with the error."""
+
+
+@dataclass(frozen=True)
+class RewardModelConfig:
+    helpfulness_path: str = ""
+    """Sequence-classification reward model (one logit) scoring prompt + summary, as R1 judges helpfulness
+    ('': none)."""
+    helpfulness_weight: float = 1.0
+    """Weight of sigmoid(helpfulness logit)."""
+    harmlessness_path: str = ""
+    """Reward model scoring prompt + the whole response (reasoning too), as R1 judges harmlessness ('': none)."""
+    harmlessness_weight: float = 1.0
+    """Weight of sigmoid(harmlessness logit)."""
+    batch_size: int = 16
+    """Texts per reward-model forward pass in a reward actor."""
+    max_tokens: int = 1024
+    """Scored texts are cut to this many tokens."""
+
+
 @dataclass(frozen=True)
 class RewardConfig:
     verifier: Literal["math", "arithmetic", "countdown"] = "math"
@@ -192,6 +237,33 @@ class RewardConfig:
     """Stateless reward actors (K)."""
     timeout_s: float = 5.0
     """Per-sample limit; a verifier past it is killed and scores 0 with reason `timeout`."""
+    routes: tuple[str, ...] = ()
+    """Scorer per data source (a prompt's `task`), as `source:scorer` pairs with scorer one of rule, judge,
+    reward_model; e.g. `--set reward.routes=general:reward_model,trivia:judge`. R1's RL for all scenarios:
+    rule-based rewards for reasoning prompts, reward models for general ones."""
+    default_scorer: ScorerKind = "rule"
+    """Scorer of every data source that `routes` does not name."""
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    """The generative judge, for sources routed to `judge`."""
+    reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)
+    """The reward models, for sources routed to `reward_model`."""
+
+    def route_map(self) -> dict[str, str]:
+        """`routes` as {source: scorer}; raises ConfigError on a malformed or repeated pair."""
+        out: dict[str, str] = {}
+        for pair in self.routes:
+            source, sep, kind = (part.strip() for part in pair.partition(":"))
+            _require(bool(sep) and bool(source) and bool(kind),
+                     f"reward.routes: {pair!r} is not of the form source:scorer")
+            _require(kind in SCORER_KINDS,
+                     f"reward.routes: {pair!r} names scorer {kind!r}; expected one of {', '.join(SCORER_KINDS)}")
+            _require(source not in out, f"reward.routes: source {source!r} is routed twice")
+            out[source] = kind
+        return out
+
+    def scorers_used(self) -> set[str]:
+        """The scorer kinds some data source may be routed to (the default included)."""
+        return set(self.route_map().values()) | {self.default_scorer}
 
 
 @dataclass(frozen=True)
@@ -526,6 +598,7 @@ def _check_ranges(cfg: TrainConfig) -> None:
     if rw.overlong_weight:
         _in_range("reward.overlong_buffer_tokens", rw.overlong_buffer_tokens, 0, m.max_response_tokens)
     _in_range("reward.timeout_s", rw.timeout_s, 0, MAX_TIMEOUT_S, low_open=True)
+    _check_scorers(rw)
     _in_range("cluster.cpus_per_actor", cl.cpus_per_actor, 0, low_open=True)
     _in_range("cluster.gpus_per_node", cl.gpus_per_node, 1)
     _in_range("cluster.gpu_memory_gib", cl.gpu_memory_gib, 0, low_open=True)
@@ -533,6 +606,31 @@ def _check_ranges(cfg: TrainConfig) -> None:
         _in_range("cluster.num_cpus", cl.num_cpus, 1)
     _in_range("eval.every_steps", ev.every_steps, 0)             # 0: at the start and the end only
     _in_range("eval.temperature", ev.temperature, 0)             # 0: greedy
+
+
+def _check_scorers(rw: RewardConfig) -> None:
+    """The routes parse, and every scorer a source may be routed to has its model."""
+    used, j, rm = rw.scorers_used(), rw.judge, rw.reward_model
+    if "judge" in used:
+        _require(bool(j.model_path), "reward.routes send a data source to the judge, but reward.judge.model_path "
+                                     "is empty")
+        _in_range("reward.judge.num_engines", j.num_engines, 1)
+        _in_range("reward.judge.tensor_parallel_size", j.tensor_parallel_size, 1)
+        _in_range("reward.judge.max_tokens", j.max_tokens, 1)
+        _in_range("reward.judge.max_model_len", j.max_model_len, j.max_tokens + 1)
+        _in_range("reward.judge.gpu_memory_utilization", j.gpu_memory_utilization, 0, 1, low_open=True)
+        _in_range("reward.judge.cpu_kvcache_gib", j.cpu_kvcache_gib, 0, low_open=True)
+        _in_range("reward.judge.weight", j.weight, 0, low_open=True)
+        _in_range("reward.judge.timeout_s", j.timeout_s, 0, MAX_TIMEOUT_S, low_open=True)
+    if "reward_model" in used:
+        _require(bool(rm.helpfulness_path or rm.harmlessness_path),
+                 "reward.routes send a data source to reward_model, but reward.reward_model.helpfulness_path "
+                 "and harmlessness_path are both empty")
+        for name in ("helpfulness", "harmlessness"):
+            if getattr(rm, f"{name}_path"):
+                _in_range(f"reward.reward_model.{name}_weight", getattr(rm, f"{name}_weight"), 0, low_open=True)
+        _in_range("reward.reward_model.batch_size", rm.batch_size, 1)
+        _in_range("reward.reward_model.max_tokens", rm.max_tokens, 1)
 
 
 # --- `--set a.b=value` overrides -------------------------------------------------------------

@@ -50,6 +50,8 @@ class System:
     cfg: TrainConfig
     engines_asleep: bool = False
     """Colocated runs: the engines freed their memory (sleep_engines) and the sync must wake them."""
+    judge: Any = None
+    """actors.engine_group.EngineGroup of the judge's engines (data sources routed to the judge), else None."""
 
     @classmethod
     def build(cls, cfg: TrainConfig) -> System:
@@ -75,8 +77,9 @@ class System:
         reference = None
         if cfg.needs_reference and not cfg.learner.reference_colocated:
             reference = start_learner(cfg, role="reference")
+        judge = start_judge(cfg, placement)
         rewards = RewardGroup(cfg.reward, cfg.model.max_response_tokens, cfg.reward.num_actors,
-                             cfg.cluster.cpus_per_actor)
+                              cfg.cluster.cpus_per_actor, judge_engines=judge.engine_actors if judge else ())
         weight_sync = WeightSync(engines, learner, backend=backend, timeout_s=ro.weight_sync_timeout_s,
                                  bucket_bytes=ro.weight_sync_bucket_bytes, checksum_every=ro.weight_sync_checksum_every)
         weight_sync.connect()
@@ -84,7 +87,7 @@ class System:
             engines.wake_up()
             learner.offload()
         return cls(engines, learner, reference, rewards, weight_sync, placement, tokenizer,
-                   tokenizer.pad_token_id, cfg)
+                   tokenizer.pad_token_id, cfg, judge=judge)
 
     def compute_ref_logprobs(self, batch: Any) -> Any:
         if self.reference is not None:
@@ -120,7 +123,7 @@ class System:
         return out
 
     def shutdown(self) -> None:
-        for part in (self.engines, self.learner, self.reference, self.rewards):
+        for part in (self.engines, self.learner, self.reference, self.rewards, self.judge):
             if part is not None:
                 try:
                     part.shutdown()
@@ -159,7 +162,43 @@ def resource_spec(cfg: TrainConfig) -> ResourceSpec:
         RoleSpec("rollout", cfg.rollout.num_engines, cpus, gpu * tp, bundles_per_actor=tp if gpu else 1,
                  node_resource=cl.rollout_node_resource),
         RoleSpec("learner", learner_ranks, cpus, gpu, node_resource=cl.learner_node_resource),
+        *judge_roles(cfg),
     ))
+
+
+def judge_roles(cfg: TrainConfig) -> tuple[RoleSpec, ...]:
+    """The judge's engines, when a data source is routed to it: a role of their own on the rollout nodes.
+
+    Not engines of the rollout group: the judge is another model, it must never take the policy's weights
+    in a sync, and the rollout group refuses to sample from an engine that does not hold the policy version."""
+    if "judge" not in cfg.reward.scorers_used():
+        return ()
+    j, gpu = cfg.reward.judge, 1.0 if cfg.cluster.use_gpu else 0.0
+    return (RoleSpec("judge", j.num_engines, cfg.cluster.cpus_per_actor, gpu * j.tensor_parallel_size,
+                     bundles_per_actor=j.tensor_parallel_size if gpu else 1,
+                     node_resource=cfg.cluster.rollout_node_resource),)
+
+
+def start_judge(cfg: TrainConfig, placement: Placement) -> Any:
+    """The judge's engines as an EngineGroup (started, then waited for), or None when no source uses it."""
+    if not judge_roles(cfg):
+        return None
+    from actors.engine_group import EngineGroup
+    from actors.rollout import RolloutWorker, cpu_threads_bind
+
+    j, ro = cfg.reward.judge, cfg.rollout
+    remote: Any = ray.remote(RolloutWorker)
+    actors = [remote.options(**placement.options("judge", i)).remote(
+        j.model_path, dtype=cfg.model.dtype, tensor_parallel_size=j.tensor_parallel_size,
+        max_model_len=j.max_model_len, gpu_memory_utilization=j.gpu_memory_utilization,
+        cpu_kvcache_gib=j.cpu_kvcache_gib, seed=cfg.seed, engine_index=ro.num_engines + i,
+        cpu_threads=None if cfg.cluster.use_gpu else cpu_threads_bind(i, j.num_engines),
+        use_gpu=cfg.cluster.use_gpu, bundle_indices=placement.bundle_indices("judge"))
+        for i in range(j.num_engines)]
+    judge = EngineGroup(actors, [j.tensor_parallel_size] * j.num_engines, generate_timeout_s=j.timeout_s,
+                        control_timeout_s=ro.control_timeout_s, start_timeout_s=ro.start_timeout_s)
+    judge.wait_until_up()
+    return judge
 
 
 def start_engines(cfg: TrainConfig, placement: Placement, backend: str) -> list[Any]:

@@ -28,7 +28,8 @@ class Prompt:
     ground_truth: str
     """What the accuracy verifier compares the final answer with."""
     task: str = "math"
-    """Which verifier scores it ("math", "arithmetic", "countdown")."""
+    """Its data source: picks the scorer (`reward.routes`) and, for rule-based ones, the verifier ("math",
+    "arithmetic", "countdown")."""
 
 
 @dataclass(frozen=True)
