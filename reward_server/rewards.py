@@ -2,8 +2,9 @@
 
 Each component is a pure function returning a `Score`: its value, and why it is low. Components:
 
-- accuracy: the final answer (last `<answer>`, else last `\\boxed{}`) checked by the task's
-  verifier (symbolic math, arithmetic, countdown); 1 or 0.
+- accuracy: the final answer (after `</think>`: the last `<answer>`, else the last `\\boxed{}`;
+  none when it boxes several different ones) checked by the task's verifier (symbolic math,
+  arithmetic, countdown); 1 or 0. Evaluation extracts answers with the same function.
 - format: R1-Zero layout, `<think>...</think>` then `<answer>...</answer>` and nothing else.
 - language: R1's language-consistency reward, the share of chain-of-thought words in the target
   language.
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 
 from reward_server.sandbox import VerifierError, VerifierSandbox, VerifierTimeout
 from reward_server.textscan import TARGET_LETTERS, count_words
-from reward_server.verifiers import extract_answer, verify_arithmetic, verify_countdown
+from reward_server.verifiers import final_answer, verify_arithmetic, verify_countdown
 from trainer.config import RewardConfig
 from trainer.templates import completion_for_reward
 from trainer.types import Completion, Prompt, RewardResult
@@ -77,9 +78,9 @@ def check_inline(verifier: str, answer: str, ground_truth: str) -> bool:
 
 def accuracy_reward(text: str, ground_truth: str, *, verifier: str, check: Check = check_inline) -> Score:
     """1 if the final answer in `text` is accepted by `verifier`, else 0."""
-    answer = extract_answer(text)
+    answer, why = final_answer(text)
     if answer is None:
-        return Score(0.0, "no answer")
+        return Score(0.0, why)
     if len(answer) > MAX_ANSWER_CHARS:
         return Score(0.0, f"answer longer than {MAX_ANSWER_CHARS} characters")
     try:
@@ -103,8 +104,8 @@ def format_reward(text: str) -> Score:
     """1 for `<think>...</think><answer>...</answer>` (R1-Zero), else 0. `text` must already carry
     the `<think>` the prompt opened (see `trainer.templates.completion_for_reward`).
 
-    Exactly one think block, then exactly one answer block, only whitespace around and between:
-    the text's tags must be these four in this order. Found by one regex scan that stops at the
+    Exactly one think block, then exactly one answer block, both non-empty (the tags alone earn
+    nothing), only whitespace around and between: the text's tags must be these four in this order. Found by one regex scan that stops at the
     fifth tag (linear; a tempered `(?:(?!tag).)*` pattern backtracks over megabytes of text).
     """
     tags = list(itertools.islice(_TAG_RE.finditer(text), len(_FORMAT_TAGS) + 1))
@@ -114,6 +115,8 @@ def format_reward(text: str) -> Score:
     gaps = (text[: think.start()], text[end_think.end() : answer.start()], text[end_answer.end() :])
     if any(gap.strip() for gap in gaps):
         return Score(0.0, "not <think>...</think><answer>...</answer>")
+    if not text[think.end() : end_think.start()].strip():
+        return Score(0.0, "empty <think>")
     if not text[answer.end() : end_answer.start()].strip():
         return Score(0.0, "empty answer")
     return Score(1.0)

@@ -1,4 +1,4 @@
-"""Linear-time scans of model text for the rewards: the last balanced `\\boxed{...}`, and word counts.
+"""Linear-time scans of model text for the rewards: balanced `\\boxed{...}` contents, and word counts.
 
 Rewards run on whatever a policy writes, and R1-length completions (16k-32k tokens) reach hundreds of
 kilobytes; a hostile or degenerate one can hold 10,000 unclosed `\\boxed{` or megabytes of one letter.
@@ -6,7 +6,7 @@ A scan per candidate (`for each \\boxed{: walk forward to its brace`) is quadrat
 unclosed `\\boxed{` took 12 s. So every scan here is one vectorised pass (numpy) over the text:
 O(n) time with a small constant: 0.2-0.3 s for 5 MB on a busy 2-core machine, whatever the content.
 
-Both functions give exactly the answers of the obvious regex / loop versions they replace (see
+`last_boxed` and `count_words` give exactly the answers of the obvious regex / loop versions they replace (see
 tests/test_hostile_text.py, which checks them against those on random text), with one departure:
 between `\\boxed` and its `{` only ASCII whitespace counts (the old `\\s*` also took U+3000 and such).
 """
@@ -31,6 +31,40 @@ def last_boxed(text: str) -> str | None:
     "Last" is by position of the opener, and the content ends at the brace that matches it. Between
     `\\boxed` and `{` only ASCII whitespace may stand (what TeX skips after a control word).
     """
+    scan = _scan_boxed(text)
+    if scan is None:
+        return None
+    data, depth, starts = scan
+    if starts.size == 0:
+        return None
+    start = int(starts[-1])
+    return data[start : _matching_brace(depth, start)].decode("utf-8", "surrogatepass").strip()
+
+
+def outer_boxed(text: str, *, limit: int) -> list[str] | None:
+    """Contents (stripped, in order) of the balanced `\\boxed{...}` that no other balanced one
+    encloses; None when the text holds more than `limit` balanced ones (a completion that boxes that
+    many things gives no single answer). Linear: one scan, then at most `limit` brace searches.
+    """
+    scan = _scan_boxed(text)
+    if scan is None:
+        return []
+    data, depth, starts = scan
+    if starts.size > limit:
+        return None
+    contents: list[str] = []
+    end = -1
+    for start in starts.tolist():
+        if start <= end:  # inside the previous outer box
+            continue
+        end = _matching_brace(depth, start)
+        contents.append(data[start:end].decode("utf-8", "surrogatepass").strip())
+    return contents
+
+
+def _scan_boxed(text: str) -> tuple[bytes, np.ndarray, np.ndarray] | None:
+    """(UTF-8 bytes, brace depth after each byte, first content byte of every balanced `\\boxed{`),
+    or None when the text has no `\\boxed` at all."""
     if "\\boxed" not in text:
         return None
     # Bytes, not code points: `{`, `}` and `\\boxed` are ASCII, and no UTF-8 multi-byte sequence
@@ -38,20 +72,21 @@ def last_boxed(text: str) -> str | None:
     data = text.encode("utf-8", "surrogatepass")
     raw = np.frombuffer(data, dtype=np.uint8)
     openers = _boxed_openers(raw)
-    if openers.size == 0:
-        return None
     depth = np.cumsum(_BRACE_STEP[raw], dtype=np.int32)  # brace depth after each byte
+    if openers.size == 0:
+        return data, depth, openers
     # An opener at p (depth d after it) is closed iff the depth later falls to d - 1.
     suffix_min = np.minimum.accumulate(depth[::-1])[::-1]
     after = openers + 1
     inside = after < raw.size
     closed = np.zeros(openers.size, dtype=bool)
     closed[inside] = suffix_min[after[inside]] < depth[openers[inside]]
-    if not closed.any():
-        return None
-    start = int(openers[np.flatnonzero(closed)[-1]]) + 1
-    end = start + int(np.argmax(depth[start:] < depth[start - 1]))  # the matching `}`
-    return data[start:end].decode("utf-8", "surrogatepass").strip()
+    return data, depth, openers[closed] + 1
+
+
+def _matching_brace(depth: np.ndarray, start: int) -> int:
+    """Index of the `}` that closes the (balanced) `{` at `start - 1`."""
+    return start + int(np.argmax(depth[start:] < depth[start - 1]))
 
 
 def _boxed_openers(raw: np.ndarray) -> np.ndarray:

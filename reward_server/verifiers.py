@@ -35,26 +35,67 @@ _BINOPS: dict[type[ast.operator], Callable[[Fraction, Fraction], Fraction]] = {
 }
 
 
+MAX_BOXED = 16
+"""More balanced `\\boxed{}` than this where the final answer stands is not one answer (hedging or
+degenerate text); the cap also bounds the work of comparing them."""
+
+NO_ANSWER = "no answer"
+ONLY_IN_THINK = "answer only inside <think>"
+SEVERAL_BOXED = "several different \\boxed{} answers"
+
+
 def extract_answer(text: str) -> str | None:
-    """The final answer of a completion, stripped of surrounding whitespace.
+    """The final answer of a completion, or None; what training rewards and evaluation both grade
+    (see `final_answer` for the rules)."""
+    return final_answer(text)[0]
 
-    The last closed `<answer>...</answer>` (the innermost if tags nest), else the content of the last
-    `\\boxed{...}` whose braces balance, else None.
+
+def final_answer(text: str) -> tuple[str | None, str]:
+    """(the final answer, stripped, ""), or (None, why there is none).
+
+    The answer stands after the chain of thought: after the last `</think>`, and not in a `<think>`
+    that is never closed (a text that opens `<think>` without closing it has no answer). There, the
+    last closed `<answer>...</answer>` (the innermost if tags nest), else the content of the last
+    `\\boxed{...}` whose braces balance. A `\\boxed{}` inside the `<answer>` is unwrapped. Several
+    different boxed answers (whitespace aside) give none: listing candidates must not pay.
     """
-    close = text.rfind("</answer>")
+    region = _after_reasoning(text)
+    if region is None:
+        return None, ONLY_IN_THINK
+    close = region.rfind("</answer>")
     if close != -1:
-        open_ = text.rfind("<answer>", 0, close)
+        open_ = region.rfind("<answer>", 0, close)
         if open_ != -1:
-            return text[open_ + len("<answer>") : close].strip()
-    return _last_boxed(text)
+            tagged = region[open_ + len("<answer>") : close].strip()
+            boxed, why = _single_boxed(tagged)
+            return (tagged, "") if why == NO_ANSWER else (boxed, why)
+    return _single_boxed(region)
 
 
-def _last_boxed(text: str) -> str | None:
-    """Content of the last `\\boxed{...}` with balanced braces (unclosed ones are skipped), found in
-    one linear pass (`reward_server.textscan`; imported here so the verifier worker never loads numpy)."""
-    from reward_server.textscan import last_boxed
+def _after_reasoning(text: str) -> str | None:
+    """The text after the chain of thought, or None when the chain of thought never ends."""
+    end = text.rfind("</think>")
+    if end != -1:
+        text = text[end + len("</think>") :]
+    elif "<think>" in text:
+        return None
+    reopened = text.find("<think>")  # a later, unclosed <think>: reasoning again up to the end
+    return text if reopened == -1 else text[:reopened]
 
-    return last_boxed(text)
+
+def _single_boxed(text: str) -> tuple[str | None, str]:
+    """The last balanced `\\boxed{}` of `text` when all its outermost boxes agree, else (None, why).
+    Linear-time scans (`reward_server.textscan`; imported here so the verifier worker never loads
+    numpy)."""
+    from reward_server.textscan import last_boxed, outer_boxed
+
+    boxes = outer_boxed(text, limit=MAX_BOXED)
+    if boxes is None:
+        return None, f"more than {MAX_BOXED} \\boxed{{}}"
+    if len({"".join(box.split()) for box in boxes}) > 1:
+        return None, SEVERAL_BOXED
+    answer = last_boxed(text)
+    return (answer, "") if answer is not None else (None, NO_ANSWER)
 
 
 def verify_arithmetic(answer: str, ground_truth: str) -> bool:

@@ -62,7 +62,7 @@ _CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _WORD_RE = re.compile(rf"[{_CJK}]|[^\W\d_{_CJK}]+")
 _TARGET_RE = {"en": re.compile(r"[A-Za-z\u00c0-\u024f]+"), "zh": re.compile(rf"[{_CJK}]")}
 _NO_TAG = r"(?:(?!</?think>|</?answer>).)*"
-_FORMAT_RE = re.compile(rf"\s*<think>{_NO_TAG}</think>\s*<answer>({_NO_TAG})</answer>\s*", re.DOTALL)
+_FORMAT_RE = re.compile(rf"\s*<think>({_NO_TAG})</think>\s*<answer>({_NO_TAG})</answer>\s*", re.DOTALL)
 _THINK_RE = re.compile(r"<think>(.*?)</think>", re.DOTALL)
 
 
@@ -73,7 +73,7 @@ def _count_words_reference(text: str, lang: str) -> tuple[int, int]:
 
 def _format_reference(text: str) -> float:
     match = _FORMAT_RE.fullmatch(text)
-    return 1.0 if match is not None and match.group(1).strip() else 0.0
+    return 1.0 if match is not None and match.group(1).strip() and match.group(2).strip() else 0.0
 
 
 def _think_reference(text: str) -> str | None:
@@ -124,7 +124,7 @@ def test_format_and_think_equal_the_reference(text: str) -> None:
 
 def test_normal_inputs_keep_their_meaning() -> None:
     assert extract_answer("so \\boxed{\\frac{1}{2}} and \\boxed {3") == "\\frac{1}{2}"
-    assert extract_answer("\\boxed{1} then \\boxed{ 2 }") == "2"
+    assert extract_answer("\\boxed{2} then \\boxed{ 2 }") == "2"
     assert extract_answer("<answer> 7 </answer> \\boxed{8}") == "7"
     assert format_reward("<think>a</think> <answer>5</answer>\n").value == 1.0
     assert format_reward("<think>a</think><answer> </answer>").reason == "empty answer"
@@ -163,7 +163,7 @@ def test_unclosed_answer_tags_are_linear() -> None:
     "<think>" + "word ж 中 " * (MB5 // 9) + "</think>",
     "<think>" + "a" * MB5 + "ж</think>",
     " " * MB5,
-    "<think></think><answer>" + "x" * MB5,
+    "<think>x</think><answer>" + "x" * MB5,
     "<think>x</think><answer>" + "</think>" * (MB5 // 8),
 ])
 def test_format_and_language_are_linear(text: str) -> None:
@@ -189,6 +189,6 @@ def test_the_whole_reward_of_a_5mb_sample_is_bounded() -> None:
     cfg = RewardConfig(verifier="arithmetic", format_weight=0.5, language_weight=0.5)
     fn = build_reward_fn(cfg, max_response_tokens=64, check=lambda v, a, g: a == g)
     prompt = Prompt(0, "Q Assistant: <think>", "42", "arithmetic")
-    for text in ["\\boxed{" * (MB5 // 7) + "\\boxed{42}", "a " * (MB5 // 2) + "</think><answer>42</answer>"]:
+    for text in ["x</think>" + "\\boxed{" * (MB5 // 7) + "\\boxed{42}", "a " * (MB5 // 2) + "</think><answer>42</answer>"]:
         result = _timed(fn, prompt, Completion((1,) * 80, text, (0.0,) * 80, "length"))
         assert result.correct and result.error is None

@@ -30,7 +30,8 @@ from trainer.types import Completion, Prompt
         ("<answer>a<answer>b</answer>", "b"),  # nested opening: innermost
         ("<answer></answer>", ""),
         ("\\boxed{7}", "7"),
-        ("\\boxed{1} and \\boxed{2}", "2"),
+        ("\\boxed{1} and \\boxed{2}", None),  # several different boxed answers: none
+        ("\\boxed{2} and \\boxed{ 2 }", "2"),  # the same one twice
         ("\\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),
         ("\\boxed{{{3}}}", "{{3}}"),
         ("\\boxed{1} \\boxed{2", "1"),  # unbalanced last box is skipped
@@ -144,7 +145,8 @@ def test_countdown_bad_ground_truth_raises(gt: str) -> None:
         ("<think>reason</think><answer>5</answer>", True),
         ("<think>reason</think>\n<answer>5</answer>\n", True),
         ("  <think>\nmulti\nline\n</think>  <answer> 5 </answer>  ", True),
-        ("<think></think><answer>5</answer>", True),
+        ("<think></think><answer>5</answer>", False),  # tags alone: no chain of thought
+        ("<think> \n </think><answer>5</answer>", False),
         ("<think>r</think><answer> </answer>", False),  # empty answer
         ("<think>r</think><answer>5</answer> trailing", False),
         ("lead <think>r</think><answer>5</answer>", False),

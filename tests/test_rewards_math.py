@@ -79,7 +79,7 @@ MATH_CASES = [
     ("<answer>\\infty</answer>", r"-\infty", False),
     # extraction: boxed, several answers, nesting
     ("the result is \\boxed{42}", "42", True),
-    ("first \\boxed{41} then corrected \\boxed{42}", "42", True),
+    ("first \\boxed{41} then corrected \\boxed{42}", "42", False),  # several different boxes: none
     ("\\boxed{42} then \\boxed{41}", "42", False),
     ("<answer>\\boxed{3} or \\boxed{4}</answer>", "3", False),
     ("<answer>1</answer> ... <answer>2</answer>", "2", True),
