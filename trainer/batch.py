@@ -8,7 +8,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from trainer import grpo
+from trainer import analytics, grpo
+from trainer.templates import chain_of_thought, completion_for_reward
 from trainer.types import RolloutBatch, ScoredBatch, TrainBatch
 
 
@@ -77,7 +78,14 @@ def rollout_stats(scored: ScoredBatch) -> dict[str, float]:
     }
     for name in sorted({k for r in results for k in r.components}):
         stats[f"reward/{name}"] = sum(r.components.get(name, 0.0) for r in results) / len(results)
-    return stats
+    return stats | r1_zero_analytics(scored)
+
+
+def r1_zero_analytics(scored: ScoredBatch) -> dict[str, float]:
+    """Reflection words per response and the chain of thought's language mix (`trainer.analytics`)."""
+    texts = [completion_for_reward(p.text, c.text)
+             for p, group in zip(scored.rollout.prompts, scored.rollout.completions, strict=True) for c in group]
+    return analytics.reflection_stats(texts) | analytics.language_mix([chain_of_thought(t) for t in texts])
 
 
 def select_groups(scored: ScoredBatch, keep: list[int]) -> ScoredBatch:

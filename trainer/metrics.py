@@ -3,7 +3,8 @@
 Files in the run directory:
   metrics.jsonl   {"step": s, "kind": "train" | "eval", ...} one line per step or evaluation
   tb/             TensorBoard events (same numbers)
-  curves.png      held-out accuracy and mean response length against steps
+  curves.png      held-out accuracy, mean response length, reflection words and the chain of thought's
+                  language mix against steps
 """
 
 from __future__ import annotations
@@ -95,7 +96,8 @@ def _parse_lines(path: Path) -> list[tuple[str, dict[str, Any]]]:
 
 
 def plot_curves(run_dir: str | Path) -> Path:
-    """Held-out pass@1 / cons@k and mean response length against steps (the R1-Zero figures)."""
+    """The R1-Zero figures against steps: held-out pass@1 / pass@k / cons@k, mean response length, reflection
+    words per response, and the language mix of the chain of thought (`trainer.analytics`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -103,11 +105,15 @@ def plot_curves(run_dir: str | Path) -> Path:
 
     evals = read_metrics(run_dir, "eval")
     train = read_metrics(run_dir, "train")
-    fig, (ax_acc, ax_len) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    (ax_acc, ax_len), (ax_refl, ax_lang) = axes
     if evals:
         steps = [r["step"] for r in evals]
         ax_acc.plot(steps, [r["pass@1"] for r in evals], marker="o", label="pass@1 (mean over k samples)")
         ax_acc.plot(steps, [r["cons@k"] for r in evals], marker="s", label="cons@k (majority vote)")
+        k = int(evals[-1].get("k", 0))
+        if f"pass@{k}" in evals[-1]:
+            _series(ax_acc, evals, f"pass@{k}", f"pass@{k} (a correct one among k)", marker="^")
     if train:
         ax_acc.plot([r["step"] for r in train], [r["accuracy"] for r in train], alpha=0.3,
                     label="training-batch accuracy")
@@ -115,13 +121,29 @@ def plot_curves(run_dir: str | Path) -> Path:
     if evals:
         ax_len.plot([r["step"] for r in evals], [r["response_length_mean"] for r in evals], marker="o",
                     label="held-out")
+    _series(ax_refl, train, "reflection_words_per_response", "training")
+    _series(ax_refl, evals, "reflection_words_per_response", "held-out", marker="o")
+    _series(ax_refl, train, "reflection_frac", "training: share with any", alpha=0.5)
+    for lang in ("en", "zh", "other"):
+        _series(ax_lang, train, f"cot_lang/{lang}", f"{lang} words")
+    _series(ax_lang, train, "cot_mixed_frac", "chains mixing languages", linestyle="--")
     ax_acc.set(xlabel="step", ylabel="accuracy", title="Held-out accuracy", ylim=(0, 1))
     ax_len.set(xlabel="step", ylabel="tokens", title="Mean response length")
-    for ax in (ax_acc, ax_len):
+    ax_refl.set(xlabel="step", ylabel="per response", title='Reflection words ("wait", "verify", ...)')
+    ax_lang.set(xlabel="step", ylabel="share", title="Language mix of the chain of thought", ylim=(0, 1.02))
+    for ax in axes.flat:
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     fig.tight_layout()
     out = Path(run_dir) / "curves.png"
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def _series(ax: Any, rows: list[dict[str, Any]], key: str, label: str, **style: Any) -> None:
+    """Plot `key` against step for the rows that have it (older runs' lines lack the newer metrics)."""
+    points = [(r["step"], r[key]) for r in rows if key in r]
+    if points:
+        ax.plot([s for s, _ in points], [v for _, v in points], label=label, **style)

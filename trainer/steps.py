@@ -11,6 +11,7 @@ from contextlib import contextmanager
 import torch
 
 from trainer import grpo
+from trainer.analytics import ANALYTICS_PREFIXES, pass_at_ks
 from trainer.batch import build_train_batch, concat_scored, rollout_stats, select_groups, useful_groups
 from trainer.config import TrainConfig
 from trainer.data import PromptSampler
@@ -161,7 +162,8 @@ def update_policy(learner: LearnerGroupProtocol, batch: TrainBatch, cfg: TrainCo
 
 
 def evaluate(system: SystemProtocol, prompts: list[Prompt], cfg: TrainConfig, seed: int) -> dict[str, float]:
-    """Held-out pass@1 (mean over k samples) and cons@k (majority vote) at the eval temperature."""
+    """Held-out pass@1 (mean over k samples), pass@2, 4, ..., k (a correct one among k) and cons@k (majority
+    vote) at the eval temperature, with the R1-Zero analytics of the samples (`trainer.analytics`)."""
     from reward_server.verifiers import extract_answer
 
     k = cfg.eval.samples_per_prompt
@@ -178,4 +180,4 @@ def evaluate(system: SystemProtocol, prompts: list[Prompt], cfg: TrainConfig, se
         "k": float(k),
         "response_length_mean": stats["response_length_mean"],
         "format": stats.get("reward/format", 0.0),
-    }
+    } | pass_at_ks(correct) | {key: v for key, v in stats.items() if key.startswith(ANALYTICS_PREFIXES)}
