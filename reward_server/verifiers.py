@@ -36,12 +36,11 @@ _BINOPS: dict[type[ast.operator], Callable[[Fraction, Fraction], Fraction]] = {
 
 
 MAX_BOXED = 16
-"""More balanced `\\boxed{}` than this where the final answer stands is not one answer (hedging or
-degenerate text); the cap also bounds the work of comparing them."""
+"""More balanced `\\boxed{}` than this where the final answer stands give no answer (degenerate
+text, or a list of guesses); the cap also bounds the work of comparing them."""
 
 NO_ANSWER = "no answer"
 ONLY_IN_THINK = "answer only inside <think>"
-SEVERAL_BOXED = "several different \\boxed{} answers"
 
 
 def extract_answer(text: str) -> str | None:
@@ -57,7 +56,9 @@ def final_answer(text: str) -> tuple[str | None, str]:
     that is never closed (a text that opens `<think>` without closing it has no answer). There, the
     last closed `<answer>...</answer>` (the innermost if tags nest), else the content of the last
     `\\boxed{...}` whose braces balance. A `\\boxed{}` inside the `<answer>` is unwrapped. Several
-    different boxed answers (whitespace aside) give none: listing candidates must not pay.
+    different boxed answers (whitespace aside) are one answer, the list of all of them (`1, 2`): it
+    matches a reference that lists those values, never a single value, so boxing candidates does
+    not pay. More than `MAX_BOXED` boxes give none.
     """
     region = _after_reasoning(text)
     if region is None:
@@ -67,9 +68,9 @@ def final_answer(text: str) -> tuple[str | None, str]:
         open_ = region.rfind("<answer>", 0, close)
         if open_ != -1:
             tagged = region[open_ + len("<answer>") : close].strip()
-            boxed, why = _single_boxed(tagged)
+            boxed, why = _boxed_answer(tagged)
             return (tagged, "") if why == NO_ANSWER else (boxed, why)
-    return _single_boxed(region)
+    return _boxed_answer(region)
 
 
 def _after_reasoning(text: str) -> str | None:
@@ -83,19 +84,26 @@ def _after_reasoning(text: str) -> str | None:
     return text if reopened == -1 else text[:reopened]
 
 
-def _single_boxed(text: str) -> tuple[str | None, str]:
-    """The last balanced `\\boxed{}` of `text` when all its outermost boxes agree, else (None, why).
-    Linear-time scans (`reward_server.textscan`; imported here so the verifier worker never loads
-    numpy)."""
+def _boxed_answer(text: str) -> tuple[str | None, str]:
+    """The content of the balanced `\\boxed{}` of `text`, or the list of its outermost non-empty
+    boxes when they differ, else (None, why). Linear-time scans (`reward_server.textscan`; imported
+    here so the verifier worker never loads numpy)."""
     from reward_server.textscan import last_boxed, outer_boxed
 
     boxes = outer_boxed(text, limit=MAX_BOXED)
     if boxes is None:
         return None, f"more than {MAX_BOXED} \\boxed{{}}"
-    if len({"".join(box.split()) for box in boxes}) > 1:
-        return None, SEVERAL_BOXED
-    answer = last_boxed(text)
-    return (answer, "") if answer is not None else (None, NO_ANSWER)
+    distinct: dict[str, str] = {}  # whitespace-free form -> first spelling, in order
+    for box in boxes:
+        if box:
+            distinct.setdefault("".join(box.split()), box)
+    if not distinct:
+        return None, NO_ANSWER
+    if len(distinct) > 1:
+        return ", ".join(distinct.values()), ""
+    (answer,) = distinct.values()
+    # A box in the box (`\\boxed{\\boxed{5}}`): the innermost last one, as a single scan would find.
+    return (last_boxed(answer) or answer if "\\boxed" in answer else answer), ""
 
 
 def verify_arithmetic(answer: str, ground_truth: str) -> bool:
