@@ -364,9 +364,23 @@ ANSWER_BLOCKS: dict[str, list[Case]] = {
         ("72", "72 degrees", True),
         ("64 square feet", "64", True),
     ],
+    # volcengine/verl, tests/utils/reward_score/test_numeric_canonicalization_on_cpu.py (commit d69068d):
+    # is_equiv(remove_boxed(gt), pred)
+    "volcengine/verl tests/utils/reward_score/test_numeric_canonicalization_on_cpu.py": [
+        ("33", "033", True),
+        ("33", "+033", True),
+        ("0", "-0", True),
+        ("0", "000", True),
+    ],
 }
 
 COMPLETION_BLOCKS: dict[str, list[Case]] = {
+    # huggingface/open-r1, tests/test_rewards.py (commit 031ec05), TestAccuracyReward
+    "huggingface/open-r1 tests/test_rewards.py::TestAccuracyReward": [
+        ("\\boxed{\\frac{63}{400}}", "\\frac{63}{400}", True),
+        ("\\boxed{\\frac{63}{400}}", "63/400", True),
+        ("\\boxed{\\frac{64}{400}}", "\\frac{63}{400}", False),
+    ],
     # rllm-org/rllm, tests/rewards/test_math_reward.py (commit f21f145): RewardMathFn's is_correct
     # (single string ground truths only; a list takes its first non-empty entry)
     "rllm-org/rllm tests/rewards/test_math_reward.py": [
