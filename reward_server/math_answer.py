@@ -49,7 +49,7 @@ MAX_ALTERNATIVES = 8
 """An answer listing more alternatives (`a or b or ...`) is wrong without parsing them all."""
 
 _SPACE_RUN_RE = re.compile(r"[^\S\n]+")
-_NEWLINE_RUN_RE = re.compile(r" ?\n[\s]*")
+_NEWLINE_RUN_RE = re.compile(r" ?\n\s*")
 
 _DELIMITED_RE = re.compile(r"(?<!\\)\$|\\boxed|\\\(|\\\[")
 """An unescaped `$`, `\\boxed`, `\\(` or `\\[`: the text has its own math delimiters (`\\$5` has not)."""
