@@ -22,7 +22,7 @@ from reward_server.rewards import (
     format_reward,
     language_reward,
 )
-from reward_server.textscan import count_words, last_boxed
+from reward_server.textscan import count_words, last_boxed, outer_boxed
 from reward_server.verifiers import extract_answer
 from trainer.config import RewardConfig
 from trainer.types import Completion, Prompt
@@ -58,6 +58,21 @@ def _last_boxed_reference(text: str) -> str | None:
     return None
 
 
+def _outer_boxed_reference(text: str) -> list[str]:
+    contents, end = [], -1
+    for match in _BOXED_RE.finditer(text):
+        if match.start() < end:  # inside the previous outer box
+            continue
+        depth = 1
+        for i in range(match.end(), len(text)):
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            if depth == 0:
+                contents.append(text[match.end() : i].strip())
+                end = i
+                break
+    return contents
+
+
 _CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _WORD_RE = re.compile(rf"[{_CJK}]|[^\W\d_{_CJK}]+")
 _TARGET_RE = {"en": re.compile(r"[A-Za-z\u00c0-\u024f]+"), "zh": re.compile(rf"[{_CJK}]")}
@@ -91,6 +106,12 @@ _BOXED_PIECES = st.lists(st.sampled_from(["\\boxed", "\\boxed ", "{", "}", "{", 
 @given(_BOXED_PIECES)
 def test_last_boxed_equals_the_reference(text: str) -> None:
     assert last_boxed(text) == _last_boxed_reference(text)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_BOXED_PIECES)
+def test_outer_boxed_equals_the_reference(text: str) -> None:
+    assert outer_boxed(text, limit=len(text)) == _outer_boxed_reference(text)
 
 
 _WORD_PIECES = st.lists(st.sampled_from(["a", "Z", "é", "×", "÷", "ж", "Ω", "中", "文", "ア", "1", "_", " ", "-",
