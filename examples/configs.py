@@ -16,10 +16,12 @@ from trainer.config import (
     ClusterConfig,
     DataConfig,
     EvalConfig,
+    JudgeConfig,
     LearnerConfig,
     ModelConfig,
     RejectionConfig,
     RewardConfig,
+    RewardModelConfig,
     RolloutConfig,
     SamplingConfig,
     SFTConfig,
@@ -98,8 +100,42 @@ def qwen25_math_r1_zero() -> TrainConfig:
     )
 
 
+def tiny_cpu_all_scenarios() -> TrainConfig:
+    """R1's RL for all scenarios on the tiny model: one GRPO batch mixes three data sources, each with its reward.
+
+    - `arithmetic`: rule-based (exact verifier), plus the format and the language-consistency reward;
+    - `addition_judged`: the tiny generative judge, served on an engine of its own, grades the answer
+      against the ground truth;
+    - `general` ("Say the number N."): the tiny helpfulness reward model on the summary plus the tiny
+      harmlessness reward model on the whole response.
+
+    The judge, the reward models and the data are written by `python -m examples.build_reward_models`.
+    The tiny chain of thought is digits and signs, so the language reward stays 0 here: it is wired and
+    logged (`reward/language`), not a signal on this task.
+    """
+    base = tiny_cpu()
+    return replace(
+        base,
+        name="tiny_cpu_all_scenarios",
+        total_steps=20,
+        checkpoint_every=10,
+        data=replace(base.data, train_path="artifacts/data/all_scenarios/train.jsonl",
+                     eval_path="artifacts/data/all_scenarios/heldout.jsonl", eval_size=96),
+        rollout=replace(base.rollout, num_engines=1),
+        learner=replace(base.learner, tensor_parallel_size=1),
+        reward=replace(base.reward, format_weight=0.1, language_weight=0.1, target_language="en",
+                       routes=("addition_judged:judge", "general:reward_model"),
+                       judge=JudgeConfig(model_path="artifacts/tiny-judge", max_model_len=512, max_tokens=8),
+                       reward_model=RewardModelConfig(helpfulness_path="artifacts/tiny-rm-helpful",
+                                                      harmlessness_path="artifacts/tiny-rm-harmless",
+                                                      harmlessness_weight=0.5, batch_size=32, max_tokens=256)),
+        eval=replace(base.eval, every_steps=10),
+    )
+
+
 EXAMPLES: dict[str, Callable[[], TrainConfig]] = {
     "tiny_cpu": tiny_cpu,
+    "tiny_cpu_all_scenarios": tiny_cpu_all_scenarios,
     "qwen25_gsm8k_r1_zero": qwen25_gsm8k_r1_zero,
     "qwen25_math_r1_zero": qwen25_math_r1_zero,
 }

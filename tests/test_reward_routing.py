@@ -136,3 +136,21 @@ def test_judge_routes_need_a_judge_engine():
         build_routed_scorer(cfg, max_response_tokens=64, check=check_inline)
     with pytest.raises(ValueError, match="neither"):
         RewardModels(RewardModelConfig())
+
+
+def test_step_metrics_per_data_source():
+    from trainer.batch import source_stats
+    from trainer.types import RewardResult, RolloutBatch, ScoredBatch
+
+    prompts = (Prompt(0, "p", "1", "arithmetic"), Prompt(1, "p", "", "general"), Prompt(2, "p", "2", "arithmetic"))
+    rollout = RolloutBatch(prompts=prompts, prompt_token_ids=((1,),) * 3,
+                           completions=tuple((completion("a"), completion("b")) for _ in prompts), policy_version=0)
+    results = ((RewardResult(1.0, {}, True), RewardResult(0.0, {}, False)),
+               (RewardResult(0.25, {}, False), RewardResult(0.75, {}, True)),
+               (RewardResult(1.0, {}, True), RewardResult(1.0, {}, True)))
+    stats = source_stats(ScoredBatch(rollout, results))
+    assert stats == {"source/arithmetic/samples": 4.0, "source/arithmetic/reward": 0.75,
+                     "source/arithmetic/accuracy": 0.75, "source/general/samples": 2.0,
+                     "source/general/reward": 0.5, "source/general/accuracy": 0.5}
+    one_source = ScoredBatch(RolloutBatch(prompts[:1], ((1,),), rollout.completions[:1], 0), results[:1])
+    assert source_stats(one_source) == {}   # a single-source run keeps its metrics as they were

@@ -78,7 +78,22 @@ def rollout_stats(scored: ScoredBatch) -> dict[str, float]:
     }
     for name in sorted({k for r in results for k in r.components}):
         stats[f"reward/{name}"] = sum(r.components.get(name, 0.0) for r in results) / len(results)
-    return stats | r1_zero_analytics(scored)
+    return stats | source_stats(scored) | r1_zero_analytics(scored)
+
+
+def source_stats(scored: ScoredBatch) -> dict[str, float]:
+    """Per data source (`Prompt.task`), when a batch mixes several: its samples, mean reward and accuracy."""
+    by_source: dict[str, list] = {}
+    for prompt, group in zip(scored.rollout.prompts, scored.results, strict=True):
+        by_source.setdefault(prompt.task, []).extend(group)
+    if len(by_source) < 2:
+        return {}
+    out: dict[str, float] = {}
+    for source, results in sorted(by_source.items()):
+        out[f"source/{source}/samples"] = float(len(results))
+        out[f"source/{source}/reward"] = sum(r.reward for r in results) / len(results)
+        out[f"source/{source}/accuracy"] = sum(r.correct for r in results) / len(results)
+    return out
 
 
 def r1_zero_analytics(scored: ScoredBatch) -> dict[str, float]:
