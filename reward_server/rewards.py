@@ -34,7 +34,7 @@ from reward_server.sandbox import VerifierError, VerifierSandbox, VerifierTimeou
 from reward_server.textscan import TARGET_LETTERS, count_words
 from reward_server.verifiers import final_answer, verify_arithmetic, verify_countdown
 from trainer.config import RewardConfig
-from trainer.templates import completion_for_reward
+from trainer.templates import COLD_START_MARKER, chain_of_thought, completion_for_reward, split_readable
 from trainer.types import Completion, Prompt, RewardResult
 
 VERIFIER_NAMES = ("math", "arithmetic", "countdown")
@@ -102,12 +102,15 @@ _FORMAT_TAGS = ["<think>", "</think>", "<answer>", "</answer>"]
 
 def format_reward(text: str) -> Score:
     """1 for `<think>...</think><answer>...</answer>` (R1-Zero), else 0. `text` must already carry
-    the `<think>` the prompt opened (see `trainer.templates.completion_for_reward`).
+    the `<think>` the prompt opened (see `trainer.templates.completion_for_reward`). A text that opens
+    with the cold-start marker is checked as R1's readable format instead (`readable_format_reward`).
 
     Exactly one think block, then exactly one answer block, both non-empty (the tags alone earn
     nothing), only whitespace around and between: the text's tags must be these four in this order. Found by one regex scan that stops at the
     fifth tag (linear; a tempered `(?:(?!tag).)*` pattern backtracks over megabytes of text).
     """
+    if text.startswith(COLD_START_MARKER):
+        return readable_format_reward(text)
     tags = list(itertools.islice(_TAG_RE.finditer(text), len(_FORMAT_TAGS) + 1))
     if [t.group() for t in tags] != _FORMAT_TAGS:
         return Score(0.0, "not <think>...</think><answer>...</answer>")
@@ -122,21 +125,37 @@ def format_reward(text: str) -> Score:
     return Score(1.0)
 
 
+def readable_format_reward(text: str) -> Score:
+    """1 for R1's readable format `|special_token|reasoning|special_token|summary` (arXiv:2501.12948,
+    2.3.1) whose summary ends with one non-empty `<answer>...</answer>` and whose reasoning holds no tag."""
+    parts = split_readable(text)
+    if parts is None:
+        return Score(0.0, "not |special_token|reasoning|special_token|summary")
+    reasoning, summary = parts
+    tags = list(itertools.islice(_TAG_RE.finditer(summary), 3))
+    if (_TAG_RE.search(reasoning) is not None or [t.group() for t in tags] != ["<answer>", "</answer>"]
+            or summary[tags[1].end():].strip()):
+        return Score(0.0, "summary does not end with its one <answer>...</answer>")
+    if not summary[tags[0].end():tags[1].start()].strip():
+        return Score(0.0, "empty answer")
+    return Score(1.0)
+
+
 # -- language consistency ------------------------------------------------------------------------
 
 
 def language_reward(text: str, *, target_language: str) -> Score:
     """Share (0..1) of the chain-of-thought's words written in `target_language` (R1). The chain of
-    thought is the text between the first `<think>` and the first `</think>` after it."""
+    thought is the reasoning between the cold-start markers, else the text between the first `<think>`
+    and the first `</think>` after it (`trainer.templates.chain_of_thought`)."""
     if target_language not in TARGET_LETTERS:
         raise ValueError(f"unknown target language {target_language!r}; known: {', '.join(TARGET_LETTERS)}")
-    # str.find, not `<think>(.*?)</think>`: the lazy regex rescans to the end from every unclosed
-    # `<think>` (32,000 of them took 22 s).
-    open_ = text.find("<think>")
-    close = text.find("</think>", open_ + len("<think>")) if open_ != -1 else -1
-    if close == -1:
+    # chain_of_thought uses str.find, not `<think>(.*?)</think>`: the lazy regex rescans to the end from
+    # every unclosed `<think>` (32,000 of them took 22 s).
+    cot = chain_of_thought(text)
+    if cot is None:
         return Score(0.0, "no <think>...</think>")
-    words, target = count_words(text[open_ + len("<think>") : close], target_language)
+    words, target = count_words(cot, target_language)
     if not words:
         return Score(0.0, "no words in the chain of thought")
     share = target / words

@@ -293,3 +293,16 @@ def test_builder_rejects_bad_config() -> None:
             max_response_tokens=64,
             check=check_inline,
         )
+
+
+def test_readable_format_reward_and_language_of_its_reasoning() -> None:
+    from reward_server.rewards import format_reward, language_reward
+
+    good = "|special_token|add the units first|special_token|so 3+4=7 <answer>7</answer>"
+    assert format_reward(good).value == 1.0
+    assert format_reward("|special_token|r|special_token|<answer> </answer>").reason == "empty answer"
+    assert format_reward("|special_token|r|special_token|<answer>7</answer> more").value == 0.0
+    assert format_reward("|special_token|<think>r|special_token|<answer>7</answer>").value == 0.0
+    assert format_reward("|special_token|r<answer>7</answer>").value == 0.0  # one marker only
+    assert language_reward("|special_token|the 中 answer|special_token|s", target_language="en").value == \
+        pytest.approx(2 / 3)
