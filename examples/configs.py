@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from trainer.config import (
     AlgorithmConfig,
@@ -28,6 +29,9 @@ from trainer.config import (
     SFTDataConfig,
     TrainConfig,
 )
+
+if TYPE_CHECKING:
+    from trainer.pipeline import PipelineConfig
 
 
 def tiny_cpu() -> TrainConfig:
@@ -259,3 +263,160 @@ REJECTION_EXAMPLES: dict[str, Callable[[], RejectionConfig]] = {
     "tiny_cpu_reject": tiny_cpu_reject,
 }
 """Example name -> rejection-sampling config function, as `python -m trainer reject --example` takes it."""
+
+
+# --- the whole R1 recipe as one job: `python -m trainer pipeline --example NAME` (trainer/pipeline.py) ----
+
+
+def r1_tiny(*, quick: bool = False, output_dir: str | None = None, reward_models_dir: str = "artifacts"
+            ) -> PipelineConfig:
+    """R1's stages on the tiny model, each stage's output the next one's input (trainer/pipeline.py).
+
+    Needs `python -m examples.build_tiny`, `python -m examples.build_sft_data` and
+    `python -m examples.build_reward_models` (the judge, reward models and mixed data of RL for all
+    scenarios, under `reward_models_dir`). The base gets the cold-start marker as one token, its embedding
+    copied from `<think>`, and every readable stage prompts with `r1_zero_readable`: the tiny base's skill
+    is bound to the R1-Zero prompt it was pretrained on (trainer/templates.py has the measurement).
+    `quick` cuts every stage to a few steps (the test suite's plumbing run).
+    """
+    from pathlib import Path
+
+    from trainer.pipeline import DeriveConfig, PipelineConfig, PipelineEvalConfig, Stage
+    from trainer.templates import COLD_START_MARKER
+
+    out = output_dir or ("runs/r1_tiny_quick" if quick else "runs/r1_tiny")
+
+    def at(*parts: str) -> str:
+        return str(Path(out, *parts))
+
+    readable = "r1_zero_readable"
+    base = DeriveConfig(name="base", model_path="artifacts/tiny-qwen2", output_dir=out, tokens=(COLD_START_MARKER,),
+                        init_from=("<think>",))
+    student = replace(base, name="student", keep_every_layer=2)
+    sft = tiny_cpu_sft()
+    cold = replace(sft, name="cold_start", output_dir=out, epochs=1, max_steps=6 if quick else 0, checkpoint_every=0,
+                   model=replace(sft.model, path=at("base", "hf")), data=replace(sft.data, template=readable),
+                   learner=replace(sft.learner, lr=1e-3))
+    rl0 = tiny_cpu_r1_rl()
+    rl = replace(rl0, name="rl", output_dir=out, total_steps=3 if quick else 40, checkpoint_every=0,
+                 model=replace(rl0.model, path=at("cold_start", "hf")), data=replace(rl0.data, template=readable),
+                 reward=replace(rl0.reward, format_weight=0.1, language_weight=0.1),
+                 eval=replace(rl0.eval, every_steps=0))
+    rj = tiny_cpu_reject()
+    reject = replace(rj, name="reject", output_dir=out, max_prompts=64 if quick else 768,
+                     model=replace(rj.model, path=at("rl", "model")), data=replace(rj.data, template=readable))
+    resft = replace(cold, name="sft", epochs=2, max_steps=6 if quick else 0,
+                    data=replace(cold.data, train_path=at("reject", "sft.jsonl")))
+    al = tiny_cpu_all_scenarios()
+    rm = reward_models_dir
+    all_scenarios = replace(
+        al, name="all_scenarios", output_dir=out, total_steps=2 if quick else 20, checkpoint_every=0,
+        model=replace(al.model, path=at("sft", "hf"), max_response_tokens=96),
+        data=replace(al.data, template=readable, train_path=f"{rm}/data/all_scenarios/train.jsonl",
+                     eval_path=f"{rm}/data/all_scenarios/heldout.jsonl", eval_size=24 if quick else 96),
+        rollout=replace(al.rollout, max_model_len=256),
+        reward=replace(al.reward, judge=replace(al.reward.judge, model_path=f"{rm}/tiny-judge"),
+                       reward_model=replace(al.reward.reward_model, helpfulness_path=f"{rm}/tiny-rm-helpful",
+                                            harmlessness_path=f"{rm}/tiny-rm-harmless")),
+        eval=replace(al.eval, every_steps=0))
+    # The comparison counts sequences through the learner: distillation 32 per step, GRPO 8 x 8 per step.
+    distill_steps = 6 if quick else 96
+    distill = replace(resft, name="distill", epochs=3, max_steps=distill_steps,
+                      model=replace(resft.model, path=at("student", "hf")))
+    student_grpo = replace(rl, name="student_grpo", total_steps=distill_steps * sft.samples_per_step // 64,
+                           model=replace(rl.model, path=at("student", "hf")),
+                           data=replace(rl.data, template="r1_zero"))
+    stages = (
+        Stage("base", "derive", base, template="r1_zero"),
+        Stage("student", "derive", student, template="r1_zero"),
+        Stage("cold_start", "sft", cold, template=readable),
+        Stage("rl", "grpo", rl, template=readable),
+        Stage("reject", "reject", reject),
+        Stage("sft", "sft", resft, template=readable),
+        Stage("all_scenarios", "grpo", all_scenarios, template=readable),
+        Stage("distill", "sft", distill, template=readable),
+        Stage("student_grpo", "grpo", student_grpo, template="r1_zero"),
+    )
+    evaluation = PipelineEvalConfig(path="artifacts/data/arithmetic/heldout.jsonl", prompts=32 if quick else 128,
+                                    samples_per_prompt=4, max_new_tokens=96)
+    return PipelineConfig(name="r1_tiny", output_dir=out, stages=stages, eval=evaluation,
+                          baselines=(("student (readable prompt)", at("student", "hf"), readable),),
+                          student=("student", "distill", "student_grpo"))
+
+
+PIPELINE_EXAMPLES: dict[str, Callable[..., PipelineConfig]] = {
+    "r1_tiny": r1_tiny,
+}
+"""Example name -> pipeline config function(quick=, output_dir=), as `python -m trainer pipeline --example` takes it."""
+
+
+def r1_qwen25_7b(*, quick: bool = False, output_dir: str | None = None) -> PipelineConfig:
+    """R1's stages for Qwen2.5-7B on 4 nodes x 8 GPUs, distilled into Qwen2.5-1.5B (not run here: no GPU cluster).
+
+    Data: the cold-start chains of thought at /data/r1/cold_start (readable format, a few thousand), MATH's
+    train split for reasoning RL and rejection sampling (`python -m examples.prepare_data math`), and for
+    RL for all scenarios a mix at /data/r1/all_scenarios whose `task` is `math` (rule), `trivia` (judged by
+    Qwen2.5-7B-Instruct against the reference) or `general` (helpfulness and harmlessness reward models).
+    `python -m trainer plan --example r1_qwen25_7b` prints every stage's GPUs and memory. `quick` keeps 5
+    steps per stage (a smoke run on the cluster).
+    """
+    from pathlib import Path
+
+    from trainer.pipeline import DeriveConfig, PipelineConfig, PipelineEvalConfig, Stage
+    from trainer.templates import COLD_START_MARKER
+
+    out = output_dir or "/data/runs/r1_qwen25_7b"
+
+    def at(*parts: str) -> str:
+        return str(Path(out, *parts))
+
+    short = 5 if quick else 0
+    readable = "r1_cold_start"
+    # Qwen2.5 has no <think> token; its turn marker is the nearest thing to "a section starts here".
+    base = DeriveConfig(name="base", model_path="/data/models/Qwen2.5-7B", output_dir=out,
+                        tokens=(COLD_START_MARKER,), init_from=("<|im_start|>",))
+    student = replace(base, name="student", model_path="/data/models/Qwen2.5-1.5B")
+    c = qwen25_7b_cold_start_sft()
+    cold = replace(c, name="cold_start", output_dir=out, max_steps=short, model=replace(c.model, path=at("base", "hf")))
+    m = qwen25_math_r1_zero()
+    rl = replace(m, name="rl", output_dir=out, total_steps=short or m.total_steps,
+                 model=replace(m.model, path=at("cold_start", "hf")), data=replace(m.data, template=readable),
+                 reward=replace(m.reward, format_weight=0.1, language_weight=0.1))
+    reject = RejectionConfig(
+        name="reject", output_dir=out, samples_per_prompt=16, prompts_per_batch=512, keep_per_prompt=4,
+        max_prompts=64 if quick else 0, max_paragraph_chars=2000, max_foreign_share=0.05,
+        model=ModelConfig(path=at("rl", "model"), dtype="bfloat16", max_prompt_tokens=512, max_response_tokens=3072),
+        data=DataConfig(train_path=m.data.train_path, template=readable),
+        rollout=replace(m.rollout, num_engines=32, max_model_len=4096),
+        reward=replace(m.reward, num_actors=64), cluster=m.cluster)
+    resft = replace(cold, name="sft", epochs=2, data=replace(cold.data, train_path=at("reject", "sft.jsonl")))
+    all_scenarios = replace(
+        rl, name="all_scenarios", total_steps=short or 200, model=replace(rl.model, path=at("sft", "hf")),
+        data=replace(rl.data, train_path="/data/r1/all_scenarios/train.jsonl",
+                     eval_path="/data/r1/all_scenarios/heldout.jsonl"),
+        reward=replace(rl.reward, routes=("trivia:judge", "general:reward_model"),
+                       judge=JudgeConfig(model_path="/data/models/Qwen2.5-7B-Instruct", num_engines=2,
+                                         max_model_len=4096, gpu_memory_utilization=0.85, timeout_s=600.0),
+                       reward_model=RewardModelConfig(helpfulness_path="/data/models/rm-helpful",
+                                                      harmlessness_path="/data/models/rm-harmless")))
+    distill = replace(resft, name="distill", max_steps=short,
+                      model=replace(resft.model, path=at("student", "hf")),
+                      learner=replace(resft.learner, tensor_parallel_size=2, data_parallel_size=4, lr=2e-5))
+    g = qwen25_gsm8k_r1_zero()
+    student_grpo = replace(g, name="student_grpo", output_dir=out, total_steps=short or g.total_steps,
+                           model=replace(g.model, path=at("student", "hf"), max_response_tokens=3072),
+                           data=replace(m.data), rollout=replace(g.rollout, max_model_len=4096))
+    stages = (
+        Stage("base", "derive", base), Stage("student", "derive", student, template="r1_zero"),
+        Stage("cold_start", "sft", cold, template=readable), Stage("rl", "grpo", rl, template=readable),
+        Stage("reject", "reject", reject), Stage("sft", "sft", resft, template=readable),
+        Stage("all_scenarios", "grpo", all_scenarios, template=readable),
+        Stage("distill", "sft", distill, template=readable), Stage("student_grpo", "grpo", student_grpo, template="r1_zero"),
+    )
+    return PipelineConfig(name="r1_qwen25_7b", output_dir=out, stages=stages,
+                          eval=PipelineEvalConfig(path="/data/math/math500.jsonl", prompts=500, samples_per_prompt=4,
+                                                  max_new_tokens=3072),
+                          student=("student", "distill", "student_grpo"))
+
+
+PIPELINE_EXAMPLES["r1_qwen25_7b"] = r1_qwen25_7b

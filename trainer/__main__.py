@@ -7,10 +7,11 @@
     python -m trainer examples                                    # list the examples
     python -m trainer sft --example tiny_cpu_sft                  # SFT on the learner (R1 cold start)
     python -m trainer reject --example tiny_cpu_reject --checkpoint runs/tiny_cpu_r1_rl/model
+    python -m trainer pipeline --example r1_tiny [--quick]    # every R1 stage, resumable (trainer/pipeline.py)
 
 `train` checks the model directory, the tokenizer and the data files before it starts anything.
-`plan` starts nothing (GRPO, SFT and rejection-sampling examples); it exits with 1 when the estimate
-does not fit the GPUs.
+`plan` starts nothing (GRPO, SFT, rejection-sampling and pipeline examples: a pipeline's every stage);
+it exits with 1 when an estimate does not fit the GPUs.
 """
 
 from __future__ import annotations
@@ -38,9 +39,11 @@ def resolve(example: str, overrides: list[str]) -> TrainConfig:
 
 def plan(example: str, overrides: list[str]) -> int:
     """`plan` for a GRPO example, an SFT stage (learner only) or rejection sampling (engines only)."""
-    from examples.configs import REJECTION_EXAMPLES, SFT_EXAMPLES
+    from examples.configs import PIPELINE_EXAMPLES, REJECTION_EXAMPLES, SFT_EXAMPLES
     from trainer.plan import PlanError, make_plan, sft_view
 
+    if example in PIPELINE_EXAMPLES:
+        return plan_pipeline(example, overrides)
     try:
         if example in SFT_EXAMPLES:
             sft = apply_overrides(SFT_EXAMPLES[example](), overrides).validate()
@@ -60,6 +63,51 @@ def plan(example: str, overrides: list[str]) -> int:
     return 0
 
 
+def plan_pipeline(example: str, overrides: list[str]) -> int:
+    """`plan` for every learner or engine stage of a pipeline (`--set` is not taken: stages differ).
+
+    A stage's model that an earlier stage writes is planned at the shape of the model that chain started
+    from (a student cut from its teacher: at the teacher's, an upper bound)."""
+    from dataclasses import replace
+
+    from examples.configs import PIPELINE_EXAMPLES
+    from trainer.pipeline import stage_output
+    from trainer.plan import PlanError, make_plan, sft_view
+
+    if overrides:
+        print("error: plan of a pipeline takes no --set; change a stage in its config function", file=sys.stderr)
+        return 2
+    cfg = PIPELINE_EXAMPLES[example]()
+    refused: list[str] = []
+    origin: dict[str, str] = {}
+    for stage in cfg.stages:
+        path = stage.config.model_path if stage.kind == "derive" else stage.config.model.path
+        origin[stage_output(stage)] = origin.get(path, path)
+        if stage.kind in ("sft", "grpo", "reject"):
+            stage = replace(stage, config=replace(stage.config, model=replace(stage.config.model,
+                                                                              path=origin.get(path, path))))
+        try:
+            if stage.kind == "sft":
+                result = make_plan(sft_view(stage.config.validate()), example=f"{example}/{stage.name}", stage="sft")
+            elif stage.kind == "reject":
+                result = make_plan(stage.config.validate().engine_config(), example=f"{example}/{stage.name}",
+                                   stage="reject")
+            elif stage.kind == "grpo":
+                result = make_plan(stage.config.validate(), example=f"{example}/{stage.name}")
+            else:
+                print(f"{example}/{stage.name}: {stage.kind} (a model copy on one process; nothing to place)")
+                continue
+        except (ConfigError, PlanError) as e:
+            print(f"error: {example}/{stage.name}: {e}", file=sys.stderr)
+            return 2
+        print(result.render())
+        if not result.fits:
+            refused.append(f"{stage.name}: {result.refusal()}")
+    for line in refused:
+        print(f"error: {line}", file=sys.stderr)
+    return 1 if refused else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainer", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -71,6 +119,11 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override one field, e.g. --set algorithm.group_size=16 (repeatable)")
     sub.add_parser("examples", help="list the examples")
+    p = sub.add_parser("pipeline", help="R1's stages from one config; resumes at the first unfinished stage")
+    p.add_argument("--example", required=True, help="pipeline config function from examples/configs.py")
+    p.add_argument("--quick", action="store_true", help="a few steps per stage (tests, a first look)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="output_dir=DIR",
+                   help="only output_dir may be set")
     for name, help_text in (("sft", "supervised fine-tuning on the learner (cold start, rejection-sampled data, "
                                     "distillation); writes run_dir/hf"),
                             ("reject", "rejection sampling on the rollout engines; writes SFT JSONL and a report")):
@@ -86,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
         from trainer.sft import main as sft_main
 
         return sft_main(args.example, args.overrides)
+    if args.command == "pipeline":
+        from trainer.pipeline import main as pipeline_main
+
+        return pipeline_main(args.example, quick=args.quick, overrides=args.overrides)
     if args.command == "reject":
         from trainer.rejection import main as reject_main
 
@@ -94,9 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "examples":
         for name, fn in sorted(examples().items()):
             print(f"{name:28s} {(fn.__doc__ or '').strip().splitlines()[0]}")
-        from examples.configs import REJECTION_EXAMPLES, SFT_EXAMPLES
+        from examples.configs import PIPELINE_EXAMPLES, REJECTION_EXAMPLES, SFT_EXAMPLES
 
-        for command, table in (("sft", SFT_EXAMPLES), ("reject", REJECTION_EXAMPLES)):
+        for command, table in (("sft", SFT_EXAMPLES), ("reject", REJECTION_EXAMPLES), ("pipeline", PIPELINE_EXAMPLES)):
             for name, stage_fn in sorted(table.items()):
                 print(f"{name:28s} [{command}] {(stage_fn.__doc__ or '').strip().splitlines()[0]}")
         return 0

@@ -12,6 +12,13 @@ the tokenizer's own chat template.
 response is `|special_token|<reasoning_process>|special_token|<summary>`, written by
 `readable_response` and read back strictly by `split_readable`. The marker is plain text here, not an
 added token, so any tokenizer can carry it; `chain_of_thought` finds the reasoning in either format.
+
+`r1_zero_readable` is the R1-Zero prompt without its opening `<think>`, answered in the readable format.
+It is for a base model whose skill is bound to the exact prompt it was pretrained on: the tiny base's
+per-token loss on its own correct chains of thought was 0.036 after the R1-Zero prompt and 2.3 after the
+cold-start instruction (64 held-out questions), so a cold start behind a new instruction has to relearn
+addition. With the marker added as one token (`trainer.pipeline.add_marker_token`, its embedding copied
+from `<think>`), the readable response starts exactly where the base's pretraining responses did.
 """
 
 from __future__ import annotations
@@ -60,6 +67,11 @@ def r1_cold_start(question: str) -> str:
     return f"{COLD_START_INSTRUCTION} User: {question} Assistant:"
 
 
+def r1_zero_readable(question: str) -> str:
+    """The R1-Zero prompt without `<think>`: the response opens with the cold-start marker instead."""
+    return f"{R1_ZERO_INSTRUCTION} User: {question} Assistant: "
+
+
 def readable_response(reasoning: str, summary: str, *, marker: str = COLD_START_MARKER) -> str:
     """R1's cold-start output: `marker + reasoning + marker + summary`."""
     if marker in reasoning or marker in summary:
@@ -90,7 +102,7 @@ def chain_of_thought(text: str, *, marker: str = COLD_START_MARKER) -> str | Non
 
 
 TEMPLATES: dict[str, Callable[..., str]] = {"r1_zero": r1_zero, "r1_chat": r1_chat,
-                                            "r1_cold_start": r1_cold_start}
+                                            "r1_cold_start": r1_cold_start, "r1_zero_readable": r1_zero_readable}
 """Template name -> renderer. `r1_chat` also needs the tokenizer."""
 
 

@@ -1,0 +1,427 @@
+"""The multi-stage R1 recipe (arXiv:2501.12948, section 2.3-2.4) as one job: stages chained from one config.
+
+    python -m trainer pipeline --example r1_tiny [--quick]
+
+    base --derive--> base + the readable format's marker as one token
+         --sft (cold start)--> --grpo (reasoning RL)--> --reject (k samples, correct + filtered kept)-->
+         --sft (the base on the sampled data)--> --grpo (RL for all scenarios, reward chosen per source)
+    base --derive--> student (every other layer) --sft on the teacher's samples (distillation)
+                                                 --grpo directly, on as many sequences (the comparison)
+
+Each stage is one of four kinds, run through the same entry points as the commands: `derive`
+(`derive_model`: extra tokens, fewer layers), `sft` (`trainer.sft.train_sft`), `grpo`
+(`trainer.controller.train`) and `reject` (`trainer.rejection.run_rejection`). A stage's config names its inputs by path, so the
+example function that builds a `PipelineConfig` wires each stage to the outputs of earlier ones.
+
+Stamps: when a stage finishes it writes `output_dir/<stage>/stage.json` with a hash of its config chained
+with the hash of the stage before it. A rerun skips every stage whose stamp matches and whose output
+exists, and runs the first one that does not and every stage after it (they read its new output); since
+the hashes chain, a changed config reruns its stage and every stage after it too. The held-out evaluation of a stage's model is stamped the same way (with the
+evaluation config in the hash), so a rerun does not repeat it either.
+
+The stage table (`output_dir/pipeline.json`, printed at the end): held-out pass@1 (temperature 1, mean
+over k samples), cons@k (majority vote over the k answers) and mean response length in tokens for every
+evaluated model, the rejection-sampling report, and the distillation comparison (the student's base, its
+SFT on the teacher's samples, its GRPO run, with the sequences each trained on).
+
+Departures from R1: evaluation runs with plain transformers `generate` (the models here are tiny; a
+GPU pipeline would evaluate on the rollout engines); the stages run one after another on one Ray
+instance per stage rather than on a long-lived cluster; "compute" for the student comparison is counted
+in sequences through the learner (SFT: samples x epochs; GRPO: steps x prompts x group size), not FLOPs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from trainer.config import to_dict
+
+StageKind = Literal["derive", "sft", "grpo", "reject"]
+
+
+@dataclass(frozen=True)
+class DeriveConfig:
+    """A copy of a Hugging Face model with extra tokens (each embedding copied from an existing token) and,
+    for a distillation student, only every n-th layer (DistilBERT's initialisation of a smaller student)."""
+
+    name: str
+    """Outputs go to output_dir/name/hf."""
+    model_path: str
+    """The model to extend."""
+    output_dir: str = "runs"
+    tokens: tuple[str, ...] = ()
+    """Tokens to add (plain added tokens: decoding keeps them in the text)."""
+    init_from: tuple[str, ...] = ()
+    """For each added token, the existing token whose embedding (and output row) it starts from."""
+    keep_every_layer: int = 1
+    """Keep layers 0, n, 2n, ... (1: all)."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    """Also the stage's directory under the pipeline's output_dir."""
+    kind: StageKind
+    config: Any
+    """`DeriveConfig`, `SFTConfig`, `TrainConfig` (grpo) or `RejectionConfig`."""
+    template: str = ""
+    """Template the held-out evaluation prompts this stage's model with ('': do not evaluate it)."""
+
+
+@dataclass(frozen=True)
+class PipelineEvalConfig:
+    path: str
+    """Held-out JSONL (`prompt`, `ground_truth`, `task`)."""
+    prompts: int = 128
+    """First n held-out prompts."""
+    samples_per_prompt: int = 4
+    """k: pass@1 is the mean over the k samples, cons@k the majority vote over them."""
+    temperature: float = 1.0
+    max_new_tokens: int = 96
+    seed: int = 0
+    threads: int = 2
+    """torch CPU threads for generation."""
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    name: str
+    output_dir: str
+    """Stages write to output_dir/<stage name>; the table to output_dir/pipeline.json."""
+    stages: tuple[Stage, ...]
+    eval: PipelineEvalConfig
+    baselines: tuple[tuple[str, str, str], ...] = ()
+    """(label, model path, template): models evaluated beside the stages' (the bases)."""
+    student: tuple[str, str, str] = ("", "", "")
+    """(student base label, distillation stage, student GRPO stage) for the comparison ('': none)."""
+
+
+def stage_output(stage: Stage) -> str:
+    """Where a stage writes its model or data set (what later stages' configs name)."""
+    cfg = stage.config
+    leaf = {"derive": "hf", "sft": "hf", "grpo": "model", "reject": "sft.jsonl"}[stage.kind]
+    return str(Path(cfg.output_dir) / cfg.name / leaf)
+
+
+# --- stamps ----------------------------------------------------------------------------------------
+
+
+def config_hash(cfg: Any, previous: str) -> str:
+    """sha256 of the config (as JSON) chained with the previous stage's hash."""
+    text = json.dumps(to_dict(cfg) if hasattr(cfg, "__dataclass_fields__") else cfg, sort_keys=True, default=str)
+    return hashlib.sha256((text + previous).encode()).hexdigest()
+
+
+def read_stamp(stage_dir: Path, digest: str) -> dict[str, Any] | None:
+    """The stage's stamp if it matches `digest` and the output it names still exists, else None."""
+    stamp = stage_dir / "stage.json"
+    if not stamp.exists():
+        return None
+    record = json.loads(stamp.read_text())
+    output = record.get("model") or record.get("data")
+    if record.get("hash") != digest or not output or not Path(output).exists():
+        return None
+    return record
+
+
+def write_stamp(stage_dir: Path, record: dict[str, Any]) -> dict[str, Any]:
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    tmp = stage_dir / "stage.json.tmp"
+    tmp.write_text(json.dumps(record, indent=1))
+    tmp.replace(stage_dir / "stage.json")
+    return record
+
+
+# --- the stages --------------------------------------------------------------------------------------
+
+
+def derive_model(cfg: DeriveConfig) -> dict[str, Any]:
+    """Copy the model with `cfg.tokens` added, each embedding row copied from its `init_from` token (the
+    output rows too unless the embeddings are tied), and every `keep_every_layer`-th layer; written to
+    output_dir/name/hf."""
+    import torch
+    from tokenizers import AddedToken
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if len(cfg.tokens) != len(cfg.init_from):
+        raise ValueError(f"derive {cfg.name}: {len(cfg.tokens)} tokens but {len(cfg.init_from)} init_from")
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model_path)
+    model = AutoModelForCausalLM.from_pretrained(cfg.model_path, dtype=torch.float32)
+    sources = [tokenizer.convert_tokens_to_ids(t) for t in cfg.init_from]
+    missing = [t for t, i in zip(cfg.init_from, sources, strict=True) if i is None or i == tokenizer.unk_token_id]
+    if missing:
+        raise ValueError(f"derive {cfg.name}: {missing} are not tokens of {cfg.model_path}")
+    tokenizer.add_tokens([AddedToken(t, normalized=False, special=False) for t in cfg.tokens])
+    embeddings: Any = model.get_input_embeddings()
+    if len(tokenizer) > embeddings.weight.shape[0]:  # real models keep spare rows: never shrink
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    new_ids: list[Any] = [tokenizer.convert_tokens_to_ids(t) for t in cfg.tokens]
+    tables: list[Any] = [model.get_input_embeddings().weight]
+    if not model.config.tie_word_embeddings:
+        tables.append(model.get_output_embeddings().weight)
+    with torch.no_grad():
+        for new, source in zip(new_ids, sources, strict=True):
+            for table in tables:
+                table[new] = table[source]
+    if cfg.keep_every_layer > 1:
+        layers = model.model.layers
+        model.model.layers = torch.nn.ModuleList(layers[i] for i in range(0, len(layers), cfg.keep_every_layer))
+        for new_index, layer in enumerate(model.model.layers):
+            layer.self_attn.layer_idx = new_index
+        model.config.num_hidden_layers = len(model.model.layers)
+        if getattr(model.config, "layer_types", None):
+            model.config.layer_types = model.config.layer_types[:len(model.model.layers)]
+    out = Path(cfg.output_dir) / cfg.name / "hf"
+    tmp = out.with_name("hf.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.replace(out)
+    return {"model": str(out), "vocab_size": len(tokenizer), "layers": model.config.num_hidden_layers,
+            "parameters": sum(p.numel() for p in model.parameters())}
+
+
+def run_sft_stage(cfg: Any) -> dict[str, Any]:
+    from trainer.metrics import read_metrics
+    from trainer.sft import summary, train_sft
+
+    run_dir = train_sft(replace(cfg, resume=False))
+    sequences = sum(int(m["samples"]) for m in read_metrics(run_dir, "train"))
+    return {"model": str(run_dir / "hf"), "sequences": sequences, **summary(run_dir)}
+
+
+def run_grpo_stage(cfg: Any) -> dict[str, Any]:
+    from trainer.controller import train
+    from trainer.metrics import read_metrics
+
+    shutil.rmtree(Path(cfg.output_dir) / cfg.name, ignore_errors=True)  # a changed stage starts over
+    run_dir = train(cfg)
+    evals = read_metrics(run_dir, "eval")
+    trains = read_metrics(run_dir, "train")
+    a = cfg.algorithm
+    return {"model": str(run_dir / "model"), "steps": len(trains),
+            "sequences": len(trains) * a.prompts_per_step * a.group_size,
+            "reward_start": trains[0].get("reward") if trains else None,
+            "reward_end": trains[-1].get("reward") if trains else None,
+            "engine_pass@1_start": evals[0]["pass@1"] if evals else None,
+            "engine_pass@1_end": evals[-1]["pass@1"] if evals else None}
+
+
+def run_reject_stage(cfg: Any) -> dict[str, Any]:
+    from trainer.rejection import run_rejection
+
+    out = run_rejection(cfg)
+    report = json.loads((out / "report.json").read_text())
+    if report["kept"] == 0:
+        raise RuntimeError(f"pipeline stage {cfg.name}: rejection sampling kept no sample ({report['dropped']}): "
+                           f"the policy solved none of its prompts, so there is nothing to fine-tune on")
+    return {"data": str(out / "sft.jsonl"), "report": report}
+
+
+RUNNERS: dict[str, Callable[[Any], dict[str, Any]]] = {
+    "derive": derive_model, "sft": run_sft_stage, "grpo": run_grpo_stage, "reject": run_reject_stage}
+"""Stage kind -> runner(config) -> what its stamp records (`model` or `data`, and its own numbers)."""
+
+
+# --- evaluation ------------------------------------------------------------------------------------
+
+
+def evaluate_model(model_dir: str, template: str, cfg: PipelineEvalConfig) -> dict[str, float]:
+    """Held-out pass@1 (mean over k), cons@k and mean response tokens of one model, with transformers."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from reward_server.verifiers import extract_answer, verify_arithmetic
+    from trainer.data import read_rows
+    from trainer.evaluate import cons_at_k, pass_at_1
+    from trainer.templates import completion_for_reward, render
+
+    rows = read_rows(cfg.path)[:cfg.prompts]
+    if any(r.get("task", "arithmetic") != "arithmetic" for r in rows):
+        raise ValueError(f"pipeline evaluation checks addition answers; {cfg.path} holds other tasks")
+    torch.set_num_threads(cfg.threads)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    k = cfg.samples_per_prompt
+    texts = [render(template, str(r["prompt"]), tokenizer) for r in rows for _ in range(k)]
+    torch.manual_seed(cfg.seed)
+    outs, lengths = _generate(model, tokenizer, texts, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
+    answers = [extract_answer(completion_for_reward(t, o)) for t, o in zip(texts, outs, strict=True)]
+    correct = [a is not None and verify_arithmetic(a, str(rows[i // k]["ground_truth"])) for i, a in enumerate(answers)]
+    by_prompt = [correct[i:i + k] for i in range(0, len(correct), k)]
+    answers_by_prompt = [answers[i:i + k] for i in range(0, len(answers), k)]
+    return {"pass@1": pass_at_1(by_prompt), f"cons@{k}": cons_at_k(answers_by_prompt, by_prompt),
+            "response_tokens": sum(lengths) / len(lengths), "prompts": float(len(rows)), "k": float(k)}
+
+
+def _generate(model: Any, tokenizer: Any, texts: Sequence[str], *, temperature: float,
+              max_new_tokens: int, batch_size: int = 256) -> tuple[list[str], list[int]]:
+    """Sampled completions (stop at EOS or `</answer>`) and their lengths in tokens (the stop token included)."""
+    import torch
+
+    stop = [tokenizer.eos_token_id]
+    answer_end = tokenizer.convert_tokens_to_ids("</answer>")
+    if answer_end is not None and answer_end != tokenizer.unk_token_id:
+        stop.append(answer_end)
+    tokenizer.padding_side = "left"
+    outs: list[str] = []
+    lengths: list[int] = []
+    for start in range(0, len(texts), batch_size):
+        enc = tokenizer(list(texts[start:start + batch_size]), return_tensors="pt", padding=True,
+                        add_special_tokens=False)
+        with torch.no_grad():
+            ids = model.generate(**enc, max_new_tokens=max_new_tokens, eos_token_id=stop, do_sample=True,
+                                 temperature=temperature, top_k=0, top_p=1.0,
+                                 pad_token_id=tokenizer.pad_token_id)[:, enc["input_ids"].shape[1]:]  # [b, T]
+        for row in ids.tolist():
+            n = next((i + 1 for i, t in enumerate(row) if t in stop), len(row))
+            lengths.append(n)
+            outs.append(tokenizer.decode(row[:n], skip_special_tokens=True))
+    return outs, lengths
+
+
+# --- the job ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class PipelineResult:
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
+    evals: dict[str, dict[str, Any]] = field(default_factory=dict)
+    ran: list[str] = field(default_factory=list)
+    """Stages run by this invocation (the rest were up to date)."""
+
+
+def run_pipeline(cfg: PipelineConfig, *, runners: dict[str, Callable[[Any], dict[str, Any]]] | None = None,
+                 evaluator: Callable[[str, str, PipelineEvalConfig], dict[str, float]] = evaluate_model,
+                 ) -> PipelineResult:
+    """Run every stage not yet up to date, evaluate the models, write pipeline.json; see the module docstring."""
+    runners = runners or RUNNERS
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    result = PipelineResult()
+    began = time.perf_counter()
+    previous = ""
+    eval_hash = config_hash(cfg.eval, "")
+    for stage in cfg.stages:
+        digest = config_hash(stage.config, previous + stage.kind)
+        stage_dir = out / stage.name
+        record = None if result.ran else read_stamp(stage_dir, digest)  # after a rerun stage, rerun the rest
+        if record is None:
+            print(f"=== pipeline {cfg.name}: stage {stage.name} ({stage.kind}) running", flush=True)
+            t0 = time.perf_counter()
+            record = runners[stage.kind](stage.config)
+            record = write_stamp(stage_dir, {"hash": digest, "kind": stage.kind, **record,
+                                             "seconds": round(time.perf_counter() - t0, 1)})
+            result.ran.append(stage.name)
+        else:
+            print(f"=== pipeline {cfg.name}: stage {stage.name} up to date ({stage_dir / 'stage.json'})", flush=True)
+        result.stages[stage.name] = record
+        previous = digest
+        if stage.template:
+            result.evals[stage.name] = _stamped_eval(stage_dir, digest + eval_hash, record["model"], stage.template,
+                                                     cfg.eval, evaluator)
+    for label, model, template in cfg.baselines:
+        digest = config_hash({"model": model, "template": template, "files": _files_digest(model)}, eval_hash)
+        result.evals[label] = _stamped_eval(out / "baselines" / _slug(label), digest, model, template, cfg.eval,
+                                            evaluator)
+    table = stage_table(cfg, result)
+    (out / "pipeline.json").write_text(json.dumps(table | {"seconds_this_run": round(time.perf_counter() - began, 1),
+                                                           "ran": result.ran}, indent=1))
+    print(render_table(table))
+    print(f"pipeline.json: {out / 'pipeline.json'}")
+    return result
+
+
+def _stamped_eval(directory: Path, digest: str, model: str, template: str, cfg: PipelineEvalConfig,
+                  evaluator: Callable[[str, str, PipelineEvalConfig], dict[str, float]]) -> dict[str, Any]:
+    stamp = directory / "eval.json"
+    if stamp.exists():
+        record = json.loads(stamp.read_text())
+        if record.get("hash") == digest:
+            return dict(record["eval"])
+    values = evaluator(model, template, cfg)
+    directory.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps({"hash": digest, "model": model, "template": template, "eval": values}, indent=1))
+    return values
+
+
+def _files_digest(model: str) -> str:
+    """Names, sizes and modification times of a model directory's files: a rebuilt base is evaluated again."""
+    path = Path(model)
+    if not path.is_dir():
+        return ""
+    return ";".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in sorted(path.iterdir()) if p.is_file())
+
+
+def _slug(label: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in label).strip("_")
+
+
+def stage_table(cfg: PipelineConfig, result: PipelineResult) -> dict[str, Any]:
+    """What pipeline.json holds: per-model evaluation, the stages' own records, rejection report, comparison."""
+    rows = [{"model": label, **values} for label, values in result.evals.items()]
+    reports = {n: r["report"] for n, r in result.stages.items() if "report" in r}
+    table: dict[str, Any] = {"name": cfg.name, "eval": to_dict(cfg.eval), "table": rows, "stages": result.stages,
+                             "rejection": reports}
+    base_label, distill, student_rl = cfg.student
+    if base_label and distill in result.evals and student_rl in result.evals and base_label in result.evals:
+        base_p = result.evals[base_label]["pass@1"]
+        table["student"] = {
+            "base": base_label, "base_pass@1": base_p,
+            "distilled_pass@1": result.evals[distill]["pass@1"],
+            "distilled_sequences": result.stages[distill].get("sequences"),
+            "grpo_pass@1": result.evals[student_rl]["pass@1"],
+            "grpo_sequences": result.stages[student_rl].get("sequences"),
+            "distilled_minus_base": result.evals[distill]["pass@1"] - base_p,
+        }
+    return table
+
+
+def render_table(table: dict[str, Any]) -> str:
+    """The stage table as text."""
+    k = int(table["eval"]["samples_per_prompt"])
+    lines = [f"held-out: {table['eval']['prompts']} prompts x {k} samples, temperature {table['eval']['temperature']}",
+             f"{'model':34s} {'pass@1':>7s} {f'cons@{k}':>7s} {'length':>7s}"]
+    for row in table["table"]:
+        lines.append(f"{row['model']:34s} {row['pass@1']:7.3f} {row[f'cons@{k}']:7.3f} {row['response_tokens']:7.1f}")
+    for name, report in table["rejection"].items():
+        dropped = ", ".join(f"{r} {n}" for r, n in report["dropped"].items() if n)
+        lines.append(f"rejection ({name}): kept {report['kept']} of {report['samples']} samples "
+                     f"from {report['prompts']} prompts; dropped: {dropped or 'none'}")
+    s = table.get("student")
+    if s:
+        lines.append(f"student: base {s['base_pass@1']:.3f}, distilled {s['distilled_pass@1']:.3f} "
+                     f"({s['distilled_sequences']} sequences), GRPO directly {s['grpo_pass@1']:.3f} "
+                     f"({s['grpo_sequences']} sequences); distilled - base = {s['distilled_minus_base']:+.3f}")
+    return "\n".join(lines)
+
+
+def main(example: str, *, quick: bool, overrides: Sequence[str] = ()) -> int:
+    """`python -m trainer pipeline --example NAME [--quick] [--set output_dir=DIR]`."""
+    import sys
+
+    from examples.configs import PIPELINE_EXAMPLES
+
+    if example not in PIPELINE_EXAMPLES:
+        print(f"error: unknown pipeline example {example!r}; known: {', '.join(sorted(PIPELINE_EXAMPLES))}",
+              file=sys.stderr)
+        return 2
+    output_dir = None
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key != "output_dir" or not value:
+            print(f"error: a pipeline takes only --set output_dir=DIR (got {item!r}); change a stage in its "
+                  f"config function", file=sys.stderr)
+            return 2
+        output_dir = value
+    cfg = PIPELINE_EXAMPLES[example](quick=quick, output_dir=output_dir)
+    run_pipeline(cfg)
+    return 0
