@@ -146,7 +146,7 @@ EXAMPLES: dict[str, Callable[[], TrainConfig]] = {
 """Example name -> config function, as `--example` takes it."""
 
 
-# --- the R1 stages beyond R1-Zero on the tiny model (examples/r1_pipeline.py chains them) -----------
+# --- the R1 stages beyond R1-Zero on the tiny model, one command each (r1_tiny below chains them) ------
 
 TINY_SFT_DATA = "artifacts/data/sft"
 """Written by `python -m examples.build_sft_data`."""
@@ -294,7 +294,7 @@ def r1_tiny(*, quick: bool = False, output_dir: str | None = None, reward_models
                         init_from=("<think>",))
     student = replace(base, name="student", keep_every_layer=2)
     sft = tiny_cpu_sft()
-    cold = replace(sft, name="cold_start", output_dir=out, epochs=1, max_steps=6 if quick else 0, checkpoint_every=0,
+    cold = replace(sft, name="cold_start", output_dir=out, epochs=1, max_steps=20 if quick else 0, checkpoint_every=0,
                    model=replace(sft.model, path=at("base", "hf")), data=replace(sft.data, template=readable),
                    learner=replace(sft.learner, lr=1e-3))
     rl0 = tiny_cpu_r1_rl()

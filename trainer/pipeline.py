@@ -326,8 +326,10 @@ def run_pipeline(cfg: PipelineConfig, *, runners: dict[str, Callable[[Any], dict
         result.stages[stage.name] = record
         previous = digest
         if stage.template:
-            result.evals[stage.name] = _stamped_eval(stage_dir, digest + eval_hash, record["model"], stage.template,
-                                                     cfg.eval, evaluator)
+            values = _stamped_eval(stage_dir, digest + eval_hash, record["model"], stage.template, cfg.eval, evaluator)
+            result.evals[stage.name] = values
+            print(f"=== pipeline {cfg.name}: after {stage.name}: " + ", ".join(f"{k} {v:.3f}" for k, v in values.items()),
+                  flush=True)
     for label, model, template in cfg.baselines:
         digest = config_hash({"model": model, "template": template, "files": _files_digest(model)}, eval_hash)
         result.evals[label] = _stamped_eval(out / "baselines" / _slug(label), digest, model, template, cfg.eval,
