@@ -9,15 +9,22 @@ A group of G samples stays on one engine, so its prompt is prefilled once (prefi
 are balanced by estimated work (prompt characters + max_tokens per prompt), greedily, largest first.
 Every call has a deadline; a failure names the engine and the root cause (an engine that died is
 reported as its death).
+
+An engine that dies or hangs in `generate` is replaced: the other engines' groups are kept, the failed
+engine's actor is killed and a new one started in its placement bundle (`start_engine`), the weight-sync
+owner forms the transfer group anew and sends it the current weights (`reload_weights`, i.e.
+`actors.weight_sync.WeightSync.reload`), every engine must then report `expected_version`, and the
+unfinished groups are generated again with the same per-prompt seeds. Past `max_restarts` replacements
+in a run, `EngineFailure` stops it with a summary of every failure (engine, call, root cause).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from actors.rollout import StaleEngineError
-from cluster.calls import get_all
+from cluster.calls import CallFailure, RemoteCallError, get_all, wait_each
 from trainer.types import Prompt, RolloutBatch, WeightVersion
 
 
@@ -37,18 +44,26 @@ def assign_groups(costs: Sequence[int], num_engines: int, loads: Sequence[int] |
 
 def merge_batches(prompts: Sequence[Prompt], engine_of: Sequence[int], parts: Sequence[RolloutBatch]) -> RolloutBatch:
     """One RolloutBatch in the original order from the per-engine parts (each in its own sub-order)."""
-    versions = {p.policy_version for p in parts}
+    cursor = [0] * len(parts)
+    rows = []
+    for e in engine_of:
+        rows.append((parts[e], cursor[e]))
+        cursor[e] += 1
+    return _assemble(prompts, rows)
+
+
+def _assemble(prompts: Sequence[Prompt], rows: Sequence[tuple[RolloutBatch, int]]) -> RolloutBatch:
+    """One RolloutBatch in prompt order from (engine part, row in it) per prompt; all of one version."""
+    versions = {part.policy_version for part, _ in rows}
     if len(versions) != 1:
         raise StaleEngineError(f"engines sampled with different weight versions {sorted(versions)}")
-    cursor = [0] * len(parts)
-    prompt_ids, groups = [], []
-    for e in engine_of:
-        part, i = parts[e], cursor[e]
-        prompt_ids.append(part.prompt_token_ids[i])
-        groups.append(part.completions[i])
-        cursor[e] += 1
-    return RolloutBatch(prompts=tuple(prompts), prompt_token_ids=tuple(prompt_ids), completions=tuple(groups),
-                        policy_version=versions.pop(), engine_seconds=max(p.engine_seconds for p in parts))
+    return RolloutBatch(prompts=tuple(prompts), prompt_token_ids=tuple(p.prompt_token_ids[i] for p, i in rows),
+                        completions=tuple(p.completions[i] for p, i in rows), policy_version=versions.pop(),
+                        engine_seconds=max(p.engine_seconds for p, _ in rows))
+
+
+class EngineFailure(RemoteCallError):
+    """Rollout engines failed more often than `max_restarts` allows; the message lists every failure."""
 
 
 class EngineGroup:
@@ -56,13 +71,20 @@ class EngineGroup:
 
     def __init__(self, engine_actors: Sequence[Any], tp_sizes: Sequence[int] | None = None, *,
                  generate_timeout_s: float | None = 600.0, control_timeout_s: float = 120.0,
-                 start_timeout_s: float = 1800.0):
+                 start_timeout_s: float = 1800.0, start_engine: Callable[[int], Any] | None = None,
+                 max_restarts: int = 0):
         self.engine_actors = list(engine_actors)
         self.tp_sizes = list(tp_sizes) if tp_sizes is not None else [1] * len(self.engine_actors)
         self.generate_timeout_s, self.control_timeout_s = generate_timeout_s, control_timeout_s
         self.start_timeout_s = start_timeout_s
         self.expected_version = 0
         """The version every engine must hold before we sample (0: weights from disk)."""
+        self.start_engine, self.max_restarts = start_engine, max_restarts
+        """`start_engine(e)`: a new actor for engine e in its bundle; at most `max_restarts` per run."""
+        self.reload_weights: Callable[[], Any] | None = None
+        """Set by the weight-sync owner (`WeightSync.reload`): the current weights into every engine."""
+        self.failures: list[str] = []
+        """Every engine failure of the run, oldest first: 'engine 1: failed in generate (...): <cause>'."""
 
     @property
     def names(self) -> list[str]:
@@ -75,19 +97,51 @@ class EngineGroup:
 
     def generate(self, prompts: Sequence[Prompt], *, n: int, temperature: float, top_p: float, max_tokens: int,
                  stop: Sequence[str], seed: int | None) -> RolloutBatch:
-        """B prompts -> one RolloutBatch with B groups of n, in prompt order; refuses stale engines."""
-        engine_of = assign_groups([len(p.text) + max_tokens for p in prompts], len(self.engine_actors))
-        used = sorted(set(engine_of))
-        refs = []
-        for e in used:
-            mine = [p for p, k in zip(prompts, engine_of) if k == e]
-            refs.append(self.engine_actors[e].generate.remote(
-                mine, n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, stop=tuple(stop),
-                seed=seed, expected_version=self.expected_version))
-        parts = get_all(refs, what=f"generate ({len(prompts)} prompts x {n})", names=[f"engine {e}" for e in used],
-                        timeout_s=self.generate_timeout_s, keep=(StaleEngineError,))
-        slot = {e: i for i, e in enumerate(used)}
-        return merge_batches(prompts, [slot[e] for e in engine_of], parts)
+        """B prompts -> one RolloutBatch with B groups of n, in prompt order; refuses stale engines.
+
+        Groups of an engine that dies or misses the deadline are generated again after it was replaced."""
+        todo, done = list(range(len(prompts))), {}  # done: prompt position -> (its engine's part, row in it)
+        what = f"generate ({len(prompts)} prompts x {n})"
+        while todo:
+            engine_of = assign_groups([len(prompts[b].text) + max_tokens for b in todo], len(self.engine_actors))
+            used = sorted(set(engine_of))
+            mine = {e: [b for b, k in zip(todo, engine_of) if k == e] for e in used}
+            refs = [self.engine_actors[e].generate.remote(
+                [prompts[b] for b in mine[e]], n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
+                stop=tuple(stop), seed=seed, expected_version=self.expected_version) for e in used]
+            parts = wait_each(refs, what=what, names=[f"engine {e}" for e in used],
+                              timeout_s=self.generate_timeout_s, keep=(StaleEngineError,))
+            failed = {e: p for e, p in zip(used, parts) if isinstance(p, CallFailure)}
+            done.update({b: (p, row) for e, p in zip(used, parts) if e not in failed for row, b in enumerate(mine[e])})
+            todo = [b for e in failed for b in mine[e]]
+            if failed:
+                self.replace(failed)
+        return _assemble(prompts, [done[b] for b in range(len(prompts))])
+
+    def replace(self, failed: dict[int, CallFailure], *, with_others: bool = False) -> None:
+        """Kill the failed engines (`with_others`: every engine, e.g. after a weight sync broke off half-way),
+        start new ones in their bundles, load the current weights into them and check every engine's
+        version; EngineFailure past `max_restarts` failures in the run."""
+        self.failures += [str(f) for f in failed.values()]
+        if self.start_engine is None or self.reload_weights is None or len(self.failures) > self.max_restarts:
+            raise EngineFailure(f"rollout engines failed {len(self.failures)} time(s), more than "
+                                f"rollout.max_engine_restarts = {self.max_restarts} allows: " + "; ".join(self.failures))
+        import ray
+
+        restart = range(len(self.engine_actors)) if with_others else sorted(failed)
+        for e in restart:
+            try:
+                ray.kill(self.engine_actors[e], no_restart=True)  # a hung engine must not keep its bundle
+            except Exception as err:  # already gone
+                print(f"engine {e}: kill after its failure: {type(err).__name__}: {err}")
+            self.engine_actors[e] = self.start_engine(e)
+        get_all([self.engine_actors[e].weight_version.remote(False) for e in restart],
+                what="start-up of a replacement engine", names=[f"engine {e}" for e in restart],
+                timeout_s=self.start_timeout_s)
+        self.reload_weights()
+        self.check_versions()
+        print(f"replaced {', '.join(f'engine {e}' for e in failed)} after: "
+              + "; ".join(str(f) for f in failed.values()) + f" (replacements so far: {len(self.failures)})")
 
     def init_weight_sync_async(self, spec: Any) -> list[Any]:
         """Refs of every engine joining the transfer group `spec` (actors.weight_sync.TransferSpec)."""
@@ -113,6 +167,12 @@ class EngineGroup:
         if stale:
             held = ", ".join(f"engine {v.engine} holds {v.policy_version}" for v in stale)
             raise StaleEngineError(f"expected weight version {self.expected_version}: {held}")
+
+    def dead_engines(self) -> dict[int, CallFailure]:
+        """The engines whose actor died (or does not answer a version query within the control deadline)."""
+        found = wait_each([a.weight_version.remote(False) for a in self.engine_actors], what="a liveness check",
+                          names=self.names, timeout_s=self.control_timeout_s)
+        return {e: f for e, f in enumerate(found) if isinstance(f, CallFailure) and (f.died or f.timed_out)}
 
     def sleep(self, level: int = 1) -> None:
         """Free the engines' device memory while the learner trains (a no-op without GPU sleep mode)."""

@@ -156,7 +156,8 @@ class LearnerWorker:
                  optimizer: OptimizerSettings | None = None, sequences_per_microbatch: int = 16,
                  tokens_per_microbatch: int = 0, recompute: str = "none", attention: str = "sdpa",
                  role: str = "policy",
-                 hold_reference: bool = False, num_threads: int = 1, timeout_s: float = 600.0):
+                 hold_reference: bool = False, num_threads: int = 1, timeout_s: float = 600.0,
+                 store_secret: str = ""):
         if role not in ("policy", "reference"):
             raise ValueError(f"role must be 'policy' or 'reference', not {role!r}")
         if recompute not in RECOMPUTE_MODES:
@@ -169,7 +170,7 @@ class LearnerWorker:
         self.device = torch.device("cuda", torch.cuda.current_device()) if self.use_gpu else torch.device("cpu")
         if not self.use_gpu:
             megatron_cpu.apply()
-        self._rendezvous(master_addr, master_port, rank, world_size, timeout_s)
+        self._rendezvous(master_addr, master_port, rank, world_size, timeout_s, store_secret)
         from megatron.core import parallel_state as ps
 
         ps.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
@@ -500,8 +501,10 @@ class LearnerWorker:
             save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
         dist.barrier()
 
-    def _rendezvous(self, master_addr: str, master_port: int, rank: int, world_size: int, timeout_s: float) -> None:
-        """Join the default process group at rank 0's (node address, port); rank 0's store listens there only.
+    def _rendezvous(self, master_addr: str, master_port: int, rank: int, world_size: int, timeout_s: float,
+                    secret: str = "") -> None:
+        """Join the default process group at rank 0's (node address, port); rank 0's store listens there only,
+        and every key is under the group's `secret`, so only ranks told it can join or read the rendezvous.
 
         Gloo (CPU groups, and Megatron's gloo side groups on GPU) is told the interface that reaches rank 0:
         by default it resolves the hostname, which on another node or in a container may not be an address
@@ -515,6 +518,8 @@ class LearnerWorker:
         if interface is not None and "GLOO_SOCKET_IFNAME" not in os.environ:
             os.environ["GLOO_SOCKET_IFNAME"] = interface
         store = tcp_store(master_addr, master_port, is_master=rank == 0, timeout_s=timeout_s, world_size=world_size)
+        if secret:
+            store = dist.PrefixStore(secret, store)
         dist.init_process_group("nccl" if self.use_gpu else "gloo", store=store, rank=rank, world_size=world_size,
                                 timeout=timedelta(seconds=timeout_s))
 
@@ -530,6 +535,7 @@ class LearnerWorker:
         if self.rank == 0:
             from actors.weight_sync import WeightSender
 
+            self._sender = None  # a group formed anew (an engine was replaced): the old one's store goes
             self._sender = WeightSender(spec)
 
     def push_weights(self, version: int, bucket_bytes: int, checksums: bool = False) -> dict:
@@ -541,8 +547,12 @@ class LearnerWorker:
             return {}
         if self._sender is None:
             raise RuntimeError("call init_weight_sync before push_weights")
-        return self._sender.send(self.hf_state_dict_iter(), bucket_bytes=bucket_bytes, version=version,
-                                 checksums=checksums)
+        tensors = self.hf_state_dict_iter()
+        try:
+            return self._sender.send(tensors, bucket_bytes=bucket_bytes, version=version, checksums=checksums)
+        finally:
+            for _ in tensors:  # after a failed send: the other ranks are still gathering with this one
+                pass
 
     def memory(self) -> dict[str, float]:
         """GiB this rank holds: allocated and reserved CUDA memory (GPU), or its resident set (CPU)."""

@@ -10,12 +10,14 @@ were already reduced over DP by the workers.
 
 The process groups rendezvous at rank 0's node address, as Ray reports it on that node, with a port
 picked there (a zero-resource task in rank 0's bundle finds both before the ranks start); only a local
-Ray answers 127.0.0.1. Every verb has a deadline (`timeout_s`); a failure names the rank and the root
-cause.
+Ray answers 127.0.0.1. Rank 0's store listens on that address only, and its keys carry a per-group
+secret that only the ranks are told (as the weight-sync store's do). Every verb has a deadline
+(`timeout_s`); a failure names the rank and the root cause.
 """
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from typing import Any
 
@@ -58,13 +60,14 @@ class LearnerGroup:
                         "scheduling_strategy": PlacementGroupSchedulingStrategy(own_pg, placement_group_bundle_index=rank)}
 
         master_addr, port = endpoint_on(placement(0), timeout_s or 600.0)
+        store_secret = secrets.token_hex(16)  # the rendezvous store's keys: only these ranks know them
         remote: Any = ray.remote(LearnerWorker)  # Ray's stubs do not type `.remote` on actor methods
         self.workers: list[Any] = [
             remote.options(**placement(r)).remote(
                 rank=r, world_size=self.world_size, master_addr=master_addr, master_port=port, tp=tp,
                 pp=pp, dp=dp, model_path=model_path, dtype=dtype, seed=seed, optimizer=optimizer,
                 sequences_per_microbatch=sequences_per_microbatch, role=role,
-                hold_reference=hold_reference, num_threads=num_threads, **worker_options)
+                hold_reference=hold_reference, num_threads=num_threads, store_secret=store_secret, **worker_options)
             for r in range(self.world_size)
         ]
         self.names = [f"{role} learner rank {r}" for r in range(self.world_size)]

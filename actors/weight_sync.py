@@ -599,15 +599,41 @@ class WeightSync:
                 timeout_s=self.timeout_s + CONNECT_MARGIN_S, error=WeightSyncError)
         return self.spec
 
+    def reload(self) -> None:
+        """After engines were replaced: form the transfer group anew (a new port, secret and sender) and
+        send the current weights again as `expected_version` (none to send at version 0: every engine
+        loaded those from disk); every engine must then hold it."""
+        self.connect()
+        if self.engine_group.expected_version > 0:
+            self._send(self.engine_group.expected_version)
+
     def push(self, version: int) -> dict[str, float]:
         """Send the learner's weights to every engine as `version`; every engine must then hold it, and
-        on a checksum step hold exactly the bytes rank 0 sent."""
-        from cluster.calls import get_all
+        on a checksum step hold exactly the bytes rank 0 sent.
 
+        When the sync fails because an engine died, the error says so (not the sender's broken pipe);
+        if replacements are allowed, every engine is restarted (the survivors hold half a version),
+        given the previous version, and the push repeated."""
         if self.spec is None:
             raise WeightSyncError("push before connect: the transfer group was never formed")
         if version <= self.engine_group.expected_version:
             raise ValueError(f"weight versions must increase: {version} after {self.engine_group.expected_version}")
+        try:
+            return self._send(version)
+        except WeightSyncError as e:
+            dead = self.engine_group.dead_engines()
+            if not dead:
+                raise
+            cause = "; ".join(str(f) for f in dead.values())
+            if self.engine_group.start_engine is None:
+                raise WeightSyncError(f"weight sync of version {version} failed because {cause} "
+                                      f"(what the other side saw: {e})") from e
+        self.engine_group.replace(dead, with_others=True)
+        return self._send(version)
+
+    def _send(self, version: int) -> dict[str, float]:
+        from cluster.calls import get_all
+
         verify = bool(self.checksum_every) and version % self.checksum_every == 0
         start = time.perf_counter()
         learner_refs = self.learner_group.push_weights_async(version, self.bucket_bytes, checksums=verify)

@@ -3,6 +3,9 @@
     refs of one verb on several actors --get_all(timeout_s)--> results in order
         or RemoteCallError("<what>: <actor> died / raised <root cause> / no answer within <t> s")
 
+Every wait in progress is listed in a registry (`tracking`, `pending_calls`: what, which actors have
+not answered, since when), which the driver's stall watchdog (`trainer.watchdog`) reports from.
+
 Every remote call of a run goes through here: the first failure is raised at once (the other calls may
 still be running), and a call that does not answer within its deadline names every actor still pending.
 An actor that died is reported as its death (with Ray's reason), not as the failure of its peer that
@@ -11,13 +14,51 @@ then timed out waiting for it.
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 
 class RemoteCallError(RuntimeError):
     """A remote call failed or missed its deadline; the message names the component and the root cause."""
+
+
+@dataclass
+class PendingCall:
+    """A wait in progress: `what` ("generate (8 prompts x 8)"), the actors that have not answered yet."""
+
+    what: str
+    waiting: list[str]
+    since: float = field(default_factory=time.time)
+    """Wall-clock start (time.time())."""
+    timeout_s: float | None = None
+
+
+_PENDING: dict[int, PendingCall] = {}
+_PENDING_LOCK = threading.Lock()
+
+
+@contextmanager
+def tracking(what: str, waiting: Sequence[str], timeout_s: float | None = None) -> Iterator[PendingCall]:
+    """List a wait in the registry while it runs; update `call.waiting` as answers come in."""
+    call = PendingCall(what, list(waiting), timeout_s=timeout_s)
+    with _PENDING_LOCK:
+        _PENDING[id(call)] = call
+    try:
+        yield call
+    finally:
+        with _PENDING_LOCK:
+            _PENDING.pop(id(call), None)
+
+
+def pending_calls() -> list[PendingCall]:
+    """Copies of the waits in progress, oldest first."""
+    with _PENDING_LOCK:
+        calls = [replace(c, waiting=list(c.waiting)) for c in _PENDING.values()]
+    return sorted(calls, key=lambda c: c.since)
 
 
 def root_cause(error: BaseException) -> str:
@@ -55,18 +96,71 @@ def get_all(refs: Sequence[Any], *, what: str, names: Sequence[str], timeout_s: 
     index = {ref: i for i, ref in enumerate(refs)}
     results: list[Any] = [None] * len(refs)
     pending = list(refs)
-    while pending:
-        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-        ready, pending = ray.wait(pending, num_returns=1, timeout=remaining)
-        if not ready:
-            late = ", ".join(names[index[r]] for r in pending)
-            raise error(f"{what}: no answer within {timeout_s:.0f}s from {late}")
-        i = index[ready[0]]
-        try:
-            results[i] = ray.get(ready[0])
-        except Exception as e:  # RayActorError (the actor died), RayTaskError (the call raised)
-            cause = getattr(e, "cause", None)
-            if keep and isinstance(cause, keep):
-                raise type(cause)(f"{what}: {names[i]}: {cause}") from e
-            raise error(f"{what}: {names[i]} failed: {root_cause(e)}") from e
+    with tracking(what, names, timeout_s) as call:
+        while pending:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready, pending = ray.wait(pending, num_returns=1, timeout=remaining)
+            call.waiting = [names[index[r]] for r in pending]
+            if not ready:
+                raise error(f"{what}: no answer within {timeout_s:.0f}s from {', '.join(call.waiting)}")
+            i = index[ready[0]]
+            try:
+                results[i] = ray.get(ready[0])
+            except Exception as e:  # RayActorError (the actor died), RayTaskError (the call raised)
+                cause = getattr(e, "cause", None)
+                if keep and isinstance(cause, keep):
+                    raise type(cause)(f"{what}: {names[i]}: {cause}") from e
+                raise error(f"{what}: {names[i]} failed: {root_cause(e)}") from e
+    return results
+
+
+@dataclass(frozen=True)
+class CallFailure:
+    """One call of a `wait_each` that raised, whose actor died, or that missed the deadline."""
+
+    name: str
+    """The actor ("engine 1")."""
+    cause: str
+    """The root cause, as `root_cause` words it, or "gave no answer within <t>s"."""
+    died: bool = False
+    """The actor process is gone (Ray reported its death)."""
+    timed_out: bool = False
+    """No answer by the deadline: the actor may be hung (alive, but no use)."""
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.cause}"
+
+
+def wait_each(refs: Sequence[Any], *, what: str, names: Sequence[str], timeout_s: float | None,
+              keep: tuple[type[Exception], ...] = ()) -> list[Any]:
+    """Like `get_all`, but every call gets its answer: a result, or a `CallFailure` for a call that
+    raised, died or had not answered by the common deadline, so a caller can replace the failed actors
+    and keep the others' work. An actor's own exception of a type in `keep` is raised at once."""
+    import ray
+
+    if len(names) != len(refs):
+        raise ValueError(f"{len(names)} names for {len(refs)} calls")
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    index = {ref: i for i, ref in enumerate(refs)}
+    results: list[Any] = [None] * len(refs)
+    pending = list(refs)
+    with tracking(what, names, timeout_s) as call:
+        while pending:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready, pending = ray.wait(pending, num_returns=1, timeout=remaining)
+            call.waiting = [names[index[r]] for r in pending]
+            if not ready:
+                for ref in pending:
+                    results[index[ref]] = CallFailure(names[index[ref]], f"gave no answer to {what} within "
+                                                                         f"{timeout_s:.0f}s", timed_out=True)
+                break
+            i = index[ready[0]]
+            try:
+                results[i] = ray.get(ready[0])
+            except Exception as e:  # RayActorError (the actor died), RayTaskError (the call raised)
+                cause = getattr(e, "cause", None)
+                if keep and isinstance(cause, keep):
+                    raise type(cause)(f"{what}: {names[i]}: {cause}") from e
+                results[i] = CallFailure(names[i], f"failed in {what}: {root_cause(e)}",
+                                         died=isinstance(e, ray.exceptions.RayActorError))
     return results

@@ -32,6 +32,7 @@ from typing import Any
 
 import ray
 
+from cluster.calls import tracking
 from reward_server.sandbox import STARTUP_TIMEOUT_S
 from trainer.config import RewardConfig
 from trainer.types import Completion, Prompt, RewardResult, RolloutBatch, ScoredBatch
@@ -154,28 +155,30 @@ class RewardGroup:
                     in_flight += 1
 
         top_up()
-        while pending:
-            wait_s = min(c.deadline for c in pending.values()) - time.monotonic()
-            ready, _ = ray.wait(list(pending), num_returns=1,
-                                timeout=max(0.0, wait_s) if math.isfinite(wait_s) else None)
-            if not ready:
-                for index in self._time_out(pending, chunks, done, queue):
-                    busy_until[index] = 0.0
+        with tracking(f"scoring {sum(map(len, chunks))} samples", []) as call_state:
+            while pending:
+                call_state.waiting = sorted({f"reward actor {c.actor_index}" for c in pending.values()})
+                wait_s = min(c.deadline for c in pending.values()) - time.monotonic()
+                ready, _ = ray.wait(list(pending), num_returns=1,
+                                    timeout=max(0.0, wait_s) if math.isfinite(wait_s) else None)
+                if not ready:
+                    for index in self._time_out(pending, chunks, done, queue):
+                        busy_until[index] = 0.0
+                    top_up()
+                    continue
+                call = pending.pop(ready[0])
+                n = len(chunks[call.chunk])
+                try:
+                    done[call.chunk] = ray.get(ready[0])
+                    self._fresh[call.actor_index] = False
+                except ray.exceptions.RayActorError as exc:
+                    done[call.chunk] = [_failed(f"reward actor died: {exc}")] * n
+                    if self._actors[call.actor_index] is call.actor:  # its other queued chunk fails too: replace once
+                        self._replace(call.actor_index)
+                        busy_until[call.actor_index] = 0.0
+                except ray.exceptions.RayTaskError as exc:
+                    done[call.chunk] = [_failed(f"reward actor raised: {exc}")] * n
                 top_up()
-                continue
-            call = pending.pop(ready[0])
-            n = len(chunks[call.chunk])
-            try:
-                done[call.chunk] = ray.get(ready[0])
-                self._fresh[call.actor_index] = False
-            except ray.exceptions.RayActorError as exc:
-                done[call.chunk] = [_failed(f"reward actor died: {exc}")] * n
-                if self._actors[call.actor_index] is call.actor:  # its other queued chunk fails too: replace once
-                    self._replace(call.actor_index)
-                    busy_until[call.actor_index] = 0.0
-            except ray.exceptions.RayTaskError as exc:
-                done[call.chunk] = [_failed(f"reward actor raised: {exc}")] * n
-            top_up()
         return [r for chunk in done if chunk is not None for r in chunk]
 
     def _time_out(self, pending: dict[ray.ObjectRef, _Call], chunks: list[list[Item]],

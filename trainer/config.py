@@ -88,6 +88,9 @@ class RolloutConfig:
     """Deadline of the engines' short calls: versions, checksums, sleep, wake-up, memory, shutdown."""
     start_timeout_s: float = 1800.0
     """Deadline for every engine to load its model and answer after it was started."""
+    max_engine_restarts: int = 3
+    """Engines that die or hang are replaced (and their groups generated again) this many times per run;
+    one more failure stops the run with a summary of all of them (0: the first failure stops it)."""
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     """Sampling settings for training rollouts."""
 
@@ -310,6 +313,9 @@ class TrainConfig:
     """Rollout steps to run."""
     checkpoint_every: int = 0
     """Save a resumable checkpoint every this many steps (0: only at the end)."""
+    stall_warning_s: float = 900.0
+    """A step phase running longer than this logs what it waits for (which call, which actors, since when),
+    and again at each further multiple; the calls' own deadlines still decide when to give up (0: off)."""
     resume: bool = True
     """Continue from the newest intact checkpoint in the run directory if there is one; False starts
     over at step 0 and moves the earlier run's outputs to `previous/<UTC time>/` (nothing is deleted)."""
@@ -584,6 +590,8 @@ def _check_ranges(cfg: TrainConfig) -> None:
     _in_range("rollout.generate_timeout_s", ro.generate_timeout_s, 0, MAX_TIMEOUT_S, low_open=True)
     _in_range("rollout.control_timeout_s", ro.control_timeout_s, 0, MAX_TIMEOUT_S, low_open=True)
     _in_range("rollout.start_timeout_s", ro.start_timeout_s, 0, MAX_TIMEOUT_S, low_open=True)
+    _in_range("rollout.max_engine_restarts", ro.max_engine_restarts, 0)
+    _in_range("stall_warning_s", cfg.stall_warning_s, 0, MAX_TIMEOUT_S)                  # 0: off
     _in_range("learner.verb_timeout_s", lr.verb_timeout_s, 0, MAX_TIMEOUT_S, low_open=True)
     _in_range("learner.lr", lr.lr, 0, low_open=True)
     _in_range("learner.lr_warmup_steps", lr.lr_warmup_steps, 0)

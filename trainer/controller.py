@@ -31,6 +31,7 @@ from trainer.config import TrainConfig, to_dict
 from trainer.data import PromptSampler, load_run_prompts
 from trainer.ledger import LEDGER, PromptLedger, fingerprint
 from trainer.metrics import MetricsLogger, plot_curves
+from trainer.watchdog import StallWatchdog
 
 if TYPE_CHECKING:
     from trainer.system import System
@@ -51,7 +52,7 @@ def train(cfg: TrainConfig) -> Path:
         bar = tqdm(range(run.state.step + 1, cfg.total_steps + 1), initial=run.state.step,
                    total=cfg.total_steps, desc=cfg.name, unit="step")
         for step in bar:
-            timer = steps.PhaseTimer()
+            timer = run.watchdog.timer(step)  # a phase past cfg.stall_warning_s logs what it waits for
             with timer("rollout"):
                 scored, rollout_metrics = steps.sample_groups(run.system, run.sampler, cfg, run.seed(step), run.ledger)
             with timer("logprobs"):
@@ -101,6 +102,7 @@ class Run:
     logger: MetricsLogger
     state: ControllerState
     ledger: PromptLedger
+    watchdog: StallWatchdog
 
     @classmethod
     def start(cls, cfg: TrainConfig, run_dir: Path, checkpoint: Path | None) -> Run:
@@ -125,7 +127,7 @@ class Run:
         logger = MetricsLogger(run_dir)
         if checkpoint is not None:  # lines past the checkpoint are rewritten by this run
             logger.truncate_after(state.step)
-        return cls(cfg, run_dir, system, sampler, heldout, logger, state, ledger)
+        return cls(cfg, run_dir, system, sampler, heldout, logger, state, ledger, StallWatchdog(cfg.stall_warning_s))
 
     def seed(self, step: int) -> int:
         """Sampling seed of a step: a function of the run seed and the step, so a resumed run repeats it."""
@@ -163,6 +165,7 @@ class Run:
         return final
 
     def close(self) -> None:
+        self.watchdog.close()
         self.logger.close()
         self.system.shutdown()
 

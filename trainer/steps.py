@@ -5,7 +5,7 @@ through their verbs (`generate`, `score`, `compute_logprobs`, `forward_backward`
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -23,15 +23,23 @@ from trainer.types import Prompt, ScoredBatch, TrainBatch
 
 
 class PhaseTimer:
-    """Wall time per named phase of a step: `with timer("rollout"): ...`."""
+    """Wall time per named phase of a step: `with timer("rollout"): ...`. `on_phase(phase, begins)` is told
+    when each phase begins and ends (the stall watchdog, `trainer.watchdog`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_phase: Callable[[str, bool], None] | None = None) -> None:
         self.seconds: dict[str, float] = {}
+        self.on_phase = on_phase
 
     @contextmanager
     def __call__(self, phase: str) -> Iterator[None]:
         start = time.perf_counter()
-        yield
+        if self.on_phase is not None:
+            self.on_phase(phase, True)
+        try:
+            yield
+        finally:
+            if self.on_phase is not None:
+                self.on_phase(phase, False)
         self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
 
     def metrics(self) -> dict[str, float]:

@@ -69,7 +69,8 @@ class System:
         ro = cfg.rollout
         engines = EngineGroup(start_engines(cfg, placement, backend), [ro.tensor_parallel_size] * ro.num_engines,
                               generate_timeout_s=ro.generate_timeout_s, control_timeout_s=ro.control_timeout_s,
-                              start_timeout_s=ro.start_timeout_s)
+                              start_timeout_s=ro.start_timeout_s, max_restarts=ro.max_engine_restarts,
+                              start_engine=lambda i: start_engine(cfg, placement, backend, i))
         if cfg.cluster.colocate:
             engines.wait_until_up()  # up, having taken their share of free memory; then out of the learner's way
             engines.sleep()
@@ -83,6 +84,7 @@ class System:
         weight_sync = WeightSync(engines, learner, backend=backend, timeout_s=ro.weight_sync_timeout_s,
                                  bucket_bytes=ro.weight_sync_bucket_bytes, checksum_every=ro.weight_sync_checksum_every)
         weight_sync.connect()
+        engines.reload_weights = weight_sync.reload  # a replaced engine gets the current weights from it
         if cfg.cluster.colocate:
             engines.wake_up()
             learner.offload()
@@ -202,12 +204,16 @@ def start_judge(cfg: TrainConfig, placement: Placement) -> Any:
 
 
 def start_engines(cfg: TrainConfig, placement: Placement, backend: str) -> list[Any]:
+    return [start_engine(cfg, placement, backend, i) for i in range(cfg.rollout.num_engines)]
+
+
+def start_engine(cfg: TrainConfig, placement: Placement, backend: str, i: int) -> Any:
+    """Rollout engine i in its placement bundle (at start, and again when it died or hung)."""
     from actors.rollout import RolloutWorker, rollout_worker_kwargs
 
     remote: Any = ray.remote(RolloutWorker)
-    bundles = placement.bundle_indices("rollout")
-    return [remote.options(**placement.options("rollout", i)).remote(
-        **rollout_worker_kwargs(cfg, i, backend), bundle_indices=bundles) for i in range(cfg.rollout.num_engines)]
+    return remote.options(**placement.options("rollout", i)).remote(
+        **rollout_worker_kwargs(cfg, i, backend), bundle_indices=placement.bundle_indices("rollout"))
 
 
 def start_learner(cfg: TrainConfig, *, role: str, placement: Placement | None = None) -> LearnerGroup:

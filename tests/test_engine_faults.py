@@ -1,0 +1,134 @@
+"""Rollout engines that die or hang are replaced and their groups generated again (actors.engine_group),
+with stand-in engine actors on a local Ray; a weight sync broken by an engine's death names the engine
+(actors.weight_sync). A real engine process killed mid-run is in test_end_to_end."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from actors.engine_group import EngineFailure, EngineGroup
+from actors.weight_sync import WeightSync, WeightSyncError
+from cluster.calls import CallFailure
+from trainer.types import Completion, Prompt, RolloutBatch, WeightVersion
+
+PROMPTS = [Prompt(index=i, text="x" * (10 + i), ground_truth="1") for i in range(6)]
+
+
+class StandInEngine:
+    """Answers each prompt with n completions naming the prompt; `fault` = "die" or "hang" in generate."""
+
+    def __init__(self, engine: int, fault: str = "", version: int = 0):
+        self.engine, self.fault, self.version = engine, fault, version
+
+    def generate(self, prompts, *, n, temperature, top_p, max_tokens, stop, seed, expected_version):
+        if self.fault == "die":
+            os._exit(1)
+        if self.fault == "hang":
+            time.sleep(3600)
+        groups = tuple(tuple(Completion((1,), f"p{p.index}s{g}", (-0.1,), "stop") for g in range(n)) for p in prompts)
+        return RolloutBatch(prompts=tuple(prompts), prompt_token_ids=tuple((p.index,) for p in prompts),
+                            completions=groups, policy_version=self.version)
+
+    def weight_version(self, with_checksums=False):
+        return WeightVersion(engine=self.engine, policy_version=self.version)
+
+    def set_version(self, version):
+        self.version = version
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import sys
+
+    import ray.cloudpickle
+
+    from cluster.ray_init import init_ray, shutdown_ray
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this file
+    init_ray("local", num_cpus=2, log_to_driver=False)
+    yield
+    shutdown_ray()
+
+
+def group(faults: list[str], *, replacement_fault: str = "", max_restarts: int = 2, timeout_s: float = 30.0):
+    import ray
+
+    remote = ray.remote(num_cpus=0)(StandInEngine)
+    engines = EngineGroup([remote.remote(e, f, 3) for e, f in enumerate(faults)], generate_timeout_s=timeout_s,
+                          start_engine=lambda e: remote.remote(e, replacement_fault, 0), max_restarts=max_restarts)
+    engines.expected_version = 3
+    reloads = []
+
+    def reload_weights():  # what WeightSync.reload does: the current version into every engine
+        reloads.append(engines.expected_version)
+        ray.get([a.set_version.remote(engines.expected_version) for a in engines.engine_actors])
+
+    engines.reload_weights = reload_weights
+    engines.wait_until_up()  # as System.build does: the generate deadline then counts generation only
+    return engines, reloads
+
+
+def generate(engines):
+    return engines.generate(PROMPTS, n=2, temperature=1.0, top_p=1.0, max_tokens=8, stop=(), seed=1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["die", "hang"])
+def test_a_dead_or_hung_engine_is_replaced_and_its_groups_generated_again(ray_local, fault):
+    engines, reloads = group(["", fault], timeout_s=5.0 if fault == "hang" else 30.0)
+    old = engines.engine_actors[1]
+    batch = generate(engines)
+    assert [p.index for p in batch.prompts] == list(range(6))
+    assert [[c.text for c in g] for g in batch.completions] == [[f"p{i}s0", f"p{i}s1"] for i in range(6)]
+    assert batch.policy_version == 3
+    assert engines.engine_actors[1] is not old and reloads == [3]
+    cause = "died" if fault == "die" else "no answer to generate"
+    assert len(engines.failures) == 1 and engines.failures[0].startswith("engine 1") and cause in engines.failures[0]
+
+
+@pytest.mark.slow
+def test_repeated_failures_stop_the_run_with_a_summary(ray_local):
+    engines, _ = group(["die", ""], replacement_fault="die", max_restarts=1)
+    with pytest.raises(EngineFailure) as err:
+        generate(engines)
+    text = str(err.value)
+    assert "failed 2 time(s), more than rollout.max_engine_restarts = 1" in text
+    assert text.count("engine 0: failed in generate") == 2 and "the actor died" in text
+
+
+class SyncParts:
+    """Stand-ins for WeightSync's engine group, where engine 1 died during the sync."""
+
+    def __init__(self, can_restart: bool):
+        self.expected_version, self.tp_sizes = 4, [1, 1]
+        self.start_engine = (lambda e: None) if can_restart else None
+        self.replaced: list = []
+
+    def dead_engines(self):
+        return {1: CallFailure("engine 1", "failed in weight sync: the actor died (SIGKILL)", died=True)}
+
+    def replace(self, failed, *, with_others=False):
+        self.replaced.append((sorted(failed), with_others))
+
+
+def test_a_weight_sync_broken_by_an_engine_death_names_the_engine_then_retries():
+    parts = SyncParts(can_restart=False)
+    sync = WeightSync(parts, None, backend="gloo", timeout_s=5.0, bucket_bytes=1)
+    sync.spec = object()  # connected
+    sent = []
+
+    def send(version):
+        sent.append(version)
+        if len(sent) == 1:
+            raise WeightSyncError("learner rank 0: sending version 5 failed: Connection reset by peer")
+        return {"weight_sync_s": 0.1}
+
+    sync._send = send  # type: ignore[method-assign]
+    with pytest.raises(WeightSyncError, match=r"failed because engine 1: .*the actor died.*Connection reset"):
+        sync.push(5)
+    parts.start_engine, sent[:] = (lambda e: None), []
+    assert sync.push(5) == {"weight_sync_s": 0.1}
+    assert sent == [5, 5] and parts.replaced == [([1], True)]
