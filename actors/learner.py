@@ -38,7 +38,7 @@ import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
-from functools import partial
+from functools import partial, wraps
 from pathlib import Path
 
 import torch
@@ -47,6 +47,7 @@ from torch import Tensor
 
 from actors import hf_megatron, megatron_cpu
 from actors.logprobs import vocab_parallel_logprobs
+from actors.offload import StorageOffloader
 from trainer.types import TrainBatch
 
 _MAX_NDIM = 4
@@ -148,6 +149,20 @@ def reduce_metrics_over(metrics: dict[str, float], reductions: dict[str, str], g
     return out
 
 
+def _on_device(verb):
+    """A verb that needs the state on the device: refused, with the reason, while it is offloaded."""
+
+    @wraps(verb)
+    def checked(self, *args, **kwargs):
+        if self._offloader.active:
+            raise RuntimeError(f"{self.role} learner rank {self.rank}: {verb.__name__} while the model and "
+                               "optimizer state are offloaded to host memory (colocated engines hold the GPU); "
+                               "call onload first")
+        return verb(self, *args, **kwargs)
+
+    return checked
+
+
 class LearnerWorker:
     """One Megatron rank. Every verb is collective: call it on all ranks of the group together."""
 
@@ -202,6 +217,7 @@ class LearnerWorker:
         self.optimizer = self._make_optimizer() if self.ddp is not None else None
         self._grads_reduced = False
         self._sender = None
+        self._offloader = StorageOffloader(self.device)
 
     # --- construction ---------------------------------------------------------------------------
 
@@ -268,10 +284,12 @@ class LearnerWorker:
 
     # --- logprobs -------------------------------------------------------------------------------
 
+    @_on_device
     def compute_logprobs(self, batch: TrainBatch) -> Tensor | None:
         """[N, L] float32 logprobs aligned with input_ids (position 0 and padding are 0); None off the last stage."""
         return self._forward_only(self.model, batch)
 
+    @_on_device
     def compute_ref_logprobs(self, batch: TrainBatch) -> Tensor | None:
         """Logprobs of the colocated frozen reference (or of this worker's model when role='reference')."""
         model = self.ref_model if self.ref_model is not None else self.model
@@ -309,6 +327,7 @@ class LearnerWorker:
 
     # --- training -------------------------------------------------------------------------------
 
+    @_on_device
     def forward_backward(self, batch: TrainBatch, loss_name: str, num_tokens: int, num_sequences: int,
                          loss_kwargs: dict) -> dict[str, float]:
         """Gradients of LOSSES[loss_name] over this rank's batch, reduced over DP; metrics reduced over DP.
@@ -385,6 +404,7 @@ class LearnerWorker:
         finalize_model_grads([self.ddp], num_tokens=None)  # None: the loss is already normalised
         self._grads_reduced = True
 
+    @_on_device
     def optim_step(self) -> dict[str, float]:
         """Clip by the global grad norm (across TP, PP, DP), AdamW step at the scheduled LR, zero grads."""
         if self.optimizer is None or self.ddp is None:
@@ -419,7 +439,12 @@ class LearnerWorker:
                 for p, saved in zip((p for g in o.param_groups for p in g["params"]), saved_main):
                     p.copy_(saved)
                 o.load_state_dict(saved_state)
+                for moments in o.state.values():  # torch.load's storages cannot be resized, so not offloaded
+                    for k, v in moments.items():
+                        if isinstance(v, Tensor) and not v.untyped_storage().resizable():
+                            moments[k] = v.clone()
 
+    @_on_device
     def save(self, directory: str) -> None:
         """Sharded checkpoint: one file per rank with model shard, optimizer, step and RNG states."""
         out = Path(directory)
@@ -439,6 +464,7 @@ class LearnerWorker:
                                                           "step": self.step}))
         dist.barrier()
 
+    @_on_device
     def load(self, directory: str) -> None:
         """Resume from `save(directory)` written by the same layout."""
         state = torch.load(Path(directory) / f"rank_{self.rank:05d}.pt", weights_only=False)
@@ -487,6 +513,7 @@ class LearnerWorker:
                     elif self.rank == 0:
                         yield hf_name, _recv(src=pp_ranks[stage], dtype=self.dtype, device=self.device)
 
+    @_on_device
     def export_hf(self, directory: str) -> None:
         """Write a plain HF checkpoint (config, model.safetensors, tokenizer files) from rank 0."""
         from safetensors.torch import save_file
@@ -538,6 +565,7 @@ class LearnerWorker:
             self._sender = None  # a group formed anew (an engine was replaced): the old one's store goes
             self._sender = WeightSender(spec)
 
+    @_on_device
     def push_weights(self, version: int, bucket_bytes: int, checksums: bool = False) -> dict:
         """Stream HF-named tensors to the engines from rank 0 as the gather produces them; all ranks must
         call it. With `checksums`, rank 0 also returns what each engine should report per parameter."""
@@ -554,14 +582,58 @@ class LearnerWorker:
             for _ in tensors:  # after a failed send: the other ranks are still gathering with this one
                 pass
 
+    # --- colocation: the state leaves the device while the engines generate --------------------------
+
+    def _device_state(self) -> tuple[list[Tensor], list[Tensor]]:
+        """(tensors whose bytes must survive an offload, gradient buffers that may be dropped).
+
+        Parameters (views of DDP's param buffers), the DistributedOptimizer's fp32 main params and Adam
+        state, and the colocated reference's parameters (on GPU it already waits on the host; only
+        tensors on this rank's device are moved). Gradients are all zero between `optim_step` and the
+        next `forward_backward`, so DDP's grad buffers are freed without a copy."""
+        keep: list[Tensor] = [*self.model.parameters()]
+        if self.ref_model is not None:
+            keep += self.ref_model.parameters()
+        discard: list[Tensor] = []
+        if self.ddp is not None:
+            for buffer in self.ddp.buffers + self.ddp.expert_parallel_buffers:
+                keep.append(buffer.param_data)
+                discard.append(buffer.grad_data)
+        if self.optimizer is not None:
+            for o in (o.optimizer for o in getattr(self.optimizer, "chained_optimizers", [self.optimizer])):
+                keep += [p for g in o.param_groups for p in g["params"]]
+                keep += [v for state in o.state.values() for v in state.values() if isinstance(v, Tensor)]
+        return keep, discard
+
+    def offload(self) -> dict[str, float]:
+        """Move parameters, optimizer state (fp32 main params, Adam moments) and the reference to host
+        memory (pinned on GPU), free the gradient buffers and the allocator's cache. Every verb that needs
+        them is refused until `onload`. GiB freed on the device and held on the host."""
+        if self._grads_reduced:
+            raise RuntimeError(f"{self.role} learner rank {self.rank}: offload between forward_backward and "
+                               "optim_step would drop the gradients")
+        if self._offloader.active:
+            return {"offloaded_gib": 0.0, "host_gib": self._offloader.host_bytes() / 2**30}
+        keep, discard = self._device_state()
+        freed = self._offloader.offload(keep, discard)
+        return {"offloaded_gib": freed / 2**30, "host_gib": self._offloader.host_bytes() / 2**30}
+
+    def onload(self) -> dict[str, float]:
+        """Inverse of `offload`: every tensor comes back in place, bit for bit (gradients as zeros)."""
+        return {"onloaded_gib": self._offloader.onload() / 2**30}
+
     def memory(self) -> dict[str, float]:
-        """GiB this rank holds: allocated and reserved CUDA memory (GPU), or its resident set (CPU)."""
+        """GiB this rank holds: allocated, reserved and peak-allocated CUDA memory since the last call (GPU),
+        or its resident set (CPU); and the state parked in host memory while offloaded."""
+        parked = {"offloaded_host_gib": self._offloader.host_bytes() / 2**30}
         if self.use_gpu:
+            peak = torch.cuda.max_memory_allocated() / 2**30
+            torch.cuda.reset_peak_memory_stats()  # the next call reports the next step's peak
             return {"allocated_gib": torch.cuda.memory_allocated() / 2**30,
-                    "reserved_gib": torch.cuda.memory_reserved() / 2**30}
+                    "reserved_gib": torch.cuda.memory_reserved() / 2**30, "peak_allocated_gib": peak} | parked
         import psutil
 
-        return {"host_rss_gib": psutil.Process().memory_info().rss / 2**30}
+        return {"host_rss_gib": psutil.Process().memory_info().rss / 2**30} | parked
 
     def shutdown(self) -> None:
         self.ps.destroy_model_parallel()

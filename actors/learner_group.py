@@ -103,19 +103,13 @@ class LearnerGroup:
         self._all("export_hf", lambda w: w.export_hf.remote(str(directory)))
 
     def offload(self) -> None:
-        """Move parameters, gradients and optimizer state off the GPUs (colocated runs, while engines
-        generate); a no-op for a learner that cannot (LearnerWorker without `offload`)."""
-        from actors.learner import LearnerWorker
-
-        if hasattr(LearnerWorker, "offload"):
-            self._all("offload", lambda w: w.offload.remote())
+        """Move parameters, optimizer state and the colocated reference to host memory and free the
+        gradient buffers (colocated runs, while the engines generate); see LearnerWorker.offload."""
+        self._all("offload", lambda w: w.offload.remote())
 
     def onload(self) -> None:
-        """Inverse of `offload`."""
-        from actors.learner import LearnerWorker
-
-        if hasattr(LearnerWorker, "onload"):
-            self._all("onload", lambda w: w.onload.remote())
+        """Inverse of `offload`: every rank's state back on its device, bit for bit."""
+        self._all("onload", lambda w: w.onload.remote())
 
     def memory(self) -> list[dict[str, float]]:
         """Per rank: GiB in use (see LearnerWorker.memory)."""

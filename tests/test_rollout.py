@@ -165,13 +165,31 @@ def test_colocated_engines_sleep_for_the_learner_and_wake_in_stages():
                    ("learner", "offload"), ("engines", "wake_up", ["kv_cache"])]
     assert metrics["weight_sync_bytes"] == 1.0 and metrics["weight_sync_s"] >= 0
     log.clear()
-    system.sync_weights(version=5)  # e.g. on resume: awake engines are not woken again
-    assert log == [("weight_sync", "push", 5)]
+    system.sync_weights(version=5)  # awake engines (a resume): the learner must be back on its GPU to send
+    assert log == [("engines", "sleep"), ("learner", "onload"),
+                   ("engines", "wake_up", ["weights"]), ("weight_sync", "push", 5),
+                   ("learner", "offload"), ("engines", "wake_up", ["kv_cache"])]
     assert system.memory_metrics() == {"memory/rollout_device_used_gib": 5.0, "memory/learner_allocated_gib": 1.5}
+
+
+def test_learner_turn_brings_the_learner_back_and_restores_the_engines():
+    system, log = _system(colocate=True)
+    with system.learner_turn():  # engines awake, learner offloaded: e.g. a checkpoint after the sync
+        log.append(("learner", "save"))
+    assert log == [("engines", "sleep"), ("learner", "onload"), ("learner", "save"),
+                   ("learner", "offload"), ("engines", "wake_up")]
+    assert not system.engines_asleep
+    log.clear()
+    system.sleep_engines()
+    with system.learner_turn():  # already the learner's turn: nothing moves, nothing wakes
+        log.append(("learner", "save"))
+    assert log == [("engines", "sleep"), ("learner", "onload"), ("learner", "save")] and system.engines_asleep
 
 
 def test_separate_engines_never_sleep():
     system, log = _system(colocate=False)
     system.sleep_engines()
     system.sync_weights(version=1)
-    assert log == [("weight_sync", "push", 1)]
+    with system.learner_turn():
+        log.append(("learner", "save"))
+    assert log == [("weight_sync", "push", 1), ("learner", "save")]

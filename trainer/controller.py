@@ -119,7 +119,7 @@ class Run:
         if checkpoint is not None:
             state = load_controller_state(checkpoint)
             ledger = resume_ledger(checkpoint, state, train_prompts)
-            system.learner.load(checkpoint / "learner")
+            system.load_learner(checkpoint / "learner")  # colocated: while the engines sleep
             system.sync_weights(version=state.policy_version)
             tqdm.write(f"resumed from {checkpoint} at step {state.step}")
         sampler = PromptSampler(train_prompts, seed=cfg.seed, shuffle=cfg.data.shuffle, state=state.sampler)
@@ -150,7 +150,7 @@ class Run:
                    f"{result['cons@k']:.3f}  mean length {result['response_length_mean']:.1f}")
 
     def checkpoint(self, step: int) -> None:
-        save_checkpoint(self.run_dir, self.state, self.system.learner.save,
+        save_checkpoint(self.run_dir, self.state, self.system.save_learner,
                         extra_files={LEDGER: self.ledger.to_text()})
 
     def export_model(self) -> Path:
@@ -158,7 +158,7 @@ class Run:
         vLLM; written beside it first, then renamed, so it is never half there."""
         final, tmp = self.run_dir / "model", self.run_dir / "model.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        self.system.learner.export_hf(tmp)
+        self.system.export_learner(tmp)
         shutil.rmtree(final, ignore_errors=True)
         tmp.replace(final)
         tqdm.write(f"trained model (Hugging Face format): {final}")

@@ -8,14 +8,21 @@ the protocols of `trainer.protocols`.
 Colocated runs (engines and learner ranks share GPUs): engines start first, each measuring free memory
 against `rollout.gpu_memory_utilization`, then sleep while the learner starts. In the loop the engines
 sleep while the learner computes logprobs and trains, and wake in stages for the weight sync: their
-weights first (the sync writes into them), their KV cache after it. A learner that can offload
-(`LearnerWorker.offload` / `onload`) moves out while the engines generate.
+weights first (the sync writes into them), then the learner moves its parameters and optimizer state to
+host memory (`LearnerWorker.offload`), then the engines' KV cache takes what it freed. Verbs that read or
+write the learner's state outside that window (load, save, export) run inside `learner_turn()`.
+
+    step:  generate (engines awake, learner offloaded) -> sleep_engines: engines sleep, learner onloads
+           -> logprobs, train -> sync_weights: wake weights, push, learner offloads, wake KV cache
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -85,9 +92,9 @@ class System:
                                  bucket_bytes=ro.weight_sync_bucket_bytes, checksum_every=ro.weight_sync_checksum_every)
         weight_sync.connect()
         engines.reload_weights = weight_sync.reload  # a replaced engine gets the current weights from it
-        if cfg.cluster.colocate:
-            engines.wake_up()
+        if cfg.cluster.colocate:  # the learner leaves first, so the engines' KV cache finds the memory free
             learner.offload()
+            engines.wake_up()
         return cls(engines, learner, reference, rewards, weight_sync, placement, tokenizer,
                    tokenizer.pad_token_id, cfg, judge=judge)
 
@@ -97,13 +104,16 @@ class System:
         return self.learner.compute_ref_logprobs(batch)
 
     def sync_weights(self, version: int) -> dict[str, float]:
-        """Push the learner's weights to every engine as `version`; every engine must then report it."""
+        """Push the learner's weights to every engine as `version`; every engine must then report it.
+
+        Colocated: the learner must be on its GPUs to send, so awake engines are put to sleep first (a
+        resume); the engines wake in stages around the learner's offload."""
         start = time.perf_counter()
-        asleep = self.engines_asleep
-        if asleep:
+        self.sleep_engines()
+        if self.engines_asleep:
             self.engines.wake_up(["weights"])
         metrics = self.weight_sync.push(version)
-        if asleep:
+        if self.engines_asleep:
             self.learner.offload()
             self.engines.wake_up(["kv_cache"])  # after the learner left: the cache gets what it freed
             self.engines_asleep = False
@@ -115,6 +125,38 @@ class System:
             self.engines.sleep()
             self.learner.onload()
             self.engines_asleep = True
+
+    def wake_engines(self) -> None:
+        """Colocated runs: the learner back to host memory, then the engines wake (weights and KV cache)."""
+        if self.engines_asleep:
+            self.learner.offload()
+            self.engines.wake_up()
+            self.engines_asleep = False
+
+    @contextmanager
+    def learner_turn(self) -> Iterator[None]:
+        """The learner's state on its devices for the block (load, save, export), the engines asleep in
+        colocated runs; as it was afterwards. Without colocation the learner never leaves: a no-op."""
+        was_asleep = self.engines_asleep
+        self.sleep_engines()
+        try:
+            yield
+        finally:
+            if not was_asleep:
+                self.wake_engines()
+
+    def load_learner(self, directory: Path) -> None:
+        with self.learner_turn():
+            self.learner.load(directory)
+
+    def save_learner(self, directory: Path) -> None:
+        with self.learner_turn():
+            self.learner.save(directory)
+
+    def export_learner(self, directory: Path) -> None:
+        """The policy as a Hugging Face directory (written by learner rank 0)."""
+        with self.learner_turn():
+            self.learner.export_hf(directory)
 
     def memory_metrics(self) -> dict[str, float]:
         """GiB per role now (the largest over its actors): logged every step."""
