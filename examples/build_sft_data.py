@@ -6,6 +6,9 @@ Writes, under `artifacts/data/sft/`:
 - `cold_start/{train,valid}.jsonl`: R1's readable cold-start format (template `r1_cold_start`):
   `|special_token|7+6+0=13,4+8+1=13,3+0+1=4|special_token|347+86=433 <answer>433</answer>`, the
   reasoning between the markers, then a summary that ends with the answer.
+- `readable_answer/{train,valid}.jsonl`: the readable format with the answer as the whole summary
+  (`|special_token|7+6+0=13,4+8+1=13,3+0+1=4|special_token|<answer>433</answer>`), what the pipeline's tiny
+  cold start uses (see `readable_answer_response`).
 - `arithmetic/{train,valid}.jsonl`: the R1-Zero layout the tiny base was pretrained on (template
   `r1_zero`, whose prompt already opened `<think>`): `7+6+0=13,...</think><answer>433</answer>`.
 
@@ -40,12 +43,24 @@ def cold_start_response(example: TaskExample) -> str:
     return readable_response(",".join(steps), f"{a}+{b}={answer} <answer>{answer}</answer>")
 
 
+def readable_answer_response(example: TaskExample) -> str:
+    """Readable format whose summary is the answer alone: `|special_token|7+6+0=13,...|special_token|<answer>433</answer>`.
+
+    The tiny base learned to read the answer back from its steps right after `</think><answer>`; a summary
+    that restates the sum first (`347+86=433`) asks it to copy both operands and write the sum forwards,
+    which 63 cold-start steps did not teach it (the summaries came out as digit soup, 0% correct)."""
+    a, b = tasks.parse_arithmetic_question(example.prompt)
+    steps, answer = tasks.arithmetic_steps(a, b)
+    return readable_response(",".join(steps), f"<answer>{answer}</answer>")
+
+
 def r1_zero_response(example: TaskExample) -> str:
     """The R1-Zero completion after the prompt's `<think>`: steps, `</think>`, the answer."""
     return tasks.reference_completion(example)
 
 
-FORMATS = {COLD_START: cold_start_response, R1_ZERO: r1_zero_response}
+READABLE_ANSWER = "readable_answer"
+FORMATS = {COLD_START: cold_start_response, READABLE_ANSWER: readable_answer_response, R1_ZERO: r1_zero_response}
 """Data set name under data/sft/ -> the response writer."""
 
 

@@ -295,7 +295,9 @@ def r1_tiny(*, quick: bool = False, output_dir: str | None = None, reward_models
     student = replace(base, name="student", keep_every_layer=2)
     sft = tiny_cpu_sft()
     cold = replace(sft, name="cold_start", output_dir=out, epochs=1, max_steps=20 if quick else 0, checkpoint_every=0,
-                   model=replace(sft.model, path=at("base", "hf")), data=replace(sft.data, template=readable),
+                   model=replace(sft.model, path=at("base", "hf")),
+                   data=replace(sft.data, template=readable, train_path=f"{TINY_SFT_DATA}/readable_answer/train.jsonl",
+                                valid_path=f"{TINY_SFT_DATA}/readable_answer/valid.jsonl"),
                    learner=replace(sft.learner, lr=1e-3))
     rl0 = tiny_cpu_r1_rl()
     rl = replace(rl0, name="rl", output_dir=out, total_steps=3 if quick else 40, checkpoint_every=0,
