@@ -163,6 +163,10 @@ class AlgorithmConfig:
     the update's own forward gives the old logprobs (detached, as TRL does): no second forward pass."""
     tis_cap: float = 2.0
     """Cap C of the truncated importance-sampling weight min(pi_old / pi_rollout, C); 0 disables."""
+    one_step_off_policy: bool = False
+    """Sample step t+1 on the engines while the learner trains on step t (trainer.overlap): the rollouts lag
+    the learner by one policy version (logged as policy_version_lag), corrected by the truncated importance
+    weight (tis_cap). Off: every step samples with the weights of the step before it."""
     updates_per_step: int = 1
     """Optimizer steps per rollout step: the N sequences are split into this many mini-batches."""
     epochs_per_step: int = 1
@@ -379,6 +383,12 @@ class TrainConfig:
         _require(a.dual_clip_c == 0 or a.dual_clip_c > 1, "algorithm.dual_clip_c must be 0 or > 1")
         _require(a.kl_coef >= 0, "algorithm.kl_coef must be >= 0")
         _require(a.tis_cap == 0 or a.tis_cap >= 1, "algorithm.tis_cap must be 0 (off) or >= 1")
+        _require(not (a.one_step_off_policy and self.cluster.colocate),
+                 "algorithm.one_step_off_policy needs engines that generate while the learner trains, "
+                 "not cluster.colocate (colocated engines sleep then)")
+        _require(not (a.one_step_off_policy and ro.max_engine_restarts),
+                 "algorithm.one_step_off_policy needs rollout.max_engine_restarts = 0: a replaced engine reloads "
+                 "the learner's weights, which would run on the learner while it trains")
         for name in ("tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size"):
             _require(getattr(lr, name) >= 1, f"learner.{name} must be >= 1")
         _require(lr.sequences_per_microbatch >= 1, "learner.sequences_per_microbatch must be >= 1")

@@ -11,8 +11,10 @@
 
 Each step: sample B prompts, generate G completions each, score them, compute old / reference logprobs
 and group-relative advantages, update the policy, push the new weights (policy_version + 1) to every
-engine, log, and now and then evaluate and checkpoint. Everything is synchronous and on-policy: the
-engines sample with the weights of the previous step, so the policy-version lag is 0.
+engine, log, and now and then evaluate and checkpoint. By default everything is synchronous and on-policy:
+the engines sample with the weights of the previous step, so the policy-version lag is 0. With
+`algorithm.one_step_off_policy` the engines sample the next step while the learner trains (lag 1,
+`trainer.overlap`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from trainer.config import TrainConfig, to_dict
 from trainer.data import PromptSampler, load_run_prompts
 from trainer.ledger import LEDGER, PromptLedger, fingerprint
 from trainer.metrics import MetricsLogger, plot_curves
+from trainer.overlap import RolloutSource, policy_version_lag
 from trainer.watchdog import StallWatchdog
 
 if TYPE_CHECKING:
@@ -54,12 +57,14 @@ def train(cfg: TrainConfig) -> Path:
         for step in bar:
             timer = run.watchdog.timer(step)  # a phase past cfg.stall_warning_s logs what it waits for
             with timer("rollout"):
-                scored, rollout_metrics = steps.sample_groups(run.system, run.sampler, cfg, run.seed(step), run.ledger)
+                scored, rollout_metrics = run.rollouts.next(step)  # prefetched with one_step_off_policy
             with timer("logprobs"):
                 run.system.sleep_engines()  # colocated: the learner gets the GPUs from here to the sync
                 batch, batch_metrics = steps.prepare_batch(run.system, scored, cfg)
             with timer("train"):
                 train_metrics = steps.update_policy(run.system.learner, batch, cfg, run.seed(step))
+            with timer("rollout"):
+                run.rollouts.settle()  # the next step's groups, if prefetched, are in before the sync
             with timer("weight_sync"):
                 sync_metrics = run.system.sync_weights(version=step)
             metrics = (rollout_metrics | batch_metrics | train_metrics | sync_metrics | timer.metrics()
@@ -103,6 +108,7 @@ class Run:
     state: ControllerState
     ledger: PromptLedger
     watchdog: StallWatchdog
+    rollouts: RolloutSource
 
     @classmethod
     def start(cls, cfg: TrainConfig, run_dir: Path, checkpoint: Path | None) -> Run:
@@ -127,15 +133,21 @@ class Run:
         logger = MetricsLogger(run_dir)
         if checkpoint is not None:  # lines past the checkpoint are rewritten by this run
             logger.truncate_after(state.step)
-        return cls(cfg, run_dir, system, sampler, heldout, logger, state, ledger, StallWatchdog(cfg.stall_warning_s))
+        rollouts = RolloutSource(system, sampler, cfg, lambda step: cls.step_seed(cfg, step), ledger)
+        return cls(cfg, run_dir, system, sampler, heldout, logger, state, ledger, StallWatchdog(cfg.stall_warning_s),
+                   rollouts)
 
     def seed(self, step: int) -> int:
+        return self.step_seed(self.cfg, step)
+
+    @staticmethod
+    def step_seed(cfg: TrainConfig, step: int) -> int:
         """Sampling seed of a step: a function of the run seed and the step, so a resumed run repeats it."""
-        return random.Random(f"{self.cfg.rollout.sampling.seed}-{self.cfg.seed}-{step}").randrange(2**31)
+        return random.Random(f"{cfg.rollout.sampling.seed}-{cfg.seed}-{step}").randrange(2**31)
 
     def log_step(self, step: int, scored: Any, metrics: dict[str, float]) -> None:
         tokens = scored.rollout.num_tokens
-        metrics["policy_version_lag"] = float(step - 1 - scored.rollout.policy_version)
+        metrics["policy_version_lag"] = float(policy_version_lag(step, scored.rollout.policy_version))
         metrics["rollout_tokens_per_s"] = tokens / max(metrics.get("time/rollout", 0.0), 1e-9)
         metrics["tokens_per_s"] = tokens / max(metrics["time/step"], 1e-9)
         self.logger.log(step, "train", metrics)
@@ -165,6 +177,7 @@ class Run:
         return final
 
     def close(self) -> None:
+        self.rollouts.close()
         self.watchdog.close()
         self.logger.close()
         self.system.shutdown()

@@ -1,0 +1,139 @@
+"""One-step-off-policy rollouts (trainer.overlap) against stand-in actor groups: the next step's groups are
+sampled while the learner trains, by the weights the engines held then (lag 1), never across a checkpoint,
+and the prompt ledger still sees every step in order."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+
+import pytest
+
+from trainer.config import AlgorithmConfig, ClusterConfig, ConfigError, RolloutConfig, TrainConfig
+from trainer.data import PromptSampler
+from trainer.ledger import PromptLedger, fingerprint
+from trainer.overlap import RolloutSource, policy_version_lag
+from trainer.types import Completion, Prompt, RewardResult, RolloutBatch, ScoredBatch
+
+WAIT_S = 10.0
+"""Longest a stand-in waits for the other thread before the test fails (instead of hanging)."""
+
+
+class FakeEngines:
+    """Sample with `expected_version` (what a real engine holds after the last sync); record whether the
+    learner was training while each call ran, and stall until it was when told to."""
+
+    def __init__(self):
+        self.expected_version = 0
+        self.training = threading.Event()
+        self.generating = threading.Event()
+        self.calls: list[tuple[int, bool]] = []  # (version sampled with, learner training meanwhile)
+
+    def generate(self, prompts, *, n, temperature, top_p, max_tokens, stop, seed):
+        version = self.expected_version
+        self.generating.set()
+        prefetch = threading.current_thread() is not threading.main_thread()
+        overlapped = self.training.wait(WAIT_S) if prefetch else False
+        self.calls.append((version, overlapped))
+        groups = tuple(tuple(Completion(token_ids=(5, 6), text="ok" if g % 2 else "no", rollout_logprobs=(-0.5, -0.5),
+                                        finish_reason="stop") for g in range(n)) for _ in prompts)
+        return RolloutBatch(prompts=tuple(prompts), prompt_token_ids=tuple((1, 2) for _ in prompts),
+                            completions=groups, policy_version=version)
+
+
+class FakeRewards:
+    def score(self, rollout):
+        results = tuple(tuple(RewardResult(reward=float(c.text == "ok"), components={}, correct=c.text == "ok")
+                              for c in group) for group in rollout.completions)
+        return ScoredBatch(rollout=rollout, results=results)
+
+
+class FakeSystem:
+    def __init__(self):
+        self.engines, self.rewards = FakeEngines(), FakeRewards()
+        self.pad_token_id = 0
+
+
+def _cfg(*, ahead: bool, total_steps: int = 5, checkpoint_every: int = 0) -> TrainConfig:
+    return replace(TrainConfig(), total_steps=total_steps, checkpoint_every=checkpoint_every,
+                   algorithm=AlgorithmConfig(prompts_per_step=2, group_size=2, one_step_off_policy=ahead))
+
+
+def _run(cfg: TrainConfig) -> tuple[FakeSystem, list[int], RolloutSource, PromptLedger]:
+    """The controller's loop with a learner that trains while the engines (maybe) sample; lag per step."""
+    prompts = [Prompt(index=i, text=f"q{i}", ground_truth="1") for i in range(40)]
+    system, ledger = FakeSystem(), PromptLedger(fingerprint(prompts))
+    source = RolloutSource(system, PromptSampler(prompts, seed=0), cfg, lambda step: step, ledger)
+    lags = []
+    try:
+        for step in range(1, cfg.total_steps + 1):
+            system.engines.training.clear()
+            system.engines.generating.clear()
+            scored, _ = source.next(step)
+            if source._pending is not None:  # the learner's turn: the engines must be sampling meanwhile
+                system.engines.training.set()
+                assert system.engines.generating.wait(WAIT_S), "the prefetch never started while training"
+            source.settle()
+            system.engines.training.set()
+            system.engines.expected_version = step  # the weight sync of this step
+            ledger.trained(step, scored.rollout.prompts)
+            lags.append(policy_version_lag(step, scored.rollout.policy_version))
+    finally:
+        source.close()
+    return system, lags, source, ledger
+
+
+def test_next_step_is_sampled_during_training_by_the_previous_weights():
+    system, lags, _, ledger = _run(_cfg(ahead=True))
+    assert lags == [0, 1, 1, 1, 1]  # step 1 samples when it starts; each later one during the step before
+    assert [v for v, _ in system.engines.calls] == [0, 0, 1, 2, 3]
+    assert all(overlapped for _, overlapped in system.engines.calls[1:])
+    assert [r.step for r in ledger.records] == [1, 2, 3, 4, 5]  # replayed in order: no LedgerError
+    assert all(len(r.trained) == 2 and not r.dropped for r in ledger.records)
+    assert len({i for r in ledger.records for i in r.trained}) == 10  # every step its own prompts
+
+
+def test_no_prefetch_crosses_a_checkpoint_or_the_last_step():
+    system, lags, _, _ = _run(_cfg(ahead=True, total_steps=5, checkpoint_every=2))
+    # Steps 2 and 4 save a checkpoint: steps 3 and 5 sample when they start, with the weights of the step before.
+    assert lags == [0, 1, 0, 1, 0]
+    assert len(system.engines.calls) == 5  # nothing sampled for a step 6
+
+
+def test_default_is_synchronous_and_on_policy():
+    system, lags, source, _ = _run(_cfg(ahead=False))
+    assert lags == [0] * 5
+    assert source._pool is None and not any(overlapped for _, overlapped in system.engines.calls)
+
+
+def test_a_failed_prefetch_raises_in_the_step_that_waits_for_it():
+    prompts = [Prompt(index=i, text=f"q{i}", ground_truth="1") for i in range(10)]
+    system = FakeSystem()
+    source = RolloutSource(system, PromptSampler(prompts, seed=0), _cfg(ahead=True), lambda step: step, None)
+    try:
+        source.next(1)
+        system.engines.training.set()
+        source.settle()
+        system.engines.generate = _raise  # type: ignore[method-assign]
+        source.next(2)  # its own groups were prefetched; the prefetch of step 3 fails
+        with pytest.raises(RuntimeError, match="engine 0 died"):
+            source.settle()
+    finally:
+        source.close()
+
+
+def _raise(*args, **kwargs):
+    raise RuntimeError("engine 0 died")
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(cluster=ClusterConfig(colocate=True)), "colocate"),
+    (dict(rollout=RolloutConfig(max_engine_restarts=2)), "max_engine_restarts = 0"),
+])
+def test_config_refuses_what_the_overlap_cannot_serve(change, message):
+    cfg = replace(TrainConfig(), algorithm=AlgorithmConfig(one_step_off_policy=True), **change)
+    if "rollout" not in change:
+        cfg = replace(cfg, rollout=RolloutConfig(max_engine_restarts=0))
+    with pytest.raises(ConfigError, match=message):
+        cfg.validate()
+    assert replace(cfg, algorithm=AlgorithmConfig()).validate()  # fine without the overlap
