@@ -117,25 +117,28 @@ def write_outputs(out_dir: Path, selection: Selection, extra: dict[str, Any]) ->
 # --- the job on the actors -----------------------------------------------------------------------------
 
 
-def start_rollout_and_rewards(cfg: RejectionConfig) -> tuple[Any, Any, Any]:
-    """(engine group, reward group, placement): the rollout engines and reward actors of a run, without a
-    learner, built with `trainer.system`'s builders."""
+def start_rollout_and_rewards(cfg: RejectionConfig) -> tuple[Any, Any, Any, Any]:
+    """(engine group, reward group, judge engine group or None, placement): the rollout engines, reward actors
+    and, when `reward.routes` use it, the judge of a run, without a learner, built with `trainer.system`'s
+    builders."""
     from actors.engine_group import EngineGroup
     from actors.weight_sync import choose_backend
     from cluster.placement import Placement, ResourceSpec
     from reward_server.reward_group import RewardGroup
-    from trainer.system import engines_on_rank0_gpu, resource_spec, start_engines
+    from trainer.system import engines_on_rank0_gpu, resource_spec, start_engines, start_judge
 
     run = cfg.engine_config()
     ro = run.rollout
     backend = choose_backend(use_gpu=run.cluster.use_gpu, engines_on_sender_gpu=engines_on_rank0_gpu(run))
     spec = resource_spec(run)
-    placement = Placement(ResourceSpec(roles=tuple(r for r in spec.roles if r.name == "rollout")))
+    placement = Placement(ResourceSpec(roles=tuple(r for r in spec.roles if r.name in ("rollout", "judge"))))
     engines = EngineGroup(start_engines(run, placement, backend), [ro.tensor_parallel_size] * ro.num_engines,
                           generate_timeout_s=ro.generate_timeout_s, control_timeout_s=ro.control_timeout_s,
                           start_timeout_s=ro.start_timeout_s)
-    rewards = RewardGroup(run.reward, run.model.max_response_tokens, run.reward.num_actors, run.cluster.cpus_per_actor)
-    return engines, rewards, placement
+    judge = start_judge(run, placement)
+    rewards = RewardGroup(run.reward, run.model.max_response_tokens, run.reward.num_actors, run.cluster.cpus_per_actor,
+                          judge_engines=judge.engine_actors if judge else ())
+    return engines, rewards, judge, placement
 
 
 def run_rejection(cfg: RejectionConfig) -> Path:
@@ -161,7 +164,7 @@ def run_rejection(cfg: RejectionConfig) -> Path:
     selection, dedup = Selection(), Deduplicator()
     s = cfg.rollout.sampling
     init_ray(cfg.cluster.address, num_cpus=cfg.cluster.num_cpus)
-    engines, rewards, placement = start_rollout_and_rewards(cfg)
+    engines, rewards, judge, placement = start_rollout_and_rewards(cfg)
     began = time.perf_counter()
     try:
         for first in range(0, len(prompts), cfg.prompts_per_batch):
@@ -174,7 +177,9 @@ def run_rejection(cfg: RejectionConfig) -> Path:
             print(f"rejection sampling: {selection.prompts}/{len(prompts)} prompts, kept {len(selection.rows)} "
                   f"of {selection.samples} samples")
     finally:
-        for part in (engines, rewards):
+        for part in (engines, rewards, judge):
+            if part is None:
+                continue
             try:
                 part.shutdown()
             except Exception as e:  # a dead actor must not keep the others alive
