@@ -323,7 +323,8 @@ def r1_tiny(*, quick: bool = False, output_dir: str | None = None, reward_models
         eval=replace(al.eval, every_steps=0))
     # The comparison counts sequences through the learner: distillation 32 per step, GRPO 8 x 8 per step.
     distill_steps = 6 if quick else 96
-    distill = replace(resft, name="distill", epochs=3, max_steps=distill_steps,
+    # epochs only bounds the run: max_steps decides, so both students see the same number of sequences.
+    distill = replace(resft, name="distill", epochs=50, max_steps=distill_steps,
                       model=replace(resft.model, path=at("student", "hf")))
     student_grpo = replace(rl, name="student_grpo", total_steps=distill_steps * sft.samples_per_step // 64,
                            model=replace(rl.model, path=at("student", "hf")),
