@@ -34,12 +34,12 @@ class _Moved:
     """uint8 [nbytes] copy of the bytes (None: discarded, zeroed on onload)."""
 
 
-def _bytes_of(storage: torch.UntypedStorage) -> Tensor:
+def storage_bytes(storage: torch.UntypedStorage) -> Tensor:
     """A uint8 tensor over the whole storage (no copy)."""
     return torch.empty(0, dtype=torch.uint8, device=storage.device).set_(storage)
 
 
-def _unique_storages(tensors: Iterable[Tensor | None], device: torch.device) -> dict[int, torch.UntypedStorage]:
+def unique_storages(tensors: Iterable[Tensor | None], device: torch.device) -> dict[int, torch.UntypedStorage]:
     """The non-empty storages on `device` behind `tensors`, keyed by data pointer (views share one)."""
     out: dict[int, torch.UntypedStorage] = {}
     for t in tensors:
@@ -70,8 +70,8 @@ class StorageOffloader:
         """Copy `keep`'s storages to host memory and free them and `discard`'s; bytes freed on the device."""
         if self.active:
             raise RuntimeError("offload called twice without onload in between")
-        dropped = _unique_storages(discard, self.device)
-        kept = {p: s for p, s in _unique_storages(keep, self.device).items() if p not in dropped}
+        dropped = unique_storages(discard, self.device)
+        kept = {p: s for p, s in unique_storages(keep, self.device).items() if p not in dropped}
         fixed = sum(not s.resizable() for s in [*kept.values(), *dropped.values()])
         if fixed:  # checked before anything is freed, so a refusal leaves the state intact
             raise RuntimeError(f"{fixed} storages cannot be resized (e.g. read by torch.load or from a "
@@ -79,7 +79,7 @@ class StorageOffloader:
         moved = []
         for i, s in enumerate(kept.values()):
             host = self._host_buffer(i, s.nbytes())
-            host.copy_(_bytes_of(s), non_blocking=self.on_cuda)
+            host.copy_(storage_bytes(s), non_blocking=self.on_cuda)
             moved.append(_Moved(s, s.nbytes(), host))
         if self.on_cuda:
             torch.cuda.synchronize(self.device)  # the copies read the storages we are about to free
@@ -97,9 +97,9 @@ class StorageOffloader:
         for m in self._moved:
             m.storage.resize_(m.nbytes)
             if m.host is None:
-                _bytes_of(m.storage).zero_()
+                storage_bytes(m.storage).zero_()
             else:
-                _bytes_of(m.storage).copy_(m.host, non_blocking=self.on_cuda)
+                storage_bytes(m.storage).copy_(m.host, non_blocking=self.on_cuda)
             total += m.nbytes
         if self.on_cuda:
             torch.cuda.synchronize(self.device)  # the host buffers are reused by the next offload

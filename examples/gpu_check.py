@@ -15,6 +15,10 @@ to a JSON file (`--out`). The checks:
 - throughput: forward-backward tokens/s and MFU of a randomly initialised Qwen2.5-0.5B-shaped model
   (hidden 896, 24 layers, 14 heads, 2 KV heads, FFN 4864, vocab 151936), and peak GPU memory; with SDPA
   attention (the default), with full activation recomputation, and with Megatron's local attention.
+- offload (colocation): after the timed steps of the default learner, `offload()` moves parameters, fp32
+  main params and Adam state to pinned host memory and frees the gradient buffers; allocated and reserved
+  GPU memory before and after, the time each way, every byte back in place after `onload()`, and one
+  more update that runs.
 
 The models are randomly initialised with transformers on the spot and saved as HF directories in a
 temporary folder, with weights rounded to bf16 so that the bf16 learner and the fp32 reference start
@@ -325,12 +329,69 @@ def check_throughput(report: Report, worker, shape: dict, sizes: Sizes, suffix: 
                      "during timed forward-backward + step)", peak_gib=peak_gb, total_gib=total_gb)
 
 
+OFFLOAD_LEFT_MAX_FRACTION = 0.1
+"""After an offload at most this fraction of the state's bytes may remain allocated on the GPU (what
+remains: RoPE tables, RNG state, the allocator's bookkeeping)."""
+
+
+def device_state_bytes(worker) -> list[torch.Tensor]:
+    """Host copies of every storage an offload moves (params, fp32 main params, Adam state)."""
+    from actors.offload import storage_bytes, unique_storages
+
+    keep, _ = worker._device_state()
+    return [storage_bytes(s).cpu().clone() for s in unique_storages(keep, worker.device).values()]
+
+
+def _size(gib: float) -> str:
+    return f"{gib:.2f} GiB" if gib >= 0.1 else f"{gib * 1024:.2f} MiB"
+
+
+def check_offload(report: Report, worker, vocab: int) -> None:
+    """GPU memory before and after `offload`, the state bit for bit after `onload`, one more update."""
+    from actors.offload import storage_bytes, unique_storages
+
+    gib = 2**30
+    sync = torch.cuda.synchronize if worker.use_gpu else (lambda: None)
+    before = device_state_bytes(worker)
+    allocated = (torch.cuda.memory_allocated() / gib, torch.cuda.memory_reserved() / gib) if worker.use_gpu else (0, 0)
+    sync()
+    start = time.perf_counter()
+    moved = worker.offload()
+    offload_s = time.perf_counter() - start
+    keep, discard = worker._device_state()
+    emptied = not unique_storages(keep + discard, worker.device)  # no storage with bytes left on the device
+    after = (torch.cuda.memory_allocated() / gib, torch.cuda.memory_reserved() / gib) if worker.use_gpu else (0, 0)
+    start = time.perf_counter()
+    worker.onload()
+    sync()
+    onload_s = time.perf_counter() - start
+    restored = [storage_bytes(s).cpu() for s in unique_storages(worker._device_state()[0], worker.device).values()]
+    identical = len(restored) == len(before) and all(torch.equal(a, b) for a, b in zip(restored, before))
+    freed_ok = after[0] <= allocated[0] - (1 - OFFLOAD_LEFT_MAX_FRACTION) * moved["offloaded_gib"] \
+        if worker.use_gpu else moved["offloaded_gib"] > 0
+    batch = make_batch(4, 32, vocab, seed=11)
+    metrics = worker.forward_backward(batch, "grpo", batch.num_tokens, batch.num_sequences, LOSS_KWARGS)
+    stats = worker.optim_step()
+    runs = math.isfinite(metrics["loss"]) and math.isfinite(stats["grad_norm"])
+    report.check("offload_onload", emptied and freed_ok and identical and runs,
+                 (f"GPU allocated {allocated[0]:.2f} -> {after[0]:.2f} GiB, reserved {allocated[1]:.2f} -> "
+                  f"{after[1]:.2f} GiB; " if worker.use_gpu else "CPU: ") +
+                 f"{_size(moved['offloaded_gib'])} freed, {_size(moved['host_gib'])} to host in {offload_s:.2f} s, "
+                 f"back in {onload_s:.2f} s; storages emptied: {emptied}; state bit-identical: {identical}; next "
+                 f"update runs: {runs}",
+                 allocated_before_gib=allocated[0], allocated_after_gib=after[0], reserved_before_gib=allocated[1],
+                 reserved_after_gib=after[1], freed_gib=moved["offloaded_gib"], host_gib=moved["host_gib"],
+                 offload_s=offload_s, onload_s=onload_s, bit_identical=identical)
+
+
 def time_variant(report: Report, model_dir: Path, sizes: Sizes, suffix: str, variant: dict) -> None:
     from actors.learner import OptimizerSettings
 
     with learner(model_dir, optimizer=OptimizerSettings(lr=STEP_LR), sequences_per_microbatch=1024,
                  tokens_per_microbatch=sizes.tokens_per_microbatch, **variant) as worker:
         check_throughput(report, worker, sizes.big, sizes, suffix)
+        if not suffix:  # the default learner, its Adam state filled by the timed steps
+            check_offload(report, worker, sizes.big["vocab_size"])
 
 
 # --- main -----------------------------------------------------------------------------------------

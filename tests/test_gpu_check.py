@@ -11,7 +11,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-CHECKS = {"distributed_optimizer", "logprobs_vs_transformers", "step_moves_fp32_main_weights",
+CHECKS = {"distributed_optimizer", "logprobs_vs_transformers", "step_moves_fp32_main_weights", "offload_onload",
           "step_vs_fp32_reference", "forward_backward_throughput", "no_ray_no_vllm"}
 
 
@@ -31,6 +31,7 @@ def test_gpu_check_cpu_smoke_passes_every_check(tmp_path):
     assert CHECKS <= set(figures) and figures["failed"] == []
     assert figures["step_moves_fp32_main_weights"]["moved_fraction"] > 0.9
     assert figures["forward_backward_throughput"]["tokens_per_s"] > 0
+    assert figures["offload_onload"]["bit_identical"] and figures["offload_onload"]["freed_gib"] > 0
 
 
 @pytest.mark.gpu
