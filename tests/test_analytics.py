@@ -49,8 +49,10 @@ def test_language_counts_and_mix():
     assert mix["cot_lang/other"] == 0.0
     assert mix["cot_mixed_frac"] == pytest.approx(1 / 2)   # of the chains that have words
     assert mix["cot_frac"] == pytest.approx(3 / 4)          # None: no chain of thought at all
+    assert mix["cot_words_per_response"] == pytest.approx(6 / 4)
     assert sum(mix[f"cot_lang/{x}"] for x in ("en", "zh", "other")) == pytest.approx(1.0)
     assert language_mix([None])["cot_lang/en"] == 0.0       # nothing to share out: zeros, not NaN
+    assert language_mix(["1+2=3"])["cot_words_per_response"] == 0.0
 
 
 def brute_pass_at_k(group: list[bool], k: int) -> float:

@@ -61,8 +61,8 @@ def language_counts(text: str) -> dict[str, int]:
 
 
 def language_mix(chains_of_thought: Sequence[str | None]) -> dict[str, float]:
-    """Share of all chain-of-thought words per language group, the share of chains that mix groups, and the
-    share of responses that have a chain of thought at all (None: the response has none)."""
+    """Share of all chain-of-thought words per language group, the words per response, the share of chains
+    that mix groups, and the share of responses that have a chain of thought at all (None: it has none)."""
     if not chains_of_thought:
         raise ValueError("no responses")
     totals = dict.fromkeys(LANGUAGES, 0)
@@ -77,7 +77,9 @@ def language_mix(chains_of_thought: Sequence[str | None]) -> dict[str, float]:
         with_words += present > 0
         mixed += present > 1
     words = sum(totals.values())
+    # No words at all (a chain of digits and signs): the shares are 0, and cot_words_per_response says why.
     out = {f"cot_lang/{lang}": totals[lang] / words if words else 0.0 for lang in LANGUAGES}
+    out["cot_words_per_response"] = words / len(chains_of_thought)
     out["cot_mixed_frac"] = mixed / with_words if with_words else 0.0
     out["cot_frac"] = sum(c is not None for c in chains_of_thought) / len(chains_of_thought)
     return out

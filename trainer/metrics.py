@@ -124,13 +124,15 @@ def plot_curves(run_dir: str | Path) -> Path:
     _series(ax_refl, train, "reflection_words_per_response", "training")
     _series(ax_refl, evals, "reflection_words_per_response", "held-out", marker="o")
     _series(ax_refl, train, "reflection_frac", "training: share with any", alpha=0.5)
+    worded = [r for r in train if r.get("cot_words_per_response", 1.0) > 0]  # shares of no words are not 0%
     for lang in ("en", "zh", "other"):
-        _series(ax_lang, train, f"cot_lang/{lang}", f"{lang} words")
-    _series(ax_lang, train, "cot_mixed_frac", "chains mixing languages", linestyle="--")
+        _series(ax_lang, worded, f"cot_lang/{lang}", f"{lang} words", marker=".")
+    _series(ax_lang, worded, "cot_mixed_frac", "chains mixing languages", linestyle="--")
     ax_acc.set(xlabel="step", ylabel="accuracy", title="Held-out accuracy", ylim=(0, 1))
     ax_len.set(xlabel="step", ylabel="tokens", title="Mean response length")
     ax_refl.set(xlabel="step", ylabel="per response", title='Reflection words ("wait", "verify", ...)')
-    ax_lang.set(xlabel="step", ylabel="share", title="Language mix of the chain of thought", ylim=(0, 1.02))
+    ax_lang.set(xlabel="step", ylabel="share", title="Chain-of-thought language mix (steps with words)",
+               ylim=(0, 1.02))
     for ax in axes.flat:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
