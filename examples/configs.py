@@ -324,8 +324,11 @@ def r1_tiny(*, quick: bool = False, output_dir: str | None = None, reward_models
     # The comparison counts sequences through the learner: distillation 32 per step, GRPO 8 x 8 per step.
     distill_steps = 6 if quick else 96
     # epochs only bounds the run: max_steps decides, so both students see the same number of sequences.
+    # 3e-3 (the base's pretraining rate): the cut student starts at 0% and has to heal, not just adapt;
+    # at 1e-3 it ended at 0.2% pass@1 (validation loss 0.43).
     distill = replace(resft, name="distill", epochs=50, max_steps=distill_steps,
-                      model=replace(resft.model, path=at("student", "hf")))
+                      model=replace(resft.model, path=at("student", "hf")),
+                      learner=replace(resft.learner, lr=3e-3))
     student_grpo = replace(rl, name="student_grpo", total_steps=distill_steps * sft.samples_per_step // 64,
                            model=replace(rl.model, path=at("student", "hf")),
                            data=replace(rl.data, template="r1_zero"))
