@@ -7,7 +7,8 @@ Each check prints PASS or FAIL with its figure; the script exits 1 on any FAIL a
 to a JSON file (`--out`). The checks:
 
 - setup: bf16 model in Megatron's DistributedDataParallel with its DistributedOptimizer (fp32 main
-  params); on CUDA the model-parallel RNG tracker is seeded; neither Ray nor vLLM was imported.
+  params); on CUDA the model-parallel RNG tracker is seeded; neither Ray nor vLLM was imported; a metric
+  reduction over the DP group runs on the device its backend needs (CUDA for NCCL).
 - logprobs: the learner's per-token logprobs against transformers' Qwen2 (fp32) on the same weights,
   within bf16 tolerance.
 - step: one GRPO update at lr 1e-6 moves the fp32 main weights (bf16 alone could not hold such a step)
@@ -202,6 +203,31 @@ def check_setup(report: Report, worker) -> None:
 
         states = get_cuda_rng_tracker().get_states()
         report.check("cuda_rng_tracker", "model-parallel-rng" in states, f"states {sorted(states)}")
+    check_dp_reduction(report, worker)
+
+
+def check_dp_reduction(report: Report, worker) -> None:
+    """The DP group's all-reduce on `collective_device` of its backend; a CPU tensor on NCCL is reported
+    (the failure mode that placement avoids), not required."""
+    import torch.distributed as dist
+
+    from actors.learner import collective_device
+
+    group = worker.ps.get_data_parallel_group()
+    backend = dist.get_backend(group)
+    values = torch.tensor([1.5, 2.0], dtype=torch.float64, device=collective_device(backend))  # [M]
+    dist.all_reduce(values, group=group)
+    cpu_refused = None
+    if backend == "nccl":
+        try:
+            dist.all_reduce(torch.ones(1, dtype=torch.float64), group=group)
+            cpu_refused = False
+        except (RuntimeError, ValueError):
+            cpu_refused = True
+    ok = values.tolist() == [1.5, 2.0] and values.device.type == ("cuda" if backend == "nccl" else "cpu")
+    report.check("dp_reduction_device", ok, f"{backend} all-reduce of metrics on {values.device}"
+                 + (f"; a CPU tensor on NCCL refused: {cpu_refused}" if cpu_refused is not None else ""),
+                 backend=backend, device=str(values.device), cpu_tensor_refused=cpu_refused)
 
 
 def check_logprobs(report: Report, worker, hf, batch, device) -> None:

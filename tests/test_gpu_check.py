@@ -12,6 +12,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKS = {"distributed_optimizer", "logprobs_vs_transformers", "step_moves_fp32_main_weights", "offload_onload",
+          "dp_reduction_device",
           "step_vs_fp32_reference", "forward_backward_throughput", "no_ray_no_vllm"}
 
 
