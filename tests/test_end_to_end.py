@@ -70,8 +70,8 @@ def reference(tmp_path_factory, train_file) -> Path:
     return train(tiny_config(tmp_path_factory.mktemp("runs"), "full", train_file))
 
 
-def ledger_steps(run_dir: Path) -> list[dict]:
-    text = (run_dir / "checkpoints" / f"step_{STEPS:06d}" / "ledger.jsonl").read_text()
+def ledger_steps(run_dir: Path, step: int = STEPS) -> list[dict]:
+    text = (run_dir / "checkpoints" / f"step_{step:06d}" / "ledger.jsonl").read_text()
     return [json.loads(line) for line in text.splitlines()[1:]]
 
 
@@ -121,6 +121,7 @@ def test_driver_killed_after_a_checkpoint_resumes_exactly(reference, train_file,
     driver = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     ours: dict[int, Any] = {}
     wildcard: list[str] = []
+    heard: set[str] = set()
     try:
         latest = run_dir / "checkpoints" / "latest"
         deadline = time.monotonic() + RUN_TIMEOUT_S
@@ -129,7 +130,9 @@ def test_driver_killed_after_a_checkpoint_resumes_exactly(reference, train_file,
             assert time.monotonic() < deadline, "no step-2 checkpoint in time"
             tree = process_tree(driver.pid)
             ours.update(tree)
-            wildcard += [line for line in listening(set(tree)) if line.rpartition(":")[0] in WILDCARDS]
+            found = listening(set(tree))
+            heard.update(found)
+            wildcard += [address for address in found if address.rpartition(":")[0] in WILDCARDS]
             time.sleep(0.2)
         ours.update(process_tree(driver.pid))
         driver.send_signal(signal.SIGKILL)  # the driver only: its actors must not outlive it for long
@@ -140,7 +143,7 @@ def test_driver_killed_after_a_checkpoint_resumes_exactly(reference, train_file,
         log.close()
         reap([p for pid, p in ours.items() if pid != driver.pid])
     assert wildcard == [], f"the run listened on all interfaces: {wildcard}"
-    assert len(ours) > 5, "the driver's processes (Ray, engines, learner ranks) were not seen: the check proved nothing"
+    assert len(ours) > 5 and heard, f"saw {len(ours)} processes and {len(heard)} listeners: the check proved nothing"
     killed_rows = read_metrics(run_dir, "train")
     assert killed_rows and killed_rows[-1]["step"] in (2, 3), killed_rows  # killed after the checkpoint
 
@@ -186,3 +189,48 @@ def reap(procs: list[Any], grace_s: float = 30.0) -> None:
         except psutil.NoSuchProcess:
             pass
     psutil.wait_procs(alive, timeout=10)
+
+
+def test_an_engine_killed_mid_run_is_replaced_and_the_run_completes(train_file, tmp_path, monkeypatch):
+    """Engine process SIGKILLed while step 2 generates: a new engine starts in its bundle, gets the
+    current weights, and the step trains on all 8 groups; the run finishes both steps."""
+    import threading
+
+    import psutil
+
+    from actors.engine_group import EngineGroup
+    from trainer.controller import train
+
+    original, seen, victims = EngineGroup.generate, {}, []
+
+    def kill_an_engine() -> None:
+        try:  # Ray titles an actor's process "ray::RolloutWorker" (".generate" while it generates)
+            tree = psutil.Process().children(recursive=True)
+            engine = next(p for p in tree if " ".join(p.cmdline()).startswith("ray::RolloutWorker"))
+            victims.extend([engine, *engine.children(recursive=True)])  # its vLLM processes, reaped below
+            time.sleep(0.05)  # let the step's generate reach the engines
+            engine.kill()
+            seen["killed"] = engine.pid
+        except Exception as e:  # reported by the assertions below
+            seen["kill_error"] = repr(e)
+
+    def generate(self, prompts, **kwargs):
+        seen["group"] = self
+        seen["calls"] = seen.get("calls", 0) + 1
+        if seen["calls"] == 3:  # 1: the step-0 evaluation, 2: step 1, 3: step 2
+            threading.Thread(target=kill_an_engine, daemon=True).start()
+        return original(self, prompts, **kwargs)
+
+    monkeypatch.setattr(EngineGroup, "generate", generate)
+    try:
+        run_dir = train(replace(tiny_config(tmp_path, "engine_killed", train_file), total_steps=2, checkpoint_every=0))
+    finally:
+        reap(victims, grace_s=5.0)
+    assert "killed" in seen, seen.get("kill_error")
+    failures = seen["group"].failures
+    assert len(failures) == 1 and "the actor died" in failures[0], failures
+    rows = read_metrics(run_dir, "train")
+    assert [r["step"] for r in rows] == [1, 2] and rows[1]["logprob_gap_max"] < 1e-3
+    steps = ledger_steps(run_dir, step=2)
+    assert [len(s["trained"]) for s in steps] == [8, 8]
+    assert sorted(i for s in steps for i in s["trained"]) == list(range(EPOCH_PROMPTS))
