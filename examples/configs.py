@@ -294,7 +294,7 @@ def r1_tiny(*, quick: bool = False, output_dir: str | None = None, reward_models
                         init_from=("<think>",))
     student = replace(base, name="student", keep_every_layer=2)
     sft = tiny_cpu_sft()
-    cold = replace(sft, name="cold_start", output_dir=out, epochs=1, max_steps=20 if quick else 0, checkpoint_every=0,
+    cold = replace(sft, name="cold_start", output_dir=out, epochs=1, max_steps=40 if quick else 0, checkpoint_every=0,
                    model=replace(sft.model, path=at("base", "hf")),
                    data=replace(sft.data, template=readable, train_path=f"{TINY_SFT_DATA}/readable_answer/train.jsonl",
                                 valid_path=f"{TINY_SFT_DATA}/readable_answer/valid.jsonl"),
