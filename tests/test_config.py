@@ -284,6 +284,8 @@ def test_overrides_then_validate_catch_bad_combinations():
     ("reward.accuracy_weight=0", "are all 0: every reward would be 0"),
     ("reward.timeout_s=-1", r"reward\.timeout_s = -1\.0 is out of range: allowed \(0, 86400\]"),
     ("reward.timeout_s=1e10", r"reward\.timeout_s = 10000000000\.0 is out of range: allowed \(0, 86400\]"),
+    ("reward.max_error_fraction=1.5", r"reward\.max_error_fraction = 1\.5 is out of range: allowed \[0, 1\]"),
+    ("reward.max_error_fraction=-0.1", r"reward\.max_error_fraction = -0\.1 is out of range: allowed \[0, 1\]"),
     ("cluster.cpus_per_actor=0", r"cluster\.cpus_per_actor = 0\.0 is out of range: allowed \(0, inf\)"),
     ("cluster.num_cpus=0", r"cluster\.num_cpus = 0 is out of range: allowed \[1, inf\)"),
     ("cluster.gpus_per_node=0", r"cluster\.gpus_per_node = 0 is out of range: allowed \[1, inf\)"),

@@ -113,3 +113,42 @@ def test_evaluate_reports_pass_at_1_and_cons_at_k():
     result = steps.evaluate(system, _prompts(5), tiny_cpu(), seed=0)
     assert result["pass@1"] == pytest.approx(0.75)
     assert result["cons@k"] == 0.0           # no <answer> tags: nothing to vote on
+
+
+class FailingRewards(FakeRewards):
+    """Scores like FakeRewards, but the first `failed` samples of every batch fail with a timeout."""
+
+    def __init__(self, failed: int):
+        self.failed = failed
+
+    def score(self, rollout):
+        scored = super().score(rollout)
+        flat = [r for group in scored.results for r in group]
+        flat[:self.failed] = [RewardResult(reward=0.0, components={}, correct=False, error="timeout")] * self.failed
+        size = len(scored.results[0])
+        results = tuple(tuple(flat[i:i + size]) for i in range(0, len(flat), size))
+        return ScoredBatch(rollout=scored.rollout, results=results)
+
+
+@pytest.mark.parametrize("failed, stops", [(0, False), (8, False), (9, True), (16, True)])
+def test_a_step_stops_only_above_the_reward_error_fraction(failed, stops):
+    """16 samples, reward.max_error_fraction = 0.5: 8 failures are recorded and the step goes on, 9 stop it
+    with the count per error."""
+    system = FakeSystem(lambda i, g: g % 2 == 0)
+    system.rewards = FailingRewards(failed)
+    cfg = _cfg()
+    assert cfg.reward.max_error_fraction == 0.5
+    if stops:
+        with pytest.raises(steps.RewardErrors, match=rf"{failed} of 16 samples failed to score.*{failed} x timeout"):
+            steps.score(system, _prompts(4), n=4, cfg=cfg, seed=0)
+    else:
+        scored = steps.score(system, _prompts(4), n=4, cfg=cfg, seed=0)
+        assert sum(r.error is not None for group in scored.results for r in group) == failed
+
+
+def test_max_error_fraction_one_never_stops():
+    system = FakeSystem(lambda i, g: True)
+    system.rewards = FailingRewards(16)
+    cfg = replace(_cfg(), reward=replace(TrainConfig().reward, max_error_fraction=1.0))
+    scored = steps.score(system, _prompts(4), n=4, cfg=cfg, seed=0)
+    assert all(r.error == "timeout" for group in scored.results for r in group)

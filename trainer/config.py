@@ -244,6 +244,10 @@ class RewardConfig:
     """Stateless reward actors (K)."""
     timeout_s: float = 5.0
     """Per-sample limit; a verifier past it is killed and scores 0 with reason `timeout`."""
+    max_error_fraction: float = 0.5
+    """A sample whose reward raises or times out scores 0 with its error recorded (`reward_errors`); the
+    run stops only when more than this share of one step's samples failed (a broken verifier or scorer
+    would otherwise train on zeros). 1 never stops."""
     routes: tuple[str, ...] = ()
     """Scorer per data source (a prompt's `task`), as `source:scorer` pairs with scorer one of rule, judge,
     reward_model; e.g. `--set reward.routes=general:reward_model,trivia:judge`. R1's RL for all scenarios:
@@ -616,6 +620,7 @@ def _check_ranges(cfg: TrainConfig) -> None:
     if rw.overlong_weight:
         _in_range("reward.overlong_buffer_tokens", rw.overlong_buffer_tokens, 0, m.max_response_tokens)
     _in_range("reward.timeout_s", rw.timeout_s, 0, MAX_TIMEOUT_S, low_open=True)
+    _in_range("reward.max_error_fraction", rw.max_error_fraction, 0, 1)
     _check_scorers(rw)
     _in_range("cluster.cpus_per_actor", cl.cpus_per_actor, 0, low_open=True)
     _in_range("cluster.gpus_per_node", cl.gpus_per_node, 1)

@@ -5,6 +5,7 @@ through their verbs (`generate`, `score`, `compute_logprobs`, `forward_backward`
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -97,7 +98,25 @@ def score(system: SystemProtocol, prompts: list[Prompt], *, n: int, cfg: TrainCo
             max_tokens=cfg.model.max_response_tokens, stop=list(s.stop), seed=seed,
         )
     with timer("reward"):
-        return system.rewards.score(rollout)
+        scored = system.rewards.score(rollout)
+    check_reward_errors(scored, cfg.reward.max_error_fraction)
+    return scored
+
+
+class RewardErrors(RuntimeError):
+    """More of a step's samples failed to score than `reward.max_error_fraction` allows."""
+
+
+def check_reward_errors(scored: ScoredBatch, max_error_fraction: float) -> None:
+    """Raise RewardErrors, with the count per error, when the share of samples scored with an error
+    exceeds `max_error_fraction`; below it the failed samples stay in the batch with reward 0."""
+    errors = Counter(r.error for group in scored.results for r in group if r.error is not None)
+    total = sum(len(group) for group in scored.results)
+    failed = sum(errors.values())
+    if total and failed / total > max_error_fraction:
+        reasons = "; ".join(f"{count} x {reason}" for reason, count in errors.most_common(5))
+        raise RewardErrors(f"reward actors: {failed} of {total} samples failed to score, more than "
+                           f"reward.max_error_fraction = {max_error_fraction:g} allows: {reasons}")
 
 
 def old_logprobs_from_update(cfg: TrainConfig) -> bool:
