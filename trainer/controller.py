@@ -158,7 +158,8 @@ class Run:
     def evaluate(self, step: int) -> None:
         result = steps.evaluate(self.system, self.heldout, self.cfg, seed=self.seed(-1))
         self.logger.log(step, "eval", result)
-        tqdm.write(f"step {step}: held-out pass@1 {result['pass@1']:.3f}  cons@{int(result['k'])} "
+        pass_at = "  ".join(f"{key} {value:.3f}" for key, value in result.items() if key.startswith("pass@"))
+        tqdm.write(f"step {step}: held-out {pass_at}  cons@{int(result['k'])} "
                    f"{result['cons@k']:.3f}  mean length {result['response_length_mean']:.1f}")
 
     def checkpoint(self, step: int) -> None:
