@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from cluster.calls import pending_calls, tracking
 from trainer.watchdog import StallWatchdog
 
@@ -48,4 +50,13 @@ def test_a_threshold_of_zero_starts_no_thread():
     with watchdog.timer(step=1)("rollout"):
         pass
     assert watchdog.check() is None
+    watchdog.close()
+
+
+def test_an_error_in_a_phase_names_the_step_and_the_phase():
+    watchdog = StallWatchdog(0.0)
+    with pytest.raises(RuntimeError, match="engine 1 died") as raised:
+        with watchdog.timer(step=7)("rollout"):
+            raise RuntimeError("generate (8 prompts x 8): engine 1 died")
+    assert raised.value.__notes__ == ["raised in step 7, phase 'rollout'"]
     watchdog.close()

@@ -25,11 +25,13 @@ from trainer.types import Prompt, ScoredBatch, TrainBatch
 
 class PhaseTimer:
     """Wall time per named phase of a step: `with timer("rollout"): ...`. `on_phase(phase, begins)` is told
-    when each phase begins and ends (the stall watchdog, `trainer.watchdog`)."""
+    when each phase begins and ends (the stall watchdog, `trainer.watchdog`). With a `label` ("step 7"), an
+    error raised inside a phase carries a note naming the label and the phase."""
 
-    def __init__(self, on_phase: Callable[[str, bool], None] | None = None) -> None:
+    def __init__(self, on_phase: Callable[[str, bool], None] | None = None, label: str = "") -> None:
         self.seconds: dict[str, float] = {}
         self.on_phase = on_phase
+        self.label = label
 
     @contextmanager
     def __call__(self, phase: str) -> Iterator[None]:
@@ -38,6 +40,10 @@ class PhaseTimer:
             self.on_phase(phase, True)
         try:
             yield
+        except Exception as err:
+            if self.label:
+                err.add_note(f"raised in {self.label}, phase {phase!r}")
+            raise
         finally:
             if self.on_phase is not None:
                 self.on_phase(phase, False)

@@ -55,8 +55,8 @@ class StallWatchdog:
             self._thread.start()
 
     def timer(self, step: int) -> PhaseTimer:
-        """A PhaseTimer for `step` whose phases this watchdog watches."""
-        return PhaseTimer(on_phase=lambda phase, begins: self.phase(step, phase, begins))
+        """A PhaseTimer for `step` whose phases this watchdog watches; an error in a phase names the step."""
+        return PhaseTimer(on_phase=lambda phase, begins: self.phase(step, phase, begins), label=f"step {step}")
 
     def phase(self, step: int, phase: str, begins: bool) -> None:
         with self._lock:
