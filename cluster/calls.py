@@ -88,13 +88,33 @@ def get_all(refs: Sequence[Any], *, what: str, names: Sequence[str], timeout_s: 
     ("generate", "weight sync of version 7"). Failures raise `error`, except an actor's own exception of
     a type in `keep` (e.g. StaleEngineError), which is raised as that type so callers can tell it apart.
     """
+    results: list[Any] = [None] * len(refs)
+    for i, ref in _in_turn(refs, what=what, names=names, timeout_s=timeout_s):
+        if i is None:
+            raise error(f"{what}: no answer within {timeout_s:.0f}s from {', '.join(names[j] for j in ref)}")
+        try:
+            results[i] = _get(ref, what=what, name=names[i], keep=keep)
+        except _Failed as e:
+            raise error(f"{what}: {names[i]} failed: {root_cause(e.error)}") from e.error
+    return results
+
+
+class _Failed(Exception):
+    """A call that raised or whose actor died (`error`: Ray's exception)."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _in_turn(refs: Sequence[Any], *, what: str, names: Sequence[str], timeout_s: float | None) -> Iterator[Any]:
+    """(index, ref) of each call as it finishes, listed in the registry while waiting; at the deadline one
+    last (None, indexes of the calls still pending)."""
     import ray
 
     if len(names) != len(refs):
         raise ValueError(f"{len(names)} names for {len(refs)} calls")
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     index = {ref: i for i, ref in enumerate(refs)}
-    results: list[Any] = [None] * len(refs)
     pending = list(refs)
     with tracking(what, names, timeout_s) as call:
         while pending:
@@ -102,16 +122,23 @@ def get_all(refs: Sequence[Any], *, what: str, names: Sequence[str], timeout_s: 
             ready, pending = ray.wait(pending, num_returns=1, timeout=remaining)
             call.waiting = [names[index[r]] for r in pending]
             if not ready:
-                raise error(f"{what}: no answer within {timeout_s:.0f}s from {', '.join(call.waiting)}")
-            i = index[ready[0]]
-            try:
-                results[i] = ray.get(ready[0])
-            except Exception as e:  # RayActorError (the actor died), RayTaskError (the call raised)
-                cause = getattr(e, "cause", None)
-                if keep and isinstance(cause, keep):
-                    raise type(cause)(f"{what}: {names[i]}: {cause}") from e
-                raise error(f"{what}: {names[i]} failed: {root_cause(e)}") from e
-    return results
+                yield None, [index[r] for r in pending]
+                return
+            yield index[ready[0]], ready[0]
+
+
+def _get(ref: Any, *, what: str, name: str, keep: tuple[type[Exception], ...]) -> Any:
+    """`ray.get` of a finished call; an actor's own exception of a type in `keep` is raised as that type,
+    any other failure as _Failed."""
+    import ray
+
+    try:
+        return ray.get(ref)
+    except Exception as e:  # RayActorError (the actor died), RayTaskError (the call raised)
+        cause = getattr(e, "cause", None)
+        if keep and isinstance(cause, keep):
+            raise type(cause)(f"{what}: {name}: {cause}") from e
+        raise _Failed(e) from e
 
 
 @dataclass(frozen=True)
@@ -138,29 +165,15 @@ def wait_each(refs: Sequence[Any], *, what: str, names: Sequence[str], timeout_s
     and keep the others' work. An actor's own exception of a type in `keep` is raised at once."""
     import ray
 
-    if len(names) != len(refs):
-        raise ValueError(f"{len(names)} names for {len(refs)} calls")
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    index = {ref: i for i, ref in enumerate(refs)}
     results: list[Any] = [None] * len(refs)
-    pending = list(refs)
-    with tracking(what, names, timeout_s) as call:
-        while pending:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            ready, pending = ray.wait(pending, num_returns=1, timeout=remaining)
-            call.waiting = [names[index[r]] for r in pending]
-            if not ready:
-                for ref in pending:
-                    results[index[ref]] = CallFailure(names[index[ref]], f"gave no answer to {what} within "
-                                                                         f"{timeout_s:.0f}s", timed_out=True)
-                break
-            i = index[ready[0]]
-            try:
-                results[i] = ray.get(ready[0])
-            except Exception as e:  # RayActorError (the actor died), RayTaskError (the call raised)
-                cause = getattr(e, "cause", None)
-                if keep and isinstance(cause, keep):
-                    raise type(cause)(f"{what}: {names[i]}: {cause}") from e
-                results[i] = CallFailure(names[i], f"failed in {what}: {root_cause(e)}",
-                                         died=isinstance(e, ray.exceptions.RayActorError))
+    for i, ref in _in_turn(refs, what=what, names=names, timeout_s=timeout_s):
+        if i is None:
+            for j in ref:
+                results[j] = CallFailure(names[j], f"gave no answer to {what} within {timeout_s:.0f}s", timed_out=True)
+            break
+        try:
+            results[i] = _get(ref, what=what, name=names[i], keep=keep)
+        except _Failed as e:
+            results[i] = CallFailure(names[i], f"failed in {what}: {root_cause(e.error)}",
+                                     died=isinstance(e.error, ray.exceptions.RayActorError))
     return results
