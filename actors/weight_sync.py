@@ -464,13 +464,8 @@ def retie_lm_head(model: Any) -> None:
 
 
 def register_vllm_plugin() -> None:
-    """vLLM general plugin: register the CPU gloo engine, and on CPU stop vLLM's queues busy-waiting
-    (`actors.vllm_cpu`). Idempotent (vLLM may call it many times)."""
+    """vLLM general plugin: register the CPU gloo engine. Idempotent (vLLM may call it many times)."""
     from vllm.distributed.weight_transfer.factory import WeightTransferEngineFactory
-
-    from actors import vllm_cpu
-
-    vllm_cpu.apply()
 
     if GLOO_BACKEND not in WeightTransferEngineFactory._registry:
         WeightTransferEngineFactory.register_engine(GLOO_BACKEND, _engine_classes()[2])
