@@ -2,6 +2,8 @@
 
     EngineGroup.generate(B prompts) --assign_groups--> engine e gets a sub-list (whole groups of G)
         --one wait on all engines, with a deadline--> B groups back in the original prompt order
+        (each engine's groups also go to `on_part` the moment it finishes: the controller scores them
+        while the other engines still generate)
     EngineGroup.init_weight_sync_async / receive_weights_async: the receiving half of a weight sync,
         driven by actors.weight_sync.WeightSync, which owns it end to end.
 
@@ -24,8 +26,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from actors.rollout import StaleEngineError
-from cluster.calls import CallFailure, RemoteCallError, get_all, wait_each
-from trainer.types import Prompt, RolloutBatch, WeightVersion
+from cluster.calls import CallFailure, RemoteCallError, each_as_done, get_all, wait_each
+from trainer.types import Prompt, RolloutBatch, RolloutPart, WeightVersion
 
 
 def assign_groups(costs: Sequence[int], num_engines: int, loads: Sequence[int] | None = None) -> list[int]:
@@ -96,10 +98,13 @@ class EngineGroup:
         return 1 + sum(self.tp_sizes)
 
     def generate(self, prompts: Sequence[Prompt], *, n: int, temperature: float, top_p: float, max_tokens: int,
-                 stop: Sequence[str], seed: int | None) -> RolloutBatch:
+                 stop: Sequence[str], seed: int | None,
+                 on_part: Callable[[RolloutPart], None] | None = None) -> RolloutBatch:
         """B prompts -> one RolloutBatch with B groups of n, in prompt order; refuses stale engines.
 
-        Groups of an engine that dies or misses the deadline are generated again after it was replaced."""
+        `on_part(part)` gets each engine's groups the moment that engine has finished, while the others
+        still generate. Groups of an engine that dies or misses the deadline are generated again after it
+        was replaced (and go to `on_part` then); a group never goes to `on_part` twice."""
         todo, done = list(range(len(prompts))), {}  # done: prompt position -> (its engine's part, row in it)
         what = f"generate ({len(prompts)} prompts x {n})"
         while todo:
@@ -109,10 +114,17 @@ class EngineGroup:
             refs = [self.engine_actors[e].generate.remote(
                 [prompts[b] for b in mine[e]], n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
                 stop=tuple(stop), seed=seed, expected_version=self.expected_version) for e in used]
-            parts = wait_each(refs, what=what, names=[f"engine {e}" for e in used],
-                              timeout_s=self.generate_timeout_s, keep=(StaleEngineError,))
-            failed = {e: p for e, p in zip(used, parts) if isinstance(p, CallFailure)}
-            done.update({b: (p, row) for e, p in zip(used, parts) if e not in failed for row, b in enumerate(mine[e])})
+            failed: dict[int, CallFailure] = {}
+            for i, part in each_as_done(refs, what=what, names=[f"engine {e}" for e in used],
+                                        timeout_s=self.generate_timeout_s, keep=(StaleEngineError,)):
+                e = used[i]
+                if isinstance(part, CallFailure):
+                    failed[e] = part
+                    continue
+                done.update({b: (part, row) for row, b in enumerate(mine[e])})
+                if on_part is not None:
+                    on_part(RolloutPart(positions=tuple(mine[e]), batch=part))
+            failed = {e: failed[e] for e in sorted(failed)}
             todo = [b for e in failed for b in mine[e]]
             if failed:
                 self.replace(failed)

@@ -163,17 +163,27 @@ def wait_each(refs: Sequence[Any], *, what: str, names: Sequence[str], timeout_s
     """Like `get_all`, but every call gets its answer: a result, or a `CallFailure` for a call that
     raised, died or had not answered by the common deadline, so a caller can replace the failed actors
     and keep the others' work. An actor's own exception of a type in `keep` is raised at once."""
+    results: list[Any] = [None] * len(refs)
+    for i, result in each_as_done(refs, what=what, names=names, timeout_s=timeout_s, keep=keep):
+        results[i] = result
+    return results
+
+
+def each_as_done(refs: Sequence[Any], *, what: str, names: Sequence[str], timeout_s: float | None,
+                 keep: tuple[type[Exception], ...] = ()) -> Iterator[tuple[int, Any]]:
+    """`wait_each` one call at a time: (index, result or `CallFailure`) of each call the moment it finishes,
+    so a caller can use one actor's answer while the others still work; at the common deadline, a
+    `CallFailure` for each call still pending. An exception of a type in `keep` is raised at once."""
     import ray
 
-    results: list[Any] = [None] * len(refs)
     for i, ref in _in_turn(refs, what=what, names=names, timeout_s=timeout_s):
         if i is None:
             for j in ref:
-                results[j] = CallFailure(names[j], f"gave no answer to {what} within {timeout_s:.0f}s", timed_out=True)
-            break
+                yield j, CallFailure(names[j], f"gave no answer to {what} within {timeout_s:.0f}s", timed_out=True)
+            return
         try:
-            results[i] = _get(ref, what=what, name=names[i], keep=keep)
+            result = _get(ref, what=what, name=names[i], keep=keep)
         except _Failed as e:
-            results[i] = CallFailure(names[i], f"failed in {what}: {root_cause(e.error)}",
-                                     died=isinstance(e.error, ray.exceptions.RayActorError))
-    return results
+            result = CallFailure(names[i], f"failed in {what}: {root_cause(e.error)}",
+                                 died=isinstance(e.error, ray.exceptions.RayActorError))
+        yield i, result

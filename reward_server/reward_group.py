@@ -4,6 +4,9 @@
          ▲                                                                │  (each: the scorers of
          └──── ScoredBatch [B][G] ◄── reassemble by position ◄── ray.wait ┘   each data source)
 
+In a training step `score` gets one engine's groups at a time, while the other engines still generate
+(`trainer.steps.score` calls it from a scoring thread of the driver as each engine finishes).
+
 A reward actor scores each sample with the scorer its data source is routed to (`reward_server.scorers`):
 the rule-based reward (with its verifier subprocess), a generative judge served on judge engines that the
 group was handed, or reward models held in the actor.

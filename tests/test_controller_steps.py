@@ -21,7 +21,8 @@ class FakeEngines:
         self.pattern = pattern
         self.calls = 0
 
-    def generate(self, prompts, *, n, temperature, top_p, max_tokens, stop, seed):
+    def generate(self, prompts, *, n, temperature, top_p, max_tokens, stop, seed, on_part=None):
+        """Passes no parts to `on_part`: the batch is scored after generation (test_scoring_overlap streams)."""
         self.calls += 1
         groups = tuple(
             tuple(Completion(token_ids=(5, 6, 7), text="ok" if self.pattern(p.index, g) else "no",

@@ -13,7 +13,7 @@ from trainer.config import AlgorithmConfig, ClusterConfig, ConfigError, RolloutC
 from trainer.data import PromptSampler
 from trainer.ledger import PromptLedger, fingerprint
 from trainer.overlap import RolloutSource, policy_version_lag
-from trainer.types import Completion, Prompt, RewardResult, RolloutBatch, ScoredBatch
+from trainer.types import Completion, Prompt, RewardResult, RolloutBatch, RolloutPart, ScoredBatch
 
 WAIT_S = 10.0
 """Longest a stand-in waits for the other thread before the test fails (instead of hanging)."""
@@ -29,7 +29,7 @@ class FakeEngines:
         self.generating = threading.Event()
         self.calls: list[tuple[int, bool]] = []  # (version sampled with, learner training meanwhile)
 
-    def generate(self, prompts, *, n, temperature, top_p, max_tokens, stop, seed):
+    def generate(self, prompts, *, n, temperature, top_p, max_tokens, stop, seed, on_part=None):
         version = self.expected_version
         self.generating.set()
         prefetch = threading.current_thread() is not threading.main_thread()
@@ -37,8 +37,11 @@ class FakeEngines:
         self.calls.append((version, overlapped))
         groups = tuple(tuple(Completion(token_ids=(5, 6), text="ok" if g % 2 else "no", rollout_logprobs=(-0.5, -0.5),
                                         finish_reason="stop") for g in range(n)) for _ in prompts)
-        return RolloutBatch(prompts=tuple(prompts), prompt_token_ids=tuple((1, 2) for _ in prompts),
-                            completions=groups, policy_version=version)
+        batch = RolloutBatch(prompts=tuple(prompts), prompt_token_ids=tuple((1, 2) for _ in prompts),
+                             completions=groups, policy_version=version)
+        if on_part is not None:  # one engine: its part is the whole batch, scored on the scoring thread
+            on_part(RolloutPart(positions=tuple(range(len(prompts))), batch=batch))
+        return batch
 
 
 class FakeRewards:

@@ -203,7 +203,7 @@ class _Engines:
     def __init__(self, texts: list[list[str]]):
         self.texts = texts
 
-    def generate(self, prompts, *, n, temperature, top_p, max_tokens, stop, seed):
+    def generate(self, prompts, *, n, temperature, top_p, max_tokens, stop, seed, on_part=None):
         groups = tuple(tuple(Completion((1, 2), t, (-0.5, -0.5), "stop") for t in self.texts[p.index][:n])
                        for p in prompts)
         return RolloutBatch(prompts=tuple(prompts), prompt_token_ids=tuple((1,) for _ in prompts),

@@ -248,6 +248,9 @@ class RewardConfig:
     """A sample whose reward raises or times out scores 0 with its error recorded (`reward_errors`); the
     run stops only when more than this share of one step's samples failed (a broken verifier or scorer
     would otherwise train on zeros). 1 never stops."""
+    score_while_generating: bool = True
+    """Score each engine's groups as soon as that engine has finished, while the others still generate
+    (`trainer.steps.score`); false scores the whole batch after the last engine (same rewards)."""
     routes: tuple[str, ...] = ()
     """Scorer per data source (a prompt's `task`), as `source:scorer` pairs with scorer one of rule, judge,
     reward_model; e.g. `--set reward.routes=general:reward_model,trivia:judge`. R1's RL for all scenarios:

@@ -12,13 +12,13 @@ imports neither Ray nor the actors, so the controller and its tests can use fake
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
 from torch import Tensor
 
-from trainer.types import Prompt, RolloutBatch, ScoredBatch, TrainBatch, WeightVersion
+from trainer.types import Prompt, RolloutBatch, RolloutPart, ScoredBatch, TrainBatch, WeightVersion
 
 
 class EngineGroupProtocol(Protocol):
@@ -30,8 +30,10 @@ class EngineGroupProtocol(Protocol):
     """Tensor-parallel size of each engine."""
 
     def generate(self, prompts: Sequence[Prompt], *, n: int, temperature: float, top_p: float, max_tokens: int,
-                 stop: Sequence[str], seed: int | None) -> RolloutBatch:
-        """B prompts -> B groups of n completions in prompt order; refuses engines holding another version."""
+                 stop: Sequence[str], seed: int | None,
+                 on_part: Callable[[RolloutPart], None] | None = None) -> RolloutBatch:
+        """B prompts -> B groups of n completions in prompt order; refuses engines holding another version.
+        `on_part` gets each engine's groups as soon as that engine has finished them (each group once)."""
         ...
 
     def wait_until_up(self) -> list[WeightVersion]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 
 import torch
@@ -18,9 +19,9 @@ from trainer.config import TrainConfig
 from trainer.data import PromptSampler
 from trainer.evaluate import cons_at_k, pass_at_1
 from trainer.ledger import PromptLedger
-from trainer.protocols import LearnerGroupProtocol, SystemProtocol
+from trainer.protocols import LearnerGroupProtocol, RewardGroupProtocol, SystemProtocol
 from trainer.templates import completion_for_reward
-from trainer.types import Prompt, ScoredBatch, TrainBatch
+from trainer.types import Prompt, RewardResult, RolloutBatch, RolloutPart, ScoredBatch, TrainBatch
 
 
 class PhaseTimer:
@@ -95,18 +96,75 @@ def sample_groups(system: SystemProtocol, sampler: PromptSampler, cfg: TrainConf
 
 def score(system: SystemProtocol, prompts: list[Prompt], *, n: int, cfg: TrainConfig, seed: int,
           temperature: float | None = None, timer: PhaseTimer | None = None) -> ScoredBatch:
-    """Generate n completions per prompt on the engines, then score them on the reward actors."""
+    """Generate n completions per prompt on the engines and score them on the reward actors, overlapped:
+
+        engine 1 finishes ──on_part──► scoring.add ──► reward actors score its groups  (engine 0 still generates)
+        engine 0 finishes ──on_part──► scoring.add ──► reward actors score its groups
+        scoring.result(rollout) ──► ScoredBatch in prompt order, the same as scoring the whole batch at once
+
+    The "reward" phase is therefore only what scoring has left once the last engine finished.
+    `reward.score_while_generating = false` scores the whole batch after the last engine instead."""
     s = cfg.rollout.sampling
     timer = timer or PhaseTimer()
-    with timer("generate"):
-        rollout = system.engines.generate(
-            prompts, n=n, temperature=s.temperature if temperature is None else temperature, top_p=s.top_p,
-            max_tokens=cfg.model.max_response_tokens, stop=list(s.stop), seed=seed,
-        )
-    with timer("reward"):
-        scored = system.rewards.score(rollout)
+    with PartScoring(system.rewards) as scoring:
+        with timer("generate"):
+            rollout = system.engines.generate(
+                prompts, n=n, temperature=s.temperature if temperature is None else temperature, top_p=s.top_p,
+                max_tokens=cfg.model.max_response_tokens, stop=list(s.stop), seed=seed,
+                on_part=scoring.add if cfg.reward.score_while_generating else None,
+            )
+        with timer("reward"):
+            scored = scoring.result(rollout)
     check_reward_errors(scored, cfg.reward.max_error_fraction)
     return scored
+
+
+class PartScoring:
+    """Scores the parts of one rollout batch on the reward actors as they arrive, while the caller goes on
+    waiting for the engines: `add(part)` hands the part to one scoring thread of the driver (parts are
+    scored one after another, each over all reward actors, with the reward group's own deadlines), and
+    `result(rollout)` waits for them, scores the groups no part brought, and assembles the ScoredBatch in
+    the rollout's order. Leaving the `with` block after an error drops the parts not yet started and waits
+    for the one being scored (the reward group's deadlines bound that wait)."""
+
+    def __init__(self, rewards: RewardGroupProtocol) -> None:
+        self.rewards = rewards
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scoring")
+        self._parts: list[tuple[RolloutPart, Future[ScoredBatch]]] = []
+
+    def __enter__(self) -> PartScoring:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def add(self, part: RolloutPart) -> None:
+        self._parts.append((part, self._pool.submit(self.rewards.score, part.batch)))
+
+    def result(self, rollout: RolloutBatch) -> ScoredBatch:
+        """[B][G] rewards of `rollout`, whose groups at each part's positions must be that part's."""
+        results: list[tuple[RewardResult, ...] | None] = [None] * len(rollout.prompts)
+        for part, future in self._parts:
+            scored = future.result()
+            for row, b in enumerate(part.positions):
+                if (part.batch.prompts[row], part.batch.completions[row]) != (rollout.prompts[b], rollout.completions[b]):
+                    raise RuntimeError(f"scoring: the part scored for prompt position {b} is not the rollout's group there")
+                results[b] = scored.results[row]
+        missing = [b for b, r in enumerate(results) if r is None]
+        if len(missing) == len(results):
+            return self.rewards.score(rollout)
+        if missing:
+            rest = self.rewards.score(_select_rollout(rollout, missing))
+            for row, b in enumerate(missing):
+                results[b] = rest.results[row]
+        return ScoredBatch(rollout=rollout, results=tuple(r for r in results if r is not None))
+
+
+def _select_rollout(rollout: RolloutBatch, positions: list[int]) -> RolloutBatch:
+    return RolloutBatch(prompts=tuple(rollout.prompts[b] for b in positions),
+                        prompt_token_ids=tuple(rollout.prompt_token_ids[b] for b in positions),
+                        completions=tuple(rollout.completions[b] for b in positions),
+                        policy_version=rollout.policy_version, engine_seconds=rollout.engine_seconds)
 
 
 class RewardErrors(RuntimeError):

@@ -3,6 +3,7 @@
 Flow of one step (B prompts, G samples each, N = B x G sequences):
 
     list[Prompt] --rollout--> RolloutBatch --reward--> ScoredBatch --controller--> TrainBatch --learner
+                  (each engine's RolloutPart is scored as it arrives, while the other engines generate)
 
 Token-level tensors in a `TrainBatch` are aligned with `input_ids`: position t holds the value for
 token `input_ids[:, t]` (its log-probability given the tokens before it). Prompt positions and padding
@@ -68,6 +69,17 @@ class RolloutBatch:
     @property
     def num_tokens(self) -> int:
         return sum(len(c.token_ids) for group in self.completions for c in group)
+
+
+@dataclass(frozen=True)
+class RolloutPart:
+    """Groups of a batch that one engine has finished while the others may still generate; the controller
+    scores them meanwhile (`trainer.steps.score`)."""
+
+    positions: tuple[int, ...]
+    """[B_part] where each group of `batch` sits in the whole batch's prompt order."""
+    batch: RolloutBatch
+    """[B_part] groups, group i being the batch's group `positions[i]`."""
 
 
 @dataclass(frozen=True)
