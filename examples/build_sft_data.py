@@ -16,8 +16,7 @@ Questions come from the same seeded splits as `examples/build_tiny.py` (same siz
 same questions as `artifacts/data/arithmetic/`): training samples from the train split, validation
 samples from the held-out split, so SFT never trains on a question GRPO evaluates on.
 
-`make_student` writes the distillation student: the tiny base with every other layer (DistilBERT's
-initialisation of a smaller student from its teacher's layers).
+The distillation student is not written here: `python -m examples.build_student` installs it.
 """
 
 from __future__ import annotations
@@ -87,41 +86,17 @@ def build(out_dir: str | Path, *, n_train: int, n_valid: int, seed: int = BuildC
     return written
 
 
-def make_student(teacher_dir: str | Path, out_dir: str | Path, *, keep_every: int = 2) -> Path:
-    """A smaller model from `teacher_dir`: layers 0, keep_every, 2 x keep_every, ... (embeddings, final
-    norm and tokenizer copied), written as a Hugging Face directory."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.float32)
-    layers = model.model.layers
-    model.model.layers = torch.nn.ModuleList(layers[i] for i in range(0, len(layers), keep_every))
-    for new_index, layer in enumerate(model.model.layers):
-        layer.self_attn.layer_idx = new_index
-    model.config.num_hidden_layers = len(model.model.layers)
-    if getattr(model.config, "layer_types", None):
-        model.config.layer_types = model.config.layer_types[:len(model.model.layers)]
-    out = Path(out_dir)
-    model.save_pretrained(out, safe_serialization=True)
-    AutoTokenizer.from_pretrained(teacher_dir).save_pretrained(out)
-    return out
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Write the tiny model's SFT data sets (and its distillation student).")
+    parser = argparse.ArgumentParser(description="Write the tiny model's SFT data sets.")
     parser.add_argument("--out-dir", default="artifacts")
     parser.add_argument("--train", type=int, default=2000, help="training samples per format")
     parser.add_argument("--valid", type=int, default=200, help="validation samples per format")
-    parser.add_argument("--student-from", default=None,
-                        help="also write <out-dir>/tiny-student from this teacher directory (every other layer)")
     args = parser.parse_args(argv)
     Path(args.out_dir).mkdir(parents=True, exist_ok=True)
     with open(Path(args.out_dir) / ".sft_data.lock", "w") as lock:  # tests and developers share the tree
         fcntl.flock(lock, fcntl.LOCK_EX)
         for key, path in build(args.out_dir, n_train=args.train, n_valid=args.valid).items():
             print(f"{key}: {path}")
-        if args.student_from:
-            print(f"student: {make_student(args.student_from, Path(args.out_dir) / 'tiny-student')}")
 
 
 if __name__ == "__main__":

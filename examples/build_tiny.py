@@ -336,7 +336,7 @@ def read_manifest() -> dict:
     return json.loads(MANIFEST.read_text())
 
 
-def verify_model_dir(directory: Path, manifest: dict) -> None:
+def verify_model_dir(directory: Path, manifest: dict, *, manifest_name: str = MANIFEST.name) -> None:
     """Raise ShippedModelError naming every file of `directory` that differs from the manifest."""
     expected: dict[str, str] = manifest["files"]
     actual = dir_digests(directory) if directory.is_dir() else {}
@@ -344,7 +344,7 @@ def verify_model_dir(directory: Path, manifest: dict) -> None:
            for name, digest in expected.items() if actual.get(name) != digest]
     extra = sorted(set(actual) - set(expected))
     if bad or extra:
-        raise ShippedModelError(f"{directory} is not the base model recorded in {MANIFEST.name}: "
+        raise ShippedModelError(f"{directory} is not the model recorded in {manifest_name}: "
                                 + "; ".join(bad + [f"{name}: not recorded" for name in extra]))
 
 

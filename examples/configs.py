@@ -222,9 +222,10 @@ def tiny_cpu_reject_sft() -> SFTConfig:
 
 
 def tiny_cpu_distill() -> SFTConfig:
-    """R1 distillation: SFT of a smaller student (every other layer of the tiny base) on the teacher's samples.
+    """R1 distillation: SFT of a smaller student on the teacher's samples.
 
-    The student is written by `python -m examples.build_sft_data --student-from artifacts/tiny-qwen2`.
+    The student (every other layer of the tiny base, pretrained further on the base's corpus) is installed
+    by `python -m examples.build_student`.
     """
     base = tiny_cpu_reject_sft()
     return replace(base, name="tiny_cpu_distill", epochs=3, model=replace(base.model, path="artifacts/tiny-student"))
@@ -272,11 +273,13 @@ def r1_tiny(*, quick: bool = False, output_dir: str | None = None, reward_models
             ) -> PipelineConfig:
     """R1's stages on the tiny model, each stage's output the next one's input (trainer/pipeline.py).
 
-    Needs `python -m examples.build_tiny`, `python -m examples.build_sft_data` and
-    `python -m examples.build_reward_models` (the judge, reward models and mixed data of RL for all
-    scenarios, under `reward_models_dir`). The base gets the cold-start marker as one token, its embedding
-    copied from `<think>`, and every readable stage prompts with `r1_zero_readable`: the tiny base's skill
-    is bound to the R1-Zero prompt it was pretrained on (trainer/templates.py has the measurement).
+    Needs `python -m examples.build_tiny` (the base), `python -m examples.build_student` (the pretrained
+    student), `python -m examples.build_sft_data` and `python -m examples.build_reward_models` (the judge,
+    reward models and mixed data of RL for all scenarios, under `reward_models_dir`). The base gets the
+    cold-start marker as one token, its embedding copied from `<think>`, and every readable stage prompts
+    with `r1_zero_readable`: the tiny base's skill is bound to the R1-Zero prompt it was pretrained on
+    (trainer/templates.py has the measurement). The student gets the same token. The teacher's stages run
+    first, the student's last, so a change to the student's stages reruns only those.
     `quick` cuts every stage to a few steps (the test suite's plumbing run).
     """
     from pathlib import Path
@@ -292,7 +295,8 @@ def r1_tiny(*, quick: bool = False, output_dir: str | None = None, reward_models
     readable = "r1_zero_readable"
     base = DeriveConfig(name="base", model_path="artifacts/tiny-qwen2", output_dir=out, tokens=(COLD_START_MARKER,),
                         init_from=("<think>",))
-    student = replace(base, name="student", keep_every_layer=2)
+    # examples/build_student.py: the base's every other layer, pretrained further on the base's corpus.
+    student = replace(base, name="student", model_path="artifacts/tiny-student")
     sft = tiny_cpu_sft()
     cold = replace(sft, name="cold_start", output_dir=out, epochs=1, max_steps=40 if quick else 0, checkpoint_every=0,
                    model=replace(sft.model, path=at("base", "hf")),
@@ -300,19 +304,22 @@ def r1_tiny(*, quick: bool = False, output_dir: str | None = None, reward_models
                                 valid_path=f"{TINY_SFT_DATA}/readable_answer/valid.jsonl"),
                    learner=replace(sft.learner, lr=1e-3))
     rl0 = tiny_cpu_r1_rl()
-    rl = replace(rl0, name="rl", output_dir=out, total_steps=3 if quick else 40, checkpoint_every=0,
+    rl = replace(rl0, name="rl", output_dir=out, total_steps=3 if quick else 20, checkpoint_every=0,
                  model=replace(rl0.model, path=at("cold_start", "hf")), data=replace(rl0.data, template=readable),
                  reward=replace(rl0.reward, format_weight=0.1, language_weight=0.1),
                  eval=replace(rl0.eval, every_steps=0))
     rj = tiny_cpu_reject()
-    reject = replace(rj, name="reject", output_dir=out, max_prompts=64 if quick else 768,
+    # One correct chain of thought per question (the task is deterministic), so unique traces grow with the
+    # prompts, not with k: 768 prompts x 8 kept 455 (1,439 duplicates); 1,024 x 4 samples fewer.
+    reject = replace(rj, name="reject", output_dir=out, max_prompts=64 if quick else 1024,
+                     samples_per_prompt=8 if quick else 4,
                      model=replace(rj.model, path=at("rl", "model")), data=replace(rj.data, template=readable))
     resft = replace(cold, name="sft", epochs=2, max_steps=6 if quick else 0,
                     data=replace(cold.data, train_path=at("reject", "sft.jsonl")))
     al = tiny_cpu_all_scenarios()
     rm = reward_models_dir
     all_scenarios = replace(
-        al, name="all_scenarios", output_dir=out, total_steps=2 if quick else 20, checkpoint_every=0,
+        al, name="all_scenarios", output_dir=out, total_steps=2 if quick else 4, checkpoint_every=0,
         model=replace(al.model, path=at("sft", "hf"), max_response_tokens=96),
         data=replace(al.data, template=readable, train_path=f"{rm}/data/all_scenarios/train.jsonl",
                      eval_path=f"{rm}/data/all_scenarios/heldout.jsonl", eval_size=24 if quick else 96),
@@ -322,10 +329,10 @@ def r1_tiny(*, quick: bool = False, output_dir: str | None = None, reward_models
                                             harmlessness_path=f"{rm}/tiny-rm-harmless")),
         eval=replace(al.eval, every_steps=0))
     # The comparison counts sequences through the learner: distillation 32 per step, GRPO 8 x 8 per step.
-    distill_steps = 6 if quick else 96
+    distill_steps = 6 if quick else 48
     # epochs only bounds the run: max_steps decides, so both students see the same number of sequences.
-    # 3e-3 (the base's pretraining rate): the cut student starts at 0% and has to heal, not just adapt;
-    # at 1e-3 it ended at 0.2% pass@1 (validation loss 0.43).
+    # 3e-3 (the base's pretraining rate): at the cold start's 1e-3 the base's 63 steps on clean chains of
+    # thought had not yet undone its pretraining noise (validation loss 0.071 against its own 0.036).
     distill = replace(resft, name="distill", epochs=50, max_steps=distill_steps,
                       model=replace(resft.model, path=at("student", "hf")),
                       learner=replace(resft.learner, lr=3e-3))
@@ -334,12 +341,12 @@ def r1_tiny(*, quick: bool = False, output_dir: str | None = None, reward_models
                            data=replace(rl.data, template="r1_zero"))
     stages = (
         Stage("base", "derive", base, template="r1_zero"),
-        Stage("student", "derive", student, template="r1_zero"),
         Stage("cold_start", "sft", cold, template=readable),
         Stage("rl", "grpo", rl, template=readable),
         Stage("reject", "reject", reject),
         Stage("sft", "sft", resft, template=readable),
         Stage("all_scenarios", "grpo", all_scenarios, template=readable),
+        Stage("student", "derive", student, template="r1_zero"),
         Stage("distill", "sft", distill, template=readable),
         Stage("student_grpo", "grpo", student_grpo, template="r1_zero"),
     )
@@ -413,11 +420,11 @@ def r1_qwen25_7b(*, quick: bool = False, output_dir: str | None = None) -> Pipel
                            model=replace(g.model, path=at("student", "hf"), max_response_tokens=3072),
                            data=replace(m.data), rollout=replace(g.rollout, max_model_len=4096))
     stages = (
-        Stage("base", "derive", base), Stage("student", "derive", student, template="r1_zero"),
+        Stage("base", "derive", base),
         Stage("cold_start", "sft", cold, template=readable), Stage("rl", "grpo", rl, template=readable),
         Stage("reject", "reject", reject), Stage("sft", "sft", resft, template=readable),
         Stage("all_scenarios", "grpo", all_scenarios, template=readable),
-        Stage("distill", "sft", distill, template=readable), Stage("student_grpo", "grpo", student_grpo, template="r1_zero"),
+        Stage("student", "derive", student, template="r1_zero"), Stage("distill", "sft", distill, template=readable), Stage("student_grpo", "grpo", student_grpo, template="r1_zero"),
     )
     return PipelineConfig(name="r1_qwen25_7b", output_dir=out, stages=stages,
                           eval=PipelineEvalConfig(path="/data/math/math500.jsonl", prompts=500, samples_per_prompt=4,

@@ -4,7 +4,7 @@
 
 pass@1 is the share of correct completions among k samples per prompt at temperature 1 (plain
 sampling: no top-k, no top-p), averaged over prompts, as R1 reports it; greedy is one completion per
-prompt with argmax decoding. Prompts are rendered with the R1-Zero template, generation stops at
+prompt with argmax decoding. Prompts are rendered with the R1-Zero template (or `--template`), generation stops at
 EOS or "</answer>" (the demo's stop string), and answers are checked by the task's exact verifier from
 `reward_server.verifiers`. Batched generation with left padding, so every prompt ends at the same
 position.
@@ -28,7 +28,7 @@ import torch
 from examples.tasks import ARITHMETIC, COUNTDOWN, TaskExample, read_jsonl
 from reward_server.verifiers import extract_answer, verify_arithmetic, verify_countdown
 from trainer.config import DataConfig, EvalConfig, ModelConfig
-from trainer.templates import r1_zero
+from trainer.templates import TEMPLATES
 
 VERIFIERS: dict[str, Callable[[str, str], bool]] = {ARITHMETIC: verify_arithmetic, COUNTDOWN: verify_countdown}
 """Task name -> verifier(answer, ground_truth)."""
@@ -73,12 +73,14 @@ def generate(model, tokenizer, prompts: Sequence[str], *, temperature: float | N
 
 
 def evaluate(model, tokenizer, examples: Sequence[TaskExample], *, k: int, temperature: float = 1.0,
-             max_new_tokens: int = ModelConfig.max_response_tokens, seed: int = 0) -> EvalResult:
-    """Sampled pass@1 over k samples per prompt, and greedy accuracy, on `examples`."""
+             max_new_tokens: int = ModelConfig.max_response_tokens, seed: int = 0,
+             template: str = "r1_zero") -> EvalResult:
+    """Sampled pass@1 over k samples per prompt, and greedy accuracy, on `examples` prompted with `template`
+    (`r1_zero`, or `r1_zero_readable` for a model fine-tuned on the readable format)."""
     t0 = time.perf_counter()
     was_training = model.training
     model.eval()
-    prompts = [r1_zero(e.prompt) for e in examples]
+    prompts = [TEMPLATES[template](e.prompt) for e in examples]
     torch.manual_seed(seed)
     sampled = generate(model, tokenizer, [p for p in prompts for _ in range(k)],
                        temperature=temperature, max_new_tokens=max_new_tokens)
@@ -104,6 +106,8 @@ def main(argv: Sequence[str] | None = None) -> EvalResult:
     parser.add_argument("--temperature", type=float, default=EvalConfig.temperature)
     parser.add_argument("--max-new-tokens", type=int, default=ModelConfig.max_response_tokens)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--template", default="r1_zero", choices=("r1_zero", "r1_zero_readable"),
+                        help="prompt layout (r1_zero_readable: the R1 pipeline's readable stages)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = parser.parse_args(argv)
 
@@ -114,8 +118,9 @@ def main(argv: Sequence[str] | None = None) -> EvalResult:
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
     examples = list(read_jsonl(args.data))[:args.n]
     result = evaluate(model, tokenizer, examples, k=args.k, temperature=args.temperature,
-                      max_new_tokens=args.max_new_tokens, seed=args.seed)
-    print(f"{args.model} on {args.data}: {result.num_prompts} prompts, k={result.samples_per_prompt}")
+                      max_new_tokens=args.max_new_tokens, seed=args.seed, template=args.template)
+    print(f"{args.model} on {args.data}: {result.num_prompts} prompts, k={result.samples_per_prompt}, "
+          f"template {args.template}, seed {args.seed}")
     print(f"  pass@1 (temperature {args.temperature:g}, mean over k): {result.pass_at_1:.1%}")
     print(f"  greedy accuracy:                       {result.greedy:.1%}")
     print(f"  ({result.seconds:.1f} s)")

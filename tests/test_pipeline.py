@@ -172,3 +172,24 @@ def test_quick_variant_keeps_the_stage_list_and_the_student_comparison_fair():
         assert distilled == grpo
         assert by["all_scenarios"].reward.routes                  # rewards chosen per data source
         assert by["rl"].reward.format_weight > 0 and by["rl"].reward.language_weight > 0
+
+
+def test_a_derive_stage_reruns_when_the_model_it_copies_changes(tmp_path):
+    """The student is installed from shipped files under a fixed path: new files under that path rerun it."""
+    from trainer.config import SFTConfig
+
+    model = tmp_path / "student_model"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"first build")
+    o = str(tmp_path / "run")
+    cfg = PipelineConfig(name="fake", output_dir=o, eval=PipelineEvalConfig(path="unused"), stages=(
+        Stage("student", "derive", DeriveConfig(name="student", model_path=str(model), output_dir=o)),
+        Stage("distill", "sft", SFTConfig(name="distill", output_dir=o))))
+    run_pipeline(cfg, runners=FakeStages().runners(), evaluator=_evaluator([]))
+    same = FakeStages()
+    run_pipeline(cfg, runners=same.runners(), evaluator=_evaluator([]))
+    assert same.calls == []
+    (model / "model.safetensors").write_bytes(b"second build")
+    rebuilt = FakeStages()
+    run_pipeline(cfg, runners=rebuilt.runners(), evaluator=_evaluator([]))
+    assert rebuilt.calls == ["student", "distill"]

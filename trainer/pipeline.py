@@ -5,16 +5,17 @@
     base --derive--> base + the readable format's marker as one token
          --sft (cold start)--> --grpo (reasoning RL)--> --reject (k samples, correct + filtered kept)-->
          --sft (the base on the sampled data)--> --grpo (RL for all scenarios, reward chosen per source)
-    base --derive--> student (every other layer) --sft on the teacher's samples (distillation)
-                                                 --grpo directly, on as many sequences (the comparison)
+    student (a smaller pretrained model) --derive--> + the marker
+         --sft on the teacher's samples (distillation)
+         --grpo directly, on as many sequences (the comparison)
 
 Each stage is one of four kinds, run through the same entry points as the commands: `derive`
 (`derive_model`: extra tokens, fewer layers), `sft` (`trainer.sft.train_sft`), `grpo`
 (`trainer.controller.train`) and `reject` (`trainer.rejection.run_rejection`). A stage's config names its inputs by path, so the
 example function that builds a `PipelineConfig` wires each stage to the outputs of earlier ones.
 
-Stamps: when a stage finishes it writes `output_dir/<stage>/stage.json` with a hash of its config chained
-with the hash of the stage before it. A rerun skips every stage whose stamp matches and whose output
+Stamps: when a stage finishes it writes `output_dir/<stage>/stage.json` with a hash of its config (for a
+derive stage, also of the model files it copies) chained with the hash of the stage before it. A rerun skips every stage whose stamp matches and whose output
 exists, and runs the first one that does not and every stage after it (they read its new output); since
 the hashes chain, a changed config reruns its stage and every stage after it too. The held-out evaluation of a stage's model is stamped the same way (with the
 evaluation config in the hash), so a rerun does not repeat it either.
@@ -152,6 +153,9 @@ def derive_model(cfg: DeriveConfig) -> dict[str, Any]:
 
     if len(cfg.tokens) != len(cfg.init_from):
         raise ValueError(f"derive {cfg.name}: {len(cfg.tokens)} tokens but {len(cfg.init_from)} init_from")
+    if not Path(cfg.model_path).is_dir():
+        raise FileNotFoundError(f"derive {cfg.name}: the model directory {cfg.model_path} does not exist (the tiny "
+                                f"base: `python -m examples.build_tiny`, the tiny student: `python -m examples.build_student`)")
     tokenizer = AutoTokenizer.from_pretrained(cfg.model_path)
     model = AutoModelForCausalLM.from_pretrained(cfg.model_path, dtype=torch.float32)
     sources = [tokenizer.convert_tokens_to_ids(t) for t in cfg.init_from]
@@ -171,13 +175,7 @@ def derive_model(cfg: DeriveConfig) -> dict[str, Any]:
             for table in tables:
                 table[new] = table[source]
     if cfg.keep_every_layer > 1:
-        layers = model.model.layers
-        model.model.layers = torch.nn.ModuleList(layers[i] for i in range(0, len(layers), cfg.keep_every_layer))
-        for new_index, layer in enumerate(model.model.layers):
-            layer.self_attn.layer_idx = new_index
-        model.config.num_hidden_layers = len(model.model.layers)
-        if getattr(model.config, "layer_types", None):
-            model.config.layer_types = model.config.layer_types[:len(model.model.layers)]
+        keep_every_nth_layer(model, cfg.keep_every_layer)
     out = Path(cfg.output_dir) / cfg.name / "hf"
     tmp = out.with_name("hf.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -187,6 +185,21 @@ def derive_model(cfg: DeriveConfig) -> dict[str, Any]:
     tmp.replace(out)
     return {"model": str(out), "vocab_size": len(tokenizer), "layers": model.config.num_hidden_layers,
             "parameters": sum(p.numel() for p in model.parameters())}
+
+
+def keep_every_nth_layer(model: Any, n: int) -> Any:
+    """Keep decoder layers 0, n, 2n, ... of a Hugging Face causal LM in place (DistilBERT's initialisation
+    of a smaller student); embeddings, final norm and output head stay. Returns the model."""
+    import torch
+
+    layers = model.model.layers
+    model.model.layers = torch.nn.ModuleList(layers[i] for i in range(0, len(layers), n))
+    for new_index, layer in enumerate(model.model.layers):
+        layer.self_attn.layer_idx = new_index
+    model.config.num_hidden_layers = len(model.model.layers)
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = model.config.layer_types[:len(model.model.layers)]
+    return model
 
 
 def run_sft_stage(cfg: Any) -> dict[str, Any]:
@@ -311,7 +324,7 @@ def run_pipeline(cfg: PipelineConfig, *, runners: dict[str, Callable[[Any], dict
     previous = ""
     eval_hash = config_hash(cfg.eval, "")
     for stage in cfg.stages:
-        digest = config_hash(stage.config, previous + stage.kind)
+        digest = config_hash(stage.config, previous + stage.kind + _input_digest(stage))
         stage_dir = out / stage.name
         record = None if result.ran else read_stamp(stage_dir, digest)  # after a rerun stage, rerun the rest
         if record is None:
@@ -353,6 +366,21 @@ def _stamped_eval(directory: Path, digest: str, model: str, template: str, cfg: 
     directory.mkdir(parents=True, exist_ok=True)
     stamp.write_text(json.dumps({"hash": digest, "model": model, "template": template, "eval": values}, indent=1))
     return values
+
+
+def _input_digest(stage: Stage) -> str:
+    """SHA-256 of the files of the model a derive stage copies (the shipped base, the student): a model
+    installed anew under the same path reruns the stage. Other stages read earlier stages' outputs, which
+    the chained hashes cover."""
+    path = Path(stage.config.model_path) if stage.kind == "derive" else None
+    if path is None or not path.is_dir():
+        return ""
+    h = hashlib.sha256()
+    for p in sorted(path.iterdir()):
+        if p.is_file():
+            with open(p, "rb") as f:
+                h.update(p.name.encode() + b"\0" + hashlib.file_digest(f, "sha256").digest())
+    return h.hexdigest()
 
 
 def _files_digest(model: str) -> str:

@@ -133,7 +133,7 @@ KNOWN_SHAPES: dict[str, ModelShape] = {
     "Qwen2.5-Math-7B": ModelShape(3584, 28, 28, 4, 128, 18944, 152064, False),
     # examples/build_tiny.py's defaults; the vocabulary is its BPE limit plus the four tags (an upper bound).
     "tiny-qwen2": ModelShape(128, 4, 2, 2, 64, 384, 1028, True),
-    # examples/build_sft_data.py's distillation student: every other layer of tiny-qwen2
+    # examples/build_student.py: the distillation student, every other layer of tiny-qwen2 pretrained further
     "tiny-student": ModelShape(128, 2, 2, 2, 64, 384, 1028, True),
 }
 """Model directory name -> shape, used when `model.path` holds no config.json."""
