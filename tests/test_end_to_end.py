@@ -1,22 +1,32 @@
 """The whole loop on the tiny model: real vLLM engines, a TP=2 Megatron learner with its reference,
-reward actors, weight sync, checkpoints; then a driver killed after a checkpoint resumes exactly.
+reward actors, weight sync, checkpoints; a rollout engine killed mid-step; a driver killed after a
+checkpoint that resumes exactly; the user's command run beside another Ray cluster.
 
-One uninterrupted reference run (4 steps over a 16-prompt file, so each 2 steps are one epoch;
-checkpoints after steps 2 and 4) serves both tests. The second runs the same config as a separate
-driver process, SIGKILLs it once the step-2 checkpoint is committed (an epoch boundary), resumes, and
-must reproduce the reference: per-step losses and rewards, the prompt ids each step trained, and the
-final parameters bit for bit. While that driver runs, nothing of it may listen on all interfaces.
+Three system start-ups serve every test (a start-up costs about a minute on 2 cores):
+- the reference run (4 steps over a 16-prompt file, so each 2 steps are one epoch; checkpoints after
+  steps 2 and 4), in which engine 0's process is SIGKILLed while step 4 generates;
+- the killed driver: `python -m trainer train` as a user types it, from a shell whose RAY_ADDRESS points
+  at another live Ray cluster while /tmp/ray holds a stale record of a third; SIGKILLed once its step-2
+  checkpoint is committed (an epoch boundary). While it runs, nothing of it may listen on all interfaces;
+- its resume, in which engine 0 is killed while step 4 generates, as in the reference. It must reproduce
+  the reference: per-step losses and rewards, the prompt ids each step trained, and the final parameters
+  bit for bit. The two runs lose the same engine at the same point, so this also shows that a replaced
+  engine regenerates its groups deterministically.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from dataclasses import replace
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +48,8 @@ pytestmark = [
 STEPS, CHECKPOINT_EVERY = 4, 2
 EPOCH_PROMPTS = 16
 """Training prompts in the file: 2 steps of 8 prompts, so the step-2 checkpoint sits at an epoch boundary."""
+KILL_STEP = 4
+"""The step during whose generation engine 0 is killed (in the reference and in the resumed run)."""
 RUN_TIMEOUT_S = 900.0
 """One driver run on a shared 2-core machine: Ray, 2 vLLM engines, a TP=2 learner, 4 steps."""
 
@@ -54,6 +66,59 @@ def tiny_config(out: Path, name: str, train_path: Path, **changes):
     return replace(apply_overrides(tiny_cpu(), overrides(out, name, train_path)), **changes)
 
 
+@dataclass
+class EngineKill:
+    """What happened to the engine killed in a run."""
+
+    killed: int | None = None
+    """Pid of the engine process that was SIGKILLed."""
+    error: str | None = None
+    """Why the kill could not be done (reported by the assertions)."""
+    group: Any = None
+    """The run's actors.engine_group.EngineGroup (its `failures` after the run)."""
+    victims: list[Any] = field(default_factory=list)
+    """The engine process and its vLLM processes (psutil), reaped after the run."""
+
+
+@contextmanager
+def engine_0_killed_at(step: int) -> Iterator[EngineKill]:
+    """In the `train()` called inside the block, SIGKILL engine 0's process while `step` generates.
+
+    Engine 0 by index (not whichever engine process comes first), so two runs lose the same engine's
+    groups. Step `step` samples with the weights of step `step - 1`; no evaluation does (they run after a
+    sync), so the engine group's expected version picks the call."""
+    import psutil
+    import ray
+
+    from actors.engine_group import EngineGroup
+
+    original, kill = EngineGroup.generate, EngineKill()
+
+    def kill_engine(pid: int) -> None:
+        try:
+            engine = psutil.Process(pid)
+            kill.victims.extend([engine, *engine.children(recursive=True)])  # its vLLM processes, reaped below
+            time.sleep(0.05)  # let the step's generate reach the engines
+            engine.kill()
+            kill.killed = pid
+        except Exception as e:  # reported by the assertions
+            kill.error = repr(e)
+
+    def generate(self, prompts, **kwargs):
+        kill.group = self
+        if self.expected_version == step - 1 and kill.killed is None and kill.error is None:
+            pid = ray.get(self.engine_actors[0].__ray_call__.remote(lambda _: os.getpid()), timeout=60)
+            threading.Thread(target=kill_engine, args=(pid,), daemon=True).start()
+        return original(self, prompts, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(EngineGroup, "generate", generate)
+        try:
+            yield kill
+        finally:
+            reap(kill.victims, grace_s=5.0)
+
+
 @pytest.fixture(scope="module")
 def train_file(tmp_path_factory) -> Path:
     lines = (DATA / "train.jsonl").read_text().splitlines()[:EPOCH_PROMPTS]
@@ -63,11 +128,13 @@ def train_file(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, train_file) -> Path:
-    """The uninterrupted run."""
+def reference(tmp_path_factory, train_file) -> tuple[Path, EngineKill]:
+    """The uninterrupted run (engine 0 killed while step 4 generates)."""
     from trainer.controller import train
 
-    return train(tiny_config(tmp_path_factory.mktemp("runs"), "full", train_file))
+    with engine_0_killed_at(KILL_STEP) as kill:
+        run_dir = train(tiny_config(tmp_path_factory.mktemp("runs"), "full", train_file))
+    return run_dir, kill
 
 
 def ledger_steps(run_dir: Path, step: int = STEPS) -> list[dict]:
@@ -88,10 +155,11 @@ def parameters_sha256(run_dir: Path) -> str:
 
 
 def test_run_trains_logs_and_checkpoints(reference):
-    train_rows = read_metrics(reference, "train")
+    run_dir, _ = reference
+    train_rows = read_metrics(run_dir, "train")
     assert [r["step"] for r in train_rows] == [1, 2, 3, 4]
-    assert [r["step"] for r in read_metrics(reference, "eval")] == [0, 4]
-    assert (reference / "curves.png").exists() and any((reference / "tb").iterdir())
+    assert [r["step"] for r in read_metrics(run_dir, "eval")] == [0, 4]
+    assert (run_dir / "curves.png").exists() and any((run_dir / "tb").iterdir())
     for row in train_rows:
         # vLLM sampled with exactly the learner's weights: same logprobs up to fp32 noise.
         assert row["logprob_gap_max"] < 1e-3, row
@@ -102,23 +170,81 @@ def test_run_trains_logs_and_checkpoints(reference):
                     "zero_variance_group_frac", "time/rollout", "time/train", "tokens_per_s"):
             assert key in row, key
     # The ledger: each epoch (2 steps) trained every prompt of the file exactly once.
-    steps = ledger_steps(reference)
+    steps = ledger_steps(run_dir)
     assert [s["step"] for s in steps] == [1, 2, 3, 4] and all(s["dropped"] == [] for s in steps)
     for epoch in (steps[:2], steps[2:]):
         assert sorted(i for s in epoch for i in s["trained"]) == list(range(EPOCH_PROMPTS))
 
 
-def test_driver_killed_after_a_checkpoint_resumes_exactly(reference, train_file, tmp_path):
-    from tests.test_two_hosts import WILDCARDS
-    from trainer.controller import train
+def test_an_engine_killed_mid_run_is_replaced_and_the_run_completes(reference):
+    """Engine 0's process SIGKILLed while step 4 generates: a new engine starts in its bundle, gets the
+    current weights, its groups are generated again and the step trains on all 8 groups; the run
+    finishes (evaluation, checkpoint, export)."""
+    run_dir, kill = reference
+    assert kill.killed is not None, kill.error
+    failures = kill.group.failures
+    assert len(failures) == 1 and "the actor died" in failures[0], failures
+    rows = read_metrics(run_dir, "train")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4] and rows[KILL_STEP - 1]["logprob_gap_max"] < 1e-3
+    assert [r["step"] for r in read_metrics(run_dir, "eval")] == [0, 4] and (run_dir / "model").is_dir()
+    steps = ledger_steps(run_dir)
+    assert [len(s["trained"]) for s in steps] == [8, 8, 8, 8]
+    assert sorted(i for s in steps[KILL_STEP - 2:KILL_STEP] for i in s["trained"]) == list(range(EPOCH_PROMPTS))
 
-    out = tmp_path / "runs"
+
+@dataclass
+class KilledDriver:
+    """The driver run that was SIGKILLed after its step-2 checkpoint, and what was seen while it ran."""
+
+    run_dir: Path
+    log: str
+    processes: int
+    """Processes of the driver's tree seen while it ran."""
+    listeners: set[str]
+    wildcard: list[str]
+    other_gcs: str
+    """The other live cluster's GCS address (the driver's RAY_ADDRESS)."""
+    other_actors: list
+    """Actors on that other cluster after the run (`ray list actors`)."""
+    stale_record: str
+    record_after: str
+    """/tmp/ray/ray_current_cluster before (a stale address) and after the run."""
+
+
+@pytest.fixture(scope="module")
+def killed_driver(train_file, tmp_path_factory) -> KilledDriver:
+    from cluster.jobs import start_local_head
+    from cluster.ray_init import LOOPBACK
+    from tests.test_ray_isolation import RECORD, actors_of, stale_ray_record
+    from tests.test_two_hosts import WILDCARDS
+
+    tmp = tmp_path_factory.mktemp("killed")
+    out = tmp / "runs"
     run_dir = out / "killed"
     cmd = [sys.executable, "-m", "trainer", "train", "--example", "tiny_cpu"]
     for item in overrides(out, "killed", train_file):
         cmd += ["--set", item]
-    log = (tmp_path / "driver.log").open("w")
-    driver = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    with stale_ray_record() as stale:
+        head = start_local_head(num_cpus=1)
+        other_gcs = f"{LOOPBACK}:{head.gcs_port}"
+        env = dict(os.environ, RAY_ADDRESS=other_gcs)  # a user's shell that points at the other cluster
+        try:
+            with (tmp / "driver.log").open("w") as log:
+                driver = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                          start_new_session=True)
+                ours, heard, wildcard = run_until_checkpoint(driver, run_dir, tmp / "driver.log", WILDCARDS)
+            other_actors = actors_of(head)
+        finally:
+            head.stop()
+        record_after = RECORD.read_text()
+    return KilledDriver(run_dir, (tmp / "driver.log").read_text(), ours, heard, wildcard, other_gcs,
+                        other_actors, stale, record_after)
+
+
+def run_until_checkpoint(driver: subprocess.Popen, run_dir: Path, log: Path,
+                         wildcards: tuple[str, ...]) -> tuple[int, set[str], list[str]]:
+    """Watch the driver's process tree and its listeners until its step-2 checkpoint is committed, then
+    SIGKILL the driver alone and reap what it leaves. Returns (processes seen, listeners, wildcard ones)."""
     ours: dict[int, Any] = {}
     wildcard: list[str] = []
     heard: set[str] = set()
@@ -126,13 +252,13 @@ def test_driver_killed_after_a_checkpoint_resumes_exactly(reference, train_file,
         latest = run_dir / "checkpoints" / "latest"
         deadline = time.monotonic() + RUN_TIMEOUT_S
         while not (latest.exists() and latest.read_text().strip() == f"step_{CHECKPOINT_EVERY:06d}"):
-            assert driver.poll() is None, f"the driver exited {driver.returncode}: {(tmp_path / 'driver.log').read_text()[-3000:]}"
+            assert driver.poll() is None, f"the driver exited {driver.returncode}: {log.read_text()[-3000:]}"
             assert time.monotonic() < deadline, "no step-2 checkpoint in time"
             tree = process_tree(driver.pid)
             ours.update(tree)
             found = listening(set(tree))
             heard.update(found)
-            wildcard += [address for address in found if address.rpartition(":")[0] in WILDCARDS]
+            wildcard += [address for address in found if address.rpartition(":")[0] in wildcards]
             time.sleep(0.2)
         ours.update(process_tree(driver.pid))
         driver.send_signal(signal.SIGKILL)  # the driver only: its actors must not outlive it for long
@@ -140,22 +266,48 @@ def test_driver_killed_after_a_checkpoint_resumes_exactly(reference, train_file,
     finally:
         if driver.poll() is None:
             driver.kill()
-        log.close()
-        reap([p for pid, p in ours.items() if pid != driver.pid])
-    assert wildcard == [], f"the run listened on all interfaces: {wildcard}"
-    assert len(ours) > 5 and heard, f"saw {len(ours)} processes and {len(heard)} listeners: the check proved nothing"
+        start = time.monotonic()
+        # Some of its processes never exit on their own (a 30 s grace always ran out): kill them sooner.
+        reap([p for pid, p in ours.items() if pid != driver.pid], grace_s=5.0)
+        print(f"killed driver: {len(ours)} processes seen, the rest reaped in {time.monotonic() - start:.1f} s")
+    return len(ours), heard, wildcard
+
+
+def test_tiny_run_beside_another_cluster_uses_its_own(killed_driver):
+    """A local run started from a shell whose RAY_ADDRESS names another live cluster, with a stale
+    record of a third in /tmp/ray, starts its own Ray on 127.0.0.1 and leaves both alone."""
+    d = killed_driver
+    assert "started a private local Ray on 127.0.0.1" in d.log, d.log[-3000:]
+    assert d.other_gcs not in d.log
+    assert len(read_metrics(d.run_dir, "train")) >= CHECKPOINT_EVERY
+    # The other cluster is alive (it answered), ran nothing of ours, and the stale record is unchanged.
+    assert d.other_actors == []
+    assert d.record_after == d.stale_record
+
+
+def test_driver_killed_after_a_checkpoint_resumes_exactly(reference, killed_driver, train_file):
+    from trainer.controller import train
+
+    assert killed_driver.wildcard == [], f"the run listened on all interfaces: {killed_driver.wildcard}"
+    assert killed_driver.processes > 5 and killed_driver.listeners, (
+        f"saw {killed_driver.processes} processes and {len(killed_driver.listeners)} listeners: the check proved nothing")
+    run_dir = killed_driver.run_dir
     killed_rows = read_metrics(run_dir, "train")
     assert killed_rows and killed_rows[-1]["step"] in (2, 3), killed_rows  # killed after the checkpoint
 
-    # Resume: step 2's checkpoint holds the sampler at the start of epoch 1; steps 3 and 4 train it.
-    resumed = train(tiny_config(out, "killed", train_file))
-    rows, ref_rows = read_metrics(resumed, "train"), read_metrics(reference, "train")
+    # Resume: step 2's checkpoint holds the sampler at the start of epoch 1; steps 3 and 4 train it. Engine 0
+    # dies while step 4 generates, as it did in the reference.
+    with engine_0_killed_at(KILL_STEP) as kill:
+        resumed = train(tiny_config(run_dir.parent, "killed", train_file))
+    assert kill.killed is not None and len(kill.group.failures) == 1, (kill.error, kill.group and kill.group.failures)
+    ref_dir, _ = reference
+    rows, ref_rows = read_metrics(resumed, "train"), read_metrics(ref_dir, "train")
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     for row, ref in zip(rows, ref_rows, strict=True):
         for key in ("reward", "accuracy", "response_length_mean", "loss", "pg_loss", "kl", "grad_norm"):
             assert row[key] == pytest.approx(ref[key], rel=1e-6, abs=1e-7), (row["step"], key)
-    assert ledger_steps(resumed) == ledger_steps(reference)
-    assert parameters_sha256(resumed) == parameters_sha256(reference)
+    assert ledger_steps(resumed) == ledger_steps(ref_dir)
+    assert parameters_sha256(resumed) == parameters_sha256(ref_dir)
 
 
 def process_tree(pid: int) -> dict[int, Any]:
@@ -189,48 +341,3 @@ def reap(procs: list[Any], grace_s: float = 30.0) -> None:
         except psutil.NoSuchProcess:
             pass
     psutil.wait_procs(alive, timeout=10)
-
-
-def test_an_engine_killed_mid_run_is_replaced_and_the_run_completes(train_file, tmp_path, monkeypatch):
-    """Engine process SIGKILLed while step 2 generates: a new engine starts in its bundle, gets the
-    current weights, and the step trains on all 8 groups; the run finishes both steps."""
-    import threading
-
-    import psutil
-
-    from actors.engine_group import EngineGroup
-    from trainer.controller import train
-
-    original, seen, victims = EngineGroup.generate, {}, []
-
-    def kill_an_engine() -> None:
-        try:  # Ray titles an actor's process "ray::RolloutWorker" (".generate" while it generates)
-            tree = psutil.Process().children(recursive=True)
-            engine = next(p for p in tree if " ".join(p.cmdline()).startswith("ray::RolloutWorker"))
-            victims.extend([engine, *engine.children(recursive=True)])  # its vLLM processes, reaped below
-            time.sleep(0.05)  # let the step's generate reach the engines
-            engine.kill()
-            seen["killed"] = engine.pid
-        except Exception as e:  # reported by the assertions below
-            seen["kill_error"] = repr(e)
-
-    def generate(self, prompts, **kwargs):
-        seen["group"] = self
-        seen["calls"] = seen.get("calls", 0) + 1
-        if seen["calls"] == 3:  # 1: the step-0 evaluation, 2: step 1, 3: step 2
-            threading.Thread(target=kill_an_engine, daemon=True).start()
-        return original(self, prompts, **kwargs)
-
-    monkeypatch.setattr(EngineGroup, "generate", generate)
-    try:
-        run_dir = train(replace(tiny_config(tmp_path, "engine_killed", train_file), total_steps=2, checkpoint_every=0))
-    finally:
-        reap(victims, grace_s=5.0)
-    assert "killed" in seen, seen.get("kill_error")
-    failures = seen["group"].failures
-    assert len(failures) == 1 and "the actor died" in failures[0], failures
-    rows = read_metrics(run_dir, "train")
-    assert [r["step"] for r in rows] == [1, 2] and rows[1]["logprob_gap_max"] < 1e-3
-    steps = ledger_steps(run_dir, step=2)
-    assert [len(s["trained"]) for s in steps] == [8, 8]
-    assert sorted(i for s in steps for i in s["trained"]) == list(range(EPOCH_PROMPTS))
