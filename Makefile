@@ -1,5 +1,5 @@
 # Two commands do everything on a fresh machine:
-#   make demo   install the shipped tiny base model and build the data if absent, then train it with GRPO
+#   make demo   install the shipped tiny base model (and student) and build the data if absent, then train with GRPO
 #   make test   lint, type-check and run the whole test suite (what CI runs)
 # While developing: make test-fast runs the tests that start no engine, Ray or process group.
 # Both create the virtual environment .venv on first use (and again when setup.cfg changes).
@@ -23,6 +23,7 @@ $(STAMP): setup.cfg pyproject.toml
 
 artifacts: $(STAMP)
 	$(PY) -m examples.build_tiny
+	$(PY) -m examples.build_student
 
 demo: artifacts
 	$(PY) -m trainer train --example tiny_cpu
