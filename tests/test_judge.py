@@ -1,5 +1,6 @@
 """The generative judge: strict verdict parsing on many malformed outputs, the judge prompt, the
-prediction it grades, and scoring through a fake judge (the real engine path is in the slow test)."""
+prediction it grades, and scoring through a fake judge (the real engine path is
+tests/test_rollout.py::test_judge_served_on_a_rollout_engine, on that file's engines)."""
 
 from __future__ import annotations
 
@@ -106,30 +107,3 @@ def test_scorer_refuses_a_judge_that_loses_outputs():
     scorer = JudgeScorer(lambda prompts: [])
     with pytest.raises(RuntimeError, match="0 outputs for 1"):
         scorer.score([(Prompt(0, "p", "g"), completion("c"))])
-
-
-@pytest.mark.slow
-def test_judge_served_on_a_rollout_engine(tmp_path):
-    """The judge path on a real vLLM engine actor: a random tiny model is no judge, so every verdict is
-    malformed and scores 0 with the error recorded; nothing raises and every item gets a result."""
-    import ray
-
-    from actors.rollout import RolloutWorker
-    from cluster.ray_init import init_ray, shutdown_ray
-    from examples.tiny_model import write_test_model
-    from reward_server.judge import engine_generate
-
-    model = write_test_model(tmp_path / "judge", num_layers=1)
-    init_ray("local", num_cpus=2)
-    try:
-        engine = ray.remote(RolloutWorker).options(num_cpus=0.25).remote(
-            str(model), max_model_len=512, cpu_kvcache_gib=0.25)
-        scorer = JudgeScorer(engine_generate(engine, max_tokens=8))
-        items = [(Prompt(i, r1_zero(f"What is {i}+1?"), str(i + 1), "general"),
-                  completion(f"x</think><answer>{i + 1}</answer>")) for i in range(3)]
-        results = scorer.score(items)
-        assert len(results) == 3
-        assert all(r.error == MALFORMED and r.reward == 0.0 for r in results)
-        ray.get(engine.shutdown.remote())
-    finally:
-        shutdown_ray()

@@ -65,8 +65,9 @@ def engines(tmp_path_factory):
 
     init_ray("local", num_cpus=4, log_to_driver=False)
     try:
+        # max_model_len: room for a judge prompt (test_judge_served_on_a_rollout_engine)
         actors = [ray.remote(num_cpus=1)(RolloutWorker).remote(
-            str(model_dir), max_model_len=128, seed=0, engine_index=i, cpu_threads=cpu_threads_bind(i, 2))
+            str(model_dir), max_model_len=512, seed=0, engine_index=i, cpu_threads=cpu_threads_bind(i, 2))
             for i in range(2)]
         group = EngineGroup(actors)
         group.wait_until_up()
@@ -124,6 +125,23 @@ def test_stale_engine_is_refused(engines):
             group.check_versions()
     finally:
         group.expected_version = 0
+
+
+@pytest.mark.slow
+def test_judge_served_on_a_rollout_engine(engines):
+    """The judge path on a real vLLM engine actor (tests/test_judge.py checks the rest with a fake judge):
+    a random tiny model is no judge, so every verdict is malformed and scores 0 with the error recorded;
+    nothing raises and every item gets a result."""
+    from reward_server.judge import MALFORMED, JudgeScorer, engine_generate
+    from trainer.templates import r1_zero
+
+    group, _ = engines
+    scorer = JudgeScorer(engine_generate(group.engine_actors[0], max_tokens=8))
+    items = [(Prompt(i, r1_zero(f"What is {i}+1?"), str(i + 1), "general"),
+              Completion((1,), f"x</think><answer>{i + 1}</answer>", (0.0,), "stop")) for i in range(3)]
+    results = scorer.score(items)
+    assert len(results) == 3
+    assert all(r.error == MALFORMED and r.reward == 0.0 for r in results), results
 
 
 # --- colocated memory choreography (pure, with recording fakes) --------------------------------
