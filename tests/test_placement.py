@@ -159,6 +159,14 @@ def test_remote_calls_name_the_failed_actor_and_the_cause(local_ray):
         get_all([a.hang.remote(), b.ok.remote()], what="hang", names=["w0", "w1"], timeout_s=2)
     assert time.monotonic() - start < 10
     ray.kill(b)
+    # ray.kill only asks for the kill: a call sent at once may still run, so wait until b is gone.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            ray.get(b.ok.remote(), timeout=5)
+        except ray.exceptions.RayActorError:
+            break
+        time.sleep(0.2)
     with pytest.raises(RemoteCallError, match=r"ok: w1 failed: the actor died"):
         get_all([b.ok.remote()], what="ok", names=["w1"], timeout_s=30)
     ray.kill(a)
