@@ -36,6 +36,7 @@ from examples.build_tiny import (
     SHIPPED_MODEL,
     BuildConfig,
     ShippedModelError,
+    copy_dir_atomically,
     dir_digests,
     model_id,
     read_manifest,
@@ -129,11 +130,7 @@ def ship(out_dir: str | Path) -> None:
     """Copy a from-scratch build into examples/assets and record its digests and recipe."""
     out = Path(out_dir)
     record = json.loads((out / STAMP_NAME).read_text())
-    tmp = ASSETS / f"{STUDENT_DIR_NAME}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(out / STUDENT_DIR_NAME, tmp)
-    shutil.rmtree(SHIPPED_STUDENT, ignore_errors=True)
-    tmp.replace(SHIPPED_STUDENT)
+    copy_dir_atomically(out / STUDENT_DIR_NAME, SHIPPED_STUDENT)
     manifest = {"files": dir_digests(SHIPPED_STUDENT), "build": record}
     STUDENT_MANIFEST.write_text(json.dumps(manifest, indent=2) + "\n")
     print(f"shipped student {model_id(manifest)} to {SHIPPED_STUDENT}")
@@ -153,11 +150,7 @@ def install(out_dir: str | Path = "artifacts") -> Path:
     try:
         verify_model_dir(model_dir, manifest, manifest_name=STUDENT_MANIFEST.name)
     except ShippedModelError:
-        tmp = Path(out_dir) / f"{STUDENT_DIR_NAME}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(SHIPPED_STUDENT, tmp)
-        shutil.rmtree(model_dir, ignore_errors=True)
-        tmp.replace(model_dir)  # readers see the old model or the new one, never half of one
+        copy_dir_atomically(SHIPPED_STUDENT, model_dir)
     build = manifest["build"]
     print(f"{model_dir}: shipped student {model_id(manifest)} (digests checked; {build['layers']} layers, cut from "
           f"base {build['base_model']}, {build['config']['pretrain_steps']} steps); when built: held-out pass@1 "

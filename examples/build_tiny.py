@@ -353,14 +353,20 @@ def model_id(manifest: dict) -> str:
     return manifest["files"]["model.safetensors"][:12]
 
 
+def copy_dir_atomically(src: Path, dest: Path) -> None:
+    """Copy the directory src to dest through a sibling `.tmp` directory: readers of dest see the old
+    model or the new one, never half of one."""
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.replace(dest)
+
+
 def ship(out: Path) -> None:
     """Copy a from-scratch build (`out/tiny-qwen2`) into examples/assets and record its digests."""
     stamp = json.loads((out / STAMP_NAME).read_text())
-    tmp = ASSETS / f"{MODEL_DIR_NAME}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(out / MODEL_DIR_NAME, tmp)
-    shutil.rmtree(SHIPPED_MODEL, ignore_errors=True)
-    tmp.replace(SHIPPED_MODEL)
+    copy_dir_atomically(out / MODEL_DIR_NAME, SHIPPED_MODEL)
     build = {k: v for k, v in stamp.items() if k != "hash"}
     build["config"] = {k: v for k, v in build["config"].items() if k != "out_dir"}  # a path of that machine
     manifest = {"files": dir_digests(SHIPPED_MODEL), "data": data_digests(out), "build": build}
@@ -384,11 +390,7 @@ def install(cfg: BuildConfig) -> None:
     try:
         verify_model_dir(model_dir, manifest)
     except ShippedModelError:
-        tmp = out / f"{MODEL_DIR_NAME}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(SHIPPED_MODEL, tmp)
-        shutil.rmtree(model_dir, ignore_errors=True)
-        tmp.replace(model_dir)  # readers see the old model or the new one, never half of one
+        copy_dir_atomically(SHIPPED_MODEL, model_dir)
     build = manifest["build"]
     print(f"{model_dir}: shipped base model {model_id(manifest)} (digests checked); when built: held-out "
           f"pass@1 {build['heldout_pass_at_1']:.1%}, greedy {build['heldout_greedy']:.1%} "
