@@ -105,17 +105,7 @@ def r1_zero_analytics(scored: ScoredBatch) -> dict[str, float]:
 
 def select_groups(scored: ScoredBatch, keep: list[int]) -> ScoredBatch:
     """The groups `keep` of a scored batch, in that order."""
-    rollout = scored.rollout
-    return ScoredBatch(
-        rollout=RolloutBatch(
-            prompts=tuple(rollout.prompts[i] for i in keep),
-            prompt_token_ids=tuple(rollout.prompt_token_ids[i] for i in keep),
-            completions=tuple(rollout.completions[i] for i in keep),
-            policy_version=rollout.policy_version,
-            engine_seconds=rollout.engine_seconds,
-        ),
-        results=tuple(scored.results[i] for i in keep),
-    )
+    return ScoredBatch(rollout=scored.rollout.select(keep), results=tuple(scored.results[i] for i in keep))
 
 
 def concat_scored(parts: list[ScoredBatch]) -> ScoredBatch:

@@ -154,17 +154,10 @@ class PartScoring:
         if len(missing) == len(results):
             return self.rewards.score(rollout)
         if missing:
-            rest = self.rewards.score(_select_rollout(rollout, missing))
+            rest = self.rewards.score(rollout.select(missing))
             for row, b in enumerate(missing):
                 results[b] = rest.results[row]
         return ScoredBatch(rollout=rollout, results=tuple(r for r in results if r is not None))
-
-
-def _select_rollout(rollout: RolloutBatch, positions: list[int]) -> RolloutBatch:
-    return RolloutBatch(prompts=tuple(rollout.prompts[b] for b in positions),
-                        prompt_token_ids=tuple(rollout.prompt_token_ids[b] for b in positions),
-                        completions=tuple(rollout.completions[b] for b in positions),
-                        policy_version=rollout.policy_version, engine_seconds=rollout.engine_seconds)
 
 
 class RewardErrors(RuntimeError):

@@ -12,6 +12,7 @@ carry 0 and are False in `response_mask`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -69,6 +70,13 @@ class RolloutBatch:
     @property
     def num_tokens(self) -> int:
         return sum(len(c.token_ids) for group in self.completions for c in group)
+
+    def select(self, keep: Sequence[int]) -> RolloutBatch:
+        """The groups `keep`, in that order."""
+        return RolloutBatch(prompts=tuple(self.prompts[i] for i in keep),
+                            prompt_token_ids=tuple(self.prompt_token_ids[i] for i in keep),
+                            completions=tuple(self.completions[i] for i in keep),
+                            policy_version=self.policy_version, engine_seconds=self.engine_seconds)
 
 
 @dataclass(frozen=True)
