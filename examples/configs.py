@@ -310,8 +310,9 @@ def r1_tiny(*, quick: bool = False, output_dir: str | None = None, reward_models
                  eval=replace(rl0.eval, every_steps=0))
     rj = tiny_cpu_reject()
     # One correct chain of thought per question (the task is deterministic), so unique traces grow with the
-    # prompts, not with k: 768 prompts x 8 kept 455 (1,439 duplicates); 1,024 x 4 samples fewer.
-    reject = replace(rj, name="reject", output_dir=out, max_prompts=64 if quick else 1024,
+    # prompts, not with k: 768 prompts x 8 kept 455 (1,439 duplicates). The student needs more distinct traces
+    # (a transformers replica, 400 steps: 2,000 distinct correct traces took it from 0.074 to 0.221).
+    reject = replace(rj, name="reject", output_dir=out, max_prompts=64 if quick else 2048,
                      samples_per_prompt=8 if quick else 4,
                      model=replace(rj.model, path=at("rl", "model")), data=replace(rj.data, template=readable))
     resft = replace(cold, name="sft", epochs=2, max_steps=6 if quick else 0,
@@ -329,9 +330,10 @@ def r1_tiny(*, quick: bool = False, output_dir: str | None = None, reward_models
                                             harmlessness_path=f"{rm}/tiny-rm-harmless")),
         eval=replace(al.eval, every_steps=0))
     # The comparison counts sequences through the learner: distillation 32 per step, GRPO 8 x 8 per step.
-    # The pretrained student on 455 traces at 3e-3 (a plain-transformers replica; its base: 0.074): a 48-step
-    # run ended at 0.027; a 144-step run stood at 0.057 after 96 steps and 0.109 at the end, still rising.
-    distill_steps = 6 if quick else 144
+    # The pretrained student at 3e-3 (a plain-transformers replica; its base: 0.074): on 455 traces 0.109 after
+    # 144 steps and 0.191 after 400; on 2,000 distinct traces 0.221 after 400 (0.035 at step 200: the gain
+    # comes as the cosine schedule anneals).
+    distill_steps = 6 if quick else 400
     # epochs only bounds the run: max_steps decides, so both students see the same number of sequences.
     # 3e-3 (the base's pretraining rate): at the cold start's 1e-3 the base's 63 steps on clean chains of
     # thought had not yet undone its pretraining noise (validation loss 0.071 against its own 0.036).
