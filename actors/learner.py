@@ -562,7 +562,9 @@ class LearnerWorker:
         if self.rank == 0:
             from actors.weight_sync import WeightSender
 
-            self._sender = None  # a group formed anew (an engine was replaced): the old one's store goes
+            if self._sender is not None:  # a group formed anew (an engine was replaced): the old one goes
+                self._sender.close()
+            self._sender = None
             self._sender = WeightSender(spec)
 
     @_on_device
@@ -636,6 +638,8 @@ class LearnerWorker:
         return {"host_rss_gib": psutil.Process().memory_info().rss / 2**30} | parked
 
     def shutdown(self) -> None:
+        if self._sender is not None:
+            self._sender.close()
         self.ps.destroy_model_parallel()
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -26,6 +26,7 @@ cores; `rollout_worker_kwargs` gives engine i its own core(s) when engines share
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import os
@@ -215,6 +216,7 @@ class RolloutWorker:
         from vllm.distributed.weight_transfer.base import WeightTransferInitRequest
 
         from actors.weight_sync import (
+            CPU_BACKENDS,
             NCCL_BACKEND,
             NCCL_ID_KEY,
             WeightSyncError,
@@ -222,7 +224,8 @@ class RolloutWorker:
             worker_init_info,
         )
 
-        if spec.backend != self.backend:
+        # One engine class serves both CPU backends (actors.weight_sync.register_vllm_plugin).
+        if spec.backend != self.backend and not {spec.backend, self.backend} <= set(CPU_BACKENDS):
             raise WeightSyncError(f"engine {self.engine_index} was started for the {self.backend} transfer "
                                   f"backend, the group uses {spec.backend}")
         self._spec = spec
@@ -278,6 +281,8 @@ class RolloutWorker:
             BUCKET_KEY,
             IPC_BACKEND,
             IPC_KEY,
+            SHM_BACKEND,
+            SHM_KEY,
             decode_bucket,
             worker_update_info,
         )
@@ -289,14 +294,17 @@ class RolloutWorker:
             metas = decode_bucket(self._store.get(key))
             if metas is None:
                 return index
-            handles = None
+            handles, region = None, None
             if spec.backend == IPC_BACKEND:
                 # Written by learner rank 0 under the run's secret (see weight_sync.TransferSpec).
                 handles = pickle.loads(self._store.get(IPC_KEY.format(version=version, index=index)))
-            request = WeightTransferUpdateRequest(update_info=worker_update_info(metas, handles))
+            elif spec.backend == SHM_BACKEND:  # each worker acknowledges the bucket itself once loaded
+                region = json.loads(self._store.get(SHM_KEY.format(version=version, index=index)))
+            info = worker_update_info(metas, handles, region, version=version, index=index)
+            request = WeightTransferUpdateRequest(update_info=info)
             await asyncio.wait_for(self.engine.update_weights(request), spec.timeout_s + RPC_MARGIN_S)
             if spec.backend == IPC_BACKEND:
-                self._store.set(ACK_KEY.format(version=version, index=index, engine=self.engine_index), b"1")
+                self._store.set(ACK_KEY.format(version=version, index=index, receiver=self.engine_index), b"1")
             index += 1
 
     async def weight_version(self, with_checksums: bool = False) -> WeightVersion:

@@ -6,14 +6,17 @@
         └─ push(version): rank 0 streams buckets as the TP/PP gather produces them
               store "bucket/<v>/<k>"  names, dtypes, shapes of bucket k   ──► engine: update_weights(bucket k)
               group                   the bucket's bytes (gloo, nccl) or   ──► model.load_weights
-                                      CUDA IPC handles (ipc)
+                                      CUDA IPC handles (ipc) or
+              /dev/shm region         the bytes, written once (shm)        ──► model.load_weights on views
               store "bucket/<v>/<K>"  end of version v (K buckets)        ──► finish_weight_update(v)
            then every engine must report v; every `checksum_every` versions its checksums must equal
            the ones rank 0 computed from the bytes it sent.
 
-The backend is chosen once for both sides by `choose_backend` (pure): gloo on CPU; CUDA IPC when every
-engine shares learner rank 0's GPU (colocated: NCCL refuses two ranks on one device); NCCL otherwise.
-The learner never holds more than one bucket: nothing gathers the whole model before the first send.
+The backend is chosen once for both sides by `choose_backend` (pure): on CPU shared memory when every
+engine runs on learner rank 0's node, gloo otherwise; CUDA IPC when every engine shares learner rank 0's
+GPU (colocated: NCCL refuses two ranks on one device); NCCL otherwise. The learner never holds more than
+one bucket (shm: two, the one the engines load and the one it writes): nothing gathers the whole model
+before the first send.
 
 We use vLLM's RL interface (`init_weight_transfer_engine`, `start_weight_update` -> `update_weights`
 (one call per bucket) -> `finish_weight_update(version)`), not its internals:
@@ -22,6 +25,18 @@ We use vLLM's RL interface (`init_weight_transfer_engine`, `start_weight_update`
   registration runs there through the `vllm.general_plugins` entry point `register_vllm_plugin`
   (setup.cfg). Its group is a `ProcessGroupGloo` on a `PrefixStore` of the control store; each side
   binds the address it reaches the other by, and `timeout_s` bounds every collective.
+- shm (CPU, same node): the same engine class, registered under a second name. Rank 0 writes each bucket
+  once into one of SHM_SLOTS files in /dev/shm (mode 0600, named after a digest of the run's secret) and
+  publishes its name in the control store; every worker maps the file once and hands `load_weights` views
+  of it, no socket and no copy in between, then acknowledges (the ipc protocol's ACK_KEY). Rank 0 writes
+  the next bucket into the other slot meanwhile, reuses a slot once every worker acknowledged its
+  bucket, and unlinks a file as soon as every worker has mapped it, so a crash leaves nothing in /dev/shm.
+  vLLM's layerwise reload keeps the tensors of a layer it has not completed; before acknowledging, a
+  worker moves any it still holds off the region (`release_region`).
+  Measured at 110M parameters on 2 CPU cores (README, Performance): the gloo path spent its time about
+  equally in packing, the socket and vLLM's `load_weights` (its layerwise reload re-materialises and
+  repacks every linear layer for oneDNN); shm removes the socket and the packing copy, and overlaps
+  rank 0's writing with the engines' loading; `load_weights` is then what remains.
 - nccl: vLLM's built-in engine, joined by an `ncclUniqueId` that rank 0 mints and publishes in the
   control store (vLLM's other rendezvous, a TCPStore of its own, would listen on every interface).
 - ipc: vLLM's built-in engine; rank 0 publishes each bucket's IPC handles and waits for every engine's
@@ -39,9 +54,11 @@ import base64
 import hashlib
 import json
 import logging
+import os
 import pickle
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -52,17 +69,28 @@ from torch import Tensor
 
 log = logging.getLogger(__name__)
 
-Backend = Literal["gloo", "nccl", "ipc"]
+Backend = Literal["gloo", "shm", "nccl", "ipc"]
 GLOO_BACKEND: Backend = "gloo"
 """Name our CPU engine is registered under in vLLM's weight-transfer factories."""
+SHM_BACKEND: Backend = "shm"
+"""Second name of the same CPU engine: buckets through shared memory on learner rank 0's node."""
+CPU_BACKENDS: tuple[Backend, ...] = (GLOO_BACKEND, SHM_BACKEND)
+"""Served by one engine class, so a CPU engine started for either joins a group of either."""
 NCCL_BACKEND: Backend = "nccl"
 IPC_BACKEND: Backend = "ipc"
 BUCKET_KEY = "bucket/{version}/{index}"
 """Control-store key of one bucket's metadata (JSON), or of the end of a version."""
 IPC_KEY = "ipc/{version}/{index}"
 """Control-store key of one bucket's pickled CUDA IPC handles (ipc backend only)."""
-ACK_KEY = "ack/{version}/{index}/{engine}"
-"""Set by engine `engine` once it loaded bucket `index` (ipc backend: the sender may then free it)."""
+SHM_KEY = "shm/{version}/{index}"
+"""Control-store key of the shared-memory file that holds bucket `index` (JSON: path, size; shm only)."""
+ACK_KEY = "ack/{version}/{index}/{receiver}"
+"""Set once bucket `index` is loaded and its memory no longer used, so the sender may free or reuse it;
+the receiver is the engine (ipc: its actor acknowledges) or the transfer rank of one worker (shm)."""
+SHM_DIR = "/dev/shm"
+SHM_PREFIX = "grpo-ray-weights-"
+SHM_SLOTS = 2
+"""Shared-memory buckets in flight: rank 0 writes one while the engines load the other."""
 NCCL_ID_KEY = "nccl_unique_id"
 POLL_S = 0.001
 """Polling interval of the waits that have no blocking form with a deadline (CUDA events, threads)."""
@@ -75,16 +103,21 @@ class WeightSyncError(RuntimeError):
 # --- the backend, chosen once for both sides (pure) ----------------------------------------------
 
 
-def choose_backend(*, use_gpu: bool, engines_on_sender_gpu: Sequence[bool]) -> Backend:
-    """The transfer backend for a run: `engines_on_sender_gpu[e]` says engine e shares learner rank 0's GPU.
+def choose_backend(*, use_gpu: bool, engines_on_sender_gpu: Sequence[bool],
+                   engines_on_sender_node: Sequence[bool]) -> Backend:
+    """The transfer backend for a run: `engines_on_sender_gpu[e]` says engine e shares learner rank 0's GPU,
+    `engines_on_sender_node[e]` that it runs on rank 0's node (as Ray's node ids say, never guessed).
 
-    gloo on CPU; ipc when every engine shares rank 0's GPU (NCCL refuses two ranks on one device, and
-    IPC needs nothing else); nccl when none does. A mix has no backend that reaches every engine.
+    CPU: shm when every engine is on rank 0's node, else gloo (one group must reach every engine, and
+    only gloo reaches another node). GPU: ipc when every engine shares rank 0's GPU (NCCL refuses two
+    ranks on one device, and IPC needs nothing else); nccl when none does. A mix has no GPU backend that
+    reaches every engine.
     """
-    if not engines_on_sender_gpu:
-        raise ValueError("weight sync needs at least one engine")
+    if not engines_on_sender_gpu or len(engines_on_sender_gpu) != len(engines_on_sender_node):
+        raise ValueError(f"weight sync needs at least one engine and one fact per engine "
+                         f"({len(engines_on_sender_gpu)} GPU, {len(engines_on_sender_node)} node)")
     if not use_gpu:
-        return GLOO_BACKEND
+        return SHM_BACKEND if all(engines_on_sender_node) else GLOO_BACKEND
     if all(engines_on_sender_gpu):
         return IPC_BACKEND
     if not any(engines_on_sender_gpu):
@@ -195,15 +228,25 @@ def pack_bucket(tensors: list[Tensor]) -> Tensor:
 
 
 def unpack_bucket(flat: Tensor, metas: list[TensorMeta]) -> list[tuple[str, Tensor]]:
-    """Inverse of `pack_bucket`: views into `flat` with each tensor's dtype and shape."""
+    """Inverse of `pack_bucket`: tensors on `flat`'s memory with each tensor's dtype and shape.
+
+    Each is set on the storage directly rather than made a view, so it refers to no other tensor (a view
+    keeps its base alive; `load_from_region` must be able to move a tensor off the memory entirely)."""
     out, offset = [], 0
+    storage, start = flat.untyped_storage(), flat.storage_offset()
     for m in metas:
-        chunk = flat[offset: offset + m.nbytes]
-        if offset % 8:  # a view must start at a multiple of its element size; copy the rare misaligned one
-            chunk = chunk.clone()
-        out.append((m.name, chunk.view(getattr(torch, m.dtype)).view(m.shape)))
+        dtype = getattr(torch, m.dtype)
+        if (start + offset) % 8:  # must start at a multiple of its element size; copy the rare misaligned one
+            t = flat[offset: offset + m.nbytes].clone().view(dtype).view(m.shape)
+        else:
+            t = torch.empty(0, dtype=dtype).set_(storage, (start + offset) // _element_size(dtype), m.shape)
+        out.append((m.name, t))
         offset += m.nbytes
     return out
+
+
+def _element_size(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
 
 
 # --- checksums: what the engines must report after loading what we sent ---------------------------
@@ -347,14 +390,144 @@ def wait_cuda(timeout_s: float, what: str) -> None:
         time.sleep(POLL_S)
 
 
+# --- shared memory (shm backend) -----------------------------------------------------------------
+
+
+def shm_prefix(secret: str) -> str:
+    """File-name prefix of a run's shared-memory buckets: a digest of the secret, never the secret itself
+    (anyone may list /dev/shm)."""
+    return SHM_PREFIX + hashlib.sha256(secret.encode()).hexdigest()[:16]
+
+
+def map_region(path: str, nbytes: int) -> Tensor:
+    """[nbytes] uint8 over the file, shared: writes are seen by every process that mapped it."""
+    return torch.from_file(path, shared=True, size=nbytes, dtype=torch.uint8)
+
+
+def create_region(path: str, nbytes: int) -> Tensor:
+    """A new file of nbytes in shared memory, readable by this user only, mapped."""
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    try:
+        # Reserve the pages now: a full /dev/shm then raises ENOSPC here instead of SIGBUS on a write.
+        os.posix_fallocate(fd, 0, nbytes)
+    except OSError:
+        os.unlink(path)
+        raise
+    finally:
+        os.close(fd)
+    return map_region(path, nbytes)
+
+
+def _unlink(paths: set[str]) -> None:
+    for path in list(paths):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        paths.discard(path)
+
+
+class SharedMemorySlots:
+    """Rank 0's shared memory: SHM_SLOTS mapped files used in turn, each reused once every receiver
+    acknowledged the bucket it held, and unlinked once every receiver mapped it (they keep their mapping)."""
+
+    def __init__(self, store: Any, prefix: str, receivers: Sequence[int], timeout_s: float) -> None:
+        self.store, self.prefix, self.receivers, self.timeout_s = store, prefix, list(receivers), timeout_s
+        self.regions: list[tuple[str, Tensor] | None] = [None] * SHM_SLOTS
+        self.pending: list[list[str]] = [[] for _ in range(SHM_SLOTS)]
+        """Acknowledgement keys of the bucket each slot holds, until every receiver set them."""
+        self.linked: set[str] = set()
+        """Files still visible in /dev/shm (created, not yet mapped by every receiver)."""
+        self.created = 0
+        self._finalizer = weakref.finalize(self, _unlink, self.linked)  # interpreter exit, garbage collection
+
+    def write(self, tensors: list[Tensor], version: int, index: int) -> dict[str, Any]:
+        """Copy the bucket's bytes back to back into a free slot; returns what the receivers map."""
+        slot = index % SHM_SLOTS
+        self.wait(slot, f"bucket {index - SHM_SLOTS} of version {version}")
+        nbytes = sum(t.numel() * t.element_size() for t in tensors)
+        region = self.regions[slot]
+        if region is None or region[1].numel() < nbytes:
+            self.regions[slot] = None  # drop the old mapping first: at most SHM_SLOTS buckets in memory
+            path = f"{SHM_DIR}/{self.prefix}-{os.getpid()}-{self.created}"
+            self.created += 1
+            self.linked.add(path)
+            region = (path, create_region(path, nbytes))
+            self.regions[slot] = region
+        path, buf = region
+        offset = 0
+        for t in tensors:
+            size = t.numel() * t.element_size()
+            buf[offset: offset + size].copy_(t.detach().contiguous().view(-1).view(torch.uint8))
+            offset += size
+        self.pending[slot] = [ACK_KEY.format(version=version, index=index, receiver=r) for r in self.receivers]
+        return {"path": path, "size": buf.numel()}
+
+    def wait(self, slot: int, what: str) -> None:
+        """Wait until every receiver acknowledged the bucket in `slot` (at most timeout_s)."""
+        keys = self.pending[slot]
+        if not keys:
+            return
+        try:
+            self.store.wait(keys, timedelta(seconds=self.timeout_s))
+        except RuntimeError as e:  # the store's timeout, or the store is gone
+            try:
+                missing: Any = [r for r, k in zip(self.receivers, keys) if not self.store.check([k])]
+            except RuntimeError:
+                missing = "(unknown: the control store is gone)"
+            raise WeightSyncError(f"shared memory: transfer ranks {missing} did not acknowledge {what} within "
+                                  f"{self.timeout_s:.0f}s ({e})") from e
+        self.pending[slot] = []
+        region = self.regions[slot]
+        if region is not None:
+            _unlink({region[0]} & self.linked)  # every receiver has mapped it by now
+            self.linked.discard(region[0])
+
+    def drain(self, version: int) -> None:
+        for slot in range(SHM_SLOTS):
+            self.wait(slot, f"the last buckets of version {version}")
+
+    def close(self) -> None:
+        """Unlink what is still visible and drop the mappings (after a failure, and at shutdown)."""
+        _unlink(self.linked)
+        self.regions = [None] * SHM_SLOTS
+        self.pending = [[] for _ in range(SHM_SLOTS)]
+
+
+def load_from_region(load_weights: Callable[[list[tuple[str, Tensor]]], Any], region: Tensor,
+                     metas: list[TensorMeta]) -> None:
+    """`load_weights` on views of the bucket at the start of `region`, and afterwards no use of the region
+    left: vLLM's layerwise reload keeps the tensors of a layer until the layer is complete, which may be in
+    the next bucket, so those it still holds move to a private copy before the sender may reuse the
+    region. Raises if anything else still uses the region's memory."""
+    storage = region.untyped_storage()
+    before = torch._C._storage_Use_Count(storage._cdata)
+    views = unpack_bucket(region[: sum(m.nbytes for m in metas)], metas)
+    refs = [weakref.ref(t) for _, t in views]
+    load_weights(views)
+    del views
+    held: Tensor | None = None
+    for ref in refs:
+        held = ref()
+        if held is not None and held.untyped_storage().data_ptr() == storage.data_ptr():
+            held.set_(held.clone())  # the holder's tensor object now owns a private copy
+    held = None
+    left = torch._C._storage_Use_Count(storage._cdata) - before
+    if left > 0:
+        raise WeightSyncError(f"shared memory: after load_weights, tensors derived from the bucket still use its "
+                              f"region ({left} references); reusing it would change weights the engine has not "
+                              f"processed yet")
+
+
 # --- the receiving side: vLLM worker-side payloads and the gloo engine ----------------------------
 
 
 def worker_init_info(spec: TransferSpec, rank_offset: int, nccl_unique_id: bytes | None = None) -> dict[str, Any]:
     """The `init_weight_transfer_engine` payload for one engine whose workers start at rank_offset."""
-    if spec.backend == GLOO_BACKEND:
+    if spec.backend in CPU_BACKENDS:
         return dict(master_address=spec.host, master_port=spec.port, rank_offset=rank_offset,
-                    world_size=spec.world_size, timeout_s=spec.timeout_s, secret=spec.secret)
+                    world_size=spec.world_size, timeout_s=spec.timeout_s, secret=spec.secret,
+                    transport=spec.backend)
     if spec.backend == NCCL_BACKEND:
         if nccl_unique_id is None:
             raise WeightSyncError("the nccl backend needs the sender's unique id from the control store")
@@ -363,12 +536,15 @@ def worker_init_info(spec: TransferSpec, rank_offset: int, nccl_unique_id: bytes
     return dict(packed=False)
 
 
-def worker_update_info(metas: list[TensorMeta], ipc_handles: list[dict[str, tuple]] | None = None) -> dict[str, Any]:
-    """The `update_weights` payload of one bucket."""
+def worker_update_info(metas: list[TensorMeta], ipc_handles: list[dict[str, tuple]] | None = None,
+                       region: dict[str, Any] | None = None, *, version: int = 0, index: int = 0) -> dict[str, Any]:
+    """The `update_weights` payload of one bucket (`region`: the shared-memory file that holds it)."""
     info: dict[str, Any] = dict(names=[m.name for m in metas], dtype_names=[m.dtype for m in metas],
                                 shapes=[list(m.shape) for m in metas])
     if ipc_handles is not None:
         info["ipc_handles"] = ipc_handles
+    if region is not None:
+        info.update(region_path=region["path"], region_size=region["size"], version=version, index=index)
     return info
 
 
@@ -388,16 +564,24 @@ def _engine_classes() -> tuple[type, type, type]:
         world_size: int
         timeout_s: float = 120.0
         secret: str = ""
+        transport: str = GLOO_BACKEND
+        """gloo, or shm: buckets in shared memory on this node (no group is formed)."""
 
     @dataclass
     class GlooUpdateInfo(WeightTransferUpdateInfo):
         names: list[str]
         dtype_names: list[str]
         shapes: list[list[int]]
+        region_path: str = ""
+        """shm: the file that holds the bucket's bytes from offset 0, and its size."""
+        region_size: int = 0
+        version: int = 0
+        index: int = 0
 
     class GlooWeightTransferEngine(WeightTransferEngine[GlooInitInfo, GlooUpdateInfo]):
-        """Receives one bucket of HF-named full tensors per `update_weights`, over gloo, into
-        `model.load_weights`; vLLM's layerwise reload re-processes each layer once its tensors are in."""
+        """Receives one bucket of HF-named full tensors per `update_weights`, over gloo or from shared
+        memory, into `model.load_weights`; vLLM's layerwise reload re-processes each layer once its
+        tensors are in."""
 
         init_info_cls = GlooInitInfo
         update_info_cls = GlooUpdateInfo
@@ -406,6 +590,9 @@ def _engine_classes() -> tuple[type, type, type]:
             super().__init__(config, vllm_config, device, model)
             self.group: Any = None
             self.store: Any = None
+            self.transport, self.rank = GLOO_BACKEND, 0
+            self.regions: dict[str, Tensor] = {}
+            """shm: files mapped so far (the sender's SHM_SLOTS latest), least recently used first."""
 
         def init_transfer_engine(self, init_info: GlooInitInfo) -> None:
             from torch.distributed import PrefixStore
@@ -414,8 +601,12 @@ def _engine_classes() -> tuple[type, type, type]:
 
             pc = self.parallel_config
             rank = init_info.rank_offset + pc.data_parallel_index * pc.world_size + pc.rank
+            self.shutdown()  # a group formed anew (an engine was replaced, or another transport)
+            self.transport, self.rank = init_info.transport, rank
             self.store = PrefixStore(init_info.secret, tcp_store(
                 init_info.master_address, init_info.master_port, is_master=False, timeout_s=init_info.timeout_s))
+            if self.transport == SHM_BACKEND:
+                return
             # Listen on the address this node reaches the sender by: on another node the sender's
             # address is not ours, and loopback would not be reachable from it.
             local = route_source_address(init_info.master_address)
@@ -434,16 +625,36 @@ def _engine_classes() -> tuple[type, type, type]:
                 retie_lm_head(self.model)
 
         def receive_weights(self, update_info: GlooUpdateInfo) -> None:
-            if self.group is None:
-                raise RuntimeError("gloo weight transfer not initialised: call init_weight_transfer_engine first")
+            if self.store is None:
+                raise RuntimeError("CPU weight transfer not initialised: call init_weight_transfer_engine first")
             metas = [TensorMeta(n, d, tuple(s)) for n, d, s in
                      zip(update_info.names, update_info.dtype_names, update_info.shapes)]
+            if self.transport == SHM_BACKEND:
+                region = self._map(update_info.region_path, update_info.region_size)
+                load_from_region(self.model.load_weights, region, metas)
+                self.store.set(ACK_KEY.format(version=update_info.version, index=update_info.index,
+                                              receiver=self.rank), b"1")
+                return
             flat = torch.empty(sum(m.nbytes for m in metas), dtype=torch.uint8)
             self.group.broadcast(flat, 0).wait()
             self.model.load_weights(unpack_bucket(flat, metas))
 
+        def _map(self, path: str, size: int) -> Tensor:
+            """The mapped file (mapped once: rank 0 unlinks it once every worker acknowledged a bucket in it)."""
+            region = self.regions.pop(path, None)
+            if region is None:
+                try:
+                    region = map_region(path, size)
+                except RuntimeError as e:
+                    raise WeightSyncError(f"transfer rank {self.rank}: cannot map the shared-memory bucket "
+                                          f"{path} ({e})") from e
+                while len(self.regions) >= SHM_SLOTS:  # rank 0 replaced the least recently used one
+                    self.regions.pop(next(iter(self.regions)))
+            self.regions[path] = region
+            return region
+
         def shutdown(self) -> None:
-            self.group, self.store = None, None
+            self.group, self.store, self.regions = None, None, {}
 
     return GlooInitInfo, GlooUpdateInfo, GlooWeightTransferEngine
 
@@ -464,11 +675,13 @@ def retie_lm_head(model: Any) -> None:
 
 
 def register_vllm_plugin() -> None:
-    """vLLM general plugin: register the CPU gloo engine. Idempotent (vLLM may call it many times)."""
+    """vLLM general plugin: register the CPU engine under its two names (gloo, shm). Idempotent (vLLM may
+    call it many times)."""
     from vllm.distributed.weight_transfer.factory import WeightTransferEngineFactory
 
-    if GLOO_BACKEND not in WeightTransferEngineFactory._registry:
-        WeightTransferEngineFactory.register_engine(GLOO_BACKEND, _engine_classes()[2])
+    for name in CPU_BACKENDS:
+        if name not in WeightTransferEngineFactory._registry:
+            WeightTransferEngineFactory.register_engine(name, _engine_classes()[2])
 
 
 # --- the sending side: learner rank 0 --------------------------------------------------------------
@@ -485,8 +698,12 @@ class WeightSender:
         self.spec = spec
         self.store = control_store(spec, is_master=True)
         self.group: Any = None
+        self.shm: SharedMemorySlots | None = None
         if spec.backend == GLOO_BACKEND:
             self.group = make_gloo_group(spec.host, self.store, 0, spec.world_size, spec.timeout_s)
+        elif spec.backend == SHM_BACKEND:
+            self.shm = SharedMemorySlots(self.store, shm_prefix(spec.secret), range(1, spec.world_size),
+                                         spec.timeout_s)
         elif spec.backend == NCCL_BACKEND:
             from vllm.distributed.device_communicators.pynccl import PyNcclCommunicator
             from vllm.distributed.device_communicators.pynccl_wrapper import NCCLLibrary
@@ -522,12 +739,21 @@ class WeightSender:
                 count += len(metas)
             buckets = index + 1 if count else 0
             self.store.set(BUCKET_KEY.format(version=version, index=buckets), encode_end(buckets))
-        except (RuntimeError, WeightSyncError) as e:
+            if self.shm is not None:
+                self.shm.drain(version)
+        except (RuntimeError, OSError, WeightSyncError) as e:
+            if self.shm is not None:
+                self.shm.close()  # nothing left in /dev/shm; the next version starts with fresh files
             raise WeightSyncError(f"learner rank 0: sending version {version} failed after "
                                   f"{time.perf_counter() - start:.1f}s at bucket {index} "
                                   f"(timeout {self.spec.timeout_s}s): {e}") from e
         return {"bytes": sent, "seconds": time.perf_counter() - start, "buckets": buckets, "tensors": count,
                 "checksums": stream.checksums if stream is not None else {}}
+
+    def close(self) -> None:
+        """Free what the transfer holds outside this process (shared-memory files)."""
+        if self.shm is not None:
+            self.shm.close()
 
     def _transfer(self, tensors: list[Tensor], metas: list[TensorMeta], version: int, index: int) -> None:
         spec = self.spec
@@ -538,13 +764,17 @@ class WeightSender:
             for t in tensors:  # one broadcast per tensor, as vLLM's unpacked NCCL consumer expects
                 self.group.broadcast(t.contiguous(), src=0, stream=stream)
             wait_cuda(spec.timeout_s, f"NCCL broadcast of bucket {index}")
+        elif spec.backend == SHM_BACKEND:
+            assert self.shm is not None, "the shm backend's sender has its slots"
+            region = self.shm.write(tensors, version, index)
+            self.store.set(SHM_KEY.format(version=version, index=index), json.dumps(region).encode())
         else:
             from torch.multiprocessing.reductions import reduce_tensor
 
             keep = [t.detach().contiguous() for t in tensors]  # alive until every engine loaded them
             handles = [{self.gpu_uuid: reduce_tensor(t)[1]} for t in keep]
             self.store.set(IPC_KEY.format(version=version, index=index), pickle.dumps(handles))
-            acks = [ACK_KEY.format(version=version, index=index, engine=e) for e in range(spec.num_engines)]
+            acks = [ACK_KEY.format(version=version, index=index, receiver=e) for e in range(spec.num_engines)]
             self.store.wait(acks, timedelta(seconds=spec.timeout_s))
             del keep
 

@@ -6,8 +6,10 @@ Each size is pushed by the real `actors.weight_sync.WeightSync` from a sender ac
 the model standing in for learner rank 0, so no Megatron start-up) into a real vLLM engine: the whole
 sync (stream, vLLM's weight loading, version check) and the sender's streaming alone, against copying
 the same tensors into preallocated buffers in the sender's process (on a GPU: device to device). The
-backend is chosen as a run chooses it: gloo on CPU, NCCL when Ray has two GPUs (sender and engine on
-one each). The first push warms up; the median of the next `--repeats` is reported.
+backends are chosen as a run chooses them: on CPU both gloo (what an engine on another node gets) and
+shared memory (an engine on the sender's node, as here), one after the other into the same engine; NCCL
+when Ray has two GPUs (sender and engine on one each). The first push of each backend warms up; the
+median of the next `--repeats` is reported.
 """
 
 from __future__ import annotations
@@ -96,39 +98,46 @@ class OneRankLearner:
         return [self.actor.push_weights.remote(version, bucket_bytes, checksums)]
 
 
-def measure(label: str, model_dir: str, *, use_gpu: bool, bucket_bytes: int, repeats: int) -> dict[str, Any]:
+def measure(label: str, model_dir: str, *, use_gpu: bool, bucket_bytes: int, repeats: int) -> list[dict[str, Any]]:
+    """One row per backend: gloo and shm on CPU (one engine serves both), nccl on GPUs."""
     import ray
 
     from actors.engine_group import EngineGroup
     from actors.rollout import RolloutWorker
     from actors.weight_sync import WeightSync, choose_backend
 
-    backend = choose_backend(use_gpu=use_gpu, engines_on_sender_gpu=[False])
+    backends = [choose_backend(use_gpu=use_gpu, engines_on_sender_gpu=[False], engines_on_sender_node=[on_node])
+                for on_node in ([False] if use_gpu else [False, True])]
     gpus = 1 if use_gpu else 0
     engine: Any = ray.remote(num_cpus=1, num_gpus=gpus)(RolloutWorker).remote(
-        model_dir, max_model_len=128, weight_transfer_backend=backend, use_gpu=use_gpu)
+        model_dir, max_model_len=128, weight_transfer_backend=backends[0], use_gpu=use_gpu)
     sender: Any = ray.remote(num_cpus=1, num_gpus=gpus)(Sender).remote(model_dir, use_gpu)
     group = EngineGroup([engine], control_timeout_s=300.0)
-    sync = WeightSync(group, OneRankLearner(sender), backend=backend, timeout_s=300.0, bucket_bytes=bucket_bytes,
-                      checksum_every=0)
+    rows, version = [], 0
     try:
-        sync.connect()
-        sync.push(1)  # warm-up: the first reload allocates on the engine's side
-        pushes = []
-        for version in range(2, repeats + 2):
-            start = time.perf_counter()
-            metrics = sync.push(version)
-            pushes.append((time.perf_counter() - start, metrics))
+        for backend in backends:
+            sync = WeightSync(group, OneRankLearner(sender), backend=backend, timeout_s=300.0,
+                              bucket_bytes=bucket_bytes, checksum_every=0)
+            sync.connect()
+            version += 1
+            sync.push(version)  # warm-up: the first reload allocates on the engine's side
+            pushes = []
+            for _ in range(repeats):
+                version += 1
+                start = time.perf_counter()
+                metrics = sync.push(version)
+                pushes.append((time.perf_counter() - start, metrics))
+            rows.append({"backend": backend, "sync_s": statistics.median(s for s, _ in pushes),
+                         "buckets": pushes[-1][1]["weight_sync_buckets"]})
         nbytes, copy_s = ray.get(sender.memcpy.remote(repeats))
         params = ray.get(sender.num_params.remote())
     finally:
         group.shutdown()
         ray.kill(engine)
         ray.kill(sender)
-    sync_s = statistics.median(s for s, _ in pushes)
-    return {"size": label, "params": params, "bytes": nbytes, "buckets": pushes[-1][1]["weight_sync_buckets"],
-            "backend": backend, "sync_s": sync_s, "sync_bytes_per_s": nbytes / sync_s,
-            "memcpy_s": copy_s, "memcpy_bytes_per_s": nbytes / copy_s, "sync_over_memcpy": copy_s / sync_s}
+    return [{"size": label, "params": params, "bytes": nbytes, **row, "sync_bytes_per_s": nbytes / row["sync_s"],
+             "memcpy_s": copy_s, "memcpy_bytes_per_s": nbytes / copy_s, "sync_over_memcpy": copy_s / row["sync_s"]}
+            for row in rows]
 
 
 def main() -> None:
@@ -154,18 +163,19 @@ def main() -> None:
                 model = str(write_test_model(f"{tmp}/{label}", intermediate_size=3 * shape["hidden_size"],
                                              num_heads=shape["hidden_size"] // 64,
                                              num_kv_heads=shape["hidden_size"] // 64, **shape))
-                results.append(measure(label, model, use_gpu=use_gpu, bucket_bytes=args.bucket_mib * 2**20,
-                                       repeats=args.repeats))
-                r = results[-1]
-                print(f"{label}: {r['params'] / 1e6:.1f}M params, sync {r['sync_s']:.3f} s, "
-                      f"memcpy {r['memcpy_s']:.4f} s", flush=True)
+                rows = measure(label, model, use_gpu=use_gpu, bucket_bytes=args.bucket_mib * 2**20,
+                               repeats=args.repeats)
+                results.extend(rows)
+                for r in rows:
+                    print(f"{label}: {r['params'] / 1e6:.1f}M params, {r['backend']} sync {r['sync_s']:.3f} s, "
+                          f"memcpy {r['memcpy_s']:.4f} s", flush=True)
     finally:
         ray.shutdown()
     mib = 2**20
-    print_table(f"weight sync ({results[0]['backend'] if results else '-'}, buckets of {args.bucket_mib} MiB) "
-                f"against a memory copy of the same bytes",
-                ["size", "params (M)", "MiB", "buckets", "sync s", "sync MiB/s", "memcpy MiB/s", "sync / memcpy"],
-                [[r["size"], r["params"] / 1e6, r["bytes"] / mib, r["buckets"], r["sync_s"],
+    print_table(f"weight sync (buckets of {args.bucket_mib} MiB) against a memory copy of the same bytes",
+                ["size", "backend", "params (M)", "MiB", "buckets", "sync s", "sync MiB/s", "memcpy MiB/s",
+                 "sync / memcpy"],
+                [[r["size"], r["backend"], r["params"] / 1e6, r["bytes"] / mib, r["buckets"], r["sync_s"],
                   r["sync_bytes_per_s"] / mib, r["memcpy_bytes_per_s"] / mib, r["sync_over_memcpy"]]
                  for r in results])
     write_json("weight_sync", {"args": vars(args), "use_gpu": use_gpu, "results": results})

@@ -115,6 +115,20 @@ class Placement:
         spec = self.spec.role(role)
         return list(range(spec.bundles_per_actor)) if spec.bundles_per_actor > 1 else None
 
+    def node_ids(self, role: str, timeout_s: float = PLACEMENT_TIMEOUT_S) -> list[str]:
+        """Ray's node id of each actor of `role`, as its bundle places it (a task that asks for no
+        resources runs there, so it never waits for the actor, nor the actor for it)."""
+        task: Any = ray.remote(num_cpus=0)(_node_id)
+        refs = [task.options(scheduling_strategy=self.options(role, i)["scheduling_strategy"]).remote()
+                for i in range(self.spec.role(role).num_actors)]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+        if len(ready) < len(refs):
+            for ref in refs:
+                ray.cancel(ref, force=True)
+            raise TimeoutError(f"placement: the {role} bundles reported no node within {timeout_s:.0f}s "
+                               f"({len(ready)} of {len(refs)}; are they schedulable?)")
+        return [str(n) for n in ray.get(refs)]
+
     def remove(self) -> None:
         groups = [*self._groups.values(), *(g for gs in self._actor_groups.values() for g in gs)]
         for group in {id(g): g for g in groups}.values():
@@ -137,6 +151,10 @@ def actor_bundles(role: RoleSpec) -> list[dict[str, float]]:
                          f"needs exactly one device per bundle")
     return [_bundle(role.cpus_per_actor, 1.0, role.node_resource)] + [_bundle(0.0, 1.0, role.node_resource)
                                                                        for _ in range(k - 1)]
+
+
+def _node_id() -> str:
+    return str(ray.get_runtime_context().get_node_id())
 
 
 def _bundle(cpus: float, gpus: float, *node_resources: str) -> dict[str, float]:

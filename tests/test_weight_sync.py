@@ -6,6 +6,9 @@ module. After pushing B, the engine must generate what B generates and report B'
 
 from __future__ import annotations
 
+import glob
+import os
+import secrets
 import sys
 import time
 
@@ -43,14 +46,22 @@ PROMPTS = [Prompt(index=i, text=t, ground_truth="") for i, t in enumerate(
 
 
 def test_backend_is_chosen_once_for_both_sides():
-    assert choose_backend(use_gpu=False, engines_on_sender_gpu=[False, False]) == "gloo"
-    assert choose_backend(use_gpu=False, engines_on_sender_gpu=[True]) == "gloo"  # CPU: no device to share
-    assert choose_backend(use_gpu=True, engines_on_sender_gpu=[False, False, False]) == "nccl"
-    assert choose_backend(use_gpu=True, engines_on_sender_gpu=[True]) == "ipc"
+    def choose(use_gpu, on_gpu, on_node=None):
+        return choose_backend(use_gpu=use_gpu, engines_on_sender_gpu=on_gpu,
+                              engines_on_sender_node=on_gpu if on_node is None else on_node)
+
+    assert choose(False, [False, False]) == "gloo"  # CPU, engines on other nodes
+    assert choose(False, [False, False], [True, True]) == "shm"  # CPU, every engine on rank 0's node
+    assert choose(False, [False, False], [True, False]) == "gloo"  # one group must reach the other node
+    assert choose(False, [True]) == "shm"  # CPU: no device to share, only the node
+    assert choose(True, [False, False, False], [True, True, True]) == "nccl"  # GPUs: the node does not matter
+    assert choose(True, [True]) == "ipc"
     with pytest.raises(ValueError, match=r"engines \[0\] share learner rank 0's GPU"):
-        choose_backend(use_gpu=True, engines_on_sender_gpu=[True, False])
+        choose(True, [True, False])
     with pytest.raises(ValueError, match="at least one engine"):
-        choose_backend(use_gpu=True, engines_on_sender_gpu=[])
+        choose(True, [])
+    with pytest.raises(ValueError, match="one fact per engine"):
+        choose(False, [False], [True, True])
 
 
 def test_backend_from_run_layouts():
@@ -64,12 +75,17 @@ def test_backend_from_run_layouts():
     gpu = replace(cfg, cluster=replace(cfg.cluster, use_gpu=True))
     two = replace(gpu, rollout=replace(gpu.rollout, num_engines=2))
     coloc = replace(gpu, cluster=replace(gpu.cluster, colocate=True))
-    assert choose_backend(use_gpu=False, engines_on_sender_gpu=engines_on_rank0_gpu(cfg)) == "gloo"
-    assert choose_backend(use_gpu=True, engines_on_sender_gpu=engines_on_rank0_gpu(two)) == "nccl"
-    assert choose_backend(use_gpu=True, engines_on_sender_gpu=engines_on_rank0_gpu(coloc)) == "ipc"
+
+    def choose(c, on_node):
+        return choose_backend(use_gpu=c.cluster.use_gpu, engines_on_sender_gpu=engines_on_rank0_gpu(c),
+                              engines_on_sender_node=on_node)
+
+    assert choose(cfg, [False]) == "gloo" and choose(cfg, [True]) == "shm"
+    assert choose(two, [True, True]) == "nccl"
+    assert choose(coloc, [True]) == "ipc"
     coloc_two = replace(coloc, rollout=replace(coloc.rollout, num_engines=2))
     with pytest.raises(ValueError, match="Colocate a single engine"):
-        choose_backend(use_gpu=True, engines_on_sender_gpu=engines_on_rank0_gpu(coloc_two))
+        choose(coloc_two, [True, True])
 
 
 def test_worker_init_payloads_match_the_backend():
@@ -77,6 +93,7 @@ def test_worker_init_payloads_match_the_backend():
                         timeout_s=9.0, secret="s3")
     gloo = worker_init_info(spec, rank_offset=2)
     assert gloo["master_address"] == "10.0.0.5" and gloo["rank_offset"] == 2 and gloo["secret"] == "s3"
+    assert gloo["transport"] == "gloo" and worker_init_info(replace_backend(spec, "shm"), 2)["transport"] == "shm"
     nccl = worker_init_info(replace_backend(spec, "nccl"), rank_offset=1, nccl_unique_id=bytes(range(128)))
     assert "master_address" not in nccl and nccl["packed"] is False and len(nccl["nccl_unique_id_b64"]) > 128
     with pytest.raises(WeightSyncError, match="unique id"):
@@ -176,6 +193,92 @@ def test_compare_checksums_counts_and_names_differences():
     assert compare_checksums(expected, reported, tp_size=1) == (2, ["dp0:pp0:pcp0:tp0:model.embed_tokens.weight"])
     # TP > 1: an engine holds shards of the embedding; only replicated norms compare
     assert compare_checksums(expected, reported, tp_size=2) == (1, [])
+
+
+def shm_leftovers(secret: str) -> list[str]:
+    from actors.weight_sync import SHM_DIR, shm_prefix
+
+    return sorted(glob.glob(f"{SHM_DIR}/{shm_prefix(secret)}*"))
+
+
+@pytest.fixture
+def shm_store():
+    """(control store under a fresh secret, the secret): what rank 0 and the workers share."""
+    from torch.distributed import PrefixStore
+
+    from cluster.network import free_port, tcp_store
+
+    secret = secrets.token_hex(8)
+    port = free_port("127.0.0.1")
+    master = tcp_store("127.0.0.1", port, is_master=True, timeout_s=5.0)
+    yield PrefixStore(secret, master), secret
+    assert shm_leftovers(secret) == []
+
+
+def test_shared_memory_buckets_survive_a_layer_that_spans_two(shm_store):
+    """Rank 0 reuses each of the SHM_SLOTS regions; a receiver that keeps tensors past load_weights (vLLM's
+    layerwise reload does, for a layer not complete yet) still reads what was sent, not the next bucket."""
+    from actors.weight_sync import (
+        ACK_KEY,
+        SHM_SLOTS,
+        SharedMemorySlots,
+        load_from_region,
+        map_region,
+        shm_prefix,
+    )
+
+    store, secret = shm_store
+    slots = SharedMemorySlots(store, shm_prefix(secret), receivers=[1], timeout_s=5.0)
+    gen = torch.Generator().manual_seed(0)
+    buckets = [[(f"b{k}.t{i}", torch.randn(96 + 8 * i, generator=gen).to(dtype)) for i, dtype in
+                enumerate([torch.float32, torch.bfloat16, torch.float32])] for k in range(2 * SHM_SLOTS + 1)]
+    mapped: dict[str, torch.Tensor] = {}
+    loaded: dict[str, torch.Tensor] = {}
+    kept: list[tuple[str, torch.Tensor]] = []
+
+    def load_weights(views):
+        for name, t in views[:-1]:
+            loaded[name] = t.clone()
+        kept.append(views[-1])  # the last tensor stays unprocessed, as a layer that continues next bucket
+
+    for version in (1, 2):
+        for index, bucket in enumerate(buckets):
+            region = slots.write([t for _, t in bucket], version, index)
+            assert os.path.exists(region["path"]) or region["path"] in mapped
+            if region["path"] not in mapped:
+                mapped[region["path"]] = map_region(region["path"], region["size"])
+            load_from_region(load_weights, mapped[region["path"]], [TensorMeta.of(n, t) for n, t in bucket])
+            store.set(ACK_KEY.format(version=version, index=index, receiver=1), b"1")
+        slots.drain(version)
+        assert shm_leftovers(secret) == [], "every file is unlinked once every receiver mapped it"
+    assert len({p for p in mapped}) == SHM_SLOTS, "regions are reused, not made anew per bucket"
+    want = {n: t for bucket in buckets for n, t in bucket}
+    assert {n: torch.equal(t, want[n]) for n, t in loaded.items()} == dict.fromkeys(loaded, True)
+    assert all(torch.equal(t, want[n]) for n, t in kept), "a kept tensor was overwritten by a later bucket"
+    slots.close()
+
+
+def test_shared_memory_fails_naming_the_silent_rank_and_what_still_uses_the_region(shm_store):
+    from actors.weight_sync import SHM_SLOTS, SharedMemorySlots, load_from_region, shm_prefix
+
+    store, secret = shm_store
+    slots = SharedMemorySlots(store, shm_prefix(secret), receivers=[1, 2], timeout_s=1.0)
+    tensors = [torch.ones(10)]
+    for index in range(SHM_SLOTS):
+        slots.write(tensors, 1, index)
+    assert len(shm_leftovers(secret)) == SHM_SLOTS  # nobody mapped them yet
+    start = time.monotonic()
+    with pytest.raises(WeightSyncError, match=r"shared memory: transfer ranks \[1, 2\] did not acknowledge "
+                                              r"bucket 0 of version 1 within 1s"):
+        slots.write(tensors, 1, SHM_SLOTS)
+    assert time.monotonic() - start < 4
+    slots.close()
+    assert shm_leftovers(secret) == []  # a failed send leaves nothing behind
+
+    region = torch.zeros(64, dtype=torch.uint8)
+    derived: list[torch.Tensor] = []
+    with pytest.raises(WeightSyncError, match="tensors derived from the bucket still use its region"):
+        load_from_region(lambda views: derived.append(views[0][1][:2]), region, [TensorMeta("w", "float32", (4,))])
 
 
 def test_control_store_listens_only_on_its_address():
@@ -360,6 +463,31 @@ def test_versions_increase_and_checksums_match_sender(setup):
     with pytest.raises(StaleEngineError):
         group.generate(PROMPTS, n=2, temperature=1.0, top_p=1.0, max_tokens=4, stop=(), seed=0)
     group.expected_version = version
+
+
+@pytest.mark.slow
+def test_shared_memory_sync_delivers_the_senders_weights(setup):
+    """The module's engine (started for gloo: one engine class serves both CPU backends) joins a shm group:
+    every bucket through two reused /dev/shm files, the engine then generates what the sender does,
+    its checksums equal the sender's bytes, and nothing is left in /dev/shm."""
+    import ray
+
+    from actors.weight_sync import WeightSync
+
+    group, _, sender, sync = setup
+    shm = WeightSync(group, OneRankLearner(sender), backend="shm", timeout_s=SYNC_TIMEOUT_S,
+                     bucket_bytes=1 << 16, checksum_every=1)
+    try:
+        spec = shm.connect()
+        ray.get(sender.scale.remote(1.5))
+        stats = shm.push(group.expected_version + 1)
+        assert stats["weight_sync_buckets"] > 4 and stats["weight_sync_checksums_compared"] >= 5
+        assert shm_leftovers(spec.secret) == []
+        batch = group.generate(PROMPTS, n=1, temperature=0.0, top_p=1.0, max_tokens=12, stop=(), seed=0)
+        want = ray.get([sender.greedy.remote(list(ids), 12) for ids in batch.prompt_token_ids])
+        assert [list(g[0].token_ids) for g in batch.completions] == want
+    finally:
+        sync.connect()  # the tests after this one use the module's gloo group
 
 
 @pytest.mark.slow

@@ -129,7 +129,9 @@ def start_rollout_and_rewards(cfg: RejectionConfig) -> tuple[Any, Any, Any, Any]
 
     run = cfg.engine_config()
     ro = run.rollout
-    backend = choose_backend(use_gpu=run.cluster.use_gpu, engines_on_sender_gpu=engines_on_rank0_gpu(run))
+    # No learner, so nothing is sent: the engines need only a backend to be started for.
+    backend = choose_backend(use_gpu=run.cluster.use_gpu, engines_on_sender_gpu=engines_on_rank0_gpu(run),
+                             engines_on_sender_node=[False] * ro.num_engines)
     spec = resource_spec(run)
     placement = Placement(ResourceSpec(roles=tuple(r for r in spec.roles if r.name in ("rollout", "judge"))))
     engines = EngineGroup(start_engines(run, placement, backend), [ro.tensor_parallel_size] * ro.num_engines,

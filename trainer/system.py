@@ -68,12 +68,13 @@ class System:
         from actors.weight_sync import WeightSync, choose_backend
         from reward_server.reward_group import RewardGroup
 
-        # Decided before anything starts, for both sides: a layout no backend can serve fails here.
-        backend = choose_backend(use_gpu=cfg.cluster.use_gpu, engines_on_sender_gpu=engines_on_rank0_gpu(cfg))
         init_ray(cfg.cluster.address, num_cpus=cfg.cluster.num_cpus)
         tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
         placement = Placement(resource_spec(cfg))
         ro = cfg.rollout
+        # Decided before an engine or learner starts, for both sides: a layout no backend can serve fails here.
+        backend = choose_backend(use_gpu=cfg.cluster.use_gpu, engines_on_sender_gpu=engines_on_rank0_gpu(cfg),
+                                 engines_on_sender_node=engines_on_rank0_node(placement, ro.start_timeout_s))
         engines = EngineGroup(start_engines(cfg, placement, backend), [ro.tensor_parallel_size] * ro.num_engines,
                               generate_timeout_s=ro.generate_timeout_s, control_timeout_s=ro.control_timeout_s,
                               start_timeout_s=ro.start_timeout_s, max_restarts=ro.max_engine_restarts,
@@ -182,6 +183,12 @@ def engines_on_rank0_gpu(cfg: TrainConfig) -> list[bool]:
     learner rank i, so engine 0 does (see resource_spec)."""
     shared = cfg.cluster.use_gpu and cfg.cluster.colocate
     return [shared and e == 0 for e in range(cfg.rollout.num_engines)]
+
+
+def engines_on_rank0_node(placement: Placement, timeout_s: float) -> list[bool]:
+    """For each engine, whether its bundle is on learner rank 0's node (Ray's node ids, as placed)."""
+    [rank0, *_] = placement.node_ids("learner", timeout_s)
+    return [node == rank0 for node in placement.node_ids("rollout", timeout_s)]
 
 
 COLOCATED_GPU_SHARE = 0.5
