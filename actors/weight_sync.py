@@ -87,10 +87,16 @@ SHM_KEY = "shm/{version}/{index}"
 ACK_KEY = "ack/{version}/{index}/{receiver}"
 """Set once bucket `index` is loaded and its memory no longer used, so the sender may free or reuse it;
 the receiver is the engine (ipc: its actor acknowledges) or the transfer rank of one worker (shm)."""
+PID_KEY = "pid/{receiver}"
+"""Process id of a worker of the shm backend: rank 0 (same node) stops waiting for one that exited."""
 SHM_DIR = "/dev/shm"
 SHM_PREFIX = "grpo-ray-weights-"
 SHM_SLOTS = 2
 """Shared-memory buckets in flight: rank 0 writes one while the engines load the other."""
+ACK_POLL_S = 0.002
+"""How often rank 0 looks for the acknowledgements of a shared-memory bucket (a store round trip)."""
+LIVENESS_EVERY_S = 0.2
+"""How often, while it waits, rank 0 checks that the receiving workers still run (a dead one never acks)."""
 NCCL_ID_KEY = "nccl_unique_id"
 POLL_S = 0.001
 """Polling interval of the waits that have no blocking form with a deadline (CUDA events, threads)."""
@@ -464,24 +470,46 @@ class SharedMemorySlots:
         return {"path": path, "size": buf.numel()}
 
     def wait(self, slot: int, what: str) -> None:
-        """Wait until every receiver acknowledged the bucket in `slot` (at most timeout_s)."""
+        """Wait until every receiver acknowledged the bucket in `slot`: at most timeout_s, and not past the
+        exit of a receiving worker (on this node, so its process can be looked at)."""
         keys = self.pending[slot]
         if not keys:
             return
-        try:
-            self.store.wait(keys, timedelta(seconds=self.timeout_s))
-        except RuntimeError as e:  # the store's timeout, or the store is gone
-            try:
-                missing: Any = [r for r, k in zip(self.receivers, keys) if not self.store.check([k])]
-            except RuntimeError:
-                missing = "(unknown: the control store is gone)"
-            raise WeightSyncError(f"shared memory: transfer ranks {missing} did not acknowledge {what} within "
-                                  f"{self.timeout_s:.0f}s ({e})") from e
+        start = time.monotonic()
+        checked = start
+        while not self.store.check(keys):
+            now = time.monotonic()
+            if now - checked > LIVENESS_EVERY_S:
+                checked = now
+                gone = self._exited()
+                if gone:
+                    raise WeightSyncError(f"shared memory: transfer ranks {gone} exited before acknowledging {what}")
+            if now - start > self.timeout_s:
+                missing = [r for r, k in zip(self.receivers, keys) if not self.store.check([k])]
+                raise WeightSyncError(f"shared memory: transfer ranks {missing} did not acknowledge {what} within "
+                                      f"{self.timeout_s:.0f}s")
+            time.sleep(ACK_POLL_S)
         self.pending[slot] = []
         region = self.regions[slot]
         if region is not None:
             _unlink({region[0]} & self.linked)  # every receiver has mapped it by now
             self.linked.discard(region[0])
+
+    def _exited(self) -> list[int]:
+        """Receivers whose worker process (as it published it) is gone or a zombie."""
+        import psutil
+
+        gone = []
+        for r in self.receivers:
+            key = PID_KEY.format(receiver=r)
+            if not self.store.check([key]):
+                continue
+            try:
+                if psutil.Process(int(self.store.get(key))).status() == psutil.STATUS_ZOMBIE:
+                    gone.append(r)
+            except psutil.NoSuchProcess:
+                gone.append(r)
+        return gone
 
     def drain(self, version: int) -> None:
         for slot in range(SHM_SLOTS):
@@ -606,6 +634,7 @@ def _engine_classes() -> tuple[type, type, type]:
             self.store = PrefixStore(init_info.secret, tcp_store(
                 init_info.master_address, init_info.master_port, is_master=False, timeout_s=init_info.timeout_s))
             if self.transport == SHM_BACKEND:
+                self.store.set(PID_KEY.format(receiver=rank), str(os.getpid()).encode())
                 return
             # Listen on the address this node reaches the sender by: on another node the sender's
             # address is not ours, and loopback would not be reachable from it.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import os
 import secrets
+import subprocess
 import sys
 import time
 
@@ -274,6 +275,19 @@ def test_shared_memory_fails_naming_the_silent_rank_and_what_still_uses_the_regi
     assert time.monotonic() - start < 4
     slots.close()
     assert shm_leftovers(secret) == []  # a failed send leaves nothing behind
+
+    from actors.weight_sync import PID_KEY
+
+    exited = subprocess.Popen(["true"])
+    exited.wait()
+    store.set(PID_KEY.format(receiver=2), str(exited.pid).encode())  # as a worker publishes it
+    slots = SharedMemorySlots(store, shm_prefix(secret), receivers=[1, 2], timeout_s=60.0)
+    start = time.monotonic()
+    with pytest.raises(WeightSyncError, match=r"transfer ranks \[2\] exited before acknowledging bucket 0"):
+        for index in range(SHM_SLOTS + 1):
+            slots.write(tensors, 2, index)
+    assert time.monotonic() - start < 5, "a dead receiver is noticed long before the timeout"
+    slots.close()
 
     region = torch.zeros(64, dtype=torch.uint8)
     derived: list[torch.Tensor] = []
