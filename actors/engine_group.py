@@ -22,6 +22,7 @@ in a run, `EngineFailure` stops it with a summary of every failure (engine, call
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -35,12 +36,13 @@ def assign_groups(costs: Sequence[int], num_engines: int, loads: Sequence[int] |
 
     costs: [B] estimated work per prompt; loads: [num_engines] work already outstanding (default 0).
     """
-    load = list(loads) if loads is not None else [0] * num_engines
+    heap = [(load, e) for e, load in enumerate(loads if loads is not None else [0] * num_engines)]
+    heapq.heapify(heap)  # (load, engine): the least loaded engine first, the lowest index among equals
     engine_of = [0] * len(costs)
     for b in sorted(range(len(costs)), key=lambda i: -costs[i]):
-        e = min(range(num_engines), key=lambda k: load[k])
+        load, e = heap[0]
         engine_of[b] = e
-        load[e] += costs[b]
+        heapq.heapreplace(heap, (load + costs[b], e))
     return engine_of
 
 
@@ -110,7 +112,9 @@ class EngineGroup:
         while todo:
             engine_of = assign_groups([len(prompts[b].text) + max_tokens for b in todo], len(self.engine_actors))
             used = sorted(set(engine_of))
-            mine = {e: [b for b, k in zip(todo, engine_of) if k == e] for e in used}
+            mine: dict[int, list[int]] = {e: [] for e in used}
+            for b, e in zip(todo, engine_of, strict=True):
+                mine[e].append(b)
             refs = [self.engine_actors[e].generate.remote(
                 [prompts[b] for b in mine[e]], n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
                 stop=tuple(stop), seed=seed, expected_version=self.expected_version) for e in used]

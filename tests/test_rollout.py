@@ -25,6 +25,27 @@ def test_assign_groups_balances_and_uses_every_engine():
     assert assign_groups([5, 5], 2, loads=[100, 0]) == [1, 1]
 
 
+def test_assign_groups_is_longest_first_onto_the_least_loaded_lowest_index():
+    """The heap gives what the plain rule gives (each prompt, longest first, to the least loaded engine,
+    the lowest index among equals), in O(B log E) instead of O(B x E): at 256 engines and 1,024 prompts
+    the plain rule cost the dispatcher about 0.1 s per call."""
+    import random
+
+    def plain(costs, num_engines, loads):
+        load, engine_of = list(loads), [0] * len(costs)
+        for b in sorted(range(len(costs)), key=lambda i: -costs[i]):
+            e = min(range(num_engines), key=lambda k: load[k])
+            engine_of[b], load[e] = e, load[e] + costs[b]
+        return engine_of
+
+    rng = random.Random(0)
+    for _ in range(200):
+        engines = rng.randint(1, 9)
+        costs = [rng.choice([1, 2, 3, 50]) for _ in range(rng.randint(0, 40))]  # many ties
+        loads = [rng.choice([0, 0, 5]) for _ in range(engines)]
+        assert assign_groups(costs, engines, loads=loads) == plain(costs, engines, loads)
+
+
 def _part(prompts, version=0):
     groups = tuple(tuple(Completion((p.index, g), str(p.index), (0.0, 0.0), "length") for g in range(2))
                    for p in prompts)
