@@ -89,6 +89,16 @@ def test_backend_from_run_layouts():
         choose(coloc_two, [True, True])
 
 
+def test_engines_on_rank0_node_compares_the_bundles_node_ids():
+    from trainer.system import engines_on_rank0_node
+
+    class Placed:  # stand-in for cluster.placement.Placement: the node id of each actor's bundle
+        def node_ids(self, role, timeout_s):
+            return {"learner": ["n1", "n2"], "rollout": ["n2", "n1", "n1"]}[role]
+
+    assert engines_on_rank0_node(Placed(), 1.0) == [False, True, True]
+
+
 def test_worker_init_payloads_match_the_backend():
     spec = TransferSpec(host="10.0.0.5", port=4000, world_size=3, num_engines=2, backend="gloo",
                         timeout_s=9.0, secret="s3")
