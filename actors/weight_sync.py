@@ -113,12 +113,15 @@ class WeightSyncError(RuntimeError):
 
 
 def choose_backend(*, use_gpu: bool, engines_on_sender_gpu: Sequence[bool],
-                   engines_on_sender_node: Sequence[bool]) -> Backend:
+                   engines_on_sender_node: Sequence[bool], shm_free_bytes: int | None = None,
+                   bucket_bytes: int = 0) -> Backend:
     """The transfer backend for a run: `engines_on_sender_gpu[e]` says engine e shares learner rank 0's GPU,
-    `engines_on_sender_node[e]` that it runs on rank 0's node (as Ray's node ids say, never guessed).
+    `engines_on_sender_node[e]` that it runs on rank 0's node (as Ray's node ids say, never guessed);
+    `shm_free_bytes`: free space in /dev/shm on rank 0's node (None: not measured).
 
-    CPU: shm when every engine is on rank 0's node, else gloo (one group must reach every engine, and
-    only gloo reaches another node). GPU: ipc when every engine shares rank 0's GPU (NCCL refuses two
+    CPU: shm when every engine is on rank 0's node and /dev/shm has room for twice its SHM_SLOTS buckets
+    of `bucket_bytes` (a container's default 64 MB does not hold two 64 MiB buckets), else gloo (one
+    group must reach every engine, and only gloo reaches another node). GPU: ipc when every engine shares rank 0's GPU (NCCL refuses two
     ranks on one device, and IPC needs nothing else); nccl when none does. A mix has no GPU backend that
     reaches every engine.
     """
@@ -126,7 +129,14 @@ def choose_backend(*, use_gpu: bool, engines_on_sender_gpu: Sequence[bool],
         raise ValueError(f"weight sync needs at least one engine and one fact per engine "
                          f"({len(engines_on_sender_gpu)} GPU, {len(engines_on_sender_node)} node)")
     if not use_gpu:
-        return SHM_BACKEND if all(engines_on_sender_node) else GLOO_BACKEND
+        if not all(engines_on_sender_node):
+            return GLOO_BACKEND
+        if shm_free_bytes is not None and shm_free_bytes < 2 * SHM_SLOTS * bucket_bytes:
+            log.warning("weight sync: gloo, not shared memory: %s has %.0f MiB free on learner rank 0's node, "
+                        "less than twice the %d buckets of %.0f MiB it would hold", SHM_DIR, shm_free_bytes / 2**20,
+                        SHM_SLOTS, bucket_bytes / 2**20)
+            return GLOO_BACKEND
+        return SHM_BACKEND
     if all(engines_on_sender_gpu):
         return IPC_BACKEND
     if not any(engines_on_sender_gpu):
@@ -400,6 +410,15 @@ def wait_cuda(timeout_s: float, what: str) -> None:
 
 
 # --- shared memory (shm backend) -----------------------------------------------------------------
+
+
+def shm_free_bytes() -> int:
+    """Free bytes in SHM_DIR on this node (0 where it does not exist)."""
+    try:
+        st = os.statvfs(SHM_DIR)
+    except OSError:
+        return 0
+    return st.f_bavail * st.f_frsize
 
 
 def shm_prefix(secret: str) -> str:

@@ -116,18 +116,22 @@ class Placement:
         return list(range(spec.bundles_per_actor)) if spec.bundles_per_actor > 1 else None
 
     def node_ids(self, role: str, timeout_s: float = PLACEMENT_TIMEOUT_S) -> list[str]:
-        """Ray's node id of each actor of `role`, as its bundle places it (a task that asks for no
+        """Ray's node id of each actor of `role`, as its bundle places it."""
+        return [str(n) for n in self.run_on(role, _node_id, timeout_s)]
+
+    def run_on(self, role: str, fn: Callable[[], Any], timeout_s: float = PLACEMENT_TIMEOUT_S) -> list[Any]:
+        """`fn()` on the node of each actor of `role`, as its bundle places it (a task that asks for no
         resources runs there, so it never waits for the actor, nor the actor for it)."""
-        task: Any = ray.remote(num_cpus=0)(_node_id)
+        task: Any = ray.remote(num_cpus=0)(fn)
         refs = [task.options(scheduling_strategy=self.options(role, i)["scheduling_strategy"]).remote()
                 for i in range(self.spec.role(role).num_actors)]
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
         if len(ready) < len(refs):
             for ref in refs:
                 ray.cancel(ref, force=True)
-            raise TimeoutError(f"placement: the {role} bundles reported no node within {timeout_s:.0f}s "
-                               f"({len(ready)} of {len(refs)}; are they schedulable?)")
-        return [str(n) for n in ray.get(refs)]
+            raise TimeoutError(f"placement: {getattr(fn, '__name__', fn)} on the {role} bundles did not answer within "
+                               f"{timeout_s:.0f}s ({len(ready)} of {len(refs)}; are they schedulable?)")
+        return list(ray.get(refs))
 
     def remove(self) -> None:
         groups = [*self._groups.values(), *(g for gs in self._actor_groups.values() for g in gs)]

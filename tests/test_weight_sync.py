@@ -65,6 +65,24 @@ def test_backend_is_chosen_once_for_both_sides():
         choose(False, [False], [True, True])
 
 
+def test_shared_memory_only_where_dev_shm_has_room(caplog):
+    """A container's default /dev/shm (64 MB) cannot hold two 64 MiB buckets: gloo then, with the reason."""
+    from actors.weight_sync import SHM_SLOTS, shm_free_bytes
+
+    def choose(free, bucket):
+        return choose_backend(use_gpu=False, engines_on_sender_gpu=[False], engines_on_sender_node=[True],
+                              shm_free_bytes=free, bucket_bytes=bucket)
+
+    mib = 2**20
+    assert choose(64 * mib, 64 * mib) == "gloo"
+    assert "64 MiB free on learner rank 0's node" in caplog.text
+    assert choose(2 * SHM_SLOTS * 64 * mib, 64 * mib) == "shm"
+    assert choose(None, 64 * mib) == "shm"  # not measured (a caller that knows the node)
+    assert choose_backend(use_gpu=True, engines_on_sender_gpu=[False], engines_on_sender_node=[True],
+                          shm_free_bytes=0, bucket_bytes=64 * mib) == "nccl"  # GPUs never use it
+    assert shm_free_bytes() > 0  # this machine has a /dev/shm
+
+
 def test_backend_from_run_layouts():
     """The system's plan: colocated GPU engine 0 shares rank 0's GPU (bundle 0 holds both)."""
     from dataclasses import replace

@@ -65,7 +65,7 @@ class System:
         from transformers import AutoTokenizer
 
         from actors.engine_group import EngineGroup
-        from actors.weight_sync import WeightSync, choose_backend
+        from actors.weight_sync import WeightSync, choose_backend, shm_free_bytes
         from reward_server.reward_group import RewardGroup
 
         init_ray(cfg.cluster.address, num_cpus=cfg.cluster.num_cpus)
@@ -74,7 +74,10 @@ class System:
         ro = cfg.rollout
         # Decided before an engine or learner starts, for both sides: a layout no backend can serve fails here.
         backend = choose_backend(use_gpu=cfg.cluster.use_gpu, engines_on_sender_gpu=engines_on_rank0_gpu(cfg),
-                                 engines_on_sender_node=engines_on_rank0_node(placement, ro.start_timeout_s))
+                                 engines_on_sender_node=engines_on_rank0_node(placement, ro.start_timeout_s),
+                                 shm_free_bytes=None if cfg.cluster.use_gpu else
+                                 placement.run_on("learner", shm_free_bytes, ro.start_timeout_s)[0],
+                                 bucket_bytes=ro.weight_sync_bucket_bytes)
         engines = EngineGroup(start_engines(cfg, placement, backend), [ro.tensor_parallel_size] * ro.num_engines,
                               generate_timeout_s=ro.generate_timeout_s, control_timeout_s=ro.control_timeout_s,
                               start_timeout_s=ro.start_timeout_s, max_restarts=ro.max_engine_restarts,
