@@ -121,9 +121,9 @@ def choose_backend(*, use_gpu: bool, engines_on_sender_gpu: Sequence[bool],
 
     CPU: shm when every engine is on rank 0's node and /dev/shm has room for twice its SHM_SLOTS buckets
     of `bucket_bytes` (a container's default 64 MB does not hold two 64 MiB buckets), else gloo (one
-    group must reach every engine, and only gloo reaches another node). GPU: ipc when every engine shares rank 0's GPU (NCCL refuses two
-    ranks on one device, and IPC needs nothing else); nccl when none does. A mix has no GPU backend that
-    reaches every engine.
+    group must reach every engine, and only gloo reaches another node). GPU: ipc when every engine
+    shares rank 0's GPU (NCCL refuses two ranks on one device, and IPC needs nothing else); nccl when
+    none does. A mix has no GPU backend that reaches every engine.
     """
     if not engines_on_sender_gpu or len(engines_on_sender_gpu) != len(engines_on_sender_node):
         raise ValueError(f"weight sync needs at least one engine and one fact per engine "
@@ -258,14 +258,10 @@ def unpack_bucket(flat: Tensor, metas: list[TensorMeta]) -> list[tuple[str, Tens
         if (start + offset) % 8:  # must start at a multiple of its element size; copy the rare misaligned one
             t = flat[offset: offset + m.nbytes].clone().view(dtype).view(m.shape)
         else:
-            t = torch.empty(0, dtype=dtype).set_(storage, (start + offset) // _element_size(dtype), m.shape)
+            t = torch.empty(0, dtype=dtype).set_(storage, (start + offset) // dtype.itemsize, m.shape)
         out.append((m.name, t))
         offset += m.nbytes
     return out
-
-
-def _element_size(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
 
 
 # --- checksums: what the engines must report after loading what we sent ---------------------------

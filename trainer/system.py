@@ -73,11 +73,10 @@ class System:
         placement = Placement(resource_spec(cfg))
         ro = cfg.rollout
         # Decided before an engine or learner starts, for both sides: a layout no backend can serve fails here.
+        shm_free = None if cfg.cluster.use_gpu else placement.run_on("learner", shm_free_bytes, ro.start_timeout_s)[0]
         backend = choose_backend(use_gpu=cfg.cluster.use_gpu, engines_on_sender_gpu=engines_on_rank0_gpu(cfg),
                                  engines_on_sender_node=engines_on_rank0_node(placement, ro.start_timeout_s),
-                                 shm_free_bytes=None if cfg.cluster.use_gpu else
-                                 placement.run_on("learner", shm_free_bytes, ro.start_timeout_s)[0],
-                                 bucket_bytes=ro.weight_sync_bucket_bytes)
+                                 shm_free_bytes=shm_free, bucket_bytes=ro.weight_sync_bucket_bytes)
         engines = EngineGroup(start_engines(cfg, placement, backend), [ro.tensor_parallel_size] * ro.num_engines,
                               generate_timeout_s=ro.generate_timeout_s, control_timeout_s=ro.control_timeout_s,
                               start_timeout_s=ro.start_timeout_s, max_restarts=ro.max_engine_restarts,
