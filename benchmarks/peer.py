@@ -3,12 +3,17 @@
     python -m benchmarks.peer                           # demo scale, both systems
     python -m benchmarks.peer --scale generation        # >= 256 completions x 256 tokens, random ~20M model
     python -m benchmarks.peer --systems grpo-ray --set algorithm.old_logprobs_from_update=false
+    python -m benchmarks.peer --systems grpo-ray,grpo-ray-tp2,trl   # also the demo's own learner layout
 
 Scales:
   demo        the demo (`examples.configs.tiny_cpu`): the shipped 0.9M base, 2-3 digit addition, 8 prompts
               x 8 samples, <= 64 tokens, lr 1e-4, KL 0.001; held-out pass@1 (128 prompts x 4) every 10 steps.
   generation  32 prompts x 8 samples of 256 tokens from a random ~20M-parameter model that almost never
               stops early (`benchmarks.models`); evaluation only at the start and the end, on 8 prompts.
+
+Systems: `grpo-ray` runs its learner as two data-parallel Megatron ranks, one per core (`LAYOUTS`);
+`grpo-ray-tp2` is the demo's own layout, tensor parallelism over the two ranks, which `tiny_cpu` keeps
+to show TP sharding; `trl` is the peer.
 
 Both systems get the same setup (written to runs/bench/peer-<scale>/setup.json) and write metrics.jsonl;
 this script notes when each line appears, samples every process's memory, and reports per system:
@@ -38,6 +43,15 @@ TRL_MICROBATCH = 64
 """Completions per TRL forward/backward, gradients accumulated over the rest: the demo's whole batch, and
 a bound on activation memory at the generation-heavy scale (grpo-ray's learner micro-batches too)."""
 
+LAYOUTS: dict[str, list[str]] = {
+    "grpo-ray": ["learner.tensor_parallel_size=1", "learner.data_parallel_size=2"],
+    "grpo-ray-tp2": ["learner.tensor_parallel_size=2", "learner.data_parallel_size=1"],
+}
+"""grpo-ray's learner layout per system name. Two ranks either way (2 cores); at these model sizes (0.9M and
+21M parameters) tensor parallelism's all-reduces in every layer's forward and backward cost more on two
+CPU cores than splitting each matrix saves, so the comparison runs the layout a user would pick for such
+a model: data parallelism, one all-reduce of the gradients per update."""
+
 SCALES: dict[str, dict[str, Any]] = {
     "demo": {"steps": 30, "set": ["eval.every_steps=10"]},
     "generation": {"steps": 2, "set": [
@@ -47,12 +61,13 @@ SCALES: dict[str, dict[str, Any]] = {
 }
 
 
-def grpo_ray_config(scale: str, steps: int, extra: list[str], run_name: str) -> tuple[Any, list[str]]:
+def grpo_ray_config(scale: str, steps: int, extra: list[str], run_name: str,
+                    system: str = "grpo-ray") -> tuple[Any, list[str]]:
     """The resolved TrainConfig of the grpo-ray run and the --set overrides that give it."""
     from trainer.__main__ import resolve
 
     overrides = [f"name={run_name}", f"output_dir={OUT_DIR / f'peer-{scale}'}", f"total_steps={steps}",
-                 "resume=false", f"checkpoint_every={steps}", *SCALES[scale]["set"]]
+                 "resume=false", f"checkpoint_every={steps}", *LAYOUTS[system], *SCALES[scale]["set"]]
     if scale == "generation":
         from benchmarks.models import write_generation_heavy_model
 
@@ -79,12 +94,13 @@ def setup_of(cfg: Any) -> dict[str, Any]:
     }
 
 
-def run_grpo_ray(scale: str, steps: int, extra: list[str], run_name: str = "grpo_ray") -> dict[str, Any]:
-    cfg, overrides = grpo_ray_config(scale, steps, extra, run_name)
+def run_grpo_ray(scale: str, steps: int, extra: list[str], run_name: str = "grpo_ray",
+                 system: str = "grpo-ray") -> dict[str, Any]:
+    cfg, overrides = grpo_ray_config(scale, steps, extra, run_name, system)
     run_dir = Path(cfg.output_dir) / cfg.name
     shutil.rmtree(run_dir, ignore_errors=True)
     cmd = [sys.executable, "-m", "trainer", "train", "--example", "tiny_cpu", *sum((["--set", o] for o in overrides), [])]
-    print(f"grpo-ray ({scale}, {steps} steps): {run_dir}", flush=True)
+    print(f"{system} ({scale}, {steps} steps): {run_dir}", flush=True)
     result = run_logged(cmd, log_path=run_dir.parent / f"{run_name}.log", metrics_path=run_dir / "metrics.jsonl")
     return summarize(result, n=cfg.sequences_per_step) | {"run_dir": str(run_dir), "overrides": overrides,
                                                            "setup": setup_of(cfg)}
@@ -153,13 +169,18 @@ def report(scale: str, systems: dict[str, dict[str, Any] | None]) -> dict[str, A
         print_table(f"{name}: held-out pass@1 against step and training seconds",
                     ["step", "train s", "wall s", "pass@1"],
                     [[c["step"], c["train_s"], c["wall_s"], c["pass@1"]] for c in s["eval"]])
-    ratios = {}
-    if len(ran) == 2:
-        g, t = ran["grpo-ray"], ran["trl"]
-        ratios = {"steps_per_s_grpo_ray_over_trl": t["s_per_step_median"] / g["s_per_step_median"],
-                  "tokens_per_s_grpo_ray_over_trl": g["generated_tokens_per_s"] / t["generated_tokens_per_s"],
-                  "process_wall_trl_over_grpo_ray": t["process_wall_s"] / g["process_wall_s"]}
-        print_table("ratios (> 1: grpo-ray ahead)", ["ratio", "value"], [[k, v] for k, v in ratios.items()])
+    ratios: dict[str, dict[str, float]] = {}
+    t = ran.get("trl")
+    for name, g in ran.items():
+        if name == "trl" or t is None:
+            continue
+        ratios[name] = {"steps_per_s_grpo_ray_over_trl": t["s_per_step_median"] / g["s_per_step_median"],
+                        "tokens_per_s_grpo_ray_over_trl": g["generated_tokens_per_s"] / t["generated_tokens_per_s"],
+                        "process_wall_trl_over_grpo_ray": t["process_wall_s"] / g["process_wall_s"]}
+    if ratios:
+        keys = list(next(iter(ratios.values())))
+        print_table("ratios against TRL (> 1: grpo-ray ahead)", ["ratio", *ratios],
+                    [[k, *(r[k] for r in ratios.values())] for k in keys])
     return {"scale": scale, "systems": systems, "ratios": ratios}
 
 
@@ -167,19 +188,24 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scale", choices=sorted(SCALES), action="append", help="repeatable (default: demo)")
     ap.add_argument("--steps", type=int, default=None, help="steps per run (default: the scale's)")
-    ap.add_argument("--systems", default="grpo-ray,trl", help="comma-separated: grpo-ray, trl")
+    ap.add_argument("--systems", default="grpo-ray,trl",
+                    help=f"comma-separated, run in this order: {', '.join(LAYOUTS)}, trl")
     ap.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
                     help="an override for the grpo-ray run only (repeatable)")
     args = ap.parse_args()
     systems = args.systems.split(",")
+    unknown = sorted(set(systems) - {*LAYOUTS, "trl"})
+    if unknown:
+        ap.error(f"unknown system(s) {', '.join(unknown)}; choose from {', '.join(LAYOUTS)}, trl")
     for scale in args.scale or ["demo"]:
         steps = args.steps or SCALES[scale]["steps"]
         runs: dict[str, dict[str, Any] | None] = {}
         setup: dict[str, Any] = setup_of(grpo_ray_config(scale, steps, args.extra, "grpo_ray")[0])
-        if "grpo-ray" in systems:
-            runs["grpo-ray"] = run_grpo_ray(scale, steps, args.extra)
-        if "trl" in systems:
-            runs["trl"] = run_trl(scale, setup)
+        for system in systems:
+            if system == "trl":
+                runs["trl"] = run_trl(scale, setup)
+            else:
+                runs[system] = run_grpo_ray(scale, steps, args.extra, run_name=system.replace("-", "_"), system=system)
         write_json(f"peer_{scale}", report(scale, runs) | {"setup": setup, "grpo_ray_set": args.extra})
 
 

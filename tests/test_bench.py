@@ -34,9 +34,13 @@ def test_report_ratios_are_grpo_ray_over_trl(capsys):
     g = {"steps": 2, "s_per_step_median": 1.0, "s_per_step_mean": 1.0, "tokens_per_step": 10.0,
          "generated_tokens_per_s": 300.0, "process_wall_s": 50.0, "eval": []}
     t = g | {"s_per_step_median": 2.0, "generated_tokens_per_s": 100.0, "process_wall_s": 25.0}
-    out = report("demo", {"grpo-ray": g, "trl": t})
-    assert out["ratios"] == {"steps_per_s_grpo_ray_over_trl": 2.0, "tokens_per_s_grpo_ray_over_trl": 3.0,
-                             "process_wall_trl_over_grpo_ray": 0.5}
+    tp2 = g | {"s_per_step_median": 4.0, "generated_tokens_per_s": 50.0, "process_wall_s": 100.0}
+    out = report("demo", {"grpo-ray": g, "grpo-ray-tp2": tp2, "trl": t})
+    assert out["ratios"] == {
+        "grpo-ray": {"steps_per_s_grpo_ray_over_trl": 2.0, "tokens_per_s_grpo_ray_over_trl": 3.0,
+                     "process_wall_trl_over_grpo_ray": 0.5},
+        "grpo-ray-tp2": {"steps_per_s_grpo_ray_over_trl": 0.5, "tokens_per_s_grpo_ray_over_trl": 0.5,
+                         "process_wall_trl_over_grpo_ray": 0.25}}
     assert "peer comparison" in capsys.readouterr().out
     assert report("demo", {"grpo-ray": g, "trl": None})["ratios"] == {}
 
