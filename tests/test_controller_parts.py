@@ -4,6 +4,7 @@ checkpoint atomicity, metrics files, and the example configs."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -122,7 +123,8 @@ def test_group_selection_and_stats():
     assert [p.index for p in merged.rollout.prompts] == [1, 0]
     with pytest.raises(ValueError, match="policy versions"):
         concat_scored([picked, select_groups(_scored([[1.0, 0.0]], [[1, 1]], version=3), [0])])
-    stats = rollout_stats(scored)
+    stats = rollout_stats(replace(scored, rollout=replace(scored.rollout, engine_seconds=1.5)))
+    assert stats["rollout_engine_s"] == 1.5
     assert stats["accuracy"] == pytest.approx(3 / 6)
     assert stats["zero_variance_group_frac"] == pytest.approx(2 / 3)
     assert stats["truncated_frac"] == pytest.approx(1 / 6)

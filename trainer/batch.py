@@ -75,6 +75,9 @@ def rollout_stats(scored: ScoredBatch) -> dict[str, float]:
         "truncated_frac": sum(c.finish_reason == "length" for c in completions) / len(completions),
         "zero_variance_group_frac": float((~useful_groups(rewards)).float().mean()),
         "reward_errors": float(sum(r.error is not None for r in results)),
+        # The slowest engine's own seconds in vLLM; time/rollout/generate minus this is the dispatch
+        # (Ray's calls, the transfer of the results, the wait on the engine's lock).
+        "rollout_engine_s": scored.rollout.engine_seconds,
     }
     for name in sorted({k for r in results for k in r.components}):
         stats[f"reward/{name}"] = sum(r.components.get(name, 0.0) for r in results) / len(results)
