@@ -81,6 +81,7 @@ def rollout_worker_kwargs(cfg: TrainConfig, engine_index: int, weight_transfer_b
         gpu_memory_utilization=ro.gpu_memory_utilization,
         enable_sleep_mode=ro.enable_sleep_mode or cfg.cluster.colocate,  # colocated engines must free memory
         cpu_kvcache_gib=ro.cpu_kvcache_gib,
+        cpu_linear=ro.cpu_linear,
         seed=cfg.seed,
         engine_index=engine_index,
         cpu_threads=None if cfg.cluster.use_gpu else cpu_threads_bind(engine_index, ro.num_engines),
@@ -122,7 +123,8 @@ class RolloutWorker:
 
     def __init__(self, model_path: str, *, dtype: str = "float32", tensor_parallel_size: int = 1,
                  max_model_len: int = 256, gpu_memory_utilization: float = 0.5,
-                 enable_sleep_mode: bool = False, cpu_kvcache_gib: float = 1.0, seed: int = 0,
+                 enable_sleep_mode: bool = False, cpu_kvcache_gib: float = 1.0, cpu_linear: str = "onednn",
+                 seed: int = 0,
                  engine_index: int = 0, cpu_threads: str | None = None, use_gpu: bool | None = None,
                  weight_transfer_backend: str | None = None, bundle_indices: list[int] | None = None):
         import torch
@@ -132,8 +134,11 @@ class RolloutWorker:
         self.on_gpu = torch.cuda.is_available() if use_gpu is None else use_gpu
         self.backend = weight_transfer_backend or ("nccl" if self.on_gpu else "gloo")
         if not self.on_gpu:
+            from actors.weight_sync import CPU_LINEAR_ENV
+
             # Read by the engine-core and worker processes vLLM spawns from here.
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, math.ceil(cpu_kvcache_gib)))
+            os.environ[CPU_LINEAR_ENV] = cpu_linear  # read by actors.weight_sync.register_vllm_plugin
             if cpu_threads is not None:
                 os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpu_threads
         executor_args, executor_env = engine_executor_args(
@@ -311,7 +316,8 @@ class RolloutWorker:
         """The version this engine holds (0: weights from disk; -1: a failed transfer), with checksums on request.
 
         Checksum keys are vLLM's: a `dp0:pp0:pcp0:tp<k>:` rank prefix plus the vLLM parameter name. On CPU
-        only embeddings, norms and biases are covered (linear weights live in packed kernels there).
+        with vLLM's oneDNN kernels only embeddings, norms and biases are covered (linear weights live in
+        packed kernels there); with `cpu_linear="torch"` the linear weights too.
         """
         checksums: dict[str, str] = {}
         if with_checksums:

@@ -9,7 +9,9 @@ the same tensors into preallocated buffers in the sender's process (on a GPU: de
 backends are chosen as a run chooses them: on CPU both gloo (what an engine on another node gets) and
 shared memory (an engine on the sender's node, as here), one after the other into the same engine; NCCL
 when Ray has two GPUs (sender and engine on one each). The first push of each backend warms up; the
-median of the next `--repeats` is reported.
+median of the next `--repeats` is reported. On CPU each size runs once per `--cpu-linear` choice of the
+engine's linear kernels (`rollout.cpu_linear`): vLLM's oneDNN kernels, whose weights every sync must
+restore, load and repack layer by layer, and torch's, into whose parameters a sync copies in place.
 """
 
 from __future__ import annotations
@@ -98,7 +100,8 @@ class OneRankLearner:
         return [self.actor.push_weights.remote(version, bucket_bytes, checksums)]
 
 
-def measure(label: str, model_dir: str, *, use_gpu: bool, bucket_bytes: int, repeats: int) -> list[dict[str, Any]]:
+def measure(label: str, model_dir: str, *, use_gpu: bool, bucket_bytes: int, repeats: int,
+            cpu_linear: str = "onednn") -> list[dict[str, Any]]:
     """One row per backend: gloo and shm on CPU (one engine serves both), nccl on GPUs."""
     import ray
 
@@ -110,7 +113,7 @@ def measure(label: str, model_dir: str, *, use_gpu: bool, bucket_bytes: int, rep
                 for on_node in ([False] if use_gpu else [False, True])]
     gpus = 1 if use_gpu else 0
     engine: Any = ray.remote(num_cpus=1, num_gpus=gpus)(RolloutWorker).remote(
-        model_dir, max_model_len=128, weight_transfer_backend=backends[0], use_gpu=use_gpu)
+        model_dir, max_model_len=128, weight_transfer_backend=backends[0], use_gpu=use_gpu, cpu_linear=cpu_linear)
     sender: Any = ray.remote(num_cpus=1, num_gpus=gpus)(Sender).remote(model_dir, use_gpu)
     group = EngineGroup([engine], control_timeout_s=300.0)
     rows, version = [], 0
@@ -135,7 +138,9 @@ def measure(label: str, model_dir: str, *, use_gpu: bool, bucket_bytes: int, rep
         group.shutdown()
         ray.kill(engine)
         ray.kill(sender)
-    return [{"size": label, "params": params, "bytes": nbytes, **row, "sync_bytes_per_s": nbytes / row["sync_s"],
+    kernels = "cuda" if use_gpu else cpu_linear
+    return [{"size": label, "params": params, "bytes": nbytes, "kernels": kernels, **row,
+             "sync_bytes_per_s": nbytes / row["sync_s"],
              "memcpy_s": copy_s, "memcpy_bytes_per_s": nbytes / copy_s, "sync_over_memcpy": copy_s / row["sync_s"]}
             for row in rows]
 
@@ -145,6 +150,8 @@ def main() -> None:
     ap.add_argument("--sizes", default="1m,10m,100m", help=f"comma-separated of {', '.join(SIZES)}")
     ap.add_argument("--bucket-mib", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--cpu-linear", default="onednn,torch",
+                    help="comma-separated CPU engine linear kernels to measure (rollout.cpu_linear); ignored on GPUs")
     args = ap.parse_args()
     import ray
     from ray import cloudpickle
@@ -155,6 +162,7 @@ def main() -> None:
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's workers cannot import benchmarks/
     init_ray("local", log_to_driver=False)
     use_gpu = ray.cluster_resources().get("GPU", 0) >= 2
+    kernel_choices = ["onednn"] if use_gpu else args.cpu_linear.split(",")
     results = []
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -163,19 +171,20 @@ def main() -> None:
                 model = str(write_test_model(f"{tmp}/{label}", intermediate_size=3 * shape["hidden_size"],
                                              num_heads=shape["hidden_size"] // 64,
                                              num_kv_heads=shape["hidden_size"] // 64, **shape))
-                rows = measure(label, model, use_gpu=use_gpu, bucket_bytes=args.bucket_mib * 2**20,
-                               repeats=args.repeats)
-                results.extend(rows)
-                for r in rows:
-                    print(f"{label}: {r['params'] / 1e6:.1f}M params, {r['backend']} sync {r['sync_s']:.3f} s, "
-                          f"memcpy {r['memcpy_s']:.4f} s", flush=True)
+                for kernels in kernel_choices:
+                    rows = measure(label, model, use_gpu=use_gpu, bucket_bytes=args.bucket_mib * 2**20,
+                                   repeats=args.repeats, cpu_linear=kernels)
+                    results.extend(rows)
+                    for r in rows:
+                        print(f"{label}: {r['params'] / 1e6:.1f}M params, {r['kernels']} engine, {r['backend']} "
+                              f"sync {r['sync_s']:.3f} s, memcpy {r['memcpy_s']:.4f} s", flush=True)
     finally:
         ray.shutdown()
     mib = 2**20
     print_table(f"weight sync (buckets of {args.bucket_mib} MiB) against a memory copy of the same bytes",
-                ["size", "backend", "params (M)", "MiB", "buckets", "sync s", "sync MiB/s", "memcpy MiB/s",
-                 "sync / memcpy"],
-                [[r["size"], r["backend"], r["params"] / 1e6, r["bytes"] / mib, r["buckets"], r["sync_s"],
+                ["size", "engine kernels", "backend", "params (M)", "MiB", "buckets", "sync s", "sync MiB/s",
+                 "memcpy MiB/s", "sync / memcpy"],
+                [[r["size"], r["kernels"], r["backend"], r["params"] / 1e6, r["bytes"] / mib, r["buckets"], r["sync_s"],
                   r["sync_bytes_per_s"] / mib, r["memcpy_bytes_per_s"] / mib, r["sync_over_memcpy"]]
                  for r in results])
     write_json("weight_sync", {"args": vars(args), "use_gpu": use_gpu, "results": results})

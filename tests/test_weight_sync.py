@@ -348,6 +348,33 @@ def test_route_source_and_interface_of_loopback():
     assert interface_of("203.0.113.7") is None  # TEST-NET-3: never local
 
 
+@pytest.mark.slow  # imports vLLM's layers (~15 s)
+def test_torch_linear_dispatch_keeps_weights_and_loads_in_place(monkeypatch):
+    """`use_torch_linear` gives 2-D weights `torch_linear` and keeps the parameter (vLLM's oneDNN dispatch
+    would empty it); `loads_in_place` holds only when every CPU linear layer reads its own parameter."""
+    from vllm.model_executor.layers import utils
+
+    from actors.weight_sync import loads_in_place, torch_linear, use_torch_linear
+
+    monkeypatch.setattr(utils, "dispatch_cpu_unquantized_gemm", utils.dispatch_cpu_unquantized_gemm)
+    use_torch_linear()
+    use_torch_linear()  # idempotent: one wrapper, not two
+    assert utils.dispatch_cpu_unquantized_gemm.grpo_ray_torch_linear
+    layers = torch.nn.ModuleList([torch.nn.Linear(8, 4), torch.nn.Linear(4, 8, bias=False)])
+    for layer in layers:
+        weight = layer.weight
+        utils.dispatch_cpu_unquantized_gemm(layer, remove_weight=True)
+        assert layer.cpu_linear is torch_linear and layer.weight is weight and weight.numel() > 0
+    assert loads_in_place(layers)
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        layers[0].weight.mul_(2)  # what a weight sync does: copy into the parameter
+    assert torch.equal(layers[0].cpu_linear(x, layers[0].weight, layers[0].bias), layers[0](x))
+    layers[1].cpu_linear = lambda x, weight, bias: x  # e.g. a kernel over a packed copy
+    assert not loads_in_place(layers)
+    assert not loads_in_place(torch.nn.Linear(2, 2)), "a model without CPU linear kernels is not in place"
+
+
 # --- real engine ---------------------------------------------------------------------------------
 
 
@@ -529,6 +556,53 @@ def test_shared_memory_sync_delivers_the_senders_weights(setup):
         want = ray.get([sender.greedy.remote(list(ids), 12) for ids in batch.prompt_token_ids])
         assert [list(g[0].token_ids) for g in batch.completions] == want
     finally:
+        sync.connect()  # the tests after this one use the module's gloo group
+
+
+@pytest.mark.slow
+def test_torch_linear_engine_takes_the_weights_in_place(setup, tmp_path):
+    """An engine with `rollout.cpu_linear: torch` keeps its linear weights as parameters (no oneDNN
+    repacking), so a sync copies into them without vLLM's layerwise reload: afterwards the engine generates
+    what the sender does, and its checksums, which now cover the fused qkv and gate_up weights too, equal
+    the sender's bytes."""
+    import psutil
+    import ray
+
+    from actors.engine_group import EngineGroup
+    from actors.rollout import RolloutWorker
+    from actors.weight_sync import WeightSync
+    from examples.tiny_model import write_test_model
+
+    _, _, sender, sync = setup
+    model_dir = write_test_model(tmp_path / "c", seed=2, hidden_size=128, num_layers=2)  # the sender's shapes
+    engine = ray.remote(num_cpus=1)(RolloutWorker).remote(str(model_dir), max_model_len=128, seed=0,
+                                                          cpu_linear="torch")
+    group = EngineGroup([engine], control_timeout_s=60.0)
+    children = ray.get(engine.child_pids.remote())
+    shm = WeightSync(group, OneRankLearner(sender), backend="shm", timeout_s=SYNC_TIMEOUT_S,
+                     bucket_bytes=1 << 16, checksum_every=1)
+    try:
+        before = group.generate(PROMPTS, n=1, temperature=0.0, top_p=1.0, max_tokens=12, stop=(), seed=0)
+        shm.connect()
+        stats = shm.push(1)
+        assert stats["weight_sync_checksums_compared"] >= 5
+        [held] = group.versions(with_checksums=True)
+        got = {k.split(":")[-1]: v for k, v in held.checksums.items()}
+        want = ray.get(sender.checksums.remote())
+        assert "model.layers.0.self_attn.qkv_proj.weight" in got and "model.layers.1.mlp.down_proj.weight" in got
+        assert {k: want.get(k) for k in got} == got
+        after = group.generate(PROMPTS, n=1, temperature=0.0, top_p=1.0, max_tokens=12, stop=(), seed=0)
+        hf = ray.get([sender.greedy.remote(list(ids), 12) for ids in after.prompt_token_ids])
+        assert [list(g[0].token_ids) for g in after.completions] == hf
+        assert hf != [list(g[0].token_ids) for g in before.completions], "the new weights changed nothing"
+    finally:
+        group.shutdown()
+        ray.kill(engine)
+        for pid in children:  # vLLM's engine core may outlive its killed parent
+            try:
+                psutil.Process(pid).kill()
+            except psutil.NoSuchProcess:
+                pass
         sync.connect()  # the tests after this one use the module's gloo group
 
 
