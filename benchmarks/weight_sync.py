@@ -10,8 +10,9 @@ backends are chosen as a run chooses them: on CPU both gloo (what an engine on a
 shared memory (an engine on the sender's node, as here), one after the other into the same engine; NCCL
 when Ray has two GPUs (sender and engine on one each). The first push of each backend warms up; the
 median of the next `--repeats` is reported. On CPU each size runs once per `--cpu-linear` choice of the
-engine's linear kernels (`rollout.cpu_linear`): vLLM's oneDNN kernels, whose weights every sync must
-restore, load and repack layer by layer, and torch's, into whose parameters a sync copies in place.
+engine's linear kernels (`rollout.cpu_linear`): torch's (the default), into whose parameters a sync
+copies in place, and vLLM's oneDNN kernels, whose weights every sync must restore, load and repack
+layer by layer.
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ class OneRankLearner:
 
 
 def measure(label: str, model_dir: str, *, use_gpu: bool, bucket_bytes: int, repeats: int,
-            cpu_linear: str = "onednn") -> list[dict[str, Any]]:
+            cpu_linear: str = "torch") -> list[dict[str, Any]]:
     """One row per backend: gloo and shm on CPU (one engine serves both), nccl on GPUs."""
     import ray
 
@@ -150,7 +151,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="1m,10m,100m", help=f"comma-separated of {', '.join(SIZES)}")
     ap.add_argument("--bucket-mib", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--cpu-linear", default="onednn,torch",
+    ap.add_argument("--cpu-linear", default="torch,onednn",
                     help="comma-separated CPU engine linear kernels to measure (rollout.cpu_linear); ignored on GPUs")
     args = ap.parse_args()
     import ray
@@ -162,7 +163,7 @@ def main() -> None:
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's workers cannot import benchmarks/
     init_ray("local", log_to_driver=False)
     use_gpu = ray.cluster_resources().get("GPU", 0) >= 2
-    kernel_choices = ["onednn"] if use_gpu else args.cpu_linear.split(",")
+    kernel_choices = ["torch"] if use_gpu else args.cpu_linear.split(",")  # the choice is CPU-only
     results = []
     try:
         with tempfile.TemporaryDirectory() as tmp:

@@ -1,7 +1,7 @@
 """Weight sync into a real vLLM engine on CPU: a Hugging Face model plays the learner's rank 0.
 
-One engine (model A, seed 0) and one sender actor holding model B (seed 1) are started once for the
-module. After pushing B, the engine must generate what B generates and report B's logprobs.
+One engine (model A, seed 0; vLLM's oneDNN kernels) and one sender actor holding model B (seed 1) are
+started once for the module; a second engine with the default in-place kernels for one test. After pushing B, the engine must generate what B generates and report B's logprobs.
 """
 
 from __future__ import annotations
@@ -462,7 +462,9 @@ def setup(tmp_path_factory):
 
     init_ray("local", num_cpus=4, log_to_driver=False)
     try:
-        engine = ray.remote(num_cpus=1)(RolloutWorker).remote(str(engine_dir), max_model_len=128, seed=0)
+        # vLLM's oneDNN kernels and its layerwise reload here; the in-place default has a test of its own.
+        engine = ray.remote(num_cpus=1)(RolloutWorker).remote(str(engine_dir), max_model_len=128, seed=0,
+                                                              cpu_linear="onednn")
         sender = ray.remote(num_cpus=1)(HFSender).remote(str(sender_dir))
         group = EngineGroup([engine], control_timeout_s=60.0)
         sync = WeightSync(group, OneRankLearner(sender), backend="gloo", timeout_s=SYNC_TIMEOUT_S,
@@ -561,7 +563,7 @@ def test_shared_memory_sync_delivers_the_senders_weights(setup):
 
 @pytest.mark.slow
 def test_torch_linear_engine_takes_the_weights_in_place(setup, tmp_path):
-    """An engine with `rollout.cpu_linear: torch` keeps its linear weights as parameters (no oneDNN
+    """An engine with `rollout.cpu_linear: torch` (the default) keeps its linear weights as parameters (no oneDNN
     repacking), so a sync copies into them without vLLM's layerwise reload: afterwards the engine generates
     what the sender does, and its checksums, which now cover the fused qkv and gate_up weights too, equal
     the sender's bytes."""
@@ -575,8 +577,7 @@ def test_torch_linear_engine_takes_the_weights_in_place(setup, tmp_path):
 
     _, _, sender, sync = setup
     model_dir = write_test_model(tmp_path / "c", seed=2, hidden_size=128, num_layers=2)  # the sender's shapes
-    engine = ray.remote(num_cpus=1)(RolloutWorker).remote(str(model_dir), max_model_len=128, seed=0,
-                                                          cpu_linear="torch")
+    engine = ray.remote(num_cpus=1)(RolloutWorker).remote(str(model_dir), max_model_len=128, seed=0)
     group = EngineGroup([engine], control_timeout_s=60.0)
     children = ray.get(engine.child_pids.remote())
     shm = WeightSync(group, OneRankLearner(sender), backend="shm", timeout_s=SYNC_TIMEOUT_S,
