@@ -771,10 +771,17 @@ def use_torch_linear() -> None:
 
 
 def loads_in_place(model: torch.nn.Module) -> bool:
-    """Whether `load_weights` alone updates what the model computes with: every CPU linear layer runs
-    `torch_linear` on its own parameter (`use_torch_linear`), so there is nothing to re-process."""
-    kernels = [m.cpu_linear for m in model.modules() if hasattr(m, "cpu_linear")]
-    return bool(kernels) and all(k is torch_linear for k in kernels)
+    """Whether `load_weights` alone updates what the model computes with: every layer with a weight-processing
+    method is an unquantized linear or embedding layer that runs `torch_linear` on its own parameter
+    (`use_torch_linear`), so there is nothing to re-process. Anything else (a fused MoE, a packed conv
+    weight, a quantized layer) keeps vLLM's layerwise reload."""
+    from vllm.model_executor.layers.linear import UnquantizedLinearMethod
+    from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod
+
+    layers = [m for m in model.modules() if getattr(m, "quant_method", None) is not None]
+    return bool(layers) and all(
+        isinstance(m.quant_method, (UnquantizedLinearMethod, UnquantizedEmbeddingMethod))
+        and getattr(m, "cpu_linear", None) is torch_linear for m in layers)
 
 
 def register_vllm_plugin() -> None:

@@ -351,8 +351,10 @@ def test_route_source_and_interface_of_loopback():
 @pytest.mark.slow  # imports vLLM's layers (~15 s)
 def test_torch_linear_dispatch_keeps_weights_and_loads_in_place(monkeypatch):
     """`use_torch_linear` gives 2-D weights `torch_linear` and keeps the parameter (vLLM's oneDNN dispatch
-    would empty it); `loads_in_place` holds only when every CPU linear layer reads its own parameter."""
+    would empty it); `loads_in_place` holds only when every layer with a weight-processing method is an
+    unquantized one that reads its own parameter."""
     from vllm.model_executor.layers import utils
+    from vllm.model_executor.layers.linear import UnquantizedLinearMethod
 
     from actors.weight_sync import loads_in_place, torch_linear, use_torch_linear
 
@@ -362,6 +364,7 @@ def test_torch_linear_dispatch_keeps_weights_and_loads_in_place(monkeypatch):
     assert utils.dispatch_cpu_unquantized_gemm.grpo_ray_torch_linear
     layers = torch.nn.ModuleList([torch.nn.Linear(8, 4), torch.nn.Linear(4, 8, bias=False)])
     for layer in layers:
+        layer.quant_method = UnquantizedLinearMethod()
         weight = layer.weight
         utils.dispatch_cpu_unquantized_gemm(layer, remove_weight=True)
         assert layer.cpu_linear is torch_linear and layer.weight is weight and weight.numel() > 0
@@ -370,9 +373,12 @@ def test_torch_linear_dispatch_keeps_weights_and_loads_in_place(monkeypatch):
     with torch.no_grad():
         layers[0].weight.mul_(2)  # what a weight sync does: copy into the parameter
     assert torch.equal(layers[0].cpu_linear(x, layers[0].weight, layers[0].bias), layers[0](x))
+    other = torch.nn.Linear(8, 8)
+    other.quant_method = object()  # e.g. a fused MoE or a quantized layer: its own processing after a load
+    assert not loads_in_place(torch.nn.ModuleList([*layers, other]))
     layers[1].cpu_linear = lambda x, weight, bias: x  # e.g. a kernel over a packed copy
     assert not loads_in_place(layers)
-    assert not loads_in_place(torch.nn.Linear(2, 2)), "a model without CPU linear kernels is not in place"
+    assert not loads_in_place(torch.nn.Linear(2, 2)), "a model without vLLM's layers is not in place"
 
 
 # --- real engine ---------------------------------------------------------------------------------
