@@ -1,7 +1,8 @@
 """Weight sync into a real vLLM engine on CPU: a Hugging Face model plays the learner's rank 0.
 
 One engine (model A, seed 0; vLLM's oneDNN kernels) and one sender actor holding model B (seed 1) are
-started once for the module; a second engine with the default in-place kernels for one test. After pushing B, the engine must generate what B generates and report B's logprobs.
+started once for the module; one test starts a second engine with the default in-place kernels. After
+pushing B, the engine must generate what B generates and report B's logprobs.
 """
 
 from __future__ import annotations
@@ -569,10 +570,10 @@ def test_shared_memory_sync_delivers_the_senders_weights(setup):
 
 @pytest.mark.slow
 def test_torch_linear_engine_takes_the_weights_in_place(setup, tmp_path):
-    """An engine with `rollout.cpu_linear: torch` (the default) keeps its linear weights as parameters (no oneDNN
-    repacking), so a sync copies into them without vLLM's layerwise reload: afterwards the engine generates
-    what the sender does, and its checksums, which now cover the fused qkv and gate_up weights too, equal
-    the sender's bytes."""
+    """An engine with `rollout.cpu_linear: torch` (the default) keeps its linear weights as parameters (no
+    oneDNN repacking), so a sync copies into them without vLLM's layerwise reload: afterwards the engine
+    generates what the sender does, and its checksums, which now cover the fused qkv and gate_up weights
+    too, equal the sender's bytes."""
     import psutil
     import ray
 
