@@ -110,7 +110,6 @@ CPU_LINEAR_ENV = "GRPO_RAY_CPU_LINEAR"
 """Set by a CPU engine's actor for the processes vLLM spawns from it (`rollout.cpu_linear`): "torch" makes
 the engine's linear layers run `torch_linear` on their parameters (`register_vllm_plugin`), "onednn" keeps
 vLLM's own choice, weights repacked for oneDNN (also what a vLLM process started without it gets)."""
-CPU_LINEAR_KERNELS = ("onednn", "torch")
 NCCL_ID_KEY = "nccl_unique_id"
 POLL_S = 0.001
 """Polling interval of the waits that have no blocking form with a deadline (CUDA events, threads)."""
@@ -789,6 +788,8 @@ def register_vllm_plugin() -> None:
     (CPU_LINEAR_ENV) switch the CPU linear kernels to `torch_linear`. Idempotent (vLLM may call it many
     times)."""
     from vllm.distributed.weight_transfer.factory import WeightTransferEngineFactory
+
+    from trainer.config import CPU_LINEAR_KERNELS
 
     for name in CPU_BACKENDS:
         if name not in WeightTransferEngineFactory._registry:

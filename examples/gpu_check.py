@@ -379,19 +379,22 @@ def check_offload(report: Report, worker, vocab: int) -> None:
 
     gib = 2**30
     sync = torch.cuda.synchronize if worker.use_gpu else (lambda: None)
+
+    def timed(call):
+        """(result, seconds) of one offload or onload, the device idle before and after."""
+        sync()
+        start = time.perf_counter()
+        result = call()
+        sync()
+        return result, time.perf_counter() - start
+
     before = device_state_bytes(worker)
     allocated = (torch.cuda.memory_allocated() / gib, torch.cuda.memory_reserved() / gib) if worker.use_gpu else (0, 0)
-    sync()
-    start = time.perf_counter()
-    moved = worker.offload()
-    offload_s = time.perf_counter() - start
+    moved, offload_s = timed(worker.offload)
     keep, discard = worker._device_state()
     emptied = not unique_storages(keep + discard, worker.device)  # no storage with bytes left on the device
     after = (torch.cuda.memory_allocated() / gib, torch.cuda.memory_reserved() / gib) if worker.use_gpu else (0, 0)
-    start = time.perf_counter()
-    worker.onload()
-    sync()
-    onload_s = time.perf_counter() - start
+    _, onload_s = timed(worker.onload)
     restored = [storage_bytes(s).cpu() for s in unique_storages(worker._device_state()[0], worker.device).values()]
     identical = len(restored) == len(before) and all(torch.equal(a, b) for a, b in zip(restored, before))
     freed_ok = after[0] <= allocated[0] - (1 - OFFLOAD_LEFT_MAX_FRACTION) * moved["offloaded_gib"] \
@@ -401,14 +404,8 @@ def check_offload(report: Report, worker, vocab: int) -> None:
     stats = worker.optim_step()
     runs = math.isfinite(metrics["loss"]) and math.isfinite(stats["grad_norm"])
     # A colocated run offloads every step: from the second round on the pinned host buffers are reused.
-    sync()
-    start = time.perf_counter()
-    worker.offload()
-    offload2_s = time.perf_counter() - start
-    start = time.perf_counter()
-    worker.onload()
-    sync()
-    onload2_s = time.perf_counter() - start
+    _, offload2_s = timed(worker.offload)
+    _, onload2_s = timed(worker.onload)
     report.check("offload_onload", emptied and freed_ok and identical and runs,
                  (f"GPU allocated {allocated[0]:.2f} -> {after[0]:.2f} GiB, reserved {allocated[1]:.2f} -> "
                   f"{after[1]:.2f} GiB; " if worker.use_gpu else "CPU: ") +

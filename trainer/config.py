@@ -22,6 +22,8 @@ AdvantageEstimator = Literal["grpo", "dr_grpo", "rloo"]
 KLEstimator = Literal["k1", "k2", "k3"]
 LossAggregation = Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"]
 OldLogprobSource = Literal["learner", "rollout"]
+CpuLinear = Literal["onednn", "torch"]
+CPU_LINEAR_KERNELS: tuple[str, ...] = typing.get_args(CpuLinear)
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,7 @@ class RolloutConfig:
     """Prompt plus response length the engine reserves for."""
     cpu_kvcache_gib: float = 1.0
     """KV-cache size per engine on CPU (vLLM's VLLM_CPU_KVCACHE_SPACE)."""
-    cpu_linear: Literal["onednn", "torch"] = "torch"
+    cpu_linear: CpuLinear = "torch"
     """Linear kernels of CPU engines: torch's on the weights as loaded (a weight sync copies into them in
     place), or vLLM's own oneDNN kernels on weights repacked at every load (each sync then runs vLLM's
     layerwise reload: 3.2x slower at 110M parameters; README, Performance)."""
