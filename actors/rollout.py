@@ -123,7 +123,7 @@ class RolloutWorker:
 
     def __init__(self, model_path: str, *, dtype: str = "float32", tensor_parallel_size: int = 1,
                  max_model_len: int = 256, gpu_memory_utilization: float = 0.5,
-                 enable_sleep_mode: bool = False, cpu_kvcache_gib: float = 1.0, cpu_linear: str = "torch",
+                 enable_sleep_mode: bool = False, cpu_kvcache_gib: float = 1.0, cpu_linear: str = "onednn",
                  seed: int = 0,
                  engine_index: int = 0, cpu_threads: str | None = None, use_gpu: bool | None = None,
                  weight_transfer_backend: str | None = None, bundle_indices: list[int] | None = None):
@@ -317,7 +317,7 @@ class RolloutWorker:
 
         Checksum keys are vLLM's: a `dp0:pp0:pcp0:tp<k>:` rank prefix plus the vLLM parameter name. On CPU
         with vLLM's oneDNN kernels only embeddings, norms and biases are covered (linear weights live in
-        packed kernels there); with `cpu_linear="torch"` (the default) the linear weights too.
+        packed kernels there; the default); with `cpu_linear="torch"` the linear weights too.
         """
         checksums: dict[str, str] = {}
         if with_checksums:

@@ -40,12 +40,14 @@ We use vLLM's RL interface (`init_weight_transfer_engine`, `start_weight_update`
   layer for oneDNN: about half the engine's share); shm removes the socket and the packing copy and
   overlaps rank 0's writing with the engines' loading: 0.67 s against gloo's 1.10 s per sync, 0.14x and
   0.09x of a memory copy of the same bytes. vLLM's reload is most of what remains.
-- In place (CPU, `rollout.cpu_linear: torch`, the default): the engines' linear layers run
+- In place (CPU, `rollout.cpu_linear: torch`; the default is `onednn`): the engines' linear layers run
   `torch_linear` on their parameters instead of oneDNN kernels on repacked copies (`use_torch_linear`,
   applied by the plugin in every vLLM process), so `load_weights` copies straight into what the kernels
   read and the layerwise reload is skipped (`loads_in_place`): 0.23 s per sync at 110M over shm, 0.34x
   of a memory copy; what is left is two copies of every byte (into /dev/shm, then into the parameters)
-  sharing two cores' memory bandwidth. With `cpu_linear: onednn` the layerwise reload above runs instead.
+  sharing two cores' memory bandwidth. The price: torch's CPU GEMM is not batch-invariant (oneDNN's is),
+  so an engine's logprobs move in their last bits with its batching. With `cpu_linear: onednn` the
+  layerwise reload above runs.
 - nccl: vLLM's built-in engine, joined by an `ncclUniqueId` that rank 0 mints and publishes in the
   control store (vLLM's other rendezvous, a TCPStore of its own, would listen on every interface).
 - ipc: vLLM's built-in engine; rank 0 publishes each bucket's IPC handles and waits for every engine's

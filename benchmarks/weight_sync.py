@@ -10,9 +10,9 @@ backends are chosen as a run chooses them: on CPU both gloo (what an engine on a
 shared memory (an engine on the sender's node, as here), one after the other into the same engine; NCCL
 when Ray has two GPUs (sender and engine on one each). The first push of each backend warms up; the
 median of the next `--repeats` is reported. On CPU each size runs once per `--cpu-linear` choice of the
-engine's linear kernels (`rollout.cpu_linear`): torch's (the default), into whose parameters a sync
-copies in place, and vLLM's oneDNN kernels, whose weights every sync must restore, load and repack
-layer by layer.
+engine's linear kernels (`rollout.cpu_linear`): torch's, into whose parameters a sync copies in place,
+and vLLM's oneDNN kernels (the default), whose weights every sync must restore, load and repack layer by
+layer.
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ class OneRankLearner:
 
 
 def measure(label: str, model_dir: str, *, use_gpu: bool, bucket_bytes: int, repeats: int,
-            cpu_linear: str = "torch") -> list[dict[str, Any]]:
+            cpu_linear: str = "onednn") -> list[dict[str, Any]]:
     """One row per backend: gloo and shm on CPU (one engine serves both), nccl on GPUs."""
     import ray
 

@@ -1,7 +1,7 @@
 """Weight sync into a real vLLM engine on CPU: a Hugging Face model plays the learner's rank 0.
 
-One engine (model A, seed 0; vLLM's oneDNN kernels) and one sender actor holding model B (seed 1) are
-started once for the module; one test starts a second engine with the default in-place kernels. After
+One engine (model A, seed 0; vLLM's oneDNN kernels, the default) and one sender actor holding model B
+(seed 1) are started once for the module; one test starts a second engine with the in-place kernels. After
 pushing B, the engine must generate what B generates and report B's logprobs.
 """
 
@@ -469,7 +469,7 @@ def setup(tmp_path_factory):
 
     init_ray("local", num_cpus=4, log_to_driver=False)
     try:
-        # vLLM's oneDNN kernels and its layerwise reload here; the in-place default has a test of its own.
+        # vLLM's oneDNN kernels and its layerwise reload here; the in-place kernels have a test of their own.
         engine = ray.remote(num_cpus=1)(RolloutWorker).remote(str(engine_dir), max_model_len=128, seed=0,
                                                               cpu_linear="onednn")
         sender = ray.remote(num_cpus=1)(HFSender).remote(str(sender_dir))
@@ -570,7 +570,7 @@ def test_shared_memory_sync_delivers_the_senders_weights(setup):
 
 @pytest.mark.slow
 def test_torch_linear_engine_takes_the_weights_in_place(setup, tmp_path):
-    """An engine with `rollout.cpu_linear: torch` (the default) keeps its linear weights as parameters (no
+    """An engine with `rollout.cpu_linear: torch` keeps its linear weights as parameters (no
     oneDNN repacking), so a sync copies into them without vLLM's layerwise reload: afterwards the engine
     generates what the sender does, and its checksums, which now cover the fused qkv and gate_up weights
     too, equal the sender's bytes."""
@@ -584,7 +584,8 @@ def test_torch_linear_engine_takes_the_weights_in_place(setup, tmp_path):
 
     _, _, sender, sync = setup
     model_dir = write_test_model(tmp_path / "c", seed=2, hidden_size=128, num_layers=2)  # the sender's shapes
-    engine = ray.remote(num_cpus=1)(RolloutWorker).remote(str(model_dir), max_model_len=128, seed=0)
+    engine = ray.remote(num_cpus=1)(RolloutWorker).remote(str(model_dir), max_model_len=128, seed=0,
+                                                          cpu_linear="torch")
     group = EngineGroup([engine], control_timeout_s=60.0)
     children = ray.get(engine.child_pids.remote())
     shm = WeightSync(group, OneRankLearner(sender), backend="shm", timeout_s=SYNC_TIMEOUT_S,

@@ -78,10 +78,13 @@ class RolloutConfig:
     """Prompt plus response length the engine reserves for."""
     cpu_kvcache_gib: float = 1.0
     """KV-cache size per engine on CPU (vLLM's VLLM_CPU_KVCACHE_SPACE)."""
-    cpu_linear: CpuLinear = "torch"
-    """Linear kernels of CPU engines: torch's on the weights as loaded (a weight sync copies into them in
-    place), or vLLM's own oneDNN kernels on weights repacked at every load (each sync then runs vLLM's
-    layerwise reload: 3.2x slower at 110M parameters; README, Performance)."""
+    cpu_linear: CpuLinear = "onednn"
+    """Linear kernels of CPU engines. "onednn", vLLM's own, on weights repacked at every load (each sync runs
+    vLLM's layerwise reload): a sequence's logprobs do not depend on which sequences share its batch, so
+    seeded rollouts, and a resume after an engine failure, repeat bit for bit. "torch": torch's kernels on
+    the weights as loaded, which a sync copies into in place (3.2x faster at 110M parameters), but torch's
+    CPU GEMM rounds differently with the batch size, so logprobs move in their last bits with the
+    engine's batching (README, Performance)."""
     weight_sync_bucket_bytes: int = 64 * 2**20
     """Tensors are streamed to the engines in buckets of at most this many bytes."""
     weight_sync_timeout_s: float = 120.0
