@@ -71,6 +71,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal
@@ -686,8 +687,10 @@ def _engine_classes() -> tuple[type, type, type]:
 
             if self.in_place:
                 return
-            finalize_layerwise_reload(self.model, self.model_config)
-            if getattr(self.model_config.hf_config, "tie_word_embeddings", False):
+            tied = bool(getattr(self.model_config.hf_config, "tie_word_embeddings", False))
+            with quiet_expected_reload_warnings(tied_lm_head=tied):
+                finalize_layerwise_reload(self.model, self.model_config)
+            if tied:
                 retie_lm_head(self.model)
 
         def receive_weights(self, update_info: GlooUpdateInfo) -> None:
@@ -723,6 +726,40 @@ def _engine_classes() -> tuple[type, type, type]:
             self.group, self.store, self.regions = None, None, {}
 
     return GlooInitInfo, GlooUpdateInfo, GlooWeightTransferEngine
+
+
+RELOAD_LOGGER = "vllm.model_executor.model_loader.reload.layerwise"
+RELOAD_MISSING = "%s: Failed to load weights"
+"""vLLM's warning, per layer and sync, for a layer that took no weights in a reload (the layer's class name)."""
+
+
+class _ExpectedReloadWarnings(logging.Filter):
+    def __init__(self, tied_lm_head: bool):
+        super().__init__()
+        self.tied_lm_head = tied_lm_head
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg != RELOAD_MISSING or not record.args:
+            return True
+        layer = str(record.args[0])  # type: ignore[index]
+        return not (layer.endswith("RotaryEmbedding") or (self.tied_lm_head and layer == "ParallelLMHead"))
+
+
+@contextmanager
+def quiet_expected_reload_warnings(*, tied_lm_head: bool) -> Iterator[None]:
+    """Drop vLLM's "<layer>: Failed to load weights" for the layers no checkpoint holds, inside the block.
+
+    Every reload warned it twice per engine and step (about 60 lines in a 60-step demo), for rotary
+    embeddings (buffers computed from the config, which vLLM restores) and a tied lm_head (no weights of its
+    own; `retie_lm_head` points it at the new embedding right after). The warning for any other layer, or
+    for an lm_head of an untied model, stays."""
+    logger = logging.getLogger(RELOAD_LOGGER)
+    quiet = _ExpectedReloadWarnings(tied_lm_head)
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
 
 
 def retie_lm_head(model: Any) -> None:
