@@ -35,7 +35,7 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
-from trainer.config import TrainConfig
+from trainer.config import RolloutConfig, TrainConfig
 from trainer.types import Completion, Prompt, RolloutBatch, WeightVersion
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ class RolloutWorker:
 
     def __init__(self, model_path: str, *, dtype: str = "float32", tensor_parallel_size: int = 1,
                  max_model_len: int = 256, gpu_memory_utilization: float = 0.5,
-                 enable_sleep_mode: bool = False, cpu_kvcache_gib: float = 1.0, cpu_linear: str = "onednn",
+                 enable_sleep_mode: bool = False, cpu_kvcache_gib: float = 1.0, cpu_linear: str = RolloutConfig.cpu_linear,
                  seed: int = 0,
                  engine_index: int = 0, cpu_threads: str | None = None, use_gpu: bool | None = None,
                  weight_transfer_backend: str | None = None, bundle_indices: list[int] | None = None):

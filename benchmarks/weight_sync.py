@@ -102,7 +102,7 @@ class OneRankLearner:
 
 
 def measure(label: str, model_dir: str, *, use_gpu: bool, bucket_bytes: int, repeats: int,
-            cpu_linear: str = "onednn") -> list[dict[str, Any]]:
+            cpu_linear: str) -> list[dict[str, Any]]:
     """One row per backend: gloo and shm on CPU (one engine serves both), nccl on GPUs."""
     import ray
 
