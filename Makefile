@@ -60,7 +60,7 @@ bench: artifacts $(BENCH_STAMP)
 clean-venv:
 	rm -rf $(VENV)
 
-# The learner on one CUDA GPU, without Ray or vLLM (examples/gpu_check.py; figures in the README).
+# The learner on one CUDA GPU, without Ray or vLLM (examples/gpu_check.py; figures in docs/gpu_check.md).
 # Runs with the machine's own Python and PyTorch; megatron-core comes from a wheel in wheels/ when that
 # Python lacks it (get it with: pip download megatron-core==0.16.1 --python-version 3.12
 # --only-binary=:all: --no-deps -d wheels/). Nothing is downloaded here.

@@ -4,7 +4,7 @@ its metrics read back to check that the policy learned, and the exported model e
 
 The run is the demo's first STEPS steps (same config, seed and evaluation), so `python -m
 examples.seed_spread` measures exactly what this test asserts, over several base models and RL seeds;
-the thresholds below leave a margin under the smallest gain it measured (see the README)."""
+the thresholds below leave a margin under the smallest gain it measured (docs/demo.md)."""
 
 from __future__ import annotations
 
