@@ -26,7 +26,7 @@ DOC_FILES = (ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "
 
 REPO_PACKAGES = ("trainer", "actors", "reward_server", "cluster", "examples", "benchmarks")
 """Top-level folders whose modules `python -m` may name."""
-THIRD_PARTY_MODULES = ("pytest", "pip", "venv")
+THIRD_PARTY_MODULES = ("pytest", "pip", "venv", "ray", "vllm", "torch", "transformers")
 REPO_ROOTS = (*REPO_PACKAGES, "tests", "docs", ".ci")
 """A backticked token whose first component is one of these is a repository path and must exist."""
 REPO_FILES = ("Makefile", "setup.cfg", "pyproject.toml", "README.md", "ruff.toml")
