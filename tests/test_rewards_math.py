@@ -79,8 +79,9 @@ MATH_CASES = [
     ("<answer>\\infty</answer>", r"-\infty", False),
     # extraction: boxed, several answers, nesting
     ("the result is \\boxed{42}", "42", True),
-    ("first \\boxed{41} then corrected \\boxed{42}", "42", False),  # several different boxes: none
+    ("first \\boxed{41} then corrected \\boxed{42}", "42", True),  # a self-correction: the last box
     ("\\boxed{42} then \\boxed{41}", "42", False),
+    ("\\boxed{41}, \\boxed{42}", "42", False),  # one answer listing two values
     ("<answer>\\boxed{3} or \\boxed{4}</answer>", "3", False),
     ("<answer>1</answer> ... <answer>2</answer>", "2", True),
     ("<answer>2</answer> ... <answer>1</answer>", "2", False),
