@@ -2,9 +2,10 @@
 
 Each component is a pure function returning a `Score`: its value, and why it is low. Components:
 
-- accuracy: the final answer (after `</think>`: the last `<answer>`, else the last `\\boxed{}`;
-  none when it boxes several different ones) checked by the task's verifier (symbolic math,
-  arithmetic, countdown); 1 or 0. Evaluation extracts answers with the same function.
+- accuracy: the final answer (after `</think>`: the last `<answer>`, else the last `\\boxed{}`, with
+  the boxes that only separators join to it read as one list; `reward_server.verifiers.final_answer`)
+  checked by the task's verifier (symbolic math, arithmetic, countdown); 1 or 0. Evaluation extracts
+  answers with the same function.
 - format: R1-Zero layout, `<think>...</think>` then `<answer>...</answer>` and nothing else.
 - language: R1's language-consistency reward, the share of chain-of-thought words in the target
   language.

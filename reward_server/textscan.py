@@ -34,11 +34,11 @@ def last_boxed(text: str) -> str | None:
     scan = _scan_boxed(text)
     if scan is None:
         return None
-    data, depth, starts = scan
+    data, depth, starts, _ = scan
     if starts.size == 0:
         return None
     start = int(starts[-1])
-    return data[start : _matching_brace(depth, start)].decode("utf-8", "surrogatepass").strip()
+    return _decode(data[start : _matching_brace(depth, start)]).strip()
 
 
 def outer_boxed(text: str, *, limit: int) -> list[str] | None:
@@ -46,42 +46,56 @@ def outer_boxed(text: str, *, limit: int) -> list[str] | None:
     encloses; None when the text holds more than `limit` balanced ones (a completion that boxes that
     many things gives no single answer). Linear: one scan, then at most `limit` brace searches.
     """
+    boxes = outer_boxed_gaps(text, limit=limit, max_gap=0)
+    return None if boxes is None else [content for content, _ in boxes]
+
+
+def outer_boxed_gaps(text: str, *, limit: int, max_gap: int) -> list[tuple[str, str | None]] | None:
+    """`outer_boxed`, each content with the text before it: from the closing brace of the previous
+    outer box to this box's `\\boxed` (None for the first box, and for a gap over `max_gap` bytes,
+    which is never decoded: the caller only reads short gaps, so megabytes between boxes cost nothing).
+    """
     scan = _scan_boxed(text)
     if scan is None:
         return []
-    data, depth, starts = scan
+    data, depth, starts, tokens = scan
     if starts.size > limit:
         return None
-    contents: list[str] = []
+    boxes: list[tuple[str, str | None]] = []
     end = -1
-    for start in starts.tolist():
+    for start, token in zip(starts.tolist(), tokens.tolist(), strict=True):
         if start <= end:  # inside the previous outer box
             continue
+        gap = None if end < 0 or token - end - 1 > max_gap else _decode(data[end + 1 : token])
         end = _matching_brace(depth, start)
-        contents.append(data[start:end].decode("utf-8", "surrogatepass").strip())
-    return contents
+        boxes.append((_decode(data[start:end]).strip(), gap))
+    return boxes
 
 
-def _scan_boxed(text: str) -> tuple[bytes, np.ndarray, np.ndarray] | None:
-    """(UTF-8 bytes, brace depth after each byte, first content byte of every balanced `\\boxed{`),
-    or None when the text has no `\\boxed` at all."""
+def _decode(data: bytes) -> str:
+    return data.decode("utf-8", "surrogatepass")
+
+
+def _scan_boxed(text: str) -> tuple[bytes, np.ndarray, np.ndarray, np.ndarray] | None:
+    """(UTF-8 bytes, brace depth after each byte, first content byte of every balanced `\\boxed{`,
+    first byte of its `\\boxed`), or None when the text has no `\\boxed` at all."""
     if "\\boxed" not in text:
         return None
     # Bytes, not code points: `{`, `}` and `\\boxed` are ASCII, and no UTF-8 multi-byte sequence
     # contains an ASCII byte, so brace matching over bytes is exact; the answer is decoded back.
     data = text.encode("utf-8", "surrogatepass")
     raw = np.frombuffer(data, dtype=np.uint8)
-    openers = _boxed_openers(raw)
+    openers, tokens = _boxed_openers(raw)
     depth = np.cumsum(_BRACE_STEP[raw], dtype=np.int32)  # brace depth after each byte
     if openers.size == 0:
-        return data, depth, openers
+        return data, depth, openers, tokens
     # An opener at p (depth d after it) is closed iff the depth later falls to d - 1.
     suffix_min = np.minimum.accumulate(depth[::-1])[::-1]
     after = openers + 1
     inside = after < raw.size
     closed = np.zeros(openers.size, dtype=bool)
     closed[inside] = suffix_min[after[inside]] < depth[openers[inside]]
-    return data, depth, openers[closed] + 1
+    return data, depth, openers[closed] + 1, tokens[closed]
 
 
 def _matching_brace(depth: np.ndarray, start: int) -> int:
@@ -89,19 +103,22 @@ def _matching_brace(depth: np.ndarray, start: int) -> int:
     return start + int(np.argmax(depth[start:] < depth[start - 1]))
 
 
-def _boxed_openers(raw: np.ndarray) -> np.ndarray:
-    """Positions of the `{` of every `\\boxed{` (ASCII whitespace allowed before the brace)."""
+def _boxed_openers(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(positions of the `{` of every `\\boxed{` (ASCII whitespace allowed before the brace),
+    positions of their `\\boxed`)."""
     n = raw.size - _BOXED.size + 1
     if n <= 0:
-        return np.empty(0, dtype=np.intp)
+        return np.empty(0, dtype=np.intp), np.empty(0, dtype=np.intp)
     hit = raw[:n] == _BOXED[0]
     for i in range(1, _BOXED.size):
         hit &= raw[i : i + n] == _BOXED[i]
     ends = np.flatnonzero(hit) + _BOXED.size
     solid = np.flatnonzero(~_ASCII_SPACE[raw])  # the next non-space byte after each `\\boxed`
     k = np.searchsorted(solid, ends)
-    nxt = solid[k[k < solid.size]]
-    return nxt[raw[nxt] == ord("{")]
+    found = k < solid.size
+    nxt = solid[k[found]]
+    brace = raw[nxt] == ord("{")
+    return nxt[brace], ends[found][brace] - _BOXED.size
 
 
 # -- words ----------------------------------------------------------------------------------------

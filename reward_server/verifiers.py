@@ -39,6 +39,23 @@ MAX_BOXED = 16
 """More balanced `\\boxed{}` than this where the final answer stands give no answer (degenerate
 text, or a list of guesses); the cap also bounds the work of comparing them."""
 
+MAX_JOIN_CHARS = 100
+"""Longest text between two boxes that can still join them into one answer (`\\quad \\text{and}
+\\quad` is 22 characters); a longer stretch is reasoning, never a separator."""
+
+_TEXT_WRAPPER_RE = re.compile(r"\\(?:text|textrm|textnormal|textbf|textit|mathrm|mbox)\s*\{([^{}]*)\}")
+_SEPARATOR_RE = re.compile(
+    r"(?:\s+|[,;.:&~]|\$|\\[()\[\]\\,;:! ]|\\(?:q?quad|thinspace|enspace)(?![A-Za-z])"
+    r"|(?i:and|or|either|maybe|perhaps|possibly|also)(?![A-Za-z])|\\(?:lor|vee|land|wedge)(?![A-Za-z])"
+    r"|(?i:for\s+)?(?i:part\s*)?\(\s*[a-z0-9]{1,3}\s*\)|(?i:part)\s+[a-z0-9]{1,3}(?![A-Za-z0-9])"
+    r"|\\?[A-Za-z]+(?:_\{?[A-Za-z0-9]+\}?)?'?\s*=)*"
+)
+"""What may stand between two boxes of one answer: spaces, punctuation, math delimiters and TeX
+spacing, `and`/`or` (bare, in `\\text{}`, `\\lor`) with a hedge word, a part label (`for part (a)`),
+a variable label (`y_2 =`). Each alternative starts with its own character class, and the text is
+at most `MAX_JOIN_CHARS` long, so matching stays cheap."""
+_OR_WORD_RE = re.compile(r"(?i:(?<![A-Za-z])or(?![A-Za-z]))|\\(?:lor|vee)(?![A-Za-z])")
+
 NO_ANSWER = "no answer"
 ONLY_IN_THINK = "answer only inside <think>"
 
@@ -54,11 +71,17 @@ def final_answer(text: str) -> tuple[str | None, str]:
 
     The answer stands after the chain of thought: after the last `</think>`, and not in a `<think>`
     that is never closed (a text that opens `<think>` without closing it has no answer). There, the
-    last closed `<answer>...</answer>` (the innermost if tags nest), else the content of the last
-    `\\boxed{...}` whose braces balance. A `\\boxed{}` inside the `<answer>` is unwrapped. Several
-    different boxed answers (whitespace aside) are one answer, the list of all of them (`1, 2`): it
-    matches a reference that lists those values, never a single value, so boxing candidates does
-    not pay. More than `MAX_BOXED` boxes give none.
+    last closed `<answer>...</answer>` (the innermost if tags nest), else the last non-empty
+    `\\boxed{...}` whose braces balance. A `\\boxed{}` inside the `<answer>` is unwrapped.
+
+    The last box counts, as public graders read a completion: a response that boxes an answer,
+    reconsiders and boxes another is graded on the second. Boxes right before it that only
+    separators divide from it (`\\boxed{1}, \\boxed{2}`, `\\boxed{3} \\quad\\text{and}\\quad
+    \\boxed{4}`; see `_SEPARATOR_RE`) are one answer with it, the list of their different values
+    (`1, 2`), which matches a reference listing those values and never a single value; joined by
+    `or` they are alternatives (`3 or 4`), a hedge that is wrong unless each is right. Boxing
+    candidates therefore never pays: earlier boxes are either superseded or part of a list. More
+    than `MAX_BOXED` boxes give none.
     """
     region = _after_reasoning(text)
     if region is None:
@@ -85,25 +108,42 @@ def _after_reasoning(text: str) -> str | None:
 
 
 def _boxed_answer(text: str) -> tuple[str | None, str]:
-    """The content of the balanced `\\boxed{}` of `text`, or the list of its outermost non-empty
-    boxes when they differ, else (None, why). Linear-time scans (`reward_server.textscan`; imported
-    here so the verifier worker never loads numpy)."""
-    from reward_server.textscan import last_boxed, outer_boxed
+    """The final answer among the outer `\\boxed{}` of `text` (see `final_answer`), else (None,
+    why). Linear-time scans (`reward_server.textscan`; imported here so the verifier worker never
+    loads numpy)."""
+    from reward_server.textscan import last_boxed, outer_boxed_gaps
 
-    boxes = outer_boxed(text, limit=MAX_BOXED)
+    boxes = outer_boxed_gaps(text, limit=MAX_BOXED, max_gap=MAX_JOIN_CHARS)
     if boxes is None:
         return None, f"more than {MAX_BOXED} \\boxed{{}}"
-    distinct: dict[str, str] = {}  # whitespace-free form -> first spelling, in order
-    for box in boxes:
-        if box:
-            distinct.setdefault("".join(box.split()), box)
-    if not distinct:
+    last = max((i for i, (box, _) in enumerate(boxes) if box), default=None)
+    if last is None:
         return None, NO_ANSWER
+    first, hedge = last, False
+    while first > 0 and boxes[first - 1][0]:
+        joint = _joint(boxes[first][1])
+        if joint is None:
+            break
+        first, hedge = first - 1, hedge or joint == "or"
+    distinct: dict[str, str] = {}  # whitespace-free form -> first spelling, in order
+    for box, _ in boxes[first : last + 1]:
+        distinct.setdefault("".join(box.split()), box)
     if len(distinct) > 1:
-        return ", ".join(distinct.values()), ""
+        return (" or " if hedge else ", ").join(distinct.values()), ""
     (answer,) = distinct.values()
     # A box in the box (`\\boxed{\\boxed{5}}`): the innermost last one, as a single scan would find.
     return (last_boxed(answer) or answer if "\\boxed" in answer else answer), ""
+
+
+def _joint(gap: str | None) -> str | None:
+    """How the text between two boxes joins them: "or" (alternatives), "list", or None (it is
+    reasoning, or too long to read: the earlier box is superseded)."""
+    if gap is None:
+        return None
+    gap = _TEXT_WRAPPER_RE.sub(r" \1 ", gap)
+    if not _SEPARATOR_RE.fullmatch(gap):
+        return None
+    return "or" if _OR_WORD_RE.search(gap) else "list"
 
 
 def verify_arithmetic(answer: str, ground_truth: str) -> bool:

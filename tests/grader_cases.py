@@ -9,6 +9,16 @@ blocks: graded as written). Where a suite checks both argument orders, both are 
 Math-Verify's own suite: every parametrised case whose test uses its default extraction (LaTeX,
 or LaTeX and expressions), the default precision (6 digits) and set-relation comparison on, as
 this grader does; cases over 600 characters are left out.
+
+The "public-style" blocks are written here, not transcribed: fresh cases of the categories where this
+grader disagreed with the public graders (issue 23), each a positive case with its negative twin,
+labelled as those graders read them: the last boxed answer of a self-correction (math-verify, the
+Qwen2.5-Math and DeepSeek-Math evaluations, lm-eval's minerva-math all take the last box), numbers
+compared relatively (Qwen's and DeepSeek's `isclose`), thin-space and `{,}` thousands separators,
+`p\\%` against p/100 and against p (Qwen's grader, hendrycks' `10\\%` = `10`), plain-text functions
+(Qwen's grader parses them with sympy), and `5 = x` read as `x = 5`. One choice is this grader's own
+where the public graders differ: a bare `0.125` against a bare `12.5` is wrong (Qwen's grader takes any
+number 100 times off for right; math-verify and hendrycks do not).
 """
 
 from __future__ import annotations
@@ -364,6 +374,82 @@ ANSWER_BLOCKS: dict[str, list[Case]] = {
         ("72", "72 degrees", True),
         ("64 square feet", "64", True),
     ],
+    "grpo-ray public-style::tiny_numbers": [
+        ("\\frac{1}{3^{40}}", "\\frac{1}{3^{41}}", False),
+        ("\\frac{1}{3^{40}}", "3^{-40}", True),
+        ("2^{-30}", "2^{-31}", False),
+        ("2^{-30}", "\\frac{1}{1073741824}", True),
+        ("1.2 \\times 10^{-19}", "4 \\times 10^{-20}", False),
+        ("1.2e-19", "1.2 \\times 10^{-19}", True),
+        ("6.02 \\times 10^{-8}", "6.03 \\times 10^{-8}", False),
+        ("6.02 \\times 10^{-8}", "0.0000000602", True),
+        ("5 \\times 10^{-9}", "0", False),
+        ("0", "0.0", True),
+        ("\\frac{\\sqrt{2}}{10^{8}}", "\\frac{\\sqrt{3}}{10^{8}}", False),
+        ("\\frac{\\sqrt{2}}{2 \\cdot 10^{8}}", "\\frac{1}{\\sqrt{2} \\cdot 10^{8}}", True),
+        ("(10^{-9}, 1)", "(2 \\times 10^{-9}, 1)", False),
+        ("(10^{-9}, 1)", "(0.000000001, 1)", True),
+    ],
+    "grpo-ray public-style::thousands_separators": [
+        ("3\\,141", "3141", True),
+        ("3\\,141", "3142", False),
+        ("3{,}141", "3141", True),
+        ("3\\,141", "3.141", False),
+        ("1\\,000\\,000", "10^6", True),
+        ("1\\,000\\,000", "100000", False),
+        ("\\$2{,}500", "2500", True),
+        ("\\$2{,}500", "25", False),
+        ("12\\,345.6", "12345.6", True),
+        ("12\\,345.6", "12345", False),
+        ("4096", "4\\,096", True),
+        ("4097", "4\\,096", False),
+    ],
+    "grpo-ray public-style::percent": [
+        ("12.5\\%", "0.125", True),
+        ("12.5\\%", "0.0125", False),
+        ("12.5\\%", "12.5", True),
+        ("12.5\\%", "1.25", False),
+        ("0.125", "12.5\\%", True),
+        ("0.125", "1.25\\%", False),
+        ("12.5", "12.5\\%", True),
+        ("12.5 percent", "0.125", True),
+        ("50\\%", "\\frac{1}{2}", True),
+        ("5\\%", "\\frac{1}{2}", False),
+        ("33.3\\%", "\\frac{1}{3}", False),
+        ("0.125", "12.5", False),
+    ],
+    "grpo-ray public-style::plain_text_functions": [
+        ("sqrt(2)/2", "\\frac{\\sqrt{2}}{2}", True),
+        ("sqrt(3)/2", "\\frac{\\sqrt{2}}{2}", False),
+        ("2^(1/3)", "\\sqrt[3]{2}", True),
+        ("2^(1/2)", "\\sqrt[3]{2}", False),
+        ("cbrt(2)", "2^{1/3}", True),
+        ("cbrt(3)", "2^{1/3}", False),
+        ("pi/4", "\\frac{\\pi}{4}", True),
+        ("pi/3", "\\frac{\\pi}{4}", False),
+        ("2*sqrt(3)", "\\sqrt{12}", True),
+        ("3*sqrt(2)", "\\sqrt{12}", False),
+        ("ln(2)", "\\ln 2", True),
+        ("ln(3)", "\\ln 2", False),
+        ("exp(1)", "e", True),
+        ("sqrt 2", "\\sqrt{2}", True),
+        ("(1+sqrt(5))/2", "\\frac{1+\\sqrt{5}}{2}", True),
+        ("(1-sqrt(5))/2", "\\frac{1+\\sqrt{5}}{2}", False),
+        ("\\frac{\\pi}{6}", "pi/6", True),
+        ("\\frac{\\pi}{3}", "pi/6", False),
+    ],
+    "grpo-ray public-style::variable_restated": [
+        ("x = 5", "5", True),
+        ("x = 5", "6", False),
+        ("5 = x", "5", True),
+        ("5 = x", "6", False),
+        ("12 = n", "12", True),
+        ("12 = n", "13", False),
+        ("\\frac{3}{2} = a", "1.5", True),
+        ("\\frac{3}{2} = a", "2.5", False),
+        ("7 = y", "y = 7", True),
+        ("7 = y", "x = 7", False),
+    ],
     # volcengine/verl, tests/utils/reward_score/test_numeric_canonicalization_on_cpu.py (commit d69068d):
     # is_equiv(remove_boxed(gt), pred)
     "volcengine/verl tests/utils/reward_score/test_numeric_canonicalization_on_cpu.py": [
@@ -375,6 +461,27 @@ ANSWER_BLOCKS: dict[str, list[Case]] = {
 }
 
 COMPLETION_BLOCKS: dict[str, list[Case]] = {
+    "grpo-ray public-style::self_correction": [
+        ("<think>3 + 4 + 5 = 12</think> so \\boxed{12}. Wait, I dropped a term: \\boxed{14}", "14", True),
+        ("<think>3 + 4 + 5 = 12</think> so \\boxed{12}. Wait, I dropped a term: \\boxed{14}", "12", False),
+        ("The sum is $\\boxed{7}$. Let me double-check: 3 + 5 = 8, so the sum is $\\boxed{8}$.", "8", True),
+        ("The sum is $\\boxed{7}$. Let me double-check: 3 + 5 = 8, so the sum is $\\boxed{8}$.", "7", False),
+        ("I get \\boxed{\\frac{1}{2}}. Hmm, that ignores the second draw; with it the probability is "
+         "\\boxed{\\frac{1}{4}}.", "\\frac{1}{4}", True),
+        ("I get \\boxed{\\frac{1}{2}}. Hmm, that ignores the second draw; with it the probability is "
+         "\\boxed{\\frac{1}{4}}.", "\\frac{1}{2}", False),
+        ("Final answer: \\boxed{5}\n\nWait, the question asks for the perimeter, not the side: \\boxed{20}", "20", True),
+        ("Final answer: \\boxed{5}\n\nWait, the question asks for the perimeter, not the side: \\boxed{20}", "5", False),
+        ("So $\\boxed{x = 3}$. Checking $x = 3$ in the original equation fails, so the only solution is "
+         "$\\boxed{x = -1}$.", "-1", True),
+        ("So $\\boxed{x = 3}$. Checking $x = 3$ in the original equation fails, so the only solution is "
+         "$\\boxed{x = -1}$.", "3", False),
+        ("So the answer is \\boxed{12} or \\boxed{14}.", "14", False),
+        ("So the answer is \\boxed{12, 14}.", "14", False),
+        ("So the answer is \\boxed{12 \\text{ or } 14}.", "14", False),
+        ("The roots are \\boxed{2} and \\boxed{-3}.", "2, -3", True),
+        ("The roots are \\boxed{2} and \\boxed{-3}.", "-3", False),
+    ],
     # huggingface/open-r1, tests/test_rewards.py (commit 031ec05), TestAccuracyReward
     "huggingface/open-r1 tests/test_rewards.py::TestAccuracyReward": [
         ("\\boxed{\\frac{63}{400}}", "\\frac{63}{400}", True),

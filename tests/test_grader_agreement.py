@@ -6,9 +6,12 @@ per-sample limit (`reward.timeout_s`); a timeout or an error counts as a disagre
 
 The cases fall into two fixed splits by a hash of (prediction, reference): "dev", whose
 disagreements were studied to improve the grader (every fix a general rule), and "held-out", whose
-figure is the one reported and was not looked into. Measured (2-core shared machine, load ~6):
-dev 150/154 (97.4%), held-out 165/167 (98.8%), about 17 s for the 321 distinct cases, hence
-marked slow (sympy on every case), out of `make test-fast`.
+figure is the one reported and was not looked into. The public-style categories of issue 23 (self-
+correction, tiny numbers, thousands separators, percent, plain-text functions, `5 = x`) took the
+set from 321 to 402 distinct cases: before their fixes the grader agreed on dev 186/199 (93.5%) and
+held-out 187/203 (92.1%) of it, after them on dev 195/199 (98.0%) and held-out 201/203 (99.0%).
+About 15 s of CPU (40-80 s on a busy shared 2-core machine), hence marked slow (sympy on every
+case), out of `make test-fast`.
 """
 
 from __future__ import annotations
@@ -26,10 +29,10 @@ from trainer.config import RewardConfig
 sys.path.insert(0, str(Path(__file__).parent))
 from grader_cases import ANSWER_BLOCKS, COMPLETION_BLOCKS  # noqa: E402
 
-HELD_OUT_AGREEMENT = 0.97
-"""The grader must agree with at least this share of the held-out cases."""
-DEV_AGREEMENT = 0.95
-"""A floor for the dev split (measured 97.4%), to catch a change that helps one split only."""
+HELD_OUT_AGREEMENT = 0.98
+"""The grader must agree with at least this share of the held-out cases (measured 99.0%)."""
+DEV_AGREEMENT = 0.97
+"""A floor for the dev split (measured 98.0%), to catch a change that helps one split only."""
 
 
 def split(prediction: str, reference: str) -> str:
@@ -81,7 +84,7 @@ def _report(rows: list[tuple[str, str, str, bool, str | None]]) -> str:
 
 def test_the_cases_are_many_varied_and_split() -> None:
     cases = _cases()
-    assert len(cases) >= 300
+    assert len(cases) >= 400
     repos = {source.split()[0] for source, *_ in cases}
     assert len(repos) >= 6, repos
     splits = [split(_prediction(s, t), r) for s, t, r, _ in cases]

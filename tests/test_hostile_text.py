@@ -22,8 +22,8 @@ from reward_server.rewards import (
     format_reward,
     language_reward,
 )
-from reward_server.textscan import count_words, last_boxed, outer_boxed
-from reward_server.verifiers import extract_answer
+from reward_server.textscan import count_words, last_boxed, outer_boxed, outer_boxed_gaps
+from reward_server.verifiers import MAX_BOXED, MAX_JOIN_CHARS, extract_answer
 from trainer.config import RewardConfig
 from trainer.types import Completion, Prompt
 
@@ -58,8 +58,10 @@ def _last_boxed_reference(text: str) -> str | None:
     return None
 
 
-def _outer_boxed_reference(text: str) -> list[str]:
-    contents, end = [], -1
+def _outer_boxed_reference(text: str, max_gap: int = 0) -> list[tuple[str, str | None]]:
+    """(content, the text since the previous outer box, None for the first or one over `max_gap` bytes)."""
+    boxes: list[tuple[str, str | None]] = []
+    end = -1
     for match in _BOXED_RE.finditer(text):
         if match.start() < end:  # inside the previous outer box
             continue
@@ -67,10 +69,13 @@ def _outer_boxed_reference(text: str) -> list[str]:
         for i in range(match.end(), len(text)):
             depth += {"{": 1, "}": -1}.get(text[i], 0)
             if depth == 0:
-                contents.append(text[match.end() : i].strip())
+                gap = None if end < 0 else text[end + 1 : match.start()]
+                if gap is not None and len(gap.encode("utf-8", "surrogatepass")) > max_gap:
+                    gap = None
+                boxes.append((text[match.end() : i].strip(), gap))
                 end = i
                 break
-    return contents
+    return boxes
 
 
 _CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
@@ -111,7 +116,9 @@ def test_last_boxed_equals_the_reference(text: str) -> None:
 @settings(max_examples=400, deadline=None)
 @given(_BOXED_PIECES)
 def test_outer_boxed_equals_the_reference(text: str) -> None:
-    assert outer_boxed(text, limit=len(text)) == _outer_boxed_reference(text)
+    assert outer_boxed(text, limit=len(text)) == [content for content, _ in _outer_boxed_reference(text)]
+    for max_gap in (0, 3, len(text)):
+        assert outer_boxed_gaps(text, limit=len(text), max_gap=max_gap) == _outer_boxed_reference(text, max_gap)
 
 
 _WORD_PIECES = st.lists(st.sampled_from(["a", "Z", "é", "×", "÷", "ж", "Ω", "中", "文", "ア", "1", "_", " ", "-",
@@ -170,6 +177,17 @@ def test_nested_and_alternating_braces_are_linear() -> None:
     assert _timed(extract_answer, "\\boxed{1}" + "}" * MB5) == "1"
     assert _timed(extract_answer, "\\boxed{" + "{}" * half) is None
     assert _timed(extract_answer, "\\boxed{x}" + "\\boxed{{}" * (MB5 // 9)) == "x"
+
+
+def test_what_stands_between_boxes_is_read_cheaply() -> None:
+    # Only gaps of up to MAX_JOIN_CHARS are decoded and matched, so megabytes between the boxes, or
+    # the longest gap of separators that still joins, cost one scan.
+    assert _timed(extract_answer, "\\boxed{1}" + " and" * (MB5 // 4) + "\\boxed{2}") == "2"
+    joined = "\\boxed{1}" + ", \\quad" * ((MAX_JOIN_CHARS - 1) // 8) + " \\boxed{2}"
+    assert _timed(extract_answer, joined) == "1, 2"
+    superseded = "\\boxed{1}" + "\\," * MAX_JOIN_CHARS + "\\boxed{2}"
+    assert _timed(extract_answer, superseded) == "2"
+    assert _timed(extract_answer, "x</think>" + "\\boxed{1} or " * MAX_BOXED) == "1"
 
 
 def test_unclosed_answer_tags_are_linear() -> None:

@@ -1,7 +1,9 @@
 """Reward-hacking guards as golden tests: what a policy might try in order to collect reward without
 the right answer, and the score each attempt must get.
 
-- several different boxed answers, or "A or B", score 0 against a single-valued reference;
+- the last boxed answer counts (a self-correction is graded on its correction); boxes joined to it
+  only by separators are one answer, the list of them, and "A or B" is a hedge: both score 0
+  against a single-valued reference, so boxing candidates never pays;
 - an answer that stands only inside the chain of thought (`<think>`) scores 0;
 - the format tags alone (an empty chain of thought or answer) earn no format reward;
 - training rewards and evaluation (pass@1, cons@k) grade the same extracted answer.
@@ -32,19 +34,50 @@ def _math(text: str, ground_truth: str) -> float:
 
 SEVERAL_BOXED = [
     "\\boxed{3} \\boxed{4}",
-    "first \\boxed{3}, then on reflection \\boxed{4}",
     "\\boxed{4} or maybe \\boxed{3}",
     "r</think> \\boxed{3}, \\boxed{4}",
+    "r</think> \\boxed{3} and \\boxed{4}",
+    "r</think> $\\boxed{3} \\quad \\text{or} \\quad \\boxed{4}$",
     "r</think><answer>\\boxed{3} or \\boxed{4}</answer>",
     "r</think><answer>\\boxed{3} \\boxed{\\frac{8}{2}}</answer>",
+    "r</think> \\boxed{3, 4}",
     "r</think>" + "".join(f"\\boxed{{{i}}}" for i in range(1, 10)),
+    "r</think>" + ", ".join(f"\\boxed{{{i}}}" for i in range(1, 10)),
 ]
 
 
 @pytest.mark.parametrize("text", SEVERAL_BOXED)
 @pytest.mark.parametrize("ground_truth", ["3", "4"])
-def test_several_different_boxed_answers_score_0(text: str, ground_truth: str) -> None:
+def test_boxes_listed_together_score_0(text: str, ground_truth: str) -> None:
     assert _math(text, ground_truth) == 0.0
+
+
+SELF_CORRECTIONS = [
+    "so \\boxed{3}. Wait, I dropped a term: \\boxed{4}",
+    "first \\boxed{3}, then on reflection \\boxed{4}",
+    "r</think> That gives \\boxed{3}.\n\nHmm, let me re-check the last step: 2 + 2 = 4, so \\boxed{4}.",
+    "r</think><answer>\\boxed{3} -- no, recounting gives \\boxed{4}</answer>",
+    "\\boxed{3}" + " " * 200 + "\\boxed{4}",  # too far apart to be one list
+]
+
+
+@pytest.mark.parametrize("text", SELF_CORRECTIONS)
+def test_a_self_correction_is_graded_on_its_last_box(text: str) -> None:
+    # R1-style reflection boxes an answer, reconsiders and boxes another; public graders (math-verify,
+    # the Qwen and DeepSeek math evaluations, lm-eval's minerva-math) take the last one.
+    assert final_answer(text) == ("4", "")
+    assert _math(text, "4") == 1.0
+    assert _math(text, "3") == 0.0
+
+
+def test_boxing_every_candidate_earns_only_the_last() -> None:
+    # Candidates with words between them are superseded one by one: only the last is graded, so a
+    # list of guesses scores what the last guess alone would.
+    spam = "r</think>" + " ".join(f"Maybe \\boxed{{{i}}}? Let me check." for i in range(1, 10))
+    assert final_answer(spam) == ("9", "")
+    for wrong in range(1, 9):
+        assert _math(spam, str(wrong)) == 0.0
+    assert _math(spam, "9") == 1.0
 
 
 def test_the_same_boxed_answer_twice_still_counts() -> None:
@@ -228,12 +261,12 @@ class _System:
 
 
 def test_evaluation_votes_on_the_answers_the_reward_graded() -> None:
-    # Prompt 0: one right answer, one inside an unclosed <think>, two boxing 4 and 5. An extractor
-    # that took the last box or looked inside <think> would see "5" four times (cons@k 1); the
-    # reward's extractor sees "5" once and "4, 5" twice, so the vote picks a wrong answer.
+    # Prompt 0: one right answer, one inside an unclosed <think>, two hedging "4 or 5". An extractor
+    # that took the last box alone or looked inside <think> would see "5" four times (cons@k 1); the
+    # reward's extractor sees "5" once and "4 or 5" twice, so the vote picks a wrong answer.
     texts = [
         ["a</think><answer>5</answer>", "so <answer>5</answer>",
-         "b</think>\\boxed{4} then \\boxed{5}", "b</think>\\boxed{4} then \\boxed{5}"],
+         "b</think>\\boxed{4} or \\boxed{5}", "b</think>\\boxed{4} or \\boxed{5}"],
         ["c</think><answer>5</answer>"] * 4,
     ]
     prompts = [Prompt(i, "Q: 2+3? Assistant: <think>", "5", "math") for i in range(2)]
@@ -242,4 +275,4 @@ def test_evaluation_votes_on_the_answers_the_reward_graded() -> None:
     assert result["pass@1"] == pytest.approx((1 / 4 + 1) / 2)
     assert result["cons@k"] == 0.5
     answers = [extract_answer(completion_for_reward(prompts[0].text, t)) for t in texts[0]]
-    assert answers == ["5", None, "4, 5", "4, 5"]
+    assert answers == ["5", None, "4 or 5", "4 or 5"]

@@ -30,7 +30,8 @@ from trainer.types import Completion, Prompt
         ("<answer>a<answer>b</answer>", "b"),  # nested opening: innermost
         ("<answer></answer>", ""),
         ("\\boxed{7}", "7"),
-        ("\\boxed{1} and \\boxed{2}", "1, 2"),  # several different boxed answers: the list of them
+        ("\\boxed{1} and \\boxed{2}", "1, 2"),  # boxes joined by "and": one answer, the list of them
+        ("\\boxed{1}. Wait, recounting gives \\boxed{2}", "2"),  # a self-correction: the last box
         ("\\boxed{2} and \\boxed{ 2 }", "2"),  # the same one twice
         ("\\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),
         ("\\boxed{{{3}}}", "{{3}}"),

@@ -6,9 +6,10 @@ import time
 
 import pytest
 
-from reward_server.math_answer import normalize_answer, verify_math
+from reward_server.math_answer import normalize_answer, numeric_eq, verify_math
 from reward_server.rewards import accuracy_reward
 from reward_server.sandbox import VerifierError, VerifierSandbox, VerifierTimeout
+from trainer.config import RewardConfig
 
 # (completion text, ground truth, accepted)
 MATH_CASES = [
@@ -79,13 +80,61 @@ MATH_CASES = [
     ("<answer>\\infty</answer>", r"-\infty", False),
     # extraction: boxed, several answers, nesting
     ("the result is \\boxed{42}", "42", True),
-    ("first \\boxed{41} then corrected \\boxed{42}", "42", False),  # several different boxes: none
+    ("first \\boxed{41} then corrected \\boxed{42}", "42", True),  # a self-correction: the last box
     ("\\boxed{42} then \\boxed{41}", "42", False),
+    ("\\boxed{41}, \\boxed{42}", "42", False),  # one answer listing two values
     ("<answer>\\boxed{3} or \\boxed{4}</answer>", "3", False),
     ("<answer>1</answer> ... <answer>2</answer>", "2", True),
     ("<answer>2</answer> ... <answer>1</answer>", "2", False),
     ("\\boxed{\\frac{1}{\\sqrt{4}}}", "0.5", True),
     ("<answer>The answer is $5$</answer>", "5", True),
+    # self-correction: the last box counts; a hedge in the final answer stays wrong
+    ("so \\boxed{12}. Wait, I dropped a term: \\boxed{14}", "14", True),
+    ("so \\boxed{12}. Wait, I dropped a term: \\boxed{14}", "12", False),
+    ("so \\boxed{12}, or maybe \\boxed{14}", "14", False),
+    ("<answer>12 or 14</answer>", "14", False),
+    ("<answer>\\boxed{12, 14}</answer>", "14", False),
+    # tiny numbers: a relative tolerance, not rounding to 6 decimals
+    ("<answer>\\frac{1}{3^{40}}</answer>", r"\frac{1}{3^{41}}", False),
+    ("<answer>\\frac{1}{3^{40}}</answer>", "3^{-40}", True),
+    ("<answer>1.2e-19</answer>", r"4 \times 10^{-20}", False),
+    ("<answer>1.2e-19</answer>", r"1.2 \times 10^{-19}", True),
+    ("<answer>5 \\times 10^{-9}</answer>", "0", False),
+    ("<answer>1.41421</answer>", r"\sqrt{2}", True),
+    ("<answer>1.414</answer>", r"\sqrt{2}", False),
+    ("<answer>2^{70}+1</answer>", "2^{70}", False),
+    # thousands separators: thin spaces and {,}; a plain ", " is a list
+    ("<answer>3\\,141</answer>", "3141", True),
+    ("<answer>3{,}141</answer>", "3141", True),
+    ("<answer>1\\,000\\,000</answer>", "1000000", True),
+    ("<answer>3\\,141</answer>", "3.141", False),
+    ("<answer>3\\,141</answer>", "3142", False),
+    ("<answer>3141</answer>", r"3\,141", True),
+    # percent: against the fraction, or a reference in percent units
+    ("<answer>12.5\\%</answer>", "0.125", True),
+    ("<answer>12.5\\%</answer>", "12.5", True),
+    ("<answer>12.5 percent</answer>", "0.125", True),
+    ("<answer>12.5</answer>", r"12.5\%", True),
+    ("<answer>0.125</answer>", r"12.5\%", True),
+    ("<answer>12.5\\%</answer>", "1.25", False),
+    ("<answer>0.125</answer>", "12.5", False),  # no percent sign on either side: 100 times off
+    # plain-text functions
+    ("<answer>sqrt(2)/2</answer>", r"\frac{\sqrt{2}}{2}", True),
+    ("<answer>sqrt(3)/2</answer>", r"\frac{\sqrt{2}}{2}", False),
+    ("<answer>2^(1/3)</answer>", r"\sqrt[3]{2}", True),
+    ("<answer>cbrt(2)</answer>", r"2^{1/3}", True),
+    ("<answer>2^(1/2)</answer>", r"\sqrt[3]{2}", False),
+    ("<answer>pi/4</answer>", r"\frac{\pi}{4}", True),
+    ("<answer>pi/3</answer>", r"\frac{\pi}{4}", False),
+    ("<answer>ln(2)</answer>", r"\ln 2", True),
+    ("<answer>abs(-3)</answer>", "3", True),
+    ("<answer>\\frac{\\pi}{6}</answer>", "pi/6", True),
+    # a value restating its variable, either way round
+    ("<answer>x = 5</answer>", "5", True),
+    ("<answer>5 = x</answer>", "5", True),
+    ("<answer>5 = x</answer>", "6", False),
+    ("<answer>5 = x</answer>", "x = 5", True),
+    ("<answer>5 = y</answer>", "x = 5", False),
     # adversarial: missing, unclosed, empty, non-ASCII, garbage
     ("", "5", False),
     ("<answer></answer>", "5", False),
@@ -120,8 +169,33 @@ def test_no_answer_reason() -> None:
 def test_normalize_answer() -> None:
     assert normalize_answer("1.5e3") == r"1.5 \times 10^{3}"
     assert normalize_answer("12 square meters") == "12"
+    assert normalize_answer("12.5 percent") == r"12.5\%"
     assert normalize_answer("2e") == "2e"  # Euler's number stays
     assert normalize_answer("x^2") == "x^2"
+    assert normalize_answer(r"3\,141\,592.5") == "3141592.5"
+    assert normalize_answer(r"1\,23") == r"1\,23"  # not a group of three: left alone
+    assert normalize_answer("sqrt(abs(x - 1))/2") == r"\sqrt{\left|x - 1\right|}/2"
+    assert normalize_answer("cbrt(2) + pi") == r"\sqrt[3]{2} + \pi "
+    assert normalize_answer("sqrt(2") == "sqrt(2"  # unbalanced: as written
+    assert normalize_answer(r"\text{spin} + sqrt(2)") == r"\text{spin} + sqrt(2)"  # TeX already
+    assert normalize_answer(r"\frac{1}{2} = \theta") == r"\theta = \frac{1}{2}"
+    assert normalize_answer("y = x") == "y = x"  # a variable on both sides: as written
+    assert normalize_answer(r"1 \le 5 = x") == r"1 \le 5 = x"  # a chain of relations: as written
+    assert normalize_answer("2.718 = e") == "2.718 = e"  # e is a constant, not a variable
+
+
+def test_numbers_compare_relatively() -> None:
+    # math-verify's rounding to 6 decimals took every pair of numbers under 5e-7 for equal; the grader
+    # installs numeric_eq in its place (math-verify calls it for numbers, matrix entries, interval ends).
+    import math_verify.grader
+
+    assert math_verify.grader.sympy_numeric_eq is numeric_eq
+    assert not verify_math("\\frac{1}{3^{40}}", "\\frac{1}{3^{41}}")
+    assert not verify_math("(2^{-30}, 1)", "(2^{-31}, 1)")
+    assert not verify_math("[10^{-9}, 1]", "[2 \\times 10^{-9}, 1]")
+    assert not verify_math("\\begin{pmatrix}10^{-12}\\\\1\\end{pmatrix}", "\\begin{pmatrix}0\\\\1\\end{pmatrix}")
+    assert verify_math("0.0833333333333333", "\\frac{1}{12}")
+    assert verify_math("0.1 + 0.2 - 0.3", "0")  # float noise against an exact zero
 
 
 def test_unparsable_ground_truth_raises() -> None:
@@ -148,7 +222,7 @@ def sandbox():
     box.close()
 
 
-@pytest.mark.parametrize("answer", ["2^{10^{10}}", "10^{10^{10}}-10^{10^{10}}+5"])
+@pytest.mark.parametrize("answer", ["2^{10^{10}}", "10^{10^{10}}-10^{10^{10}}+5", "\\frac{1}{3^{10^{10}}}"])
 def test_huge_exponent_times_out_and_is_killed(sandbox: VerifierSandbox, answer: str) -> None:
     restarts = sandbox.restarts
     old_pid = sandbox._proc.pid  # type: ignore[union-attr]
@@ -167,6 +241,19 @@ def test_sandbox_matches_inline(sandbox: VerifierSandbox) -> None:
     for text, ground_truth, accepted in MATH_CASES[:12]:
         score = accuracy_reward(text, ground_truth, verifier="math", check=sandbox.check)
         assert score.value == (1.0 if accepted else 0.0), text
+
+
+def test_sandbox_grades_every_case_as_inline() -> None:
+    # The path a run takes: the rules (last box, tolerance, separators, percent, plain functions)
+    # hold in the worker process too, under the configured per-sample limit (not the 1 s above, which
+    # a loaded machine can exceed on a symbolic comparison).
+    box = VerifierSandbox(RewardConfig().timeout_s)
+    try:
+        for text, ground_truth, accepted in MATH_CASES:
+            score = accuracy_reward(text, ground_truth, verifier="math", check=box.check)
+            assert score.value == (1.0 if accepted else 0.0) and not score.failed, (text, ground_truth, score)
+    finally:
+        box.close()
 
 
 def test_sandbox_reports_exceptions(sandbox: VerifierSandbox) -> None:
