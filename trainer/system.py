@@ -65,9 +65,11 @@ class System:
         from transformers import AutoTokenizer
 
         from actors.engine_group import EngineGroup
+        from actors.versions import check_installed
         from actors.weight_sync import WeightSync, choose_backend, shm_free_bytes
         from reward_server.reward_group import RewardGroup
 
+        check_installed()  # vLLM / Megatron-core releases, before any actor starts (actors.versions)
         init_ray(cfg.cluster.address, num_cpus=cfg.cluster.num_cpus)
         tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
         placement = Placement(resource_spec(cfg))
@@ -282,6 +284,7 @@ def start_learner(cfg: TrainConfig, *, role: str, placement: Placement | None = 
         optimizer=optimizer if role == "policy" else None,
         sequences_per_microbatch=lc.sequences_per_microbatch, tokens_per_microbatch=lc.tokens_per_microbatch,
         recompute=lc.activation_recompute, role=role,
+        temperature=cfg.rollout.sampling.temperature,  # logprobs of the distribution the rollouts came from
         hold_reference=role == "policy" and cfg.needs_reference and lc.reference_colocated,
         use_gpu=cfg.cluster.use_gpu, cpus_per_actor=cfg.cluster.cpus_per_actor, timeout_s=lc.verb_timeout_s,
         node_resource=cfg.cluster.learner_node_resource,
