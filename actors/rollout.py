@@ -298,6 +298,7 @@ class RolloutWorker:
             IPC_KEY,
             SHM_BACKEND,
             SHM_KEY,
+            WeightSyncError,
             decode_bucket,
             worker_update_info,
         )
@@ -317,7 +318,12 @@ class RolloutWorker:
                 region = json.loads(self._store.get(SHM_KEY.format(version=version, index=index)))
             info = worker_update_info(metas, handles, region, version=version, index=index)
             request = WeightTransferUpdateRequest(update_info=info)
-            await asyncio.wait_for(self.engine.update_weights(request), spec.timeout_s + RPC_MARGIN_S)
+            try:
+                await asyncio.wait_for(self.engine.update_weights(request), spec.timeout_s + RPC_MARGIN_S)
+            except TimeoutError as e:
+                raise WeightSyncError(f"engine {self.engine_index}: bucket {index} of version {version} "
+                                      f"({len(metas)} tensors, {sum(m.nbytes for m in metas)} bytes) was not "
+                                      f"loaded within {spec.timeout_s + RPC_MARGIN_S:.0f}s") from e
             if spec.backend == IPC_BACKEND:
                 self._store.set(ACK_KEY.format(version=version, index=index, receiver=self.engine_index), b"1")
             index += 1

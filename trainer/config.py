@@ -91,7 +91,13 @@ class RolloutConfig:
     weight_sync_bucket_bytes: int = 64 * 2**20
     """Tensors are streamed to the engines in buckets of at most this many bytes."""
     weight_sync_timeout_s: float = 120.0
-    """A weight sync that does not complete in this time raises instead of hanging."""
+    """Bound on each bucket of a weight sync: any wait inside one (its announcement, its transfer, an engine's
+    load and acknowledgement) raises after this long, naming the bucket. Also the fixed part of the deadline
+    of a whole sync, which adds the model's bytes at `weight_sync_min_bytes_per_s`."""
+    weight_sync_min_bytes_per_s: float = 50e6
+    """Bandwidth floor of a whole weight sync (TP/PP gathers, every bucket, the engines' reload; twice the bytes
+    on checksum steps, which hash them on both sides): a sync is given weight_sync_timeout_s + bytes / this
+    before it counts as hung. 50 MB/s is far below NCCL, gloo and shared memory; a 7B bf16 model gets 420 s."""
     weight_sync_checksum_every: int = 10
     """Compare every engine's weight checksums with learner rank 0's every this many syncs (0: never)."""
     generate_timeout_s: float = 1800.0
@@ -625,6 +631,7 @@ def _check_ranges(cfg: TrainConfig) -> None:
     _in_range("rollout.cpu_kvcache_gib", ro.cpu_kvcache_gib, 0, low_open=True)
     _in_range("rollout.weight_sync_bucket_bytes", ro.weight_sync_bucket_bytes, 1)
     _in_range("rollout.weight_sync_timeout_s", ro.weight_sync_timeout_s, 0, MAX_TIMEOUT_S, low_open=True)
+    _in_range("rollout.weight_sync_min_bytes_per_s", ro.weight_sync_min_bytes_per_s, 1e6)  # a day per 86 GB
     _in_range("rollout.weight_sync_checksum_every", ro.weight_sync_checksum_every, 0)  # 0: never
     _in_range("rollout.generate_timeout_s", ro.generate_timeout_s, 0, MAX_TIMEOUT_S, low_open=True)
     _in_range("rollout.control_timeout_s", ro.control_timeout_s, 0, MAX_TIMEOUT_S, low_open=True)

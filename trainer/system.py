@@ -94,7 +94,8 @@ class System:
         rewards = RewardGroup(cfg.reward, cfg.model.max_response_tokens, cfg.reward.num_actors,
                               cfg.cluster.cpus_per_actor, judge_engines=judge.engine_actors if judge else ())
         weight_sync = WeightSync(engines, learner, backend=backend, timeout_s=ro.weight_sync_timeout_s,
-                                 bucket_bytes=ro.weight_sync_bucket_bytes, checksum_every=ro.weight_sync_checksum_every)
+                                 bucket_bytes=ro.weight_sync_bucket_bytes, checksum_every=ro.weight_sync_checksum_every,
+                                 push_bytes=model_bytes(cfg), min_bytes_per_s=ro.weight_sync_min_bytes_per_s)
         weight_sync.connect()
         engines.reload_weights = weight_sync.reload  # a replaced engine gets the current weights from it
         if cfg.cluster.colocate:  # the learner leaves first, so the engines' KV cache finds the memory free
@@ -267,6 +268,14 @@ def start_engine(cfg: TrainConfig, placement: Placement, backend: str, i: int) -
     remote: Any = ray.remote(RolloutWorker)
     return remote.options(**placement.options("rollout", i)).remote(
         **rollout_worker_kwargs(cfg, i, backend), bundle_indices=placement.bundle_indices("rollout"))
+
+
+def model_bytes(cfg: TrainConfig) -> int:
+    """Bytes of the policy's weights in the run's dtype: what one weight sync sends (its deadline scales with it)."""
+    from trainer.plan import DTYPE_BYTES, model_shape
+
+    shape, _ = model_shape(cfg.model.path)
+    return shape.num_params * DTYPE_BYTES[cfg.model.dtype]
 
 
 def start_learner(cfg: TrainConfig, *, role: str, placement: Placement | None = None) -> LearnerGroup:
