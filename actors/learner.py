@@ -12,8 +12,9 @@ actor per rank, and calls every verb on all ranks at once (the verbs are collect
            global-norm clip across TP/PP/DP, AdamW at the scheduled LR, bf16 params all-gathered back)
 
 The learner knows nothing about GRPO: it computes per-token logprobs (vocab-parallel, chunked, padded
-vocab rows masked; `actors.logprobs`) and hands them to the named loss with the batch's tensors and the
-caller's global counts.
+vocab rows masked; `actors.logprobs`) at the rollouts' sampling temperature (softmax(logits / T), what vLLM
+sampled from and reports) and hands them to the named loss with the batch's tensors and the caller's
+global counts. fp16 trains through Megatron's dynamic loss scaler; bf16 and fp32 need none.
 
 GPU and CPU run the same classes: Megatron's `GPTModel`, `DistributedDataParallel` and
 `DistributedOptimizer`. On CPU (gloo) `actors.megatron_cpu` patches the few places where Megatron-core
