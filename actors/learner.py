@@ -12,8 +12,9 @@ actor per rank, and calls every verb on all ranks at once (the verbs are collect
            global-norm clip across TP/PP/DP, AdamW at the scheduled LR, bf16 params all-gathered back)
 
 The learner knows nothing about GRPO: it computes per-token logprobs (vocab-parallel, chunked, padded
-vocab rows masked; `actors.logprobs`) and hands them to the named loss with the batch's tensors and the
-caller's global counts.
+vocab rows masked; `actors.logprobs`) at the rollouts' sampling temperature (softmax(logits / T), what vLLM
+sampled from and reports) and hands them to the named loss with the batch's tensors and the caller's
+global counts. fp16 trains through Megatron's dynamic loss scaler; bf16 and fp32 need none.
 
 GPU and CPU run the same classes: Megatron's `GPTModel`, `DistributedDataParallel` and
 `DistributedOptimizer`. On CPU (gloo) `actors.megatron_cpu` patches the few places where Megatron-core
@@ -73,6 +74,15 @@ class OptimizerSettings:
     grad_clip: float = 1.0
     """Clip the global gradient norm to this (0 disables)."""
 
+
+FP16_INITIAL_LOSS_SCALE = 2.0**16
+"""fp16 only: where Megatron's dynamic loss scaler starts (torch's GradScaler default; Megatron's own 2**32
+would skip the first updates of every run until the scale comes down). It halves after FP16_HYSTERESIS
+overflowing steps (the update is skipped) and doubles after FP16_LOSS_SCALE_WINDOW clean ones."""
+FP16_LOSS_SCALE_WINDOW = 1000
+"""fp16 only: clean optimizer steps before the loss scale doubles (Megatron's default)."""
+FP16_HYSTERESIS = 2
+"""fp16 only: overflowing steps before the loss scale halves (Megatron's default)."""
 
 COSINE_FLOOR = 0.1
 """Cosine decays to this fraction of the peak LR (LearnerConfig.lr_schedule's documented end point)."""
@@ -170,7 +180,7 @@ class LearnerWorker:
                  pp: int = 1, dp: int = 1, model_path: str, dtype: str = "float32", seed: int = 0,
                  optimizer: OptimizerSettings | None = None, sequences_per_microbatch: int = 16,
                  tokens_per_microbatch: int = 0, recompute: str = "none", attention: str = "sdpa",
-                 role: str = "policy",
+                 role: str = "policy", temperature: float = 1.0,
                  hold_reference: bool = False, num_threads: int = 1, timeout_s: float = 600.0,
                  store_secret: str = ""):
         if role not in ("policy", "reference"):
@@ -179,8 +189,16 @@ class LearnerWorker:
             raise ValueError(f"recompute must be one of {RECOMPUTE_MODES}, not {recompute!r}")
         if tp * pp * dp != world_size:
             raise ValueError(f"tp x pp x dp = {tp * pp * dp} must equal world_size = {world_size}")
+        from actors.versions import check_megatron
+
+        check_megatron(where=f"{role} learner rank {rank}")  # before anything is built on its internals
         torch.set_num_threads(num_threads)
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, not {temperature}")
         self.rank, self.role = rank, role
+        # The rollouts' sampling temperature: every logprob here (policy, old policy, reference) is that of
+        # softmax(logits / T), the distribution vLLM sampled from and reports (processed_logprobs).
+        self.temperature = temperature
         self.use_gpu = torch.cuda.is_available()
         self.device = torch.device("cuda", torch.cuda.current_device()) if self.use_gpu else torch.device("cpu")
         if not self.use_gpu:
@@ -261,17 +279,34 @@ class LearnerWorker:
         return ddp
 
     def _make_optimizer(self):  # -> megatron.core.optimizer.MegatronOptimizer
-        """Megatron's DistributedOptimizer: fp32 main params and AdamW state, sharded over DP."""
+        """Megatron's DistributedOptimizer: fp32 main params and AdamW state, sharded over DP.
+
+        fp16 adds Megatron's dynamic loss scaler: the schedule multiplies each micro-batch's loss by the scale
+        before backward (`grad_scale_func`), the optimizer unscales the fp32 main grads, and a step whose
+        gradients overflowed is skipped while the scale comes down (fp16's range is too narrow for raw
+        gradients: small ones underflow to 0). bf16 has fp32's range and needs no scaling."""
         from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
         s = self.settings
         config = OptimizerConfig(optimizer="adam", lr=lr_at(0, s), weight_decay=s.weight_decay,
                                  adam_beta1=s.beta1, adam_beta2=s.beta2, adam_eps=ADAM_EPS, clip_grad=s.grad_clip,
-                                 bf16=self.dtype == torch.bfloat16, params_dtype=self.dtype,
+                                 bf16=self.dtype == torch.bfloat16, fp16=self.fp16, params_dtype=self.dtype,
+                                 loss_scale=None, initial_loss_scale=FP16_INITIAL_LOSS_SCALE,
+                                 loss_scale_window=FP16_LOSS_SCALE_WINDOW, hysteresis=FP16_HYSTERESIS,
                                  use_distributed_optimizer=True)
         optimizer = get_megatron_optimizer(config, [self.ddp])
+        if self.fp16:
+            self.model.config.grad_scale_func = optimizer.scale_loss  # read by the schedule's backward step
         optimizer.zero_grad()
         return optimizer
+
+    @property
+    def fp16(self) -> bool:
+        return self.dtype == torch.float16
+
+    def _inner_optimizers(self) -> list:
+        """The Megatron optimizers (one per parameter group kind) behind a chained one."""
+        return list(getattr(self.optimizer, "chained_optimizers", [self.optimizer]))
 
     def master_weights(self) -> dict[str, Tensor]:
         """This rank's fp32 main copy of each parameter (its DP shard, flat; whole and shaped when DP = 1)."""
@@ -379,7 +414,7 @@ class LearnerWorker:
         # against a dummy 0, dropped), so the logits are read in place instead of sliced into a copy.
         targets = torch.nn.functional.pad(ids[:, 1:], (0, 1))  # [b, s]
         lp, entropy = vocab_parallel_logprobs(logits, targets, vocab_start=vocab_start,
-                                              vocab_size=self.shape.vocab_size,
+                                              vocab_size=self.shape.vocab_size, temperature=self.temperature,
                                               group=self.ps.get_tensor_model_parallel_group())  # [b, s]
         logprobs = torch.nn.functional.pad(lp[:, :-1], (1, 0))  # [b, s]; position 0 has no prediction
         count = torch.tensor(1, dtype=torch.int)
@@ -413,13 +448,18 @@ class LearnerWorker:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         ok, norm, _ = self.optimizer.step()
-        if not ok:
+        if not ok and not self.fp16:
             raise FloatingPointError("the optimizer skipped the update (non-finite gradients)")
         self.ddp.zero_grad_buffer()
         self.optimizer.zero_grad()
         self._grads_reduced = False
         self.step += 1
-        return {"grad_norm": float(norm), "lr": lr}
+        if not self.fp16:
+            return {"grad_norm": float(norm), "lr": lr}
+        # fp16: an overflow at this loss scale skips the update (the scaler has lowered the scale); grad_norm
+        # is then 0 and `update_skipped` 1. The LR schedule moves on, as the run's step count does.
+        return {"grad_norm": float(norm) if ok else 0.0, "lr": lr, "update_skipped": float(not ok),
+                "loss_scale": float(self.optimizer.get_loss_scale())}
 
     # --- checkpoints ----------------------------------------------------------------------------
 
@@ -427,13 +467,19 @@ class LearnerWorker:
         """The inner torch optimizer's state and the fp32 tensors it steps (this rank's shards)."""
         if self.optimizer is None:
             return None
-        inner = [o.optimizer for o in getattr(self.optimizer, "chained_optimizers", [self.optimizer])]
+        inner = [o.optimizer for o in self._inner_optimizers()]
+        scalers = [o.grad_scaler.state_dict() if o.grad_scaler is not None else None
+                   for o in self._inner_optimizers()]  # fp16: the loss scale and its trackers
         return {"inner": [o.state_dict() for o in inner],
-                "main": [[p.detach().cpu().clone() for g in o.param_groups for p in g["params"]] for o in inner]}
+                "main": [[p.detach().cpu().clone() for g in o.param_groups for p in g["params"]] for o in inner],
+                "grad_scalers": scalers}
 
     def _load_optimizer_state(self, state: dict) -> None:
         assert self.optimizer is not None, "only a policy worker holds optimizer state"
-        inner = [o.optimizer for o in getattr(self.optimizer, "chained_optimizers", [self.optimizer])]
+        inner = [o.optimizer for o in self._inner_optimizers()]
+        for megatron_optimizer, scaler in zip(self._inner_optimizers(), state.get("grad_scalers", [])):
+            if scaler is not None and megatron_optimizer.grad_scaler is not None:
+                megatron_optimizer.grad_scaler.load_state_dict(scaler)
         with torch.no_grad():
             for o, saved_state, saved_main in zip(inner, state["inner"], state["main"]):
                 for p, saved in zip((p for g in o.param_groups for p in g["params"]), saved_main):

@@ -25,12 +25,16 @@ over DP), exactly the classes the GPU path uses:
    `'torch.cuda.BFloat16Tensor'` etc., and `clip_grad_by_total_norm_fp32` asserts `'torch.cuda.FloatTensor'`.
    While those run, `Tensor.type()` (no arguments) answers a CPU tensor's type with the CUDA name of the
    same dtype; afterwards it is Torch's own again.
-9. Activation recomputation (`tensor_parallel.checkpoint`) saves and restores the CUDA RNG state next to
+9. fp16's dynamic loss scaler (`grad_scaler`) holds its scale with `device="cuda"` (it sees the same
+   `torch` as 4) and `load_state_dict` moves a saved scale with `.cuda()`: during that call `.cuda()` is the
+   identity, as in 5.
+10. Activation recomputation (`tensor_parallel.checkpoint`) saves and restores the CUDA RNG state next to
    the CPU one: without CUDA the CUDA state is an empty tensor and restoring it is a no-op.
 
 DDP's gradient reduction needs nothing: gloo runs the coalesced all-reduce / reduce-scatter and the
 parameter all-gather (checked with DP = 2). Overlap of gradient reduction with backward is asynchronous
-on gloo too, only slower. Everything stays fp32 on CPU unless a test asks for bf16 (CPU bf16 matmuls work).
+on gloo too, only slower. Everything stays fp32 on CPU unless a test asks for bf16 or fp16 (CPU bf16 and fp16
+matmuls work).
 
 `apply()` is idempotent and does nothing when CUDA is available, so GPU runs use Megatron untouched.
 """
@@ -65,11 +69,13 @@ def apply() -> bool:
     tp_random._set_cuda_rng_state = lambda *a, **k: None  # type: ignore[assignment]
 
     import megatron.core.utils as core_utils
-    from megatron.core.optimizer import clip_grads, distrib_optimizer, optimizer
+    from megatron.core.optimizer import clip_grads, distrib_optimizer, grad_scaler, optimizer
     from megatron.core.pipeline_parallel import schedules
 
-    for module in (schedules, optimizer, clip_grads, distrib_optimizer, core_utils):
+    for module in (schedules, optimizer, clip_grads, distrib_optimizer, core_utils, grad_scaler):
         module.torch = _TorchOnCpu()  # type: ignore[attr-defined]
+    load_scale = grad_scaler.DynamicGradScaler.load_state_dict
+    grad_scaler.DynamicGradScaler.load_state_dict = _without_cuda_moves(load_scale)  # type: ignore[method-assign]
 
     for cls in (distrib_optimizer.DistributedOptimizer, optimizer.Float16OptimizerWithFloat16Params):
         cls.__init__ = _with_cuda_type_names(cls.__init__)  # type: ignore[method-assign]
@@ -80,18 +86,24 @@ def apply() -> bool:
     from megatron.core.models.common.language_module.language_module import LanguageModule
 
     setup = LanguageModule.setup_embeddings_and_output_layer
+    LanguageModule.setup_embeddings_and_output_layer = _without_cuda_moves(setup)  # type: ignore[method-assign]
+    _APPLIED = True
+    return True
 
-    def _setup_on_cpu(self) -> None:
+
+def _without_cuda_moves(function):
+    """Wrap `function` so that, while it runs, `Tensor.cuda()` returns the tensor itself (it stays on the CPU)."""
+
+    @functools.wraps(function)
+    def wrapped(*args, **kwargs):
         original = torch.Tensor.cuda
         torch.Tensor.cuda = lambda t, *a, **k: t  # type: ignore[method-assign]
         try:
-            setup(self)
+            return function(*args, **kwargs)
         finally:
             torch.Tensor.cuda = original  # type: ignore[method-assign]
 
-    LanguageModule.setup_embeddings_and_output_layer = _setup_on_cpu  # type: ignore[method-assign]
-    _APPLIED = True
-    return True
+    return wrapped
 
 
 def causal_mask(seq_len: int, device: torch.device | str = "cpu") -> torch.Tensor:

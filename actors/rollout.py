@@ -1,9 +1,13 @@
 """Rollout worker: one vLLM engine (`AsyncLLM`) behind async actor methods.
 
 How prompts become a RolloutBatch: each prompt is one vLLM request with n = G samples and
-`logprobs=0` (the logprob of each sampled token only), in vLLM's default `raw_logprobs` mode, i.e.
-log-softmax of the model's logits before temperature / top-p: the same quantity the learner
-recomputes. With n > 1 we ask for `FINAL_ONLY` outputs (the streaming kind can return a final
+`logprobs=0` (the logprob of each sampled token only), in vLLM's `processed_logprobs` mode, i.e.
+log-softmax of the logits after temperature (and top-p), the distribution the token was drawn from:
+the learner recomputes the same quantity (it scales its logits by 1 / T; top-p < 1 is refused for
+training, since the learner does not renormalise over the nucleus). vLLM's default, `raw_logprobs`, is
+taken before temperature, so at T != 1 it would be neither the sampling policy nor the learner's. On GPUs
+this mode makes vLLM sample with its native sampler instead of FlashInfer's (which does not expose the
+processed logits), as in every peer that trains on vLLM's logprobs. With n > 1 we ask for `FINAL_ONLY` outputs (the streaming kind can return a final
 output that lacks some samples). Groups come back in prompt order.
 
 How new weights reach the engine (see actors/weight_sync.py): `init_weight_sync` joins the transfer
@@ -46,6 +50,8 @@ EMPTY_DIGEST = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855
 """sha256 of zero bytes."""
 PREFILL_TOKEN_BUDGET = 8192
 """Tokens one engine step may prefill (whole prompts only; see the engine arguments)."""
+LOGPROBS_MODE = "processed_logprobs"
+"""vLLM reports each sampled token's logprob under temperature (and top-p): the sampling distribution."""
 RPC_MARGIN_S = 30.0
 """Extra time around a transfer's own timeout before the actor gives up waiting on vLLM."""
 
@@ -129,6 +135,9 @@ class RolloutWorker:
                  weight_transfer_backend: str | None = None, bundle_indices: list[int] | None = None):
         import torch
 
+        from actors.versions import check_vllm
+
+        check_vllm(where=f"engine {engine_index}")  # before anything is built on its internals
         self.engine_index = engine_index
         # A TP > 1 GPU engine's actor holds no GPU itself (its workers do), so ask the caller.
         self.on_gpu = torch.cuda.is_available() if use_gpu is None else use_gpu
@@ -156,6 +165,7 @@ class RolloutWorker:
             max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
             enable_sleep_mode=enable_sleep_mode and self.on_gpu, seed=seed,
             weight_transfer_config={"backend": self.backend},
+            logprobs_mode=LOGPROBS_MODE,
             enable_prefix_caching=True,  # the G samples of a group share their prompt
             # A prefill split over two steps makes vLLM rewind the request's seeded generator
             # (`Generator.set_offset`), which CPU generators do not support: seeded requests then
@@ -288,6 +298,7 @@ class RolloutWorker:
             IPC_KEY,
             SHM_BACKEND,
             SHM_KEY,
+            WeightSyncError,
             decode_bucket,
             worker_update_info,
         )
@@ -307,7 +318,12 @@ class RolloutWorker:
                 region = json.loads(self._store.get(SHM_KEY.format(version=version, index=index)))
             info = worker_update_info(metas, handles, region, version=version, index=index)
             request = WeightTransferUpdateRequest(update_info=info)
-            await asyncio.wait_for(self.engine.update_weights(request), spec.timeout_s + RPC_MARGIN_S)
+            try:
+                await asyncio.wait_for(self.engine.update_weights(request), spec.timeout_s + RPC_MARGIN_S)
+            except TimeoutError as e:
+                raise WeightSyncError(f"engine {self.engine_index}: bucket {index} of version {version} "
+                                      f"({len(metas)} tensors, {sum(m.nbytes for m in metas)} bytes) was not "
+                                      f"loaded within {spec.timeout_s + RPC_MARGIN_S:.0f}s") from e
             if spec.backend == IPC_BACKEND:
                 self._store.set(ACK_KEY.format(version=version, index=index, receiver=self.engine_index), b"1")
             index += 1

@@ -79,6 +79,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from trainer.config import RolloutConfig
+
 log = logging.getLogger(__name__)
 
 Backend = Literal["gloo", "shm", "nccl", "ipc"]
@@ -173,7 +175,8 @@ class TransferSpec:
     num_engines: int
     backend: Backend
     timeout_s: float
-    """Bound on every wait of the transfer (store waits, collectives, NCCL init and broadcasts)."""
+    """Bound on every wait of one bucket (store waits, collectives, NCCL init and broadcasts, acknowledgements);
+    the whole push has a deadline that grows with its bytes (`push_deadline_s`)."""
     secret: str
     """Prefix of every store key: only peers told it by the controller can read or write a bucket."""
 
@@ -951,6 +954,15 @@ CONNECT_MARGIN_S = 30.0
 """Extra time the controller gives the group to form beyond the transfer timeout (actor start-up)."""
 
 
+def push_deadline_s(nbytes: int, *, bucket_timeout_s: float, min_bytes_per_s: float, checksums: bool) -> float:
+    """The controller's deadline for one whole push of `nbytes`: every bucket has `bucket_timeout_s` of its own,
+    and the push as a whole (the TP/PP gathers, every bucket, the engines' reload) gets that plus its bytes at
+    a conservative bandwidth floor; a checksum step hashes every byte on both sides too, so twice the bytes.
+    A 7B model in bf16 (15 GB) at a floor of 50 MB/s: 120 s + 300 s, 720 s with checksums."""
+    passes = 2 if checksums else 1
+    return bucket_timeout_s + passes * nbytes / min_bytes_per_s
+
+
 class WeightSync:
     """Weight sync end to end, from the controller: form the group once, push a version, verify it.
 
@@ -961,10 +973,14 @@ class WeightSync:
     """
 
     def __init__(self, engine_group: Any, learner_group: Any, *, backend: Backend, timeout_s: float,
-                 bucket_bytes: int, checksum_every: int = 1) -> None:
+                 bucket_bytes: int, checksum_every: int = 1, push_bytes: int = 0,
+                 min_bytes_per_s: float = RolloutConfig.weight_sync_min_bytes_per_s) -> None:
+        """`timeout_s` bounds each bucket; a whole push gets `push_deadline_s` of `push_bytes` (the model's
+        size in its dtype, as the builder estimates it; raised to what a push really sent once one has)."""
         self.engine_group, self.learner_group = engine_group, learner_group
         self.backend, self.timeout_s = backend, timeout_s
         self.bucket_bytes, self.checksum_every = bucket_bytes, checksum_every
+        self.push_bytes, self.min_bytes_per_s = push_bytes, min_bytes_per_s
         self.spec: TransferSpec | None = None
 
     def connect(self) -> TransferSpec:
@@ -1021,13 +1037,17 @@ class WeightSync:
         from cluster.calls import get_all
 
         verify = bool(self.checksum_every) and version % self.checksum_every == 0
+        deadline = push_deadline_s(self.push_bytes, bucket_timeout_s=self.timeout_s,
+                                   min_bytes_per_s=self.min_bytes_per_s, checksums=verify)
         start = time.perf_counter()
         learner_refs = self.learner_group.push_weights_async(version, self.bucket_bytes, checksums=verify)
         engine_refs = self.engine_group.receive_weights_async(version)
-        results = get_all([*learner_refs, *engine_refs], what=f"weight sync of version {version}",
+        results = get_all([*learner_refs, *engine_refs], what=f"weight sync of version {version} "
+                          f"({self.push_bytes / 1e9:.2f} GB, deadline {deadline:.0f}s)",
                           names=self.learner_group.names + self.engine_group.names,
-                          timeout_s=self.timeout_s, error=WeightSyncError)
+                          timeout_s=deadline, error=WeightSyncError)
         stats = results[0]
+        self.push_bytes = max(self.push_bytes, int(stats["bytes"]))  # the estimate, corrected by the real size
         self.engine_group.expected_version = version
         self.engine_group.check_versions()
         metrics = {"weight_sync_bytes": float(stats["bytes"]), "weight_sync_buckets": float(stats["buckets"]),

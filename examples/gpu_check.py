@@ -13,6 +13,10 @@ to a JSON file (`--out`). The checks:
   within bf16 tolerance.
 - step: one GRPO update at lr 1e-6 moves the fp32 main weights (bf16 alone could not hold such a step)
   and agrees with the same update done in fp32 by transformers + torch AdamW.
+- precision: a few GRPO updates of the learner in bf16 and in fp16 (lr 1e-4): every loss finite, the fp32
+  main weights move; fp16 goes through Megatron's dynamic loss scaler (the schedule's `grad_scale_func`
+  set, the scale and its trackers in the optimizer state a checkpoint saves, skipped updates counted),
+  bf16 has no scaler.
 - throughput: forward-backward tokens/s and MFU of a randomly initialised Qwen2.5-0.5B-shaped model
   (hidden 896, 24 layers, 14 heads, 2 KV heads, FFN 4864, vocab 151936), and peak GPU memory; with SDPA
   attention (the default), with full activation recomputation, and with Megatron's local attention.
@@ -165,12 +169,12 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def learner(model_dir: Path, **kwargs):
-    """A world-size-1 LearnerWorker (bf16 policy), shut down afterwards."""
+def learner(model_dir: Path, dtype: str = "bfloat16", **kwargs):
+    """A world-size-1 LearnerWorker (bf16 policy unless told), shut down afterwards."""
     from actors.learner import LearnerWorker
 
     worker = LearnerWorker(rank=0, world_size=1, master_addr="127.0.0.1", master_port=free_port(),
-                           model_path=str(model_dir), dtype="bfloat16", num_threads=torch.get_num_threads(),
+                           model_path=str(model_dir), dtype=dtype, num_threads=torch.get_num_threads(),
                            **kwargs)
     try:
         yield worker
@@ -299,6 +303,50 @@ def check_step(report: Report, worker, hf, batch, device) -> None:
                  f"{a.abs().max().item():.2e} vs {b.abs().max().item():.2e}",
                  update_cosine=cosine, grad_norm=stats["grad_norm"], ref_grad_norm=ref_norm,
                  grad_norm_rel_diff=rel_norm)
+
+
+PRECISION_STEPS = 3
+"""GRPO updates per dtype in the precision check."""
+PRECISION_LR = 1e-4
+"""Large enough that every step moves the fp32 main weights visibly."""
+
+
+def check_precision_steps(report: Report, model_dir: Path, batch) -> None:
+    """bf16 and fp16 learners each take PRECISION_STEPS updates: losses finite, main weights moved; fp16 with
+    Megatron's loss scaler wired into the schedule and its state in the optimizer state, bf16 without."""
+    from actors.learner import OptimizerSettings
+
+    for dtype in ("bfloat16", "float16"):
+        release_memory()
+        with learner(model_dir, dtype=dtype, optimizer=OptimizerSettings(lr=PRECISION_LR, grad_clip=1.0),
+                     sequences_per_microbatch=4) as worker:
+            before = {n: m.detach().float().clone() for n, m in worker.master_weights().items()}
+            steps = []
+            for _ in range(PRECISION_STEPS):
+                metrics = worker.forward_backward(batch, "grpo", batch.num_tokens, batch.num_sequences, LOSS_KWARGS)
+                steps.append(metrics | worker.optim_step())
+            moved = sum(int((m.detach().float() != before[n]).sum()) for n, m in worker.master_weights().items())
+            total = sum(t.numel() for t in before.values())
+            losses = [s["loss"] for s in steps]
+            finite = all(math.isfinite(v) for v in losses)
+            scalers = worker._optimizer_state()["grad_scalers"]
+            scale_func = worker.model.config.grad_scale_func is not None
+            skipped = int(sum(s.get("update_skipped", 0.0) for s in steps))
+            params = {p.dtype for p in worker.model.parameters()} == {getattr(torch, dtype)}
+            if dtype == "float16":
+                scales = [s["loss_scale"] for s in steps]
+                state = scalers[0] or {}
+                ok = finite and params and moved > 0 and scale_func and skipped < PRECISION_STEPS and "scale" in state
+                figure = (f"losses {', '.join(f'{v:.4g}' for v in losses)}; loss scale {scales}, "
+                          f"{skipped} of {PRECISION_STEPS} updates skipped; scaler state "
+                          f"{ {k: float(v) for k, v in state.items()} }; {moved / total:.1%} of main weights moved")
+                report.check("fp16_steps_with_loss_scaler", ok, figure, losses=losses, loss_scales=scales,
+                             skipped=skipped, moved_fraction=moved / total,
+                             scaler_state={k: float(v) for k, v in state.items()})
+            else:
+                ok = finite and params and moved > 0 and not scale_func and all(s is None for s in scalers)
+                report.check("bf16_steps", ok, f"losses {', '.join(f'{v:.4g}' for v in losses)}; no loss scaler; "
+                             f"{moved / total:.1%} of main weights moved", losses=losses, moved_fraction=moved / total)
 
 
 def matmul_flops_per_token(shape: dict, seq_len: int) -> float:
@@ -456,6 +504,7 @@ def run(cpu_smoke: bool, out: Path) -> int:
             check_logprobs(report, worker, hf, batch, device)
             check_step(report, worker, hf, batch, device)
         del hf, worker
+        check_precision_steps(report, small, batch)
         big = write_qwen2(Path(tmp) / "big", sizes.big, seed=2, device=device)
         for suffix, variant in THROUGHPUT_VARIANTS.items():
             release_memory()

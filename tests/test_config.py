@@ -318,6 +318,22 @@ def test_validate_accepts_the_edges_of_each_range(override):
     assert cfg.validate() is cfg
 
 
+def test_training_refuses_top_p_below_one_and_rejection_sampling_accepts_it():
+    """vLLM's logprobs under top-p are renormalised over the nucleus; the learner's are not: a GRPO run with
+    top_p < 1 would train against a policy its samples did not come from. Rejection sampling trains nothing."""
+    from trainer.config import RejectionConfig
+
+    cfg = apply_overrides(TrainConfig(), ["rollout.sampling.top_p=0.9"])
+    with pytest.raises(ConfigError, match=r"top_p = 0\.9 cannot be trained on: .* Use top_p = 1"):
+        cfg.validate()
+    assert cfg.validate(training=False) is cfg
+    assert apply_overrides(TrainConfig(), ["rollout.sampling.temperature=0.7"]).validate()  # supported
+    rejection = RejectionConfig()
+    rejection = dataclasses.replace(rejection, rollout=dataclasses.replace(rejection.rollout, sampling=(
+        dataclasses.replace(rejection.rollout.sampling, top_p=0.9))))
+    assert rejection.validate() is rejection
+
+
 def test_non_finite_values_inside_tuples_are_refused():
     cfg = dataclasses.replace(TrainConfig(), rollout=dataclasses.replace(TrainConfig().rollout, sampling=(
         dataclasses.replace(TrainConfig().rollout.sampling, top_p=float("nan")))))

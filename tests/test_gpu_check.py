@@ -13,7 +13,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 CHECKS = {"distributed_optimizer", "logprobs_vs_transformers", "step_moves_fp32_main_weights", "offload_onload",
           "dp_reduction_device",
-          "step_vs_fp32_reference", "forward_backward_throughput", "no_ray_no_vllm"}
+          "step_vs_fp32_reference", "forward_backward_throughput", "no_ray_no_vllm", "bf16_steps",
+          "fp16_steps_with_loss_scaler"}
 
 
 def _run(tmp_path: Path, *args: str) -> dict:
@@ -33,6 +34,7 @@ def test_gpu_check_cpu_smoke_passes_every_check(tmp_path):
     assert figures["step_moves_fp32_main_weights"]["moved_fraction"] > 0.9
     assert figures["forward_backward_throughput"]["tokens_per_s"] > 0
     assert figures["offload_onload"]["bit_identical"] and figures["offload_onload"]["freed_gib"] > 0
+    assert figures["fp16_steps_with_loss_scaler"]["scaler_state"]["scale"] > 1
 
 
 @pytest.mark.gpu

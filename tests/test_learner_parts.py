@@ -81,6 +81,28 @@ def test_chunked_logprobs_match_log_softmax():
     assert torch.allclose(ent.double(), -(full.exp() * full).sum(-1), atol=1e-4)
 
 
+@pytest.mark.parametrize("temperature", [0.7, 1.3])
+def test_logprobs_at_a_temperature_are_log_softmax_of_scaled_logits_with_its_gradient(temperature):
+    """vLLM samples from softmax(logits / T) (and reports those logprobs in processed_logprobs mode): the
+    learner's logprobs, entropy and gradient are those of the scaled logits, computed without a copy."""
+    logits, targets, upstream = _logits(torch.float64, vocab=256)
+    a = logits.clone().requires_grad_()
+    lp, ent = vocab_parallel_logprobs(a, targets, vocab_start=0, vocab_size=256, group=None, chunk_tokens=3,
+                                      temperature=temperature)
+    (lp * upstream).sum().backward()
+    b = logits.clone().requires_grad_()
+    full = torch.log_softmax(b / temperature, -1)  # [B, S, V]
+    want = full.gather(-1, targets[..., None]).squeeze(-1)  # [B, S]
+    (want * upstream).sum().backward()
+    assert torch.allclose(lp.double(), want.detach(), atol=1e-5)
+    assert torch.allclose(ent.double(), -(full.exp() * full).sum(-1).detach(), atol=1e-4)
+    assert torch.allclose(a.grad, b.grad, atol=1e-6)
+    plain, _ = vocab_parallel_logprobs(logits, targets, vocab_start=0, vocab_size=256, group=None)
+    assert (plain.double() - want.detach()).abs().max() > 0.1  # the temperature matters at these logits
+    with pytest.raises(ValueError, match="temperature"):
+        vocab_parallel_logprobs(logits, targets, vocab_start=0, vocab_size=256, group=None, temperature=0.0)
+
+
 def _tp_rank(rank: int, store, logits, targets, upstream, out) -> None:
     """One TP rank in a thread: a gloo group of its own (no default process group in this process)."""
     from datetime import timedelta

@@ -141,6 +141,66 @@ def test_seeded_groups_do_not_depend_on_engine_or_batch(engines):
         [c.rollout_logprobs for c in g] for g in spread.completions]
 
 
+LEARNER_VS_VLLM_TOL = 1e-3
+"""Largest |learner - vLLM| logprob of a sampled token: the bound the end-to-end test holds at T = 1."""
+
+
+def _train_batch(rollout):
+    """The learner's padded TrainBatch of a RolloutBatch (prompt + completion rows, vLLM's logprobs)."""
+    import torch
+
+    from trainer.types import TrainBatch
+
+    rows = [(list(p), list(c.token_ids), c.rollout_logprobs)
+            for p, g in zip(rollout.prompt_token_ids, rollout.completions) for c in g]
+    n, length = len(rows), max(len(p) + len(t) for p, t, _ in rows)
+    ids = torch.zeros(n, length, dtype=torch.long)  # [N, L]
+    attention = torch.zeros(n, length, dtype=torch.bool)  # [N, L]
+    response = torch.zeros(n, length, dtype=torch.bool)  # [N, L]
+    vllm = torch.zeros(n, length)  # [N, L]
+    for i, (p, t, lps) in enumerate(rows):
+        ids[i, : len(p) + len(t)] = torch.tensor(p + t)
+        attention[i, : len(p) + len(t)] = True
+        response[i, len(p): len(p) + len(t)] = True
+        vllm[i, len(p): len(p) + len(t)] = torch.tensor(lps)
+    return TrainBatch(input_ids=ids, attention_mask=attention, response_mask=response, advantages=torch.zeros(n),
+                      old_logprobs=vllm.clone(), ref_logprobs=vllm.clone(), rollout_logprobs=vllm)
+
+
+@pytest.mark.slow
+def test_learner_logprobs_equal_vllm_processed_logprobs_at_temperature_0_7(engines):
+    """At T != 1 the samples come from softmax(logits / T): vLLM reports that distribution's logprobs
+    (processed_logprobs) and the learner, built with the run's temperature, computes the same ones, so the
+    ratio and the loss are taken against the policy that sampled. vLLM's default (raw, before temperature)
+    and an unscaled learner would both be off by far more than the tolerance (checked below with HF)."""
+    import ray
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from actors.learner import LearnerWorker
+    from examples.gpu_check import free_port, hf_logprobs
+
+    group, model_dir = engines
+    temperature = 0.7
+    batch = _train_batch(group.generate(PROMPTS, n=G, temperature=temperature, top_p=1.0, max_tokens=10, stop=(),
+                                        seed=5))
+    learner = ray.remote(num_cpus=1)(LearnerWorker).remote(
+        rank=0, world_size=1, master_addr="127.0.0.1", master_port=free_port(), model_path=model_dir,
+        role="reference", temperature=temperature)
+    try:
+        learned = ray.get(learner.compute_logprobs.remote(batch), timeout=600)  # [N, L]
+    finally:
+        ray.get(learner.shutdown.remote(), timeout=120)
+        ray.kill(learner)
+    mask = batch.response_mask
+    gap = (learned - batch.rollout_logprobs).abs()[mask]
+    print(f"T={temperature}: max |learner - vLLM| logprob = {float(gap.max()):.2e} over {int(mask.sum())} tokens")
+    assert float(gap.max()) < LEARNER_VS_VLLM_TOL
+    with torch.no_grad():  # what T = 1 logprobs (vLLM's raw mode, an unscaled learner) would have given
+        raw = hf_logprobs(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32), batch, "cpu")
+    assert float((raw - batch.rollout_logprobs).abs()[mask].max()) > 20 * LEARNER_VS_VLLM_TOL
+
+
 @pytest.mark.slow
 def test_stale_engine_is_refused(engines):
     group, _ = engines

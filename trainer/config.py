@@ -55,9 +55,12 @@ class DataConfig:
 @dataclass(frozen=True)
 class SamplingConfig:
     temperature: float = 1.0
-    """Sampling temperature for training rollouts (and for pass@1 evaluation, as R1 reports it)."""
+    """Sampling temperature for training rollouts (and for pass@1 evaluation, as R1 reports it). The learner
+    computes every logprob (policy, old policy, reference) at this temperature, softmax(logits / T), the
+    distribution the samples came from."""
     top_p: float = 1.0
-    """Nucleus sampling mass."""
+    """Nucleus sampling mass. Training needs 1: vLLM reports logprobs renormalised over the nucleus, which the
+    learner does not compute (rejection sampling may use less)."""
     stop: tuple[str, ...] = ("</answer>",)
     """Stop strings; the stop string itself is kept in the completion."""
     seed: int = 0
@@ -88,7 +91,13 @@ class RolloutConfig:
     weight_sync_bucket_bytes: int = 64 * 2**20
     """Tensors are streamed to the engines in buckets of at most this many bytes."""
     weight_sync_timeout_s: float = 120.0
-    """A weight sync that does not complete in this time raises instead of hanging."""
+    """Bound on each bucket of a weight sync: any wait inside one (its announcement, its transfer, an engine's
+    load and acknowledgement) raises after this long, naming the bucket. Also the fixed part of the deadline
+    of a whole sync, which adds the model's bytes at `weight_sync_min_bytes_per_s`."""
+    weight_sync_min_bytes_per_s: float = 50e6
+    """Bandwidth floor of a whole weight sync (TP/PP gathers, every bucket, the engines' reload; twice the bytes
+    on checksum steps, which hash them on both sides): a sync is given weight_sync_timeout_s + bytes / this
+    before it counts as hung. 50 MB/s is far below NCCL, gloo and shared memory; a 7B bf16 model gets 420 s."""
     weight_sync_checksum_every: int = 10
     """Compare every engine's weight checksums with learner rank 0's every this many syncs (0: never)."""
     generate_timeout_s: float = 1800.0
@@ -370,8 +379,9 @@ class TrainConfig:
     def needs_reference(self) -> bool:
         return self.algorithm.kl_coef > 0
 
-    def validate(self) -> TrainConfig:
-        """Check the configuration as a whole; returns self so calls can chain."""
+    def validate(self, *, training: bool = True) -> TrainConfig:
+        """Check the configuration as a whole; returns self so calls can chain. `training=False`: the config
+        only starts engines and reward actors (rejection sampling), so what only training needs is not asked."""
         _check_finite(self, "")
         a, lr, ro = self.algorithm, self.learner, self.rollout
         _require(a.max_sampling_rounds >= 1, "algorithm.max_sampling_rounds must be >= 1")
@@ -427,6 +437,8 @@ class TrainConfig:
         _require(self.cluster.address in ("local", "auto") or ":" in self.cluster.address,
                  "cluster.address must be 'local', 'auto' or host:port")
         _check_ranges(self)
+        if training:
+            _require(self.rollout.sampling.top_p == 1.0, TOP_P_REFUSED.format(top_p=self.rollout.sampling.top_p))
         return self
 
 
@@ -554,7 +566,7 @@ class RejectionConfig:
         _in_range("max_prompts", self.max_prompts, 0)
         _in_range("keep_per_prompt", self.keep_per_prompt, 0)
         _in_range("max_foreign_share", self.max_foreign_share, 0, 1)
-        self.engine_config().validate()
+        self.engine_config().validate(training=False)
         return self
 
 
@@ -566,6 +578,13 @@ def _require(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
 
+
+TOP_P_REFUSED = (
+    "rollout.sampling.top_p = {top_p} cannot be trained on: vLLM samples from the top-p nucleus renormalised and "
+    "reports those logprobs, while the learner's (policy, old policy, reference) are over the whole vocabulary, "
+    "so the importance ratio and the loss would be taken against a policy the samples did not come from. Use "
+    "top_p = 1 (a temperature other than 1 is supported: the learner scales its logits by 1 / T)")
+"""Training with top-p < 1 is refused rather than warned about (most peers warn): its loss is silently off."""
 
 MAX_TIMEOUT_S = 86_400.0
 """Longest accepted timeout (a day): longer ones overflow the waits they feed (`inf` did), or hang a run."""
@@ -612,6 +631,7 @@ def _check_ranges(cfg: TrainConfig) -> None:
     _in_range("rollout.cpu_kvcache_gib", ro.cpu_kvcache_gib, 0, low_open=True)
     _in_range("rollout.weight_sync_bucket_bytes", ro.weight_sync_bucket_bytes, 1)
     _in_range("rollout.weight_sync_timeout_s", ro.weight_sync_timeout_s, 0, MAX_TIMEOUT_S, low_open=True)
+    _in_range("rollout.weight_sync_min_bytes_per_s", ro.weight_sync_min_bytes_per_s, 1e6)  # a day per 86 GB
     _in_range("rollout.weight_sync_checksum_every", ro.weight_sync_checksum_every, 0)  # 0: never
     _in_range("rollout.generate_timeout_s", ro.generate_timeout_s, 0, MAX_TIMEOUT_S, low_open=True)
     _in_range("rollout.control_timeout_s", ro.control_timeout_s, 0, MAX_TIMEOUT_S, low_open=True)

@@ -147,6 +147,7 @@ def run_rejection(cfg: RejectionConfig) -> Path:
     """Sample, score, filter and write; returns the output directory (sft.jsonl, report.json, config.json)."""
     from transformers import AutoTokenizer
 
+    from actors.versions import check_installed
     from cluster.ray_init import init_ray, shutdown_ray
     from reward_server.filters import Deduplicator, FilterSettings, rules
     from trainer.data import load_prompts, read_rows
@@ -165,6 +166,7 @@ def run_rejection(cfg: RejectionConfig) -> Path:
                                         max_paragraph_chars=cfg.max_paragraph_chars, reject_code=cfg.reject_code))
     selection, dedup = Selection(), Deduplicator()
     s = cfg.rollout.sampling
+    check_installed()  # vLLM / Megatron-core releases, before any actor starts (actors.versions)
     init_ray(cfg.cluster.address, num_cpus=cfg.cluster.num_cpus)
     engines, rewards, judge, placement = start_rollout_and_rewards(cfg)
     began = time.perf_counter()

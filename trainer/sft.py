@@ -205,6 +205,7 @@ def train_sft(cfg: SFTConfig) -> Path:
     """Run SFT as configured; returns the run directory (metrics.jsonl, checkpoints/, hf/, config.json)."""
     from transformers import AutoTokenizer
 
+    from actors.versions import check_installed
     from cluster.ray_init import init_ray, shutdown_ray
     from trainer.checkpoint import ControllerState, latest_checkpoint, load_controller_state, save_checkpoint
     from trainer.data import SamplerState
@@ -229,6 +230,7 @@ def train_sft(cfg: SFTConfig) -> Path:
     steps = total_steps(len(train), samples_per_step=cfg.samples_per_step, epochs=cfg.epochs, max_steps=cfg.max_steps)
     print(f"SFT {cfg.name}: {len(train)} training samples ({dropped} longer than {d.max_sample_tokens} tokens "
           f"dropped), {len(valid)} validation samples, {steps} steps")
+    check_installed()  # vLLM / Megatron-core releases, before any actor starts (actors.versions)
     init_ray(cfg.cluster.address, num_cpus=cfg.cluster.num_cpus)
     learner = start_sft_learner(cfg, optimizer_steps=steps)
     logger = MetricsLogger(run_dir)

@@ -65,9 +65,11 @@ class System:
         from transformers import AutoTokenizer
 
         from actors.engine_group import EngineGroup
+        from actors.versions import check_installed
         from actors.weight_sync import WeightSync, choose_backend, shm_free_bytes
         from reward_server.reward_group import RewardGroup
 
+        check_installed()  # vLLM / Megatron-core releases, before any actor starts (actors.versions)
         init_ray(cfg.cluster.address, num_cpus=cfg.cluster.num_cpus)
         tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
         placement = Placement(resource_spec(cfg))
@@ -92,7 +94,8 @@ class System:
         rewards = RewardGroup(cfg.reward, cfg.model.max_response_tokens, cfg.reward.num_actors,
                               cfg.cluster.cpus_per_actor, judge_engines=judge.engine_actors if judge else ())
         weight_sync = WeightSync(engines, learner, backend=backend, timeout_s=ro.weight_sync_timeout_s,
-                                 bucket_bytes=ro.weight_sync_bucket_bytes, checksum_every=ro.weight_sync_checksum_every)
+                                 bucket_bytes=ro.weight_sync_bucket_bytes, checksum_every=ro.weight_sync_checksum_every,
+                                 push_bytes=model_bytes(cfg), min_bytes_per_s=ro.weight_sync_min_bytes_per_s)
         weight_sync.connect()
         engines.reload_weights = weight_sync.reload  # a replaced engine gets the current weights from it
         if cfg.cluster.colocate:  # the learner leaves first, so the engines' KV cache finds the memory free
@@ -267,6 +270,14 @@ def start_engine(cfg: TrainConfig, placement: Placement, backend: str, i: int) -
         **rollout_worker_kwargs(cfg, i, backend), bundle_indices=placement.bundle_indices("rollout"))
 
 
+def model_bytes(cfg: TrainConfig) -> int:
+    """Bytes of the policy's weights in the run's dtype: what one weight sync sends (its deadline scales with it)."""
+    from trainer.plan import DTYPE_BYTES, model_shape
+
+    shape, _ = model_shape(cfg.model.path)
+    return shape.num_params * DTYPE_BYTES[cfg.model.dtype]
+
+
 def start_learner(cfg: TrainConfig, *, role: str, placement: Placement | None = None) -> LearnerGroup:
     from actors.learner import OptimizerSettings
 
@@ -282,6 +293,7 @@ def start_learner(cfg: TrainConfig, *, role: str, placement: Placement | None = 
         optimizer=optimizer if role == "policy" else None,
         sequences_per_microbatch=lc.sequences_per_microbatch, tokens_per_microbatch=lc.tokens_per_microbatch,
         recompute=lc.activation_recompute, role=role,
+        temperature=cfg.rollout.sampling.temperature,  # logprobs of the distribution the rollouts came from
         hold_reference=role == "policy" and cfg.needs_reference and lc.reference_colocated,
         use_gpu=cfg.cluster.use_gpu, cpus_per_actor=cfg.cluster.cpus_per_actor, timeout_s=lc.verb_timeout_s,
         node_resource=cfg.cluster.learner_node_resource,
