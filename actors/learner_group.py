@@ -27,7 +27,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from cluster.calls import get_all
 from cluster.network import endpoint_on
-from cluster.placement import NODE_RESOURCE_SHARE
+from cluster.placement import NODE_RESOURCE_SHARE, ordered_bundles
 
 
 class LearnerGroup:
@@ -53,11 +53,12 @@ class LearnerGroup:
                 bundle[node_resource] = NODE_RESOURCE_SHARE
             self.pg = placement_group([dict(bundle) for _ in range(self.world_size)], strategy="PACK")
             ray.get(self.pg.ready(), timeout=timeout_s)
-            own_pg = self.pg
+            own_pg, order = self.pg, ordered_bundles(self.pg)  # a TP group's ranks on one node (cluster.placement)
 
             def placement(rank: int) -> dict[str, Any]:
                 return {"num_cpus": bundle["CPU"], "num_gpus": bundle.get("GPU", 0),
-                        "scheduling_strategy": PlacementGroupSchedulingStrategy(own_pg, placement_group_bundle_index=rank)}
+                        "scheduling_strategy": PlacementGroupSchedulingStrategy(
+                            own_pg, placement_group_bundle_index=order[rank])}
 
         master_addr, port = endpoint_on(placement(0), timeout_s or 600.0)
         store_secret = secrets.token_hex(16)  # the rendezvous store's keys: only these ranks know them
