@@ -200,3 +200,11 @@ def test_rank_order_puts_each_tensor_parallel_group_on_one_node():
         assert all(p == sorted(p) for p in per_node)  # within a node, bundle order
     assert rank_order(["b", "a", "10.0.0.1", "a"]) == [2, 1, 3, 0]  # names after addresses, in text order
     assert rank_order(["10.0.0.1"] * 4) == [0, 1, 2, 3]  # one node: bundle i is rank i, as before
+
+
+def test_a_tensor_parallel_group_across_nodes_is_named():
+    from actors.learner_group import straddling_tp_groups
+
+    assert straddling_tp_groups(["a", "a", "b", "b"], 2) == []
+    [line] = straddling_tp_groups(["a", "a", "a", "b"], 2)  # a node with 3 learner bundles, TP=2
+    assert line.startswith("ranks 2-3 form one tensor-parallel group but run on 2 nodes (a, b)")
