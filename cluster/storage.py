@@ -139,6 +139,6 @@ def _explain(what: str, path: str, resolved: Path, failed: list[tuple[NodeView, 
     return (f"{what}={path!r} is not one directory for the whole cluster: the driver wrote to {resolved}, and "
             + "; ".join(lines) + ". Every node that runs a learner rank writes its part of each checkpoint there "
             f"and a resume reads all of them from one place. Set {what} to a path on a filesystem that every node "
-            f"mounts at the same place (NFS, Lustre, a bucket mounted by FUSE), e.g. --set {what}=/mnt/shared/runs; "
+            f"mounts at the same place (NFS, Lustre, a bucket mounted by FUSE), e.g. --set {what}=/shared/runs; "
             "under `ray job submit --working-dir`, a relative path is each node's own unpacked copy of the "
             "working directory.")

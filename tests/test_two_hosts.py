@@ -387,7 +387,7 @@ def test_a_run_refuses_an_output_dir_that_is_not_one_directory_for_every_node(tw
     assert refused.startswith(f"output_dir={str(two_hosts.split)!r} is not one directory for the whole cluster"), refused
     assert f"node {HOST_B} (where it is {two_hosts.split}) does not see the file the driver wrote" in refused
     assert "wrote a file the driver does not see" in refused and HOST_A not in refused.split("driver wrote to")[1]
-    assert "--set output_dir=/mnt/shared/runs" in refused
+    assert "--set output_dir=/shared/runs" in refused
     assert facts["placement_groups_left"] == 0  # the refused run gave its bundles back
     left = [p for d in (two_hosts.shared, two_hosts.split, two_hosts.split_b) for p in d.rglob(".grpo-ray-probe-*")]
     assert left == []  # no probe file left, on either host's side of the split path
