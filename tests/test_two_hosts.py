@@ -16,6 +16,12 @@ worker's core-worker gRPC server listen on all interfaces (local mode binds them
 setting changes that. The test tells them apart by process (Ray's daemons) and by port (the core-worker
 port Ray's actor table records for each actor and for the driver that owns them), and lists them.
 
+On the same cluster: a run whose learner is on B refuses an `output_dir` that B sees as another directory
+(B's Ray runs in a mount namespace of its own with a directory bound over that path), while a directory
+both share passes the probe on both hosts (cluster.storage); and ranks are taken node by node from a PACK
+placement group, so a TP=2 x DP=2 learner on two bundles per host has each TP pair on one host
+(cluster.placement.rank_order).
+
 Cleanup kills the namespaces' own processes (`ip netns pids`) and deletes the namespaces; it never runs
 `ray stop`, which kills every Ray on the machine. Traffic goes only to the two namespace addresses.
 """
