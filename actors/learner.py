@@ -608,8 +608,8 @@ class LearnerWorker:
         if self.rank == 0:
             from actors.weight_sync import WeightSender
 
-            if self._sender is not None:  # a group formed anew (an engine was replaced): the old one goes
-                self._sender.close()
+            if self._sender is not None:  # a group formed anew (an engine was replaced): the old one goes,
+                self._sender.close()  # its NCCL communicator aborted (one alive per run, however many reloads)
             self._sender = None
             self._sender = WeightSender(spec)
 

@@ -8,6 +8,10 @@ into the object store once and handed to every rank of that DP replica. Results 
 hold the model's output (last pipeline stage, TP rank 0): logprobs are concatenated over DP, metrics
 were already reduced over DP by the workers.
 
+Rank r takes the r-th bundle in node order (`cluster.placement.rank_order`), so each tensor-parallel group
+(consecutive ranks) shares a node wherever the nodes hold multiples of TP bundles; a group that does not
+is logged at start.
+
 The process groups rendezvous at rank 0's node address, as Ray reports it on that node, with a port
 picked there (a zero-resource task in rank 0's bundle finds both before the ranks start); only a local
 Ray answers 127.0.0.1. Rank 0's store listens on that address only, and its keys carry a per-group
@@ -17,6 +21,7 @@ secret that only the ranks are told (as the weight-sync store's do). Every verb 
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import Callable
 from typing import Any
@@ -27,7 +32,24 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from cluster.calls import get_all
 from cluster.network import endpoint_on
-from cluster.placement import NODE_RESOURCE_SHARE
+from cluster.placement import NODE_RESOURCE_SHARE, ordered_bundles
+
+log = logging.getLogger(__name__)
+
+
+def straddling_tp_groups(rank_nodes: list[str], tp: int) -> list[str]:
+    """A line per tensor-parallel group whose ranks run on more than one node (`rank_nodes[r]`: rank r's
+    node). Megatron's rank order puts TP innermost, so a TP group is `tp` consecutive ranks; ranks are taken
+    node by node (cluster.placement.rank_order), so this happens only on a node that holds a number of
+    learner bundles that is not a multiple of tp."""
+    lines = []
+    for first in range(0, len(rank_nodes), tp):
+        nodes = sorted(set(rank_nodes[first: first + tp]))
+        if len(nodes) > 1:
+            lines.append(f"ranks {first}-{first + tp - 1} form one tensor-parallel group but run on {len(nodes)} "
+                         f"nodes ({', '.join(nodes)}): every layer's TP all-reduce crosses the network. Give each "
+                         f"node a multiple of {tp} learner GPUs.")
+    return lines
 
 
 class LearnerGroup:
@@ -53,11 +75,12 @@ class LearnerGroup:
                 bundle[node_resource] = NODE_RESOURCE_SHARE
             self.pg = placement_group([dict(bundle) for _ in range(self.world_size)], strategy="PACK")
             ray.get(self.pg.ready(), timeout=timeout_s)
-            own_pg = self.pg
+            own_pg, order = self.pg, ordered_bundles(self.pg)  # a TP group's ranks on one node (cluster.placement)
 
             def placement(rank: int) -> dict[str, Any]:
                 return {"num_cpus": bundle["CPU"], "num_gpus": bundle.get("GPU", 0),
-                        "scheduling_strategy": PlacementGroupSchedulingStrategy(own_pg, placement_group_bundle_index=rank)}
+                        "scheduling_strategy": PlacementGroupSchedulingStrategy(
+                            own_pg, placement_group_bundle_index=order[rank])}
 
         master_addr, port = endpoint_on(placement(0), timeout_s or 600.0)
         store_secret = secrets.token_hex(16)  # the rendezvous store's keys: only these ranks know them
@@ -72,6 +95,9 @@ class LearnerGroup:
         ]
         self.names = [f"{role} learner rank {r}" for r in range(self.world_size)]
         self.coords = self._all("start-up", lambda w: w.coords.remote())
+        if tp > 1:
+            for message in straddling_tp_groups(self.node_ids(), tp):
+                log.warning("%s learner: %s", role, message)
         # For each DP replica, the rank whose results we read (last stage, TP rank 0).
         self.output_rank = {c["dp_rank"]: c["rank"] for c in self.coords if c["is_output"]}
 
@@ -114,6 +140,11 @@ class LearnerGroup:
     def memory(self) -> list[dict[str, float]]:
         """Per rank: GiB in use (see LearnerWorker.memory)."""
         return self._all("memory", lambda w: w.memory.remote())
+
+    def node_ids(self) -> list[str]:
+        """Ray's node id of each rank, in rank order."""
+        return self._all("node id", lambda w: w.__ray_call__.remote(
+            lambda _: str(ray.get_runtime_context().get_node_id())))
 
     # --- the sending half of weight sync (driven by actors.weight_sync.WeightSync) --------------
 

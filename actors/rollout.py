@@ -243,6 +243,8 @@ class RolloutWorker:
         if spec.backend != self.backend and not {spec.backend, self.backend} <= set(CPU_BACKENDS):
             raise WeightSyncError(f"engine {self.engine_index} was started for the {self.backend} transfer "
                                   f"backend, the group uses {spec.backend}")
+        if self._spec is not None:  # a group formed anew (another engine was replaced): leave the old one first
+            await self._leave_weight_sync(spec.timeout_s)
         self._spec = spec
         self._store = await asyncio.to_thread(control_store, spec, is_master=False)
         unique_id = None
@@ -252,6 +254,18 @@ class RolloutWorker:
         info = worker_init_info(spec, rank_offset, unique_id)
         await asyncio.wait_for(self.engine.init_weight_transfer_engine(WeightTransferInitRequest(init_info=info)),
                                spec.timeout_s + RPC_MARGIN_S)
+
+    async def _leave_weight_sync(self, timeout_s: float) -> None:
+        """Release this engine's side of the previous transfer group: vLLM's `shutdown_weight_transfer_engine`
+        (0.32) has every worker shut its transfer engine down, for NCCL `PyNcclCommunicator.destroy`
+        (ncclCommAbort). vLLM's `init_transfer_engine` would otherwise replace the communicator without
+        freeing it: one leaked per reload on every surviving engine. It refuses during a half-done update;
+        then the old communicator stays (logged), and the new group is formed all the same."""
+        try:
+            await asyncio.wait_for(self.engine.shutdown_weight_transfer_engine(), timeout_s + RPC_MARGIN_S)
+        except Exception as e:  # joining the new group matters more than freeing the old one
+            log.warning("engine %d: the previous weight-transfer group was not released (%s: %s)",
+                        self.engine_index, type(e).__name__, e)
 
     async def _store_wait(self, key: str, what: str) -> None:
         from actors.weight_sync import WeightSyncError

@@ -57,6 +57,12 @@ Every wait has a deadline: store waits and gloo collectives by their own timeout
 broadcasts by polling on a thread / a CUDA event (NCCL itself has none), the controller's wait on all
 sides by `cluster.calls.get_all`. Store keys carry a per-run secret, so a stray client cannot feed
 an engine a bucket.
+
+A push that fails or misses its deadline (an engine died mid-broadcast) ends the group on rank 0 before
+anything else runs there (`WeightSender.tear_down`): the NCCL communicator is aborted, so the broadcast
+the dead engine never joined leaves rank 0's stream, and the sender refuses further use. The controller
+then replaces the engines and forms a new group, new communicator included (`WeightSync.reload`, which
+closes the old sender first): at most one communicator is alive per run, however often engines fail.
 """
 
 from __future__ import annotations
@@ -408,6 +414,41 @@ def bounded(call: Callable[[], Any], timeout_s: float, what: str) -> Any:
     if failure:
         raise failure[0]
     return result[0]
+
+
+def nccl_communicator(store: Any, spec: TransferSpec) -> Any:
+    """Rank 0's vLLM `PyNcclCommunicator` of the transfer group, on this process's GPU: an `ncclUniqueId`
+    minted here and published in the control store (the engines join with it), init bounded by
+    spec.timeout_s. Blocks until every receiver joined."""
+    from vllm.distributed.device_communicators.pynccl import PyNcclCommunicator
+    from vllm.distributed.device_communicators.pynccl_wrapper import NCCLLibrary
+
+    unique_id = bytes(NCCLLibrary().ncclGetUniqueId().internal)
+    store.set(NCCL_ID_KEY, unique_id)
+    device = torch.cuda.current_device()
+    return bounded(lambda: PyNcclCommunicator.from_unique_id_bytes(
+        unique_id, rank=0, world_size=spec.world_size, device=device),
+        spec.timeout_s, "NCCL init of the weight-transfer group")
+
+
+ABORT_DRAIN_S = 30.0
+"""How long rank 0's stream may take to empty once its communicator is aborted."""
+
+
+def abort_nccl(communicator: Any, timeout_s: float) -> None:
+    """Abort an NCCL communicator with work pending on it, and check that the stream is free again.
+
+    NCCL has no timeout: a broadcast whose receiver died stays on rank 0's stream, and every later CUDA
+    call of the learner queues behind it. vLLM's `PyNcclCommunicator.destroy` (0.32) calls `ncclCommAbort`,
+    which ends the communicator's pending operations and frees it, on a daemon thread joined for at most
+    5 s (it can block on CUDA graphs that captured the communicator; we capture none), so this never
+    hangs. Nothing here may use the communicator afterwards. The stream is then waited for, at most
+    min(timeout_s, ABORT_DRAIN_S): a stream still held is logged, since every later verb would hang on it."""
+    communicator.destroy()
+    try:
+        wait_cuda(min(timeout_s, ABORT_DRAIN_S), "rank 0's stream after ncclCommAbort")
+    except WeightSyncError as e:
+        log.error("weight sync: %s; this learner process cannot use its GPU again, restart the run", e)
 
 
 def wait_cuda(timeout_s: float, what: str) -> None:
@@ -864,17 +905,11 @@ class WeightSender:
             self.shm = SharedMemorySlots(self.store, shm_prefix(spec.secret), range(1, spec.world_size),
                                          spec.timeout_s)
         elif spec.backend == NCCL_BACKEND:
-            from vllm.distributed.device_communicators.pynccl import PyNcclCommunicator
-            from vllm.distributed.device_communicators.pynccl_wrapper import NCCLLibrary
-
-            unique_id = bytes(NCCLLibrary().ncclGetUniqueId().internal)
-            self.store.set(NCCL_ID_KEY, unique_id)
-            device = torch.cuda.current_device()
-            self.group = bounded(lambda: PyNcclCommunicator.from_unique_id_bytes(
-                unique_id, rank=0, world_size=spec.world_size, device=device),
-                spec.timeout_s, "NCCL init of the weight-transfer group")
+            self.group = nccl_communicator(self.store, spec)
         else:
             self.gpu_uuid = str(torch.cuda.get_device_properties(torch.cuda.current_device()).uuid)
+        self.torn_down = ""
+        """Why the group was torn down (a failed push, `close`); empty while it may be used."""
 
     def send(self, named_tensors: Iterable[tuple[str, Tensor]], *, bucket_bytes: int, version: int,
              checksums: bool = False) -> dict[str, Any]:
@@ -883,6 +918,9 @@ class WeightSender:
         The engines' `receive_weights(version)` must run concurrently (the controller starts both).
         Returns stats, and with `checksums` the sha256 each engine should report per parameter.
         """
+        if self.torn_down:
+            raise WeightSyncError(f"learner rank 0: the transfer group was torn down ({self.torn_down}); it must be "
+                                  f"formed anew (WeightSync.reload) before version {version} can be sent")
         start = time.perf_counter()
         stream = ChecksumStream() if checksums else None
         sent, count, index = 0, 0, 0
@@ -901,8 +939,8 @@ class WeightSender:
             if self.shm is not None:
                 self.shm.drain(version)
         except (RuntimeError, OSError, WeightSyncError) as e:
-            if self.shm is not None:
-                self.shm.close()  # nothing left in /dev/shm; the next version starts with fresh files
+            # Before anything else touches the stream: a broadcast a dead receiver never joins holds it.
+            self.tear_down(f"sending version {version} failed")
             raise WeightSyncError(f"learner rank 0: sending version {version} failed after "
                                   f"{time.perf_counter() - start:.1f}s at bucket {index} "
                                   f"(timeout {self.spec.timeout_s}s): {e}") from e
@@ -910,9 +948,21 @@ class WeightSender:
                 "checksums": stream.checksums if stream is not None else {}}
 
     def close(self) -> None:
-        """Free what the transfer holds outside this process (shared-memory files)."""
+        """Free what the transfer holds (the NCCL communicator, shared-memory files); idempotent."""
+        self.tear_down("the sender was closed")
+
+    def tear_down(self, why: str) -> None:
+        """Release the group for good, so that nothing waits on it and nothing reuses it: an NCCL communicator
+        is aborted (`abort_nccl`: the broadcast a dead engine never joined leaves rank 0's stream), the
+        shared-memory files are unlinked. A later `send` refuses; `WeightSync.reload` forms a new group."""
+        if self.torn_down:
+            return
+        self.torn_down = why
+        group, self.group = self.group, None
+        if group is not None and self.spec.backend == NCCL_BACKEND:
+            abort_nccl(group, self.spec.timeout_s)
         if self.shm is not None:
-            self.shm.close()
+            self.shm.close()  # nothing left in /dev/shm
 
     def _transfer(self, tensors: list[Tensor], metas: list[TensorMeta], version: int, index: int) -> None:
         spec = self.spec

@@ -12,13 +12,21 @@ in. So each such engine gets a placement group of its own, STRICT_PACK (a TP gro
 its NVLink): k bundles of one GPU, the first also holding the actor itself without a GPU; the actor
 passes the bundle indices to vLLM (`actors.rollout.engine_executor_args`), as verl and NeMo-RL do.
 
+Actor i of a role is not simply bundle i: PACK does not keep consecutive bundles on one node (Ray sorts
+equal bundles with an unstable sort and fills nodes as they have room), and learner ranks that are
+consecutive form a tensor-parallel group that must share a node. Once a group is ready, its bundles are
+put in order of (node address, bundle index) and actor i takes the i-th (`rank_order`), as verl, OpenRLHF
+and SkyRL order their workers; actors of colocated roles still share bundles index for index (colocated
+roles of different sizes have bundles of different shapes, which keep their index).
+
 On one CPU machine the bundles are logical CPUs only (`cpus_per_actor` each, small enough that every
 role fits on two cores); Ray does not pin them to cores.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import ipaddress
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,6 +87,8 @@ class Placement:
             group = _create(bundles, strategy)
             self._groups.update({name: group for name in spec.colocated})
         self._actor_groups: dict[str, list[PlacementGroup]] = {}
+        self._order: dict[str, list[int]] = {}
+        """Per role placed in a shared group: the bundle index of each actor (`rank_order` of the group)."""
         for role in spec.roles:
             if role.num_actors == 0 or role.name in self._groups:
                 continue
@@ -88,6 +98,11 @@ class Placement:
                 continue
             bundle = _bundle(role.cpus_per_actor, role.gpus_per_actor, role.node_resource)
             self._groups[role.name] = _create([bundle] * role.num_actors, strategy)
+        for name, group in self._groups.items():
+            uneven = name in spec.colocated and len({spec.role(r).num_actors for r in spec.colocated}) > 1
+            # Uneven colocation: bundle i holds actor i of each role that has one, so bundles differ and keep
+            # their index (`rank_order` may not move an engine onto a bundle without its share).
+            self._order[name] = list(range(spec.role(name).num_actors)) if uneven else ordered_bundles(group)
 
     def options(self, role: str, index: int) -> dict[str, Any]:
         """`actor_class.options(**placement.options(role, i))` for actor i of `role`."""
@@ -102,7 +117,7 @@ class Placement:
             "num_cpus": spec.cpus_per_actor,
             "num_gpus": spec.gpus_per_actor,
             "scheduling_strategy": PlacementGroupSchedulingStrategy(
-                placement_group=self._groups[role], placement_group_bundle_index=index
+                placement_group=self._groups[role], placement_group_bundle_index=self._order[role][index]
             ),
         }
 
@@ -155,6 +170,31 @@ def actor_bundles(role: RoleSpec) -> list[dict[str, float]]:
                          f"needs exactly one device per bundle")
     return [_bundle(role.cpus_per_actor, 1.0, role.node_resource)] + [_bundle(0.0, 1.0, role.node_resource)
                                                                        for _ in range(k - 1)]
+
+
+def rank_order(bundle_nodes: Sequence[str]) -> list[int]:
+    """Bundle index of each rank: bundles grouped by node, nodes in order of their address (numerically
+    where it is an IP address), bundles of a node in index order. `bundle_nodes[b]`: the address of the
+    node bundle b was placed on. Consecutive ranks then share a node wherever a node holds enough of
+    them: a tensor-parallel group (consecutive ranks) of size k stays on one node when every node holds
+    a multiple of k bundles."""
+    return sorted(range(len(bundle_nodes)), key=lambda b: (_address_key(bundle_nodes[b]), b))
+
+
+def _address_key(address: str) -> tuple[int, str]:
+    try:
+        return int(ipaddress.ip_address(address)), ""
+    except ValueError:  # not an IP address (a name): after the addresses, in text order
+        return 1 << 128, address
+
+
+def ordered_bundles(group: PlacementGroup) -> list[int]:
+    """`rank_order` of a ready placement group, from where Ray placed its bundles (GCS's table)."""
+    from ray.util.placement_group import placement_group_table
+
+    node_of_bundle = placement_group_table(group)["bundles_to_node_id"]
+    address = {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes()}
+    return rank_order([address.get(node_of_bundle[b], "") for b in range(len(node_of_bundle))])
 
 
 def _node_id() -> str:

@@ -25,6 +25,13 @@ to a JSON file (`--out`). The checks:
   GPU memory before and after, the time each way, every byte back in place after `onload()`, one
   more update that runs, and the time of a second round (a colocated run's steady state: the pinned host
   buffers of the first are reused).
+- nccl_abort_rebuild (GPU only; weight sync's failure path, `actors.weight_sync.abort_nccl`): an NCCL
+  group of one rank broadcasts, is aborted the way a failed push aborts rank 0's communicator, and is
+  formed anew, three times; each broadcast delivers, the stream takes a kernel after every abort, and
+  the device's free memory after the third abort says whether aborted communicators were freed. vLLM is
+  absent here, so the group is torch's `ProcessGroupNCCL` (`abort()`: ncclCommAbort) in place of vLLM's
+  `PyNcclCommunicator` (`destroy()`: ncclCommAbort); a communicator of one rank cannot show a broadcast
+  held by a dead peer, only that abort and rebuild work and leave the stream usable.
 
 The models are randomly initialised with transformers on the spot and saved as HF directories in a
 temporary folder, with weights rounded to bf16 so that the bf16 learner and the fp32 reference start
@@ -476,6 +483,57 @@ def time_variant(report: Report, model_dir: Path, sizes: Sizes, suffix: str, var
             check_offload(report, worker, sizes.big["vocab_size"])
 
 
+NCCL_ROUNDS = 3
+"""Groups formed and aborted in turn by the NCCL check (a run's first group and two replacements)."""
+NCCL_LEAK_TOL_BYTES = 64 * 2**20
+"""Free device memory may drop by less than this from the first abort to the last (allocator noise)."""
+
+
+class AbortingGroup:
+    """What `abort_nccl` calls on vLLM's PyNcclCommunicator (`destroy`: ncclCommAbort), on torch's group."""
+
+    def __init__(self, group) -> None:
+        self.group = group
+
+    def destroy(self) -> None:
+        self.group.abort()
+
+
+def check_nccl_abort_rebuild(report: Report) -> None:
+    from datetime import timedelta
+
+    from torch.distributed import PrefixStore, ProcessGroupNCCL, TCPStore
+
+    from actors.weight_sync import abort_nccl, wait_cuda
+
+    store = TCPStore("127.0.0.1", free_port(), 1, True, timeout=timedelta(seconds=60))
+    delivered, free_after = [], []
+    error = ""
+    started = time.perf_counter()
+    try:
+        for round_ in range(NCCL_ROUNDS):
+            group = ProcessGroupNCCL(PrefixStore(f"round{round_}", store), 0, 1, ProcessGroupNCCL.Options())
+            value = torch.full((1 << 20,), float(round_ + 1), device="cuda")  # [M]
+            group.broadcast(value, 0).wait()
+            wait_cuda(60.0, f"broadcast of round {round_}")
+            delivered.append(float(value[0].item()))
+            abort_nccl(AbortingGroup(group), 60.0)  # also waits for the stream, as after a failed push
+            after = torch.ones(1024, device="cuda").sum()  # a kernel on the stream the group used
+            wait_cuda(60.0, f"a kernel after abort {round_}")
+            delivered[-1] *= float(after.item() == 1024)
+            del group
+            gc.collect()
+            free_after.append(torch.cuda.mem_get_info()[0])
+    except Exception as e:  # reported as the check's failure, with the rounds that did pass
+        error = f"{type(e).__name__}: {e}"
+    drop = free_after[0] - free_after[-1] if len(free_after) == NCCL_ROUNDS else 0
+    ok = not error and delivered == [float(r + 1) for r in range(NCCL_ROUNDS)] and drop < NCCL_LEAK_TOL_BYTES
+    report.check("nccl_abort_rebuild", ok, error or f"{NCCL_ROUNDS} groups formed, broadcast, aborted; free memory "
+                 f"after the first and last abort differs by {drop / 2**20:.1f} MiB "
+                 f"({time.perf_counter() - started:.1f} s)", rounds=len(delivered), free_drop_bytes=drop,
+                 error=error)
+
+
 # --- main -----------------------------------------------------------------------------------------
 
 
@@ -509,6 +567,8 @@ def run(cpu_smoke: bool, out: Path) -> int:
         for suffix, variant in THROUGHPUT_VARIANTS.items():
             release_memory()
             time_variant(report, big, sizes, suffix, variant)
+    if use_gpu:
+        check_nccl_abort_rebuild(report)
     clean = not ({"ray", "vllm"} & set(sys.modules))
     report.check("no_ray_no_vllm", clean, "neither ray nor vllm was imported")
     report.figures["seconds"] = time.perf_counter() - started

@@ -42,4 +42,4 @@ def test_gpu_check_cpu_smoke_passes_every_check(tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_gpu_check_on_gpu(tmp_path):
     figures = _run(tmp_path)
-    assert {"cuda_rng_tracker", "peak_memory"} | CHECKS <= set(figures)
+    assert {"cuda_rng_tracker", "peak_memory", "nccl_abort_rebuild"} | CHECKS <= set(figures)

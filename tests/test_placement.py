@@ -177,3 +177,34 @@ def test_remote_calls_name_the_failed_actor_and_the_cause(local_ray):
         assert host == "127.0.0.1" and 0 < port < 65536
     finally:
         placement.remove()
+
+
+def test_rank_order_puts_each_tensor_parallel_group_on_one_node():
+    """Ray's PACK may place equal bundles on nodes in any order; ranks are then taken node by node."""
+    import random
+
+    from cluster.placement import rank_order
+
+    nodes = ["10.0.0.10"] * 8 + ["10.0.0.9"] * 8 + ["10.0.1.2"] * 8  # 3 nodes x 8 GPUs; .9 sorts before .10
+    for seed in range(20):
+        shuffled = nodes[:]
+        random.Random(seed).shuffle(shuffled)  # shuffled[b]: the node bundle b landed on
+        order = rank_order(shuffled)
+        assert sorted(order) == list(range(24))
+        ranks_nodes = [shuffled[b] for b in order]
+        for tp in (2, 4, 8):
+            groups = [set(ranks_nodes[g: g + tp]) for g in range(0, 24, tp)]
+            assert all(len(g) == 1 for g in groups), (seed, tp, ranks_nodes)
+        assert ranks_nodes == ["10.0.0.9"] * 8 + ["10.0.0.10"] * 8 + ["10.0.1.2"] * 8  # numeric address order
+        per_node = [[b for b in order if shuffled[b] == n] for n in ("10.0.0.9", "10.0.0.10")]
+        assert all(p == sorted(p) for p in per_node)  # within a node, bundle order
+    assert rank_order(["b", "a", "10.0.0.1", "a"]) == [2, 1, 3, 0]  # names after addresses, in text order
+    assert rank_order(["10.0.0.1"] * 4) == [0, 1, 2, 3]  # one node: bundle i is rank i, as before
+
+
+def test_a_tensor_parallel_group_across_nodes_is_named():
+    from actors.learner_group import straddling_tp_groups
+
+    assert straddling_tp_groups(["a", "a", "b", "b"], 2) == []
+    [line] = straddling_tp_groups(["a", "a", "a", "b"], 2)  # a node with 3 learner bundles, TP=2
+    assert line.startswith("ranks 2-3 form one tensor-parallel group but run on 2 nodes (a, b)")

@@ -1,6 +1,6 @@
 """Two hosts on one machine: the tiny run trains across a Ray cluster of two network namespaces.
 
-    namespace A (10.231.0.1)                      namespace B (10.231.0.2)
+    namespace A (10.231.0.1)                      namespace B (10.231.0.2), own mount namespace
       ray head  --resources {"hostA": 1}    veth    ray worker  --resources {"hostB": 1}
       driver (python -m trainer's train)  ◄──────►  rollout engine (vLLM)
       learner ranks 0, 1 (TP=2) + reference          (pinned by cluster.rollout_node_resource)
@@ -15,6 +15,12 @@ One exception, Ray's own servers: in cluster mode Ray 2.60's GCS, raylet, agents
 worker's core-worker gRPC server listen on all interfaces (local mode binds them to 127.0.0.1), and no
 setting changes that. The test tells them apart by process (Ray's daemons) and by port (the core-worker
 port Ray's actor table records for each actor and for the driver that owns them), and lists them.
+
+On the same cluster: a run whose learner is on B refuses an `output_dir` that B sees as another directory
+(B's Ray runs in a mount namespace of its own with a directory bound over that path), while a directory
+both share passes the probe on both hosts (cluster.storage); and ranks are taken node by node from a PACK
+placement group, so a TP=2 x DP=2 learner on two bundles per host has each TP pair on one host
+(cluster.placement.rank_order).
 
 Cleanup kills the namespaces' own processes (`ip netns pids`) and deletes the namespaces; it never runs
 `ray stop`, which kills every Ray on the machine. Traffic goes only to the two namespace addresses.
@@ -104,6 +110,13 @@ class TwoHosts:
         self.ns = {HOST_A: f"grpoA{tag}", HOST_B: f"grpoB{tag}"}
         self.veth = (f"gva{tag}", f"gvb{tag}")
         self.tmp = Path(tempfile.mkdtemp(prefix="r2h", dir="/tmp"))  # short: Ray's socket paths <= 107 bytes
+        self.shared = self.tmp / "shared"
+        """The same directory on both hosts."""
+        self.split = self.tmp / "split"
+        """One path, two directories: host B's Ray runs in a mount namespace with `split_b` bound over it."""
+        self.split_b = self.tmp / "split_b"
+        for d in (self.shared, self.split, self.split_b):
+            d.mkdir()
         token = self.tmp / "auth_token"
         token.write_text(secrets.token_hex(32))
         token.chmod(0o600)
@@ -134,8 +147,11 @@ class TwoHosts:
         common = ["--num-cpus=4", "--disable-usage-stats"]
         head = self.exec(HOST_A, ray, "start", "--head", f"--node-ip-address={HOST_A}", f"--port={GCS_PORT}",
                          '--resources={"hostA": 1}', f"--temp-dir={self.tmp}/a", "--include-dashboard=false", *common)
-        worker = self.exec(HOST_B, ray, "start", f"--address={HOST_A}:{GCS_PORT}", f"--node-ip-address={HOST_B}",
-                           '--resources={"hostB": 1}', f"--temp-dir={self.tmp}/b", *common)
+        worker_start = [ray, "start", f"--address={HOST_A}:{GCS_PORT}", f"--node-ip-address={HOST_B}",
+                        '--resources={"hostB": 1}', f"--temp-dir={self.tmp}/b", *common]
+        # Its own mount namespace (inherited by the raylet and its workers): a bind mount only B sees.
+        worker = self.exec(HOST_B, "unshare", "--mount", "--propagation", "private", "sh", "-c",
+                           'mount --bind "$0" "$1" && shift && exec "$@"', str(self.split_b), str(self.split), *worker_start)
         for host, cmd in ((HOST_A, head), (HOST_B, worker)):
             for attempt in range(RAY_START_ATTEMPTS):
                 try:
@@ -318,3 +334,122 @@ def test_tiny_run_trains_across_two_hosts(two_hosts, tiny_inputs, tmp_path):
           f"learner on {facts['learner_nodes']}, engine on {facts['engine_nodes']}, rendezvous "
           f"{facts['rendezvous_host']} ({facts['backend']}), versions {facts['versions']}")
     print("Ray's own wildcard listeners:", *rays, sep="\n  ")
+
+
+def run_in_a(hosts: TwoHosts, script: str, tmp_path: Path, *args: str) -> dict:
+    """`script` as a driver in namespace A with `facts.json` and `args` as its arguments; its facts."""
+    driver = tmp_path / "driver.py"
+    driver.write_text(script)
+    facts_path = tmp_path / "facts.json"
+    run = subprocess.run([*hosts.exec(HOST_A, sys.executable, str(driver), str(facts_path), *args)],
+                         capture_output=True, text=True, timeout=RUN_TIMEOUT_S, env=hosts.env, cwd=ROOT, check=False)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-6000:]
+    return json.loads(facts_path.read_text())
+
+
+OUTPUT_DIR_DRIVER = textwrap.dedent('''
+    """Runs in namespace A: the shared-directory probe on both nodes, then a run whose learner is on B."""
+    import json, sys
+
+    import ray
+
+    from cluster.ray_init import init_ray
+    from cluster.storage import SharedDirError, check_shared_dir
+    from examples.configs import tiny_cpu
+    from trainer.config import apply_overrides
+    from trainer.controller import train
+
+    facts_path, address, shared, split, overrides = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:]
+    init_ray(address)
+    nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
+    facts = {"shared": [[v.node_ip, v.read, v.write_error] for v in check_shared_dir(shared, nodes)]}
+    try:  # the run as a user starts it: refused before any engine or learner rank starts
+        train(apply_overrides(tiny_cpu(), [*overrides, f"output_dir={split}"]))
+        facts["split_run"] = "started"
+    except SharedDirError as e:
+        facts["split_run"] = str(e)
+    facts["placement_groups_left"] = sum(1 for g in ray.util.placement_group_table().values()
+                                         if g["state"] != "REMOVED")
+    with open(facts_path, "w") as f:
+        json.dump(facts, f)
+''')
+
+
+def test_a_run_refuses_an_output_dir_that_is_not_one_directory_for_every_node(two_hosts, tiny_inputs, tmp_path):
+    """Host B sees its own directory at the `split` path (a bind mount in its mount namespace), as a relative
+    output_dir under `ray job submit --working-dir` or a node-local disk would be: refused, naming B and
+    the fix. The `shared` directory is one for both hosts: the probe passes on both."""
+    model, data = tiny_inputs
+    overrides = [
+        "cluster.learner_node_resource=hostB", "cluster.rollout_node_resource=hostA", "cluster.cpus_per_actor=0.25",
+        f"model.path={model}", f"data.train_path={data / 'train.jsonl'}", f"data.eval_path={data / 'heldout.jsonl'}",
+        "name=split", "total_steps=1", "rollout.num_engines=1", "reward.num_actors=1",
+    ]
+    facts = run_in_a(two_hosts, OUTPUT_DIR_DRIVER, tmp_path, f"{HOST_A}:{GCS_PORT}", str(two_hosts.shared),
+                     str(two_hosts.split), f"cluster.address={HOST_A}:{GCS_PORT}", *overrides)
+    assert sorted(facts["shared"]) == [[HOST_A, True, ""], [HOST_B, True, ""]]
+    refused = facts["split_run"]
+    print(refused)
+    assert refused.startswith(f"output_dir={str(two_hosts.split)!r} is not one directory for the whole cluster"), refused
+    assert f"node {HOST_B} (where it is {two_hosts.split}) does not see the file the driver wrote" in refused
+    assert "wrote a file the driver does not see" in refused and HOST_A not in refused.split("driver wrote to")[1]
+    assert "--set output_dir=/shared/runs" in refused
+    assert facts["placement_groups_left"] == 0  # the refused run gave its bundles back
+    left = [p for d in (two_hosts.shared, two_hosts.split, two_hosts.split_b) for p in d.rglob(".grpo-ray-probe-*")]
+    assert left == []  # no probe file left, on either host's side of the split path
+
+
+RANKS_DRIVER = textwrap.dedent('''
+    """Runs in namespace A: where PACK put many bundles and which node each rank took; a TP=2 x DP=2
+    learner on two bundles per host."""
+    import json, sys
+
+    import ray
+    from ray.util.placement_group import placement_group_table
+
+    from actors.learner_group import LearnerGroup
+    from cluster.placement import Placement, ResourceSpec, RoleSpec
+    from cluster.ray_init import init_ray
+
+    facts_path, address, model = sys.argv[1:4]
+    init_ray(address)
+    ip_of = {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes()}
+    facts = {}
+    many = Placement(ResourceSpec(roles=(RoleSpec("learner", 32, 0.25, 0.0),)))
+    raw = placement_group_table(many._groups["learner"])["bundles_to_node_id"]
+    facts["bundle_nodes"] = [ip_of[raw[b]] for b in range(32)]
+    facts["rank_nodes_32"] = many.run_on("learner", ray.util.get_node_ip_address)
+    many.remove()
+    placement = Placement(ResourceSpec(roles=(RoleSpec("learner", 4, 2.0, 0.0),)))
+    group = LearnerGroup(model_path=model, tp=2, dp=2, placement=placement.options_for("learner"), timeout_s=1200)
+    facts["coords"] = group.coords
+    facts["rank_nodes"] = ray.get([w.__ray_call__.remote(lambda self: ray.util.get_node_ip_address())
+                                   for w in group.workers])
+    group.shutdown()
+    placement.remove()
+    with open(facts_path, "w") as f:
+        json.dump(facts, f)
+''')
+
+
+def test_tensor_parallel_groups_stay_on_one_host(two_hosts, tiny_inputs, tmp_path):
+    """Ranks are taken node by node from a PACK placement group (cluster.placement.rank_order): 32 bundles
+    over two hosts in groups of 8 on one host each; and a real TP=2 x DP=2 learner (Megatron over gloo)
+    with two bundles per host has each TP pair on one host, DP across the two."""
+    model, _ = tiny_inputs
+    facts = run_in_a(two_hosts, RANKS_DRIVER, tmp_path, f"{HOST_A}:{GCS_PORT}", str(model))
+    bundles, ranks32 = facts["bundle_nodes"], facts["rank_nodes_32"]
+    interleaved = sum(bundles[b] != bundles[b + 1] for b in range(31)) > 1
+    print(f"PACK placed 32 bundles on {bundles} ({'interleaved' if interleaved else 'in runs'}); ranks took "
+          f"{ranks32}")
+    assert sorted(ranks32) == sorted(bundles)
+    assert all(len(set(ranks32[g: g + 8])) == 1 for g in range(0, 32, 8)), ranks32
+    coords, nodes = facts["coords"], facts["rank_nodes"]
+    assert sorted(nodes) == [HOST_A, HOST_A, HOST_B, HOST_B]
+    pairs = {}
+    for c, node in zip(coords, nodes, strict=True):
+        pairs.setdefault(c["dp_rank"], []).append((c["tp_rank"], node))
+    print(f"TP=2 x DP=2: {pairs}")
+    assert sorted(pairs) == [0, 1] and all(sorted(t for t, _ in p) == [0, 1] for p in pairs.values())
+    assert all(len({n for _, n in p}) == 1 for p in pairs.values()), pairs  # each TP pair on one host
+    assert {p[0][1] for p in pairs.values()} == {HOST_A, HOST_B}

@@ -207,6 +207,7 @@ def train_sft(cfg: SFTConfig) -> Path:
 
     from actors.versions import check_installed
     from cluster.ray_init import init_ray, shutdown_ray
+    from cluster.storage import check_shared_dir
     from trainer.checkpoint import ControllerState, latest_checkpoint, load_controller_state, save_checkpoint
     from trainer.data import SamplerState
     from trainer.metrics import MetricsLogger
@@ -237,6 +238,8 @@ def train_sft(cfg: SFTConfig) -> Path:
     lc = cfg.learner
     pack = dict(pad_token_id=tokenizer.pad_token_id, dp=lc.data_parallel_size)
     try:
+        # Every rank writes its checkpoint shard under run_dir (absolute here): one directory for all nodes.
+        check_shared_dir(run_dir, learner.node_ids(), what="output_dir")
         start = 0
         checkpoint = latest_checkpoint(run_dir) if cfg.resume else None
         if checkpoint is not None:

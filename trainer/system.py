@@ -74,6 +74,7 @@ class System:
         tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
         placement = Placement(resource_spec(cfg))
         ro = cfg.rollout
+        require_shared_output_dir(cfg, placement)
         # Decided before an engine or learner starts, for both sides: a layout no backend can serve fails here.
         shm_free = None if cfg.cluster.use_gpu else placement.run_on("learner", shm_free_bytes, ro.start_timeout_s)[0]
         backend = choose_backend(use_gpu=cfg.cluster.use_gpu, engines_on_sender_gpu=engines_on_rank0_gpu(cfg),
@@ -181,6 +182,19 @@ class System:
                     print(f"shutdown: {type(e).__name__}: {e}")
         self.placement.remove()
         shutdown_ray()
+
+
+def require_shared_output_dir(cfg: TrainConfig, placement: Placement) -> None:
+    """Refuse to start unless the driver and every node of a learner rank read and write the same files
+    under `output_dir` (cluster.storage): checkpoint shards, manifest and export must land in one place.
+    The path is probed as the run passes it to the ranks (a relative one resolved where each runs)."""
+    from cluster.storage import check_shared_dir
+
+    try:
+        check_shared_dir(cfg.output_dir, placement.node_ids("learner", cfg.rollout.start_timeout_s))
+    except BaseException:
+        placement.remove()
+        raise
 
 
 def engines_on_rank0_gpu(cfg: TrainConfig) -> list[bool]:
