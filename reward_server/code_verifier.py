@@ -46,7 +46,7 @@ from reward_server.code_sandbox import CodeSandbox, RunResult
 PYTHON_TAGS = ("", "python", "py", "python3")
 """Fence tags whose block counts as the program."""
 
-RESULT_MARK = "\x1egrpo-ray-result "
+RESULT_MARK = "#grpo-ray-result# "
 """Starts the harness's result line on stdout (a program that prints it gains nothing: see the docstring)."""
 
 MAX_REASON_CHARS = 300
@@ -193,7 +193,7 @@ def judge(case: Case, run: RunResult) -> str | None:
     out = run.stdout.decode(errors="replace")
     if case.expected_stdout is not None:
         return None if _lines(out) == _lines(case.expected_stdout) else "wrong output"
-    results = [line[len(RESULT_MARK):] for line in out.splitlines() if line.startswith(RESULT_MARK)]
+    results = [line[len(RESULT_MARK):] for line in out.split("\n") if line.startswith(RESULT_MARK)]
     if not results:
         return "no result"
     try:

@@ -12,12 +12,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
 import textwrap
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -29,7 +29,7 @@ from reward_server.scorers import build_routed_scorer
 from trainer.config import CodeRewardConfig, RewardConfig
 from trainer.types import Completion, Prompt
 
-LIMITS = SandboxLimits(wall_s=3.0, cpu_s=2, memory_bytes=512 << 20)
+LIMITS = SandboxLimits(wall_s=3.0, cpu_s=2, memory_bytes=256 << 20)
 """Tighter than the defaults so the hostile set stays fast; the mechanisms are the same."""
 REVERSE = json.dumps({"inputs": ["abc\n"], "outputs": ["cba\n"]})
 """Ground truth of every hostile/twin case: print the input line reversed."""
@@ -137,6 +137,11 @@ HOSTILE = {
 }
 """Programs that must score 0 (they never print the answer, or only if the attack got through)."""
 
+WHY = {"fork_bomb": "timeout", "infinite_loop": "timeout", "ignores_sigterm": "timeout", "memory_bomb": "MemoryError",
+       "gigabyte_to_stdout": "output_limit", "kill_everything": "ProcessLookupError", "daemon": "wrong output",
+       "interfaces": "wrong output"}
+"""Why each hostile program fails: the limit that stopped it, so a typo cannot pass for containment."""
+
 TWINS = {
     "fork_bomb": """
         import os
@@ -178,7 +183,9 @@ TWINS = {
 def test_hostile_program_scores_zero_and_the_host_is_unharmed(name, verifier, contained, host_checks):
     bystander = subprocess.Popen(["sleep", "60"])  # os.kill(-1, 9) must not reach it (nor the test runner)
     try:
-        assert reward(verifier, HOSTILE[name]) == 0.0
+        verdict = verifier.verify(textwrap.dedent(HOSTILE[name]), REVERSE)
+        assert verdict.passed == 0 and not verdict.error
+        assert WHY[name] in (verdict.reason or ""), verdict.reason
         assert bystander.poll() is None
     finally:
         bystander.kill()
@@ -311,7 +318,9 @@ def test_limits_are_reported(sandbox):
 # -- parallel batches ------------------------------------------------------------------------------
 
 
-def test_a_batch_runs_in_parallel_with_results_in_order(sandbox, verifier):
+def test_a_batch_runs_in_parallel_with_results_in_order():
+    sandbox = CodeSandbox(replace(LIMITS, wall_s=2.0), workers=2)
+    verifier = CodeVerifier(sandbox, partial_credit=False, sample_budget_s=10.0)
     jobs = [(f"import sys\nprint({i} * int(sys.stdin.read()))", "3") for i in range(5)]
     jobs.insert(2, ("while True: pass", ""))
     runs = sandbox.run_many(jobs)
@@ -383,9 +392,13 @@ def _item(task: str, answer: str, ground_truth: str = REVERSE) -> tuple[Prompt, 
     return prompt, Completion(token_ids=(1,) * 8, text=text, rollout_logprobs=(0.0,) * 8, finish_reason="stop")
 
 
+FAST = CodeRewardConfig(case_wall_s=2.0)
+"""The infinite loop below needs only to time out, not to take the default 4 s."""
+
+
 @pytest.mark.parametrize("cfg", [
-    RewardConfig(verifier="code", format_weight=0.5),
-    RewardConfig(verifier="arithmetic", format_weight=0.5, routes=("apps:code",)),
+    RewardConfig(verifier="code", format_weight=0.5, code=FAST),
+    RewardConfig(verifier="arithmetic", format_weight=0.5, routes=("apps:code",), code=FAST),
 ], ids=["reward.verifier", "reward.routes"])
 def test_code_through_the_routed_scorer(cfg):
     scorer = build_routed_scorer(cfg, max_response_tokens=64, check=check_inline)
@@ -411,6 +424,3 @@ def test_prompt_task_code_picks_the_verifier_and_partial_credit_applies():
         scorer.close()
     assert result.components["accuracy"] == 0.5 and not result.correct
 
-
-def test_signals_of_the_runner_are_untouched():
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or callable(signal.getsignal(signal.SIGTERM))
