@@ -78,6 +78,9 @@ def _exec_program(cfg: dict) -> None:
         os.setgid(cfg["gid"])
         os.setuid(cfg["uid"])
     _call(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(NO_NEW_PRIVS)")  # setuid binaries gain nothing
+    # The host's wall clock starts now; the program never holds this descriptor.
+    os.write(cfg["started_fd"], b"1")
+    os.close(cfg["started_fd"])
     os.execve(cfg["python"], [cfg["python"], "-I", "-S", "-B", "main.py"], cfg["env"])
 
 

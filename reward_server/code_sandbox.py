@@ -44,6 +44,9 @@ LAUNCHER = Path(__file__).with_name("code_launch.py")
 EXIT_SETUP_FAILED = 125
 """The launcher's exit code when the sandbox could not be set up (`code_launch.EXIT_SETUP_FAILED`)."""
 READ_CHUNK = 1 << 16
+SETUP_TIMEOUT_S = 60.0
+"""Most time from launch to the program's start (namespaces, mounts, the launcher's own interpreter); past it
+the run is an error of the sandbox, not a wrong program."""
 REAP_TIMEOUT_S = 10.0
 """How long the processes of a run may take to die after SIGKILL (a fork bomb's 32 exit in milliseconds)."""
 
@@ -53,7 +56,7 @@ class SandboxLimits:
     """What one program run may use; every limit is on by default."""
 
     wall_s: float = 4.0
-    """Wall-clock seconds from start to verdict; past it the whole process group is killed (infinite loops, sleeps, a loop that ignores SIGTERM)."""
+    """Wall-clock seconds from the program's start to its end; past it the whole process group is killed (infinite loops, sleeps, a loop that ignores SIGTERM)."""
     cpu_s: int = 4
     """RLIMIT_CPU seconds per process (busy loops; SIGXCPU then SIGKILL a second later)."""
     memory_bytes: int = 1 << 30
@@ -83,13 +86,13 @@ class RunResult:
     """One program run: how it ended, what it printed, and how it was isolated."""
 
     status: str
-    """'exited' (see returncode), 'timeout', 'output_limit' or 'setup_failed'."""
+    """'exited' (see returncode), 'timeout', 'output_limit' or 'setup_failed' (the program never started)."""
     returncode: int
     """Exit code, 128 + signal when a signal ended it (the launcher's convention); -9 when the host killed it."""
     stdout: bytes
     stderr: bytes
     wall_s: float
-    """Start to verdict, seconds."""
+    """Launch to verdict, seconds (the sandbox's setup included)."""
     isolation: str
     """'namespaces' (root: net, pid and mount namespaces, a uid of its own), 'user-namespaces' (net and pid), or
     'rlimits-only'; with ', network allowed' when `SandboxLimits.network` is on."""
@@ -148,8 +151,9 @@ class CodeSandbox:
     def _launch(self, workdir: Path, uid: int | None, wall_s: float) -> RunResult:
         limits = self.limits
         isolation = self.isolation + (", network allowed" if limits.network else "")
+        started_r, started_w = os.pipe()  # the launcher writes one byte to it as the program starts
         config = {
-            "isolation": self.isolation, "network": limits.network,
+            "isolation": self.isolation, "network": limits.network, "started_fd": started_w,
             "tmpfs_bytes": limits.tmpfs_bytes, "python": self.python, "uid": uid, "gid": uid,
             "env": {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(workdir)},
             "rlimits": {"RLIMIT_CPU": limits.cpu_s, "RLIMIT_AS": limits.memory_bytes,
@@ -157,14 +161,22 @@ class CodeSandbox:
                         "RLIMIT_FSIZE": limits.max_file_bytes, "RLIMIT_CORE": 0},
         }
         start = time.monotonic()
-        with open(workdir / "stdin.txt", "rb") as stdin:
-            proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", str(LAUNCHER), json.dumps(config)],
-                stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=workdir,
-                env={"PATH": "/usr/bin:/bin"}, close_fds=True, start_new_session=True)
         try:
-            status, out, err = _collect(proc, deadline=start + wall_s, cap=limits.max_output_bytes)
+            with open(workdir / "stdin.txt", "rb") as stdin:
+                proc = subprocess.Popen(
+                    [sys.executable, "-I", "-S", str(LAUNCHER), json.dumps(config)],
+                    stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=workdir,
+                    env={"PATH": "/usr/bin:/bin"}, close_fds=True, pass_fds=(started_w,),
+                    start_new_session=True)
+        except BaseException:
+            os.close(started_r)
+            raise
         finally:
+            os.close(started_w)
+        try:
+            status, out, err = _collect(proc, started_r, wall_s=wall_s, cap=limits.max_output_bytes)
+        finally:
+            os.close(started_r)
             _kill_group(proc.pid)
             proc.wait()
             if uid is not None:
@@ -173,7 +185,9 @@ class CodeSandbox:
                 assert stream is not None, "Popen was given PIPE for both"
                 stream.close()
         code = proc.returncode
-        if status == "exited" and code == EXIT_SETUP_FAILED and err.startswith(b"sandbox setup failed"):
+        if status == "setup_failed":
+            err += f"sandbox setup failed: the program had not started after {SETUP_TIMEOUT_S:.0f} s".encode()
+        elif status == "exited" and code == EXIT_SETUP_FAILED and err.startswith(b"sandbox setup failed"):
             status = "setup_failed"
         return RunResult(status, code, out, err, time.monotonic() - start, isolation)
 
@@ -211,17 +225,25 @@ def _private_dir(uid: int | None) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _collect(proc: subprocess.Popen[bytes], *, deadline: float, cap: int) -> tuple[str, bytes, bytes]:
-    """Read stdout and stderr until both close; ('timeout' | 'output_limit' | 'exited', stdout, stderr)."""
+def _collect(proc: subprocess.Popen[bytes], started_fd: int, *, wall_s: float,
+             cap: int) -> tuple[str, bytes, bytes]:
+    """Read stdout and stderr until both close; ('timeout' | 'output_limit' | 'exited' | 'setup_failed', stdout,
+    stderr). The wall clock starts when the launcher reports the program started (`started_fd`): setting up
+    namespaces can take seconds on a loaded host, which must not count against the program."""
     assert proc.stdout is not None and proc.stderr is not None, "Popen was given PIPE for both"
     chunks: dict[int, list[bytes]] = {proc.stdout.fileno(): [], proc.stderr.fileno(): []}
-    open_fds, total = set(chunks), 0
-    while open_fds:
+    open_fds, total = {*chunks, started_fd}, 0
+    deadline = time.monotonic() + SETUP_TIMEOUT_S
+    while open_fds - {started_fd}:
         left = deadline - time.monotonic()
         if left <= 0:
-            return "timeout", *_joined(chunks, proc)
+            return ("timeout" if started_fd not in open_fds else "setup_failed"), *_joined(chunks, proc)
         for fd in select.select(list(open_fds), [], [], left)[0]:
             data = os.read(fd, READ_CHUNK)
+            if fd == started_fd:  # one byte just before execve, or EOF when the launcher died first
+                open_fds.discard(fd)
+                deadline = time.monotonic() + wall_s
+                continue
             if not data:
                 open_fds.discard(fd)
             total += len(data)
