@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from trainer.config import (
     AlgorithmConfig,
     ClusterConfig,
+    CodeRewardConfig,
     DataConfig,
     EvalConfig,
     JudgeConfig,
@@ -104,6 +105,26 @@ def qwen25_math_r1_zero() -> TrainConfig:
     )
 
 
+def qwen25_coder_apps() -> TrainConfig:
+    """Code RL on APPS from Qwen2.5-Coder-7B-Instruct, 4 nodes x 8 GPUs: programs run against each problem's tests.
+
+    The MATH recipe's layout, with the `code` verifier (docs/code_rewards.md): the answer's last ```python
+    block runs in the sandbox on the reward actors' CPUs, two programs at a time per actor (its 2 CPUs).
+    A sample gets 30 s over all its test cases, 4 s per case; partial credit stays off (R1: all tests pass).
+    """
+    base = qwen25_math_r1_zero()
+    return replace(
+        base,
+        name="qwen25_coder_7b_apps",
+        model=replace(base.model, path="/data/models/Qwen2.5-Coder-7B-Instruct", max_prompt_tokens=1024),
+        # written by `python -m examples.prepare_data apps` from codeparrot/apps' train and test splits
+        data=replace(base.data, train_path="/data/apps/train.jsonl", eval_path="/data/apps/test.jsonl",
+                     eval_size=500),
+        reward=replace(base.reward, verifier="code", timeout_s=30.0,
+                       code=CodeRewardConfig(workers=2, case_wall_s=4.0)),
+    )
+
+
 def tiny_cpu_all_scenarios() -> TrainConfig:
     """R1's RL for all scenarios on the tiny model: one GRPO batch mixes three data sources, each with its reward.
 
@@ -142,6 +163,7 @@ EXAMPLES: dict[str, Callable[[], TrainConfig]] = {
     "tiny_cpu_all_scenarios": tiny_cpu_all_scenarios,
     "qwen25_gsm8k_r1_zero": qwen25_gsm8k_r1_zero,
     "qwen25_math_r1_zero": qwen25_math_r1_zero,
+    "qwen25_coder_apps": qwen25_coder_apps,
 }
 """Example name -> config function, as `--example` takes it."""
 

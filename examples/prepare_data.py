@@ -3,15 +3,21 @@
     python -m examples.prepare_data gsm8k --input gsm8k/main/train-00000-of-00001.parquet \\
         --output /data/gsm8k/train.jsonl
     python -m examples.prepare_data math --input MATH/train.jsonl --output /data/math/train.jsonl
+    python -m examples.prepare_data apps --input apps/train.jsonl --output /data/apps/train.jsonl
 
 Input: Parquet (`.parquet`) or JSON lines (`.jsonl`, `.json`), in the published column layouts:
 - gsm8k (openai/gsm8k): `question`, `answer`; the answer's last line is `#### <number>`. The ground truth
   is that number with thousands separators removed (`#### 1,234` -> `1234`).
 - math (Hendrycks MATH, MATH-500): `problem`, `solution`; the ground truth is the content of the
   solution's last `\\boxed{...}` (or `\\fbox{...}`), braces matched however deeply they nest.
+- apps (codeparrot/apps, and BAAI/TACO, which keeps its layout): `question`, `input_output` (a JSON string
+  `{"inputs": [...], "outputs": [...]}`, plus `fn_name` for call-based problems), optional `starter_code`.
+  The ground truth is that JSON, as the `code` verifier reads it (docs/code_rewards.md); the task is
+  `code`; the prompt is the question, the starter code, and one line saying how the program is called
+  (standard input and output, or the function `fn_name`).
 
-Output: one JSON object per line, `{"prompt", "ground_truth", "task": "math"}`, plus `level` and
-`subject` (MATH's `type`) when the input has them. The prompt is the bare question: the run's
+Output: one JSON object per line, `{"prompt", "ground_truth", "task": "math"}` (`"code"` for apps), plus
+`level` and `subject` (MATH's `type`), or `difficulty` (APPS), when the input has them. The prompt is the bare question: the run's
 `data.template` renders it at load time, where prompts longer than `model.max_prompt_tokens` are dropped.
 
 Rows without an extractable answer or with an empty question are dropped, and the report counts each
@@ -77,6 +83,35 @@ def last_boxed(solution: str) -> tuple[str | None, str]:
     return None, "last \\boxed{ is never closed"
 
 
+def apps_tests(input_output: str) -> tuple[str | None, str]:
+    """(the `code` verifier's ground truth from an APPS/TACO `input_output`, '') or (None, why not)."""
+    try:
+        spec = json.loads(input_output)
+    except json.JSONDecodeError:
+        return None, "input_output is not JSON"
+    if not isinstance(spec, dict):
+        return None, "input_output is not a JSON object"
+    inputs, outputs = spec.get("inputs"), spec.get("outputs")
+    if not isinstance(inputs, list) or not isinstance(outputs, list) or len(inputs) != len(outputs):
+        return None, "input_output has no inputs and outputs of one length"
+    if not inputs:
+        return None, "input_output has no test case"
+    truth: dict[str, Any] = {"inputs": inputs, "outputs": outputs}
+    if spec.get("fn_name"):
+        truth["fn_name"] = spec["fn_name"]
+    return json.dumps(truth), ""
+
+
+def code_prompt(question: str, row: dict[str, Any], ground_truth: str) -> str:
+    """The question, its starter code, and how the program will be called."""
+    fn_name = json.loads(ground_truth).get("fn_name")
+    how = (f"Write the function `{fn_name}` in Python; it is called with each test's arguments." if fn_name else
+           "Write a Python program that reads standard input and writes the answer to standard output.")
+    starter = row.get("starter_code")
+    starter_text = f"\n\nStarter code:\n```python\n{starter.strip()}\n```" if isinstance(starter, str) and starter.strip() else ""
+    return f"{question.strip()}{starter_text}\n\n{how} Answer with one ```python code block."
+
+
 # --- conversion --------------------------------------------------------------------------------------
 
 
@@ -89,11 +124,17 @@ class Layout:
     extract: Callable[[str], tuple[str | None, str]]
     keep: dict[str, str] = field(default_factory=dict)
     """Optional input columns copied to the output, input name -> output name."""
+    task: str = "math"
+    """The rows' task, which picks the verifier."""
+    prompt: Callable[[str, dict[str, Any], str], str] | None = None
+    """(question, row, ground truth) -> prompt; None: the bare question."""
 
 
 LAYOUTS: dict[str, Layout] = {
     "gsm8k": Layout("question", "answer", gsm8k_answer),
     "math": Layout("problem", "solution", last_boxed, {"level": "level", "type": "subject", "subject": "subject"}),
+    "apps": Layout("question", "input_output", apps_tests, {"difficulty": "difficulty"}, task="code",
+                   prompt=code_prompt),
 }
 
 
@@ -134,7 +175,8 @@ def convert(kind: str, rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]]
         if answer is None:
             report.drop(i, why)
             continue
-        item: dict[str, Any] = {"prompt": question.strip(), "ground_truth": answer, "task": "math"}
+        prompt = layout.prompt(question, row, answer) if layout.prompt else question.strip()
+        item: dict[str, Any] = {"prompt": prompt, "ground_truth": answer, "task": layout.task}
         item |= {name: row[col] for col, name in layout.keep.items() if row.get(col) is not None}
         out.append(item)
     report.written = len(out)

@@ -2,10 +2,12 @@
 
 Each component is a pure function returning a `Score`: its value, and why it is low. Components:
 
-- accuracy: the final answer (after `</think>`: the last `<answer>`, else the last `\\boxed{}`, with
+- accuracy: the final answer (after `</think>`: the last `<answer>`, else the last `\boxed{}`, with
   the boxes that only separators join to it read as one list; `reward_server.verifiers.final_answer`)
   checked by the task's verifier (symbolic math, arithmetic, countdown); 1 or 0. Evaluation extracts
-  answers with the same function.
+  answers with the same function. For the `code` verifier the answer's last fenced Python block runs
+  against the row's test cases in a sandbox (`reward_server.code_verifier`): 1 when all pass, or the
+  share passed with partial credit.
 - format: R1-Zero layout, `<think>...</think>` then `<answer>...</answer>` and nothing else.
 - language: R1's language-consistency reward, the share of chain-of-thought words in the target
   language.
@@ -28,9 +30,11 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
+from reward_server.code_sandbox import CodeSandbox, SandboxLimits
+from reward_server.code_verifier import CodeVerdict, CodeVerifier, extract_program
 from reward_server.sandbox import VerifierError, VerifierSandbox, VerifierTimeout
 from reward_server.textscan import TARGET_LETTERS, count_words
 from reward_server.verifiers import final_answer, verify_arithmetic, verify_countdown
@@ -38,7 +42,7 @@ from trainer.config import RewardConfig
 from trainer.templates import COLD_START_MARKER, chain_of_thought, completion_for_reward, split_readable
 from trainer.types import Completion, Prompt, RewardResult
 
-VERIFIER_NAMES = ("math", "arithmetic", "countdown")
+VERIFIER_NAMES = ("math", "arithmetic", "countdown", "code")
 """Accuracy verifiers a config or a `Prompt.task` may name."""
 
 MAX_ANSWER_CHARS = 4096
@@ -93,6 +97,15 @@ def accuracy_reward(text: str, ground_truth: str, *, verifier: str, check: Check
     except Exception as exc:
         return Score(0.0, f"{type(exc).__name__}: {exc}", failed=True)
     return Score(1.0) if ok else Score(0.0, "wrong answer")
+
+
+def code_accuracy(verdict: CodeVerdict, *, partial_credit: bool) -> Score:
+    """1 when the program passed every case; else 0, or the share passed with `partial_credit`."""
+    if verdict.error:
+        return Score(0.0, verdict.reason, failed=True)
+    if verdict.passed == verdict.total:
+        return Score(1.0)
+    return Score(verdict.passed / verdict.total if partial_credit else 0.0, verdict.reason or "wrong answer")
 
 
 # -- format --------------------------------------------------------------------------------------
@@ -192,6 +205,7 @@ class RewardFn:
         max_response_tokens: int,
         overlong_buffer_tokens: int,
         check: Check,
+        code: CodeVerifier | None = None,
         close: Callable[[], None] | None = None,
     ) -> None:
         self.verifier = verifier
@@ -200,14 +214,47 @@ class RewardFn:
         self.max_response_tokens = max_response_tokens
         self.overlong_buffer_tokens = overlong_buffer_tokens
         self.check = check
+        self.code = code
         self._close = close
 
-    def __call__(self, prompt: Prompt, completion: Completion) -> RewardResult:
+    def verifier_of(self, prompt: Prompt) -> str:
+        """Prompt.task picks the verifier per sample when it names one (mixed-task data sets)."""
+        return prompt.task if prompt.task in VERIFIER_NAMES else self.verifier
+
+    def score_many(self, items: Sequence[tuple[Prompt, Completion]]) -> list[RewardResult]:
+        """`self(prompt, completion)` for each item, in order; the programs of `code` samples run in parallel."""
+        accuracies = self._code_accuracies(items)
+        return [self(p, c, accuracy=accuracies.get(i)) for i, (p, c) in enumerate(items)]
+
+    def _code_accuracies(self, items: Sequence[tuple[Prompt, Completion]]) -> dict[int, Score]:
+        """Accuracy of each `code` sample of `items`, by index."""
+        out: dict[int, Score] = {}
+        jobs: dict[int, tuple[str, str]] = {}
+        for i, (prompt, completion) in enumerate(items):
+            if self.verifier_of(prompt) != "code":
+                continue
+            program, why = extract_program(completion_for_reward(prompt.text, completion.text))
+            if program is None:
+                out[i] = Score(0.0, why)
+            elif self.code is None:
+                out[i] = Score(0.0, "no code verifier was built", failed=True)
+            else:
+                jobs[i] = (program, prompt.ground_truth)
+        if jobs and self.code is not None:
+            verdicts = self.code.verify_many(list(jobs.values()))
+            for i, verdict in zip(jobs, verdicts, strict=True):
+                out[i] = code_accuracy(verdict, partial_credit=self.code.partial_credit)
+        return out
+
+    def __call__(self, prompt: Prompt, completion: Completion, *, accuracy: Score | None = None) -> RewardResult:
+        """`accuracy`: already computed (`score_many`), else computed here."""
         text = completion_for_reward(prompt.text, completion.text)
-        # Prompt.task picks the verifier per sample when it names one (mixed-task data sets).
-        verifier = prompt.task if prompt.task in VERIFIER_NAMES else self.verifier
+        verifier = self.verifier_of(prompt)
+        if accuracy is None:
+            accuracy = (self._code_accuracies([(prompt, completion)])[0] if verifier == "code" else
+                        accuracy_reward(text, prompt.ground_truth, verifier=verifier, check=self.check))
         scores = {
-            "accuracy": accuracy_reward(text, prompt.ground_truth, verifier=verifier, check=self.check),
+            "accuracy": accuracy,
             "format": format_reward(text),
             "language": language_reward(text, target_language=self.target_language),
             "overlong": overlong_penalty(
@@ -261,5 +308,17 @@ def build_reward_fn(cfg: RewardConfig, *, max_response_tokens: int, check: Check
         max_response_tokens=max_response_tokens,
         overlong_buffer_tokens=max(0, min(cfg.overlong_buffer_tokens, max_response_tokens)),
         check=check,
+        code=build_code_verifier(cfg),
         close=close,
     )
+
+
+def build_code_verifier(cfg: RewardConfig) -> CodeVerifier:
+    """The `code` verifier of `cfg.code`: a sample's budget is `cfg.timeout_s` over all its cases."""
+    limits = SandboxLimits()
+    if cfg.code.case_wall_s is not None:
+        limits = replace(limits, wall_s=cfg.code.case_wall_s)
+    if cfg.code.memory_bytes is not None:
+        limits = replace(limits, memory_bytes=cfg.code.memory_bytes)
+    return CodeVerifier(CodeSandbox(limits, workers=cfg.code.workers), partial_credit=cfg.code.partial_credit,
+                        sample_budget_s=cfg.timeout_s)

@@ -3,6 +3,7 @@ all scenarios"): rule-based rewards for reasoning prompts, a generative judge wh
 reward models for general prompts, in one GRPO batch.
 
     items (prompt, completion) ──route by Prompt.task──► "rule"          RewardFn (accuracy, format, language, ...)
+                                                      ├► "code"          RewardFn, accuracy from programs run on test cases
                                                       ├► "judge"         JudgeScorer ──► a judge engine (vLLM actor)
                                                       └► "reward_model"  helpfulness RM on the summary
                                                                          + harmlessness RM on the whole response
@@ -21,6 +22,7 @@ as `correct` when every reward model gives it more than 0.5.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from reward_server.judge import Generate, JudgeScorer
@@ -115,7 +117,10 @@ def build_routed_scorer(cfg: RewardConfig, *, max_response_tokens: int, judge_ge
     `reward_server.judge.engine_generate`); `check` replaces the rule-based reward's verifier sandbox (tests)."""
     used = cfg.scorers_used()
     rule = build_reward_fn(cfg, max_response_tokens=max_response_tokens, check=check)
-    scorers: dict[str, Scorer] = {"rule": lambda items: [rule(p, c) for p, c in items]}
+    scorers: dict[str, Scorer] = {"rule": rule.score_many}
+    if "code" in used:  # the same rule-based reward, its accuracy from the code verifier for every source routed here
+        scorers["code"] = build_reward_fn(replace(cfg, verifier="code"), max_response_tokens=max_response_tokens,
+                                          check=rule.check).score_many
     if "judge" in used:
         if judge_generate is None:
             raise ValueError("reward.routes use the judge, but no judge engine was given to the reward actor")

@@ -291,6 +291,9 @@ def test_overrides_then_validate_catch_bad_combinations():
     ("cluster.gpus_per_node=0", r"cluster\.gpus_per_node = 0 is out of range: allowed \[1, inf\)"),
     ("cluster.gpu_memory_gib=0", r"cluster\.gpu_memory_gib = 0\.0 is out of range: allowed \(0, inf\)"),
     ("eval.temperature=-0.5", r"eval\.temperature = -0\.5 is out of range: allowed \[0, inf\)"),
+    ("reward.code.workers=-1", r"reward\.code\.workers = -1 is out of range: allowed \[0, inf\)"),
+    ("reward.code.case_wall_s=0", r"reward\.code\.case_wall_s = 0\.0 is out of range: allowed \(0, 86400\]"),
+    ("reward.code.memory_bytes=1000", r"reward\.code\.memory_bytes = 1000 is out of range: allowed \[1\.67772e\+07, inf\)"),
 ])
 def test_validate_rejects_out_of_range_values_naming_field_and_range(override, message):
     cfg = apply_overrides(TrainConfig(), [override])  # parsing accepts it; validate() must not

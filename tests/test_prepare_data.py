@@ -170,3 +170,46 @@ def test_gpu_recipes_read_the_prepared_files():
     gsm8k, math = qwen25_gsm8k_r1_zero().data, qwen25_math_r1_zero().data
     assert (gsm8k.train_path, gsm8k.eval_path) == ("/data/gsm8k/train.jsonl", "/data/gsm8k/test.jsonl")
     assert (math.train_path, math.eval_path) == ("/data/math/train.jsonl", "/data/math/math500.jsonl")
+
+
+APPS_ROWS = [
+    {"problem_id": 1, "question": "Print the sum of two integers.", "difficulty": "introductory",
+     "input_output": json.dumps({"inputs": ["1 2\n", "5 7\n"], "outputs": ["3\n", "12\n"]}), "starter_code": ""},
+    {"problem_id": 2, "question": "Return the n-th square.", "difficulty": "interview", "starter_code": "def sq(n):",
+     "input_output": json.dumps({"fn_name": "sq", "inputs": [[3], [4]], "outputs": [[9], [16]]})},
+    {"problem_id": 3, "question": "No tests.", "input_output": ""},
+    {"problem_id": 4, "question": "Uneven.", "input_output": json.dumps({"inputs": ["1"], "outputs": []})},
+]
+"""Hand-written rows in the APPS/TACO layout: a stdin/stdout problem, a call-based one (outputs wrapped in
+a list, as APPS writes them), and two without usable tests."""
+
+
+def test_apps_layout_to_rows_the_code_verifier_passes(tmp_path, capsys):
+    from reward_server.code_sandbox import CodeSandbox
+    from reward_server.code_verifier import CodeVerifier
+
+    src = _jsonl(tmp_path / "apps.jsonl", APPS_ROWS)
+    out = tmp_path / "apps" / "train.jsonl"
+    assert main(["apps", "--input", str(src), "--output", str(out)]) == 0
+    rows = _read(out)
+    assert [(r["task"], r["difficulty"]) for r in rows] == [("code", "introductory"), ("code", "interview")]
+    assert "reads standard input" in rows[0]["prompt"] and "Starter code" not in rows[0]["prompt"]
+    assert "```python\ndef sq(n):\n```" in rows[1]["prompt"] and "function `sq`" in rows[1]["prompt"]
+    report = capsys.readouterr().out
+    assert "rows written: 2" in report and "1 x input_output is not JSON (first: row 2)" in report
+    assert "1 x input_output has no inputs and outputs of one length (first: row 3)" in report
+    prompts = load_prompts(out, template="r1_zero")
+    assert [p.task for p in prompts] == ["code", "code"]
+    # The converted ground truth is what the code verifier reads: reference solutions pass every case.
+    verifier = CodeVerifier(CodeSandbox(workers=2), partial_credit=False, sample_budget_s=30.0)
+    verdicts = verifier.verify_many([("a, b = map(int, input().split())\nprint(a + b)", prompts[0].ground_truth),
+                                     ("def sq(n):\n    return n * n", prompts[1].ground_truth)])
+    assert [(v.passed, v.total) for v in verdicts] == [(2, 2), (2, 2)]
+
+
+def test_gpu_code_recipe_reads_the_prepared_apps_files():
+    from examples.configs import qwen25_coder_apps
+
+    cfg = qwen25_coder_apps().validate()
+    assert (cfg.data.train_path, cfg.data.eval_path) == ("/data/apps/train.jsonl", "/data/apps/test.jsonl")
+    assert cfg.reward.verifier == "code"

@@ -197,8 +197,9 @@ class AlgorithmConfig:
     """Mask completions cut at max_response_tokens out of the loss (DAPO)."""
 
 
-ScorerKind = Literal["rule", "judge", "reward_model"]
-"""How a data source is scored: the rule-based reward, a generative judge, or reward models."""
+ScorerKind = Literal["rule", "judge", "reward_model", "code"]
+"""How a data source is scored: the rule-based reward, a generative judge, reward models, or the rule-based
+reward with the `code` verifier (its programs run against the row's test cases)."""
 SCORER_KINDS: tuple[str, ...] = typing.get_args(ScorerKind)
 
 
@@ -226,6 +227,18 @@ class JudgeConfig:
 
 
 @dataclass(frozen=True)
+class CodeRewardConfig:
+    partial_credit: bool = False
+    """Accuracy is the share of test cases passed, instead of 1 only when every case passes."""
+    workers: int = 0
+    """Programs a reward actor runs at once (0: the CPUs the actor's process may use)."""
+    case_wall_s: float | None = None
+    """Wall-clock limit of one test case (None: `reward_server.code_sandbox.SandboxLimits.wall_s`)."""
+    memory_bytes: int | None = None
+    """Address-space limit of a program (None: `SandboxLimits.memory_bytes`)."""
+
+
+@dataclass(frozen=True)
 class RewardModelConfig:
     helpfulness_path: str = ""
     """Sequence-classification reward model (one logit) scoring prompt + summary, as R1 judges helpfulness
@@ -244,8 +257,9 @@ class RewardModelConfig:
 
 @dataclass(frozen=True)
 class RewardConfig:
-    verifier: Literal["math", "arithmetic", "countdown"] = "math"
-    """Accuracy checker: symbolic math, or the demo tasks' exact verifiers."""
+    verifier: Literal["math", "arithmetic", "countdown", "code"] = "math"
+    """Accuracy checker: symbolic math, the demo tasks' exact verifiers, or `code` (the answer's last fenced
+    Python block runs against the row's test cases in a sandbox; docs/code_rewards.md)."""
     accuracy_weight: float = 1.0
     """Weight of the accuracy reward (1 for a correct answer)."""
     format_weight: float = 0.0
@@ -271,7 +285,7 @@ class RewardConfig:
     (`trainer.steps.score`); false scores the whole batch after the last engine (same rewards)."""
     routes: tuple[str, ...] = ()
     """Scorer per data source (a prompt's `task`), as `source:scorer` pairs with scorer one of rule, judge,
-    reward_model; e.g. `--set reward.routes=general:reward_model,trivia:judge`. R1's RL for all scenarios:
+    reward_model, code; e.g. `--set reward.routes=general:reward_model,trivia:judge`. R1's RL for all scenarios:
     rule-based rewards for reasoning prompts, reward models for general ones."""
     default_scorer: ScorerKind = "rule"
     """Scorer of every data source that `routes` does not name."""
@@ -279,6 +293,9 @@ class RewardConfig:
     """The generative judge, for sources routed to `judge`."""
     reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)
     """The reward models, for sources routed to `reward_model`."""
+    code: CodeRewardConfig = field(default_factory=CodeRewardConfig)
+    """The `code` verifier: partial credit, parallel programs and sandbox limits. `timeout_s` is a sample's
+    budget over all its test cases."""
 
     def route_map(self) -> dict[str, str]:
         """`routes` as {source: scorer}; raises ConfigError on a malformed or repeated pair."""
@@ -653,6 +670,11 @@ def _check_ranges(cfg: TrainConfig) -> None:
         _in_range("reward.overlong_buffer_tokens", rw.overlong_buffer_tokens, 0, m.max_response_tokens)
     _in_range("reward.timeout_s", rw.timeout_s, 0, MAX_TIMEOUT_S, low_open=True)
     _in_range("reward.max_error_fraction", rw.max_error_fraction, 0, 1)
+    _in_range("reward.code.workers", rw.code.workers, 0)       # 0: the actor's CPUs
+    if rw.code.case_wall_s is not None:
+        _in_range("reward.code.case_wall_s", rw.code.case_wall_s, 0, MAX_TIMEOUT_S, low_open=True)
+    if rw.code.memory_bytes is not None:
+        _in_range("reward.code.memory_bytes", rw.code.memory_bytes, 1 << 24)  # an interpreter needs ~16 MiB
     _check_scorers(rw)
     _in_range("cluster.cpus_per_actor", cl.cpus_per_actor, 0, low_open=True)
     _in_range("cluster.gpus_per_node", cl.gpus_per_node, 1)

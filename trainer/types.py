@@ -31,7 +31,7 @@ class Prompt:
     """What the accuracy verifier compares the final answer with."""
     task: str = "math"
     """Its data source: picks the scorer (`reward.routes`) and, for rule-based ones, the verifier ("math",
-    "arithmetic", "countdown")."""
+    "arithmetic", "countdown", "code")."""
 
 
 @dataclass(frozen=True)
