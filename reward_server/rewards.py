@@ -2,7 +2,7 @@
 
 Each component is a pure function returning a `Score`: its value, and why it is low. Components:
 
-- accuracy: the final answer (after `</think>`: the last `<answer>`, else the last `\boxed{}`, with
+- accuracy: the final answer (after `</think>`: the last `<answer>`, else the last `\\boxed{}`, with
   the boxes that only separators join to it read as one list; `reward_server.verifiers.final_answer`)
   checked by the task's verifier (symbolic math, arithmetic, countdown); 1 or 0. Evaluation extracts
   answers with the same function. For the `code` verifier the answer's last fenced Python block runs
