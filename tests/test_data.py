@@ -86,9 +86,12 @@ def test_drop_keeps_everything_that_fits_silently(caplog):
 @pytest.mark.parametrize(("content", "message"), [
     (b'{"prompt": "caf\xe9", "ground_truth": "1"}\n', r"bad\.jsonl:1: not valid UTF-8 \(byte 0xe9 at column 16\)"),
     (b'{"prompt": "a", "ground_truth": "1"}\n\n{"prompt": "\xff"}\n', r"bad\.jsonl:3: not valid UTF-8"),
-    (b'[1, 2]\n', r"bad\.jsonl: row 0 is a JSON list, not an object"),
-    (b'{"prompt": "", "ground_truth": "1"}\n', r"bad\.jsonl: row 0 has an empty or non-text prompt"),
-    (b'{"prompt": 7, "ground_truth": "1"}\n', r"bad\.jsonl: row 0 has an empty or non-text prompt"),
+    (b'[1, 2]\n', r"bad\.jsonl:1: a JSON list, not an object"),
+    (b'{"prompt": "", "ground_truth": "1"}\n', r"bad\.jsonl:1: an empty or non-text prompt"),
+    # file line numbers, 1-based, blank lines counted: the same numbers as the JSON and UTF-8 errors
+    (b'\n{"prompt": "a", "ground_truth": "1"}\n\n{"prompt": 7, "ground_truth": "1"}\n',
+     r"bad\.jsonl:4: an empty or non-text prompt"),
+    (b'{"prompt": "a", "ground_truth": "1"}\n\n{"prompt": "b"}\n', r"bad\.jsonl:3: lacks field\(s\) \['ground_truth'\]"),
     (b"\n\n", r"bad\.jsonl holds no rows"),
 ])
 def test_unreadable_rows_name_file_and_line(tmp_path, content, message):
@@ -132,7 +135,8 @@ def test_check_run_inputs_counts_prompts_with_the_models_tokenizer(model_dir, tm
     train = _jsonl(tmp_path / "train.jsonl", rows)
     heldout = _jsonl(tmp_path / "heldout.jsonl", rows[:5] + [{"prompt": "9" * 400, "ground_truth": "0"}])
     cfg = _cfg(model_dir, train, heldout, "data.eval_size=3")
-    assert check_run_inputs(cfg) == {"train": 20, "eval": 3}
+    inputs = check_run_inputs(cfg)
+    assert (len(inputs.train), len(inputs.heldout)) == (20, 3)
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
