@@ -145,35 +145,38 @@ class Report:
     read: int = 0
     written: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
-    first_dropped: dict[str, int] = field(default_factory=dict)
-    """Reason -> row number (0-based) of its first occurrence, to find an example."""
+    first_dropped: dict[str, str] = field(default_factory=dict)
+    """Reason -> where its first occurrence is (`file:LINE`, 1-based, or `file: row N` in Parquet)."""
 
-    def drop(self, row: int, reason: str) -> None:
+    def drop(self, where: str, reason: str) -> None:
         self.dropped[reason] += 1
-        self.first_dropped.setdefault(reason, row)
+        self.first_dropped.setdefault(reason, where)
 
     def lines(self) -> list[str]:
         out = [f"rows read: {self.read}", f"rows written: {self.written}",
                f"rows dropped: {sum(self.dropped.values())}"]
-        out += [f"  {n} x {reason} (first: row {self.first_dropped[reason]})"
+        out += [f"  {n} x {reason} (first: {self.first_dropped[reason]})"
                 for reason, n in self.dropped.most_common()]
         return out
 
 
-def convert(kind: str, rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], Report]:
-    """The loader's rows for published `kind` rows, and the report."""
+def convert(kind: str, rows: list[dict[str, Any]], where: list[str] | None = None,
+            ) -> tuple[list[dict[str, Any]], Report]:
+    """The loader's rows for published `kind` rows, and the report; `where` names each row in it
+    (default `row N`, 1-based)."""
     layout, report, out = LAYOUTS[kind], Report(read=len(rows)), []
+    where = where or [f"row {n}" for n in range(1, len(rows) + 1)]
     for i, row in enumerate(rows):
         question, source = row.get(layout.question), row.get(layout.source)
         if not isinstance(question, str) or not question.strip():
-            report.drop(i, f"empty or non-text {layout.question!r}")
+            report.drop(where[i], f"empty or non-text {layout.question!r}")
             continue
         if not isinstance(source, str):
-            report.drop(i, f"non-text {layout.source!r}")
+            report.drop(where[i], f"non-text {layout.source!r}")
             continue
         answer, why = layout.extract(source)
         if answer is None:
-            report.drop(i, why)
+            report.drop(where[i], why)
             continue
         prompt = layout.prompt(question, row, answer) if layout.prompt else question.strip()
         item: dict[str, Any] = {"prompt": prompt, "ground_truth": answer, "task": layout.task}
@@ -186,8 +189,9 @@ def convert(kind: str, rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]]
 # --- files -------------------------------------------------------------------------------------------
 
 
-def read_input(path: Path, kind: str) -> list[dict[str, Any]]:
-    """Rows of a Parquet or JSON-lines file, checked for the layout's columns."""
+def read_input(path: Path, kind: str) -> list[tuple[str, dict[str, Any]]]:
+    """(where, row) of every row of a Parquet or JSON-lines file, checked for the layout's columns;
+    `where` is `file:LINE` (1-based file lines) or `file: row N` (Parquet, 1-based)."""
     if not path.is_file():
         raise PrepareError(f"input file {path} does not exist")
     if path.suffix == ".parquet":
@@ -197,7 +201,7 @@ def read_input(path: Path, kind: str) -> list[dict[str, Any]]:
     else:
         raise PrepareError(f"{path}: unknown format {path.suffix!r}; expected .parquet, .jsonl or .json (JSON lines)")
     layout = LAYOUTS[kind]
-    columns = sorted({key for row in rows for key in row})
+    columns = sorted({key for _, row in rows for key in row})
     missing = [c for c in (layout.question, layout.source) if c not in columns]
     if missing:
         raise PrepareError(f"{path}: no column(s) {missing} for the {kind} layout, which needs "
@@ -205,17 +209,17 @@ def read_input(path: Path, kind: str) -> list[dict[str, Any]]:
     return rows
 
 
-def _read_parquet(path: Path) -> list[dict[str, Any]]:
+def _read_parquet(path: Path) -> list[tuple[str, dict[str, Any]]]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        return list(pq.read_table(path).to_pylist())
+        return [(f"{path}: row {n}", row) for n, row in enumerate(pq.read_table(path).to_pylist(), 1)]
     except (pa.ArrowException, OSError) as e:
         raise PrepareError(f"{path}: not a readable Parquet file ({type(e).__name__}: {e})") from None
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+def _read_jsonl(path: Path) -> list[tuple[str, dict[str, Any]]]:
     rows = []
     with path.open("rb") as f:
         for line_no, raw in enumerate(f, 1):
@@ -231,7 +235,7 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
                 raise PrepareError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
             if not isinstance(row, dict):
                 raise PrepareError(f"{path}:{line_no}: a JSON {type(row).__name__}, not an object")
-            rows.append(row)
+            rows.append((f"{path}:{line_no}", row))
     return rows
 
 
@@ -248,7 +252,8 @@ def write_jsonl(rows: list[dict[str, Any]], path: Path) -> None:
 def prepare(kind: str, input_path: str | Path, output_path: str | Path) -> Report:
     """Convert one file; returns the report (nothing is written when no row survives)."""
     input_path, output_path = Path(input_path), Path(output_path)
-    rows, report = convert(kind, read_input(input_path, kind))
+    numbered = read_input(input_path, kind)
+    rows, report = convert(kind, [row for _, row in numbered], [where for where, _ in numbered])
     if not rows:
         raise PrepareError(f"{input_path}: none of {report.read} rows could be converted: "
                            + "; ".join(f"{n} x {r}" for r, n in report.dropped.most_common()))

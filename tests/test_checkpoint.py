@@ -391,13 +391,14 @@ def test_train_resumes_from_the_previous_intact_checkpoint(tmp_path, monkeypatch
     import trainer.controller as controller
     from examples.configs import tiny_cpu
     from trainer.config import TrainConfig
+    from trainer.data import RunInputs
 
     started: list = []
 
     class Started(Exception):
         pass
 
-    def capture(cfg, run_dir, checkpoint):
+    def capture(cfg, run_dir, checkpoint, inputs):
         started.append(checkpoint)
         raise Started
 
@@ -407,11 +408,12 @@ def test_train_resumes_from_the_previous_intact_checkpoint(tmp_path, monkeypatch
     for step in (2, 4):
         _save(tmp_path / "run", step)
     _corrupt_shard_empty(tmp_path / "run" / "checkpoints" / "step_000004")
+    no_data = RunInputs(train=[], heldout=[])
     with caplog.at_level(logging.WARNING), pytest.raises(Started):
-        controller.train(cfg)
+        controller.train(cfg, no_data)
     assert started[-1].name == "step_000002" and "rank_00000.pt: empty" in caplog.text
 
     with pytest.raises(Started):
-        controller.train(replace(cfg, resume=False))
+        controller.train(replace(cfg, resume=False), no_data)
     assert started[-1] is None and not (tmp_path / "run" / "checkpoints").exists()
     assert len(list((tmp_path / "run" / "previous").iterdir())) == 1

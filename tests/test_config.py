@@ -238,7 +238,9 @@ def test_overrides_then_validate_catch_bad_combinations():
 @pytest.mark.parametrize(("override", "message"), [
     # reported by the hostile-input probe (issue 10)
     ("reward.timeout_s=inf", r"reward\.timeout_s = inf: must be a finite number"),
-    ("learner.lr=-1", r"learner\.lr = -1\.0 is out of range: allowed \(0, inf\)"),
+    ("learner.lr=-1", r"learner\.lr = -1\.0 is out of range: allowed \(0, 1\]"),
+    ("learner.lr=1e308", r"learner\.lr = 1e\+308 is out of range: allowed \(0, 1\]"),  # issue 23
+    ("output_dir=", r"output_dir = '': must name a directory"),
     ("learner.lr=inf", r"learner\.lr = inf: must be a finite number"),
     ("model.max_response_tokens=0", r"model\.max_response_tokens = 0 is out of range: allowed \[1, inf\)"),
     ("rollout.sampling.top_p=5", r"rollout\.sampling\.top_p = 5\.0 is out of range: allowed \(0, 1\]"),
@@ -271,7 +273,7 @@ def test_overrides_then_validate_catch_bad_combinations():
     ("rollout.weight_sync_bucket_bytes=0", r"rollout\.weight_sync_bucket_bytes = 0 is out of range"),
     ("rollout.weight_sync_timeout_s=0", r"rollout\.weight_sync_timeout_s = 0\.0 .* allowed \(0, 86400\]"),
     ("rollout.weight_sync_timeout_s=1e12", r"rollout\.weight_sync_timeout_s = 1000000000000\.0 .* allowed \(0, 86400\]"),
-    ("learner.lr=0", r"learner\.lr = 0\.0 is out of range: allowed \(0, inf\)"),
+    ("learner.lr=0", r"learner\.lr = 0\.0 is out of range: allowed \(0, 1\]"),
     ("learner.lr_warmup_steps=-1", r"learner\.lr_warmup_steps = -1 is out of range"),
     ("learner.weight_decay=-0.1", r"learner\.weight_decay = -0\.1 is out of range: allowed \[0, inf\)"),
     ("learner.adam_beta1=-0.1", r"learner\.adam_beta1 = -0\.1 is out of range: allowed \[0, 1\)"),

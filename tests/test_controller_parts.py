@@ -53,7 +53,7 @@ def test_sampler_resumed_at_end_of_epoch_starts_the_next_one():
 def test_read_rows_errors_name_file_and_row(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "a", "ground_truth": "1"}\n{"prompt": "b"}\n')
-    with pytest.raises(DataError, match="row 1 lacks field"):
+    with pytest.raises(DataError, match=r"bad\.jsonl:2: lacks field"):
         read_rows(bad)
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"prompt": \n')

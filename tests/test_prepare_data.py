@@ -89,8 +89,9 @@ def test_gsm8k_parquet_to_loader_jsonl(tmp_path, capsys):
     ]
     report = capsys.readouterr().out
     assert "rows read: 5" in report and "rows written: 3" in report and "rows dropped: 2" in report
-    assert "1 x answer has no '#### <number>' line (first: row 3)" in report
-    assert "1 x empty or non-text 'question' (first: row 4)" in report
+    # rows named as the loader names them: 1-based, `file: row N` in Parquet
+    assert f"1 x answer has no '#### <number>' line (first: {src}: row 4)" in report
+    assert f"1 x empty or non-text 'question' (first: {src}: row 5)" in report
     # the trainer's loader reads the output as is
     prompts = load_prompts(out, template="r1_zero")
     assert [p.ground_truth for p in prompts] == ["72", "1234", "-5"] and prompts[0].task == "math"
@@ -107,8 +108,8 @@ def test_math_jsonl_to_loader_jsonl(tmp_path, capsys):
                        "level": "Level 1", "subject": "Prealgebra"}
     report = capsys.readouterr().out
     assert "rows read: 6" in report and "rows written: 4" in report and "rows dropped: 2" in report
-    assert "1 x last \\boxed{ is never closed (first: row 4)" in report
-    assert "1 x solution has no \\boxed{} (first: row 5)" in report
+    assert f"1 x last \\boxed{{ is never closed (first: {src}:5)" in report  # the file's line, 1-based
+    assert f"1 x solution has no \\boxed{{}} (first: {src}:6)" in report
 
 
 def test_math500_layout_with_extra_columns(tmp_path):

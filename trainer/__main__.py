@@ -170,14 +170,14 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.data import DataError, check_run_inputs
 
     try:
-        counts = check_run_inputs(cfg)
+        inputs = check_run_inputs(cfg)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"inputs checked: {counts['train']} training and {counts['eval']} held-out prompts")
+    print(f"inputs checked: {len(inputs.train)} training and {len(inputs.heldout)} held-out prompts")
     from trainer.controller import train
 
-    run_dir = train(cfg)
+    run_dir = train(cfg, inputs)
     print(f"run directory: {run_dir}")
     return 0
 

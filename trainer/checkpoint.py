@@ -323,11 +323,17 @@ def load_controller_state(checkpoint: Path) -> ControllerState:
         return ControllerState(
             step=int(raw["step"]),
             policy_version=int(raw["policy_version"]),
-            sampler=SamplerState(**raw["sampler"]),
+            sampler=_sampler_state(raw["sampler"]),
             sampling_seed=int(raw["sampling_seed"]),
         )
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise CorruptCheckpoint(file, f"unreadable ({type(exc).__name__}: {exc})") from exc
+
+
+def _sampler_state(raw: dict[str, Any]) -> SamplerState:
+    """`SamplerState` from its JSON; `deferred` is a list there, and absent in older checkpoints."""
+    return SamplerState(epoch=int(raw["epoch"]), position=int(raw["position"]),
+                        deferred=tuple(int(i) for i in raw.get("deferred", ())))
 
 
 def load_tensors(path: Path | str) -> Any:

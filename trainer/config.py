@@ -532,9 +532,10 @@ class SFTConfig:
         for name in ("tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size",
                      "sequences_per_microbatch"):
             _in_range(f"learner.{name}", getattr(lr, name), 1)
-        _in_range("learner.lr", lr.lr, 0, low_open=True)
+        _in_range("learner.lr", lr.lr, 0, MAX_LR, low_open=True)
         _in_range("learner.grad_clip", lr.grad_clip, 0)
         _in_range("cluster.cpus_per_actor", self.cluster.cpus_per_actor, 0, low_open=True)
+        _check_output_dir(self.output_dir)
         return self
 
 
@@ -603,8 +604,17 @@ TOP_P_REFUSED = (
     "top_p = 1 (a temperature other than 1 is supported: the learner scales its logits by 1 / T)")
 """Training with top-p < 1 is refused rather than warned about (most peers warn): its loss is silently off."""
 
+MAX_LR = 1.0
+"""Largest accepted learning rate: Adam moves every parameter by about `lr` per step, so anything near 1
+destroys a trained model in one step; a value above it is a typo (1e308 was accepted and ran)."""
+
 MAX_TIMEOUT_S = 86_400.0
 """Longest accepted timeout (a day): longer ones overflow the waits they feed (`inf` did), or hang a run."""
+
+
+def _check_output_dir(output_dir: str) -> None:
+    """An empty `output_dir` would write the run into whatever directory the command was started from."""
+    _require(bool(output_dir.strip()), f"output_dir = {output_dir!r}: must name a directory (e.g. runs)")
 
 
 def _check_finite(obj: Any, prefix: str) -> None:
@@ -633,6 +643,7 @@ def _check_ranges(cfg: TrainConfig) -> None:
     rw, cl, ev = cfg.reward, cfg.cluster, cfg.eval
     _require(bool(cfg.name) and "/" not in cfg.name and cfg.name not in (".", ".."),
              f"name = {cfg.name!r}: must be a non-empty directory name without '/' (outputs go to output_dir/name)")
+    _check_output_dir(cfg.output_dir)
     _in_range("seed", cfg.seed, 0)
     _in_range("checkpoint_every", cfg.checkpoint_every, 0)       # 0: only at the end
     _in_range("model.max_prompt_tokens", m.max_prompt_tokens, 1)
@@ -656,7 +667,7 @@ def _check_ranges(cfg: TrainConfig) -> None:
     _in_range("rollout.max_engine_restarts", ro.max_engine_restarts, 0)
     _in_range("stall_warning_s", cfg.stall_warning_s, 0, MAX_TIMEOUT_S)                  # 0: off
     _in_range("learner.verb_timeout_s", lr.verb_timeout_s, 0, MAX_TIMEOUT_S, low_open=True)
-    _in_range("learner.lr", lr.lr, 0, low_open=True)
+    _in_range("learner.lr", lr.lr, 0, MAX_LR, low_open=True)
     _in_range("learner.lr_warmup_steps", lr.lr_warmup_steps, 0)
     _in_range("learner.weight_decay", lr.weight_decay, 0)
     _in_range("learner.adam_beta1", lr.adam_beta1, 0, 1, high_open=True)

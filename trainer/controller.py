@@ -30,7 +30,7 @@ from tqdm import tqdm
 from trainer import steps
 from trainer.checkpoint import ControllerState, load_controller_state, resume_point, save_checkpoint
 from trainer.config import TrainConfig, to_dict
-from trainer.data import PromptSampler, load_run_prompts
+from trainer.data import PromptSampler, RunInputs, check_run_inputs
 from trainer.ledger import LEDGER, PromptLedger, fingerprint
 from trainer.metrics import MetricsLogger, plot_curves
 from trainer.overlap import RolloutSource, policy_version_lag
@@ -40,15 +40,20 @@ if TYPE_CHECKING:
     from trainer.system import System
 
 
-def train(cfg: TrainConfig) -> Path:
-    """Run GRPO as configured; returns the run directory (metrics.jsonl, curves.png, checkpoints/)."""
+def train(cfg: TrainConfig, inputs: RunInputs | None = None) -> Path:
+    """Run GRPO as configured; returns the run directory (metrics.jsonl, curves.png, checkpoints/).
+
+    `inputs`: the prompts `check_run_inputs(cfg)` returned (the command line checks them first); loaded
+    here, before any actor starts, when not given."""
     cfg = cfg.validate()
     run_dir = Path(cfg.output_dir) / cfg.name
     # Validated before any actor starts: an unusable checkpoint directory refuses here, in seconds.
     checkpoint = resume_point(run_dir, resume=cfg.resume)
     if finished(cfg, run_dir, checkpoint):
         return run_dir
-    run = Run.start(cfg, run_dir, checkpoint)
+    if inputs is None:  # tokenised once, before the actors take the machine
+        inputs = check_run_inputs(cfg)
+    run = Run.start(cfg, run_dir, checkpoint, inputs)
     try:
         if run.state.step == 0:
             run.evaluate(step=0)
@@ -111,14 +116,14 @@ class Run:
     rollouts: RolloutSource
 
     @classmethod
-    def start(cls, cfg: TrainConfig, run_dir: Path, checkpoint: Path | None) -> Run:
-        """Build the actors and the data; resume from `checkpoint` (validated by `resume_point`) if given."""
+    def start(cls, cfg: TrainConfig, run_dir: Path, checkpoint: Path | None, inputs: RunInputs) -> Run:
+        """Build the actors over `inputs`; resume from `checkpoint` (validated by `resume_point`) if given."""
         from trainer.system import System  # Ray and the actor groups load only when a run starts
 
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(_json(to_dict(cfg)))
         system = System.build(cfg)
-        train_prompts, heldout = load_run_prompts(cfg, system.tokenizer)  # prompts over max_prompt_tokens dropped
+        train_prompts, heldout = inputs.train, inputs.heldout
         state = ControllerState(step=0, policy_version=0, sampler=PromptSampler(train_prompts, seed=cfg.seed).state,
                                 sampling_seed=cfg.seed)
         ledger = PromptLedger(fingerprint(train_prompts))
@@ -192,8 +197,8 @@ def resume_ledger(checkpoint: Path, state: ControllerState, train_prompts: list)
         tqdm.write(f"{checkpoint} has no prompt ledger (written by an older version): starting one at step {state.step}")
         return PromptLedger(data_sha256, started_at=state.step)
     ledger = PromptLedger.from_text((checkpoint / LEDGER).read_text(encoding="utf-8"), source=str(checkpoint / LEDGER))
-    handed_out = state.sampler.epoch * len(train_prompts) + state.sampler.position
-    ledger.check_resume(step=state.step, data_sha256=data_sha256, sampler_handed_out=handed_out)
+    ledger.check_resume(step=state.step, data_sha256=data_sha256,
+                        sampler_handed_out=state.sampler.handed_out(len(train_prompts)))
     return ledger
 
 

@@ -7,11 +7,15 @@ model's tokenizer with its default special tokens (`tokenizer(text)`, as vLLM en
 How many were dropped is logged, and a file where every prompt is too long is an error.
 
 `check_run_inputs` reads the model directory, the tokenizer and both data files before anything starts,
-so a wrong path costs a second instead of the minutes it takes to start every actor.
+so a wrong path costs a second instead of the minutes it takes to start every actor; the prompts it
+returns are the run's (tokenised once). It refuses a training set smaller than one step. A row whose
+question is far longer than `model.max_prompt_tokens` could hold (`max_prompt_chars`) is dropped unread.
+Errors name JSON lines by their 1-based line in the file (`file:LINE`), Parquet rows as `row N` (1-based).
 
-`PromptSampler` hands out B prompts per step in a seeded order, reshuffling every epoch, and its whole
-state is two integers (epoch, position) so a resumed run continues with exactly the prompts the
-uninterrupted run would have seen.
+`PromptSampler` hands out B distinct prompts per step in a seeded order, reshuffling every epoch; a step
+across an epoch boundary finishes the pass, then goes on in the next one, setting aside (for the next
+step) any prompt it already holds. Its state (epoch, position, the ids set aside) is saved in every
+checkpoint, so a resumed run continues with exactly the prompts the uninterrupted run would have seen.
 """
 
 from __future__ import annotations
@@ -41,37 +45,43 @@ class DataError(ValueError):
 
 def read_rows(path: str | Path) -> list[dict[str, Any]]:
     """Rows of a .jsonl / .json lines or .parquet file, each checked for the required fields."""
+    return [row for _, row in read_numbered_rows(path)]
+
+
+def read_numbered_rows(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
+    """(where, row) of every row, checked for the required fields. `where` is how errors and warnings
+    name the row: `file:LINE` for JSON lines (1-based file line numbers, blank lines counted),
+    `file: row N` for Parquet (1-based)."""
     path = Path(path)
     if not path.is_file():
         what = "is a directory, not a file" if path.is_dir() else "does not exist"
         raise DataError(f"data file {path} {what} (the demo's data: `python -m examples.build_tiny`; "
                         f"GSM8K / MATH: `python -m examples.prepare_data`)")
     rows = _read_parquet(path) if path.suffix == ".parquet" else _read_jsonl(path)
-    for i, row in enumerate(rows):
+    for where, row in rows:
         if not isinstance(row, dict):
-            raise DataError(f"{path}: row {i} is a JSON {type(row).__name__}, not an object with fields "
-                            f"{list(REQUIRED_FIELDS)}")
+            raise DataError(f"{where}: a JSON {type(row).__name__}, not an object with fields {list(REQUIRED_FIELDS)}")
         missing = [k for k in REQUIRED_FIELDS if k not in row]
         if missing:
-            raise DataError(f"{path}: row {i} lacks field(s) {missing}; every row needs {list(REQUIRED_FIELDS)}")
+            raise DataError(f"{where}: lacks field(s) {missing}; every row needs {list(REQUIRED_FIELDS)}")
         if not isinstance(row["prompt"], str) or not row["prompt"].strip():
-            raise DataError(f"{path}: row {i} has an empty or non-text prompt: {row['prompt']!r:.80}")
+            raise DataError(f"{where}: an empty or non-text prompt: {row['prompt']!r:.80}")
     if not rows:
         raise DataError(f"{path} holds no rows")
     return rows
 
 
-def _read_parquet(path: Path) -> list[dict[str, Any]]:
+def _read_parquet(path: Path) -> list[tuple[str, Any]]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        return list(pq.read_table(path).to_pylist())
+        return [(f"{path}: row {n}", row) for n, row in enumerate(pq.read_table(path).to_pylist(), 1)]
     except (pa.ArrowException, OSError) as e:
         raise DataError(f"{path}: not a readable Parquet file ({type(e).__name__}: {e})") from None
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+def _read_jsonl(path: Path) -> list[tuple[str, Any]]:
     rows = []
     with path.open("rb") as f:
         for line_no, raw in enumerate(f, 1):
@@ -83,20 +93,44 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
+                rows.append((f"{path}:{line_no}", json.loads(line)))
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
     return rows
+
+
+CHAR_BOUND_SLACK = 4
+"""Safety factor on the character bound: a tokenizer's normalizer may drop characters (control
+characters, combining marks) before counting, so a text somewhat over `max tokens x longest token` can
+still fit; nothing near that is dropped unread, only rows far beyond it (a 20 MB line)."""
+LONGEST_TOKEN_FALLBACK = 64
+"""Characters per token assumed for a tokenizer that cannot list its vocabulary."""
+
+
+def max_prompt_chars(tokenizer: Any, max_prompt_tokens: int) -> int:
+    """Characters beyond which a text cannot fit in `max_prompt_tokens` tokens, whatever it holds.
+
+    No token stands for more characters than its vocabulary entry is long (byte-level BPE: one
+    character per byte; SentencePiece and WordPiece: at most the piece), so a text longer than
+    `max_prompt_tokens x longest entry` needs more tokens. Times `CHAR_BOUND_SLACK`, for normalizers."""
+    vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else None
+    longest = max(map(len, vocab), default=1) if vocab else LONGEST_TOKEN_FALLBACK
+    return max_prompt_tokens * longest * CHAR_BOUND_SLACK
 
 
 def load_prompts(path: str | Path, *, template: str, tokenizer: Any = None, default_task: str = "math",
                  limit: int | None = None, max_prompt_tokens: int | None = None) -> list[Prompt]:
     """Read a data set, render every prompt with `template`, and drop prompts over `max_prompt_tokens`.
 
-    `limit` keeps the first `limit` prompts that fit. A prompt keeps its row number as `index`, so
-    indices stay stable whatever is dropped. Counting tokens needs the model's `tokenizer`.
+    `limit` keeps the first `limit` prompts that fit. A prompt keeps its row number (0-based, over the
+    file's rows) as `index`, so indices stay stable whatever is dropped. Counting tokens needs the model's
+    `tokenizer`; a row whose question alone is over `max_prompt_chars` is dropped unrendered and untokenised.
     """
-    rows = read_rows(path)
+    if max_prompt_tokens is not None and tokenizer is None:
+        raise ValueError("counting prompt tokens needs the model's tokenizer")
+    numbered = read_numbered_rows(path)
+    bound = None if max_prompt_tokens is None else max_prompt_chars(tokenizer, max_prompt_tokens)
+    huge = [where for where, row in numbered if bound is not None and len(row["prompt"]) > bound]
     prompts = [
         Prompt(
             index=i,
@@ -104,8 +138,15 @@ def load_prompts(path: str | Path, *, template: str, tokenizer: Any = None, defa
             ground_truth=_as_text(row["ground_truth"]),
             task=str(row.get("task", default_task)),
         )
-        for i, row in enumerate(rows)
+        for i, (_, row) in enumerate(numbered)
+        if bound is None or len(row["prompt"]) <= bound
     ]
+    if huge:
+        log.warning("%s: dropped %d prompts of over %d characters unread (longer than model.max_prompt_tokens = "
+                    "%d tokens can hold; first: %s)", path, len(huge), bound, max_prompt_tokens, huge[0])
+        if not prompts:
+            raise DataError(f"{path}: all {len(numbered)} prompts are longer than model.max_prompt_tokens = "
+                            f"{max_prompt_tokens} tokens can hold (over {bound} characters each)")
     if max_prompt_tokens is not None:
         prompts = drop_long_prompts(prompts, tokenizer, max_prompt_tokens, source=str(path))
     return prompts[:limit]
@@ -165,10 +206,23 @@ def check_model_dir(path: str | Path) -> Path:
     return path
 
 
-def check_run_inputs(cfg: TrainConfig) -> dict[str, int]:
+DUPLICATE_WARNING_SHARE = 0.5
+"""Warn when more than this share of the training prompts repeat an earlier prompt's text."""
+
+
+@dataclass(frozen=True)
+class RunInputs:
+    """A run's prompts, loaded (and tokenised, to drop long ones) once, before any actor starts."""
+
+    train: list[Prompt]
+    heldout: list[Prompt]
+
+
+def check_run_inputs(cfg: TrainConfig) -> RunInputs:
     """Model directory, tokenizer and both data files of a run, checked before any actor starts.
 
-    Returns the prompt counts (`train`, `eval`); raises `DataError` naming the file (and line) at fault.
+    Returns the prompts the run trains and evaluates on; raises `DataError` naming the file (and line)
+    at fault, or a data set smaller than one step. Warns when the training set is mostly duplicates.
     """
     from transformers import AutoTokenizer
 
@@ -179,19 +233,43 @@ def check_run_inputs(cfg: TrainConfig) -> dict[str, int]:
         raise DataError(f"model.path = {str(model_dir)!r}: the tokenizer does not load "
                         f"({type(e).__name__}: {e})") from None
     train, heldout = load_run_prompts(cfg, tokenizer)
-    return {"train": len(train), "eval": len(heldout)}
+    per_step = cfg.algorithm.prompts_per_step
+    if per_step > len(train):
+        raise DataError(f"algorithm.prompts_per_step = {per_step} is more than the {len(train)} training prompts "
+                        f"of {cfg.data.train_path} (after dropping those over model.max_prompt_tokens): a step "
+                        f"would hold a prompt twice. Lower prompts_per_step to at most {len(train)}, or add data.")
+    repeats = len(train) - len({p.text for p in train})
+    if repeats > DUPLICATE_WARNING_SHARE * len(train):
+        log.warning("%s: %d of %d training prompts repeat an earlier prompt's text (%.0f%%): each epoch trains "
+                    "mostly on repeats", cfg.data.train_path, repeats, len(train), 100 * repeats / len(train))
+    return RunInputs(train=train, heldout=heldout)
 
 
 @dataclass(frozen=True)
 class SamplerState:
     epoch: int = 0
-    """Completed passes over the data."""
+    """Passes over the data begun before the current one."""
     position: int = 0
-    """Prompts of the current epoch already handed out."""
+    """Places of the current epoch's shuffled order already taken (handed out, or set aside in `deferred`)."""
+    deferred: tuple[int, ...] = ()
+    """Ids (`Prompt.index`) taken from the order but set aside because the step that reached them already
+    held them (a step across an epoch boundary); the next step hands them out first."""
+
+    def handed_out(self, num_prompts: int) -> int:
+        """Prompts handed out from the seeded order so far (what the prompt ledger counts)."""
+        return self.epoch * num_prompts + self.position - len(self.deferred)
 
 
 class PromptSampler:
-    """B prompts at a time, seeded order, reshuffled per epoch; resumable from `state`."""
+    """B prompts at a time, seeded order, reshuffled per epoch; resumable from `state`.
+
+    A step that reaches the end of an epoch takes the rest of it, then goes on with the next epoch's
+    shuffled order, never the same prompt twice in one step: an id the step already holds is set aside
+    (`SamplerState.deferred`) and handed out first by the next step. So every epoch still hands out each
+    prompt exactly once, and epochs never mix beyond the one step that crosses the boundary. A data set
+    smaller than one step cannot be sampled this way and is refused (`check_run_inputs`, and here).
+    With dynamic sampling each round of a step is one such draw; a later round may meet a prompt of an
+    earlier round again only across an epoch boundary (it is then the next pass's sample of it)."""
 
     def __init__(self, prompts: list[Prompt], *, seed: int, shuffle: bool = True,
                  state: SamplerState | None = None) -> None:
@@ -201,17 +279,20 @@ class PromptSampler:
         self.seed = seed
         self.shuffle = shuffle
         self.state = state or SamplerState()
+        self.by_index = {p.index: p for p in prompts}
+        unknown = [i for i in self.state.deferred if i not in self.by_index]
+        if unknown:
+            raise DataError(f"the sampler state sets aside prompts {unknown[:8]}, which are not in the training data")
         self.requeued: list[Prompt] = []
         """Handed out before the seeded order continues: prompts in flight when a checkpoint was written
         (see trainer.ledger); not part of `state`, since the ledger saved with it lists them."""
 
     def requeue(self, indices: list[int]) -> None:
         """Hand out the prompts with these ids (`Prompt.index`) first, in this order."""
-        by_index = {p.index: p for p in self.prompts}
-        missing = [i for i in indices if i not in by_index]
+        missing = [i for i in indices if i not in self.by_index]
         if missing:
             raise DataError(f"prompts {missing[:8]} to hand out again are not in the training data")
-        self.requeued.extend(by_index[i] for i in indices)
+        self.requeued.extend(self.by_index[i] for i in indices)
 
     def _order(self, epoch: int) -> np.ndarray:
         if not self.shuffle:
@@ -219,16 +300,34 @@ class PromptSampler:
         return np.random.default_rng([self.seed, epoch]).permutation(len(self.prompts))
 
     def next(self, count: int) -> list[Prompt]:
-        """The next `count` prompts; an epoch boundary inside a step continues into the next epoch."""
+        """The next `count` distinct prompts: requeued ones, then those set aside, then the seeded order
+        (into the next epoch at its end), setting aside any id this call already holds."""
+        if count > len(self.prompts):
+            raise DataError(f"{count} prompts per step from {len(self.prompts)} training prompts: a step would "
+                            f"hold a prompt twice; lower algorithm.prompts_per_step or add data")
         out: list[Prompt] = self.requeued[:count]
         self.requeued = self.requeued[count:]
-        while len(out) < count:
-            order = self._order(self.state.epoch)
-            take = min(count - len(out), len(order) - self.state.position)
-            out.extend(self.prompts[i] for i in order[self.state.position:self.state.position + take])
-            position = self.state.position + take
-            if position == len(order):
-                self.state = SamplerState(epoch=self.state.epoch + 1, position=0)
+        held = {p.index for p in out}
+        deferred: list[int] = []
+        for i in self.state.deferred:  # first in line, unless this call holds them already
+            if len(out) < count and i not in held:
+                out.append(self.by_index[i])
+                held.add(i)
             else:
-                self.state = SamplerState(epoch=self.state.epoch, position=position)
+                deferred.append(i)
+        epoch, position = self.state.epoch, self.state.position
+        order = self._order(epoch)
+        while len(out) < count:
+            if position == len(order):
+                epoch, position, order = epoch + 1, 0, self._order(epoch + 1)
+            p = self.prompts[order[position]]
+            position += 1
+            if p.index in held:
+                deferred.append(p.index)
+            else:
+                out.append(p)
+                held.add(p.index)
+        if position == len(order):
+            epoch, position = epoch + 1, 0
+        self.state = SamplerState(epoch=epoch, position=position, deferred=tuple(deferred))
         return out

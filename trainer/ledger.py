@@ -73,6 +73,11 @@ class PromptLedger:
     # --- recording ---------------------------------------------------------------------------
 
     def dispatched(self, prompts: Iterable[Prompt]) -> None:
+        prompts = list(prompts)
+        ids = [p.index for p in prompts]
+        if len(set(ids)) != len(ids):  # the sampler never does this; say so here, not at `scored`
+            twice = sorted({i for i in ids if ids.count(i) > 1})
+            raise LedgerError(f"prompts {twice[:8]} dispatched twice in one batch")
         for p in prompts:
             if p.index in self.in_flight:
                 continue  # handed out again after a resume: already accounted for
