@@ -7,12 +7,15 @@ a record of an earlier `ray start` (/tmp/ray/ray_current_cluster, live or stale)
 runs in (or the one `RAY_ADDRESS` names). Anything else is passed to `ray.init` as the address of an
 existing head. `init_ray` says which of these it did.
 
-SIGTERM (a `kill`, a scheduler's preemption, `ray job stop`) ends a run the way Ctrl-C does: the exception
-it raises in the driver's main thread unwinds through the run's clean-up (engines and their vLLM
-processes and /dev/shm files, actors, Ray), and the process then exits with 143 (128 + SIGTERM), as a
-shell reports a process ended by SIGTERM. Ray's own driver handler, which `ray.init` installs, would
-`sys.exit` from inside Ray's calls and leave the engines' processes behind; `init_ray` replaces it once Ray
-is up, and `shutdown_ray` puts back the handler that was there before.
+SIGTERM (a `kill`, a scheduler's preemption, `ray job stop`) ends a run the way Ctrl-C does: the handler
+raises `Terminated`, a KeyboardInterrupt, in the driver's main thread; it unwinds through the run's
+clean-up (engines and their vLLM processes and /dev/shm files, actors, Ray), and the command line then
+exits with 143 (128 + SIGTERM, what a shell reports for a process ended by SIGTERM; `exit_code_after`).
+It must be a KeyboardInterrupt: Ray's wait loops turn a KeyboardInterrupt raised by a signal handler
+into one raised from `ray.get`, but a SystemExit into an unexpected-exit status on which the driver
+aborts (signal 6) without running any clean-up; Ray's own handler, which `ray.init` installs, does
+exactly that (`sys.exit`). `init_ray` replaces it once Ray is up; `shutdown_ray` restores the handler
+that was there before.
 """
 
 from __future__ import annotations
@@ -116,8 +119,16 @@ _handler_before_ray: list = []
 """The SIGTERM handler that `init_ray` replaced (none, or one), restored by `shutdown_ray`."""
 
 
-class Terminated(SystemExit):
-    """Raised in the driver's main thread by SIGTERM; exits with TERMINATED_EXIT_CODE once clean-up ran."""
+class Terminated(KeyboardInterrupt):
+    """Raised in the driver's main thread by SIGTERM (inside `ray.get` it arrives as a KeyboardInterrupt)."""
+
+
+_sigterm_received: list[bool] = []
+
+
+def exit_code_after(interrupt: KeyboardInterrupt) -> int | None:
+    """TERMINATED_EXIT_CODE when this interrupt came from SIGTERM (after `init_ray`), else None (Ctrl-C)."""
+    return TERMINATED_EXIT_CODE if isinstance(interrupt, Terminated) or _sigterm_received else None
 
 
 def _stop_on_sigterm(previous: object) -> None:
@@ -131,6 +142,7 @@ def _stop_on_sigterm(previous: object) -> None:
 def _raise_terminated(signum: int, frame: object) -> None:
     # A second SIGTERM (a scheduler repeating itself) must not cut the clean-up short; SIGKILL still can.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _sigterm_received.append(True)
     # os.write: print() may be in the middle of a write on this thread, and is not reentrant.
     os.write(2, b"grpo-ray: SIGTERM: stopping; cleaning up the run's actors, engines and Ray first\n")
     raise Terminated(TERMINATED_EXIT_CODE)

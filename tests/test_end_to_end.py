@@ -392,7 +392,7 @@ def test_tiny_run_beside_another_cluster_uses_its_own(killed_driver):
     assert d.record_after == d.stale_record
 
 
-def test_driver_stopped_by_sigterm_cleans_up_and_exits_143(killed_driver):
+def test_driver_killed_by_sigterm_cleans_up_and_exits_143(killed_driver):
     """`kill PID` of a run's driver takes the run's clean-up path (as Ctrl-C does): every process of the
     run is gone (engines' vLLM processes, actors, Ray's own), and every /dev/shm file they mapped."""
     from cluster.ray_init import TERMINATED_EXIT_CODE
@@ -406,7 +406,7 @@ def test_driver_stopped_by_sigterm_cleans_up_and_exits_143(killed_driver):
     assert d.left_shm == [], f"left in /dev/shm: {d.left_shm}"
 
 
-def test_driver_stopped_after_a_checkpoint_resumes_exactly(reference, killed_driver, train_file):
+def test_driver_killed_after_a_checkpoint_resumes_exactly(reference, killed_driver, train_file):
     from trainer.controller import train
 
     assert killed_driver.wildcard == [], f"the run listened on all interfaces: {killed_driver.wildcard}"
