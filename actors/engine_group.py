@@ -250,9 +250,10 @@ class EngineGroup:
         left (processes, /dev/shm files) removed on each engine's node, even when the first part failed."""
         import ray
 
-        live = [e for e in range(len(self.engine_actors)) if e in self.recorded]
         try:
-            self.record_processes(live)  # a file mapped since start-up is removed too
+            # Also an engine that never reached wait_until_up (a start that failed or was interrupted);
+            # and a file mapped since start-up is removed too.
+            self.record_processes(range(len(self.engine_actors)))
             self._all("shutdown", lambda a: a.shutdown.remote())
         finally:
             for actor in self.engine_actors:
