@@ -54,8 +54,9 @@ EPOCH_PROMPTS = 16
 """Training prompts in the file: 2 steps of 8 prompts, so the step-2 checkpoint sits at an epoch boundary."""
 KILL_STEP = 4
 """The step during whose generation engine 0 is killed (in the reference and in the resumed run)."""
-RUN_TIMEOUT_S = 900.0
-"""One driver run on a shared 2-core machine: Ray, 2 vLLM engines, a TP=2 learner, 4 steps."""
+RUN_TIMEOUT_S = 1800.0
+"""One driver run on a shared 2-core machine: Ray, 2 vLLM engines, a TP=2 learner, 4 steps (about 20 minutes
+when other runs load the machine)."""
 
 
 def overrides(out: Path, name: str, train_path: Path) -> list[str]:
