@@ -18,6 +18,10 @@ owner forms the transfer group anew and sends it the current weights (`reload_we
 `actors.weight_sync.WeightSync.reload`), every engine must then report `expected_version`, and the
 unfinished groups are generated again with the same per-prompt seeds. Past `max_restarts` replacements
 in a run, `EngineFailure` stops it with a summary of every failure (engine, call, root cause).
+
+An engine's vLLM processes (engine core, workers) and their /dev/shm files are recorded once it is up
+(`wait_until_up`, and a replacement's start-up) and removed on the engine's node when it is replaced or
+the group shuts down (actors.engine_processes): killing the actor alone leaves them running.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import heapq
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from actors.engine_processes import EngineProcesses, reap_on_node
 from actors.rollout import StaleEngineError
 from cluster.calls import CallFailure, RemoteCallError, each_as_done, get_all, wait_each
 from trainer.types import Prompt, RolloutBatch, RolloutPart, WeightVersion
@@ -89,6 +94,9 @@ class EngineGroup:
         """Set by the weight-sync owner (`WeightSync.reload`): the current weights into every engine."""
         self.failures: list[str] = []
         """Every engine failure of the run, oldest first: 'engine 1: failed in generate (...): <cause>'."""
+        self.recorded: dict[int, EngineProcesses] = {}
+        """Engine index -> its vLLM processes and /dev/shm files (recorded once it is up), removed when
+        that engine is replaced or the group shuts down."""
 
     @property
     def names(self) -> list[str]:
@@ -144,16 +152,20 @@ class EngineGroup:
                                 f"rollout.max_engine_restarts = {self.max_restarts} allows: " + "; ".join(self.failures))
         import ray
 
-        restart = range(len(self.engine_actors)) if with_others else sorted(failed)
+        restart = list(range(len(self.engine_actors))) if with_others else sorted(failed)
         for e in restart:
             try:
                 ray.kill(self.engine_actors[e], no_restart=True)  # a hung engine must not keep its bundle
             except Exception as err:  # already gone
                 print(f"engine {e}: kill after its failure: {type(err).__name__}: {err}")
+        # Its engine core and workers outlive the actor and hold the memory the replacement needs.
+        self.reap(restart)
+        for e in restart:
             self.engine_actors[e] = self.start_engine(e)
         get_all([self.engine_actors[e].weight_version.remote(False) for e in restart],
                 what="start-up of a replacement engine", names=[f"engine {e}" for e in restart],
                 timeout_s=self.start_timeout_s)
+        self.record_processes(restart)
         self.reload_weights()
         self.check_versions()
         print(f"replaced {', '.join(f'engine {e}' for e in failed)} after: "
@@ -170,8 +182,39 @@ class EngineGroup:
 
     def wait_until_up(self) -> list[WeightVersion]:
         """Wait for every engine to have loaded its model (at most start_timeout_s); their versions."""
-        return get_all([a.weight_version.remote(False) for a in self.engine_actors], what="engine start-up",
-                       names=self.names, timeout_s=self.start_timeout_s)
+        versions = get_all([a.weight_version.remote(False) for a in self.engine_actors], what="engine start-up",
+                           names=self.names, timeout_s=self.start_timeout_s)
+        self.record_processes(range(len(self.engine_actors)))
+        return versions
+
+    def record_processes(self, engines: Sequence[int]) -> None:
+        """Record these (live) engines' vLLM processes and /dev/shm files, added to what was recorded."""
+        engines = list(engines)
+        found = wait_each([self.engine_actors[e].processes.remote() for e in engines], what="a process record",
+                          names=[f"engine {e}" for e in engines], timeout_s=self.control_timeout_s)
+        for e, rec in zip(engines, found, strict=True):
+            if isinstance(rec, CallFailure):  # what start-up recorded is still reaped
+                print(f"engine {e}: its processes could not be recorded: {rec}")
+            elif e in self.recorded:
+                self.recorded[e] = self.recorded[e].merged(rec)
+            else:
+                self.recorded[e] = rec
+
+    def reap(self, engines: Sequence[int]) -> None:
+        """Kill what is left of these engines' recorded processes and unlink their /dev/shm files, each on
+        its engine's node; the records are dropped. The engines' actors must be gone or done."""
+        records = {e: self.recorded.pop(e) for e in engines if e in self.recorded}
+        records = {e: r for e, r in records.items() if r.processes or r.shm}
+        if not records:
+            return
+        try:
+            results = reap_on_node(records.values(), timeout_s=self.control_timeout_s)
+        except Exception as err:  # e.g. the node itself is gone, and its processes with it
+            print(f"{', '.join(f'engine {e}' for e in records)}: clean-up failed: {type(err).__name__}: {err}")
+            return
+        for e, result in zip(records, results, strict=True):
+            if result.alive or result.kept:
+                print(f"engine {e}: clean-up: {result}")
 
     def versions(self, with_checksums: bool = False) -> list[WeightVersion]:
         return self._all("weight version" + (" and checksums" if with_checksums else ""),
@@ -203,7 +246,22 @@ class EngineGroup:
         return self._all("memory", lambda a: a.memory.remote())
 
     def shutdown(self) -> None:
-        self._all("shutdown", lambda a: a.shutdown.remote())
+        """vLLM's own shutdown of every engine, then the engines' actors killed and what their processes
+        left (processes, /dev/shm files) removed on each engine's node, even when the first part failed."""
+        import ray
+
+        try:
+            # Also an engine that never reached wait_until_up (a start that failed or was interrupted);
+            # and a file mapped since start-up is removed too.
+            self.record_processes(range(len(self.engine_actors)))
+            self._all("shutdown", lambda a: a.shutdown.remote())
+        finally:
+            for actor in self.engine_actors:
+                try:
+                    ray.kill(actor, no_restart=True)
+                except Exception as err:  # already gone
+                    print(f"engine shutdown: kill: {type(err).__name__}: {err}")
+            self.reap(sorted(self.recorded))
 
     def _all(self, what: str, call: Any) -> list[Any]:
         return get_all([call(a) for a in self.engine_actors], what=what, names=self.names,

@@ -386,6 +386,15 @@ class RolloutWorker:
         """GiB this engine holds: device memory in use on its GPU (GPU), or its processes' resident set (CPU)."""
         return _memory_gib(self.on_gpu and self.tp_size == 1)
 
+    async def processes(self) -> Any:
+        """This engine's processes on its node and the /dev/shm files they map
+        (actors.engine_processes.EngineProcesses), so they can be removed when the engine is gone."""
+        import ray
+
+        from actors.engine_processes import record
+
+        return record(os.getpid(), ray.get_runtime_context().get_node_id())
+
     async def child_pids(self) -> list[int]:
         """Processes vLLM started for this engine (so a test can reap them after ray.kill)."""
         import psutil

@@ -6,12 +6,24 @@ a record of an earlier `ray start` (/tmp/ray/ray_current_cluster, live or stale)
 `ray job submit` does it join the job's cluster. `address="auto"` joins the cluster a `ray job submit`
 runs in (or the one `RAY_ADDRESS` names). Anything else is passed to `ray.init` as the address of an
 existing head. `init_ray` says which of these it did.
+
+SIGTERM (a `kill`, a scheduler's preemption, `ray job stop`) ends a run the way Ctrl-C does: the handler
+raises `Terminated`, a KeyboardInterrupt, in the driver's main thread; it unwinds through the run's
+clean-up (engines and their vLLM processes and /dev/shm files, actors, Ray), and the command line then
+exits with 143 (128 + SIGTERM, what a shell reports for a process ended by SIGTERM; `exit_code_after`).
+It must be a KeyboardInterrupt: Ray's wait loops turn a KeyboardInterrupt raised by a signal handler
+into one raised from `ray.get`, but a SystemExit into an unexpected-exit status on which the driver
+aborts (signal 6) without running any clean-up; Ray's own handler, which `ray.init` installs, does
+exactly that (`sys.exit`). `init_ray` replaces it once Ray is up; `shutdown_ray` restores the handler
+that was there before.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import threading
 from pathlib import Path
 
 import ray
@@ -19,6 +31,8 @@ import ray
 LOOPBACK = "127.0.0.1"
 JOB_DRIVER_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 """Set by Ray's job supervisor in the environment of every `ray job submit` entrypoint, and nowhere else."""
+TERMINATED_EXIT_CODE = 128 + signal.SIGTERM
+"""143: the exit status of a run stopped by SIGTERM, after its clean-up."""
 LOOPBACK_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 """Ray replaces a node address of 127.0.0.1 by the machine's outward address unless this is "0" (its
 single-machine mode), so a local Ray sets it to keep every server it starts on the loopback interface."""
@@ -42,6 +56,13 @@ def init_ray(address: str = "local", *, num_cpus: int | None = None, log_to_driv
     """
     if ray.is_initialized():
         return _gcs_address()
+    previous = signal.getsignal(signal.SIGTERM)
+    gcs = _init(address, num_cpus=num_cpus, log_to_driver=log_to_driver)
+    _stop_on_sigterm(previous)
+    return gcs
+
+
+def _init(address: str, *, num_cpus: int | None, log_to_driver: bool) -> str:
     if address == "local" and in_ray_job():
         # Inside a `ray job submit` the driver must join the job's cluster, not start another.
         ray.init(address="auto", log_to_driver=log_to_driver)
@@ -94,6 +115,42 @@ def _keep_on_loopback() -> None:
     ray_constants.ENABLE_RAY_CLUSTER = False
 
 
+_handler_before_ray: list = []
+"""The SIGTERM handler that `init_ray` replaced (none, or one), restored by `shutdown_ray`."""
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised in the driver's main thread by SIGTERM (inside `ray.get` it arrives as a KeyboardInterrupt)."""
+
+
+_sigterm_received: list[bool] = []
+
+
+def exit_code_after(interrupt: KeyboardInterrupt) -> int | None:
+    """TERMINATED_EXIT_CODE when this interrupt came from SIGTERM (after `init_ray`), else None (Ctrl-C)."""
+    return TERMINATED_EXIT_CODE if isinstance(interrupt, Terminated) or _sigterm_received else None
+
+
+def _stop_on_sigterm(previous: object) -> None:
+    """Installed after `ray.init`, which installs Ray's own handler (a later install wins)."""
+    if threading.current_thread() is not threading.main_thread():
+        return  # Python takes signal handlers in the main thread only; Ray's stays
+    _handler_before_ray[:] = [previous]
+    signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    # A second SIGTERM (a scheduler repeating itself) must not cut the clean-up short; SIGKILL still can.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _sigterm_received.append(True)
+    # os.write: print() may be in the middle of a write on this thread, and is not reentrant.
+    os.write(2, b"grpo-ray: SIGTERM: stopping; cleaning up the run's actors, engines and Ray first\n")
+    raise Terminated(TERMINATED_EXIT_CODE)
+
+
 def shutdown_ray() -> None:
     if ray.is_initialized():
         ray.shutdown()
+    if _handler_before_ray and threading.current_thread() is threading.main_thread():
+        previous = _handler_before_ray.pop()
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)

@@ -5,10 +5,13 @@ checkpoint that resumes exactly; the user's command run beside another Ray clust
 Three system start-ups serve every test (a start-up costs about a minute on 2 cores):
 - the reference run (4 steps of 8 over a 12-prompt file, so step 2 finishes the first pass and starts
   the second, and step 3 ends it; checkpoints after steps 2 and 4), in which engine 0's process is
-  SIGKILLed while step 4 generates;
+  SIGKILLed while step 4 generates. Afterwards no vLLM process of any of its engines (the killed one
+  included) may be running, and no /dev/shm file they mapped may be left;
 - the killed driver: `python -m trainer train` as a user types it, from a shell whose RAY_ADDRESS points
-  at another live Ray cluster while /tmp/ray holds a stale record of a third; SIGKILLed once its step-2
-  checkpoint is committed (inside the epoch boundary). While it runs, nothing of it may listen on all interfaces;
+  at another live Ray cluster while /tmp/ray holds a stale record of a third; stopped by SIGTERM (a
+  `kill`, a scheduler's preemption) once its step-2 checkpoint is committed (inside the epoch boundary).
+  While it runs, nothing of it may listen on all interfaces; it must exit with 143 having cleaned up:
+  none of its processes left, none of the /dev/shm files they mapped;
 - its resume, in which engine 0 is killed while step 4 generates, as in the reference. It must reproduce
   the reference: per-step losses and rewards, the prompt ids each step trained, and the final parameters
   bit for bit. The two runs lose the same engine at the same point, so this also shows that a replaced
@@ -53,8 +56,9 @@ ran past the end of the data could hold a prompt twice, and the ledger then stop
 step-2 checkpoint, where the driver is killed and resumed, sits inside the crossing."""
 KILL_STEP = 4
 """The step during whose generation engine 0 is killed (in the reference and in the resumed run)."""
-RUN_TIMEOUT_S = 900.0
-"""One driver run on a shared 2-core machine: Ray, 2 vLLM engines, a TP=2 learner, 4 steps."""
+RUN_TIMEOUT_S = 1800.0
+"""One driver run on a shared 2-core machine: Ray, 2 vLLM engines, a TP=2 learner, 4 steps (about 20 minutes
+when other runs load the machine)."""
 
 
 def overrides(out: Path, name: str, train_path: Path) -> list[str]:
@@ -81,6 +85,13 @@ class EngineKill:
     """The run's actors.engine_group.EngineGroup (its `failures` after the run)."""
     victims: list[Any] = field(default_factory=list)
     """The engine process and its vLLM processes (psutil), reaped after the run."""
+    seen: dict[int, Any] = field(default_factory=dict)
+    """Every engine's vLLM processes seen during the run (pid: psutil.Process), the replacement's included."""
+    shm: set[str] = field(default_factory=set)
+    """The /dev/shm files those processes mapped."""
+    left_running: list[str] = field(default_factory=list)
+    left_shm: list[str] = field(default_factory=list)
+    """What of `seen` and `shm` was still there when the run had returned."""
 
 
 @contextmanager
@@ -109,9 +120,14 @@ def engine_0_killed_at(step: int) -> Iterator[EngineKill]:
 
     def generate(self, prompts, **kwargs):
         kill.group = self
+        pids = ray.get([a.__ray_call__.remote(lambda _: os.getpid()) for a in self.engine_actors], timeout=60)
+        for pid in pids:  # every engine's vLLM processes and what they map, each time (a replacement's too)
+            children = process_tree(pid)
+            children.pop(pid, None)  # the actor itself: Ray's worker, ended by Ray
+            kill.seen.update(children)
+            kill.shm |= shm_mapped(children)
         if self.expected_version == step - 1 and kill.killed is None and kill.error is None:
-            pid = ray.get(self.engine_actors[0].__ray_call__.remote(lambda _: os.getpid()), timeout=60)
-            threading.Thread(target=kill_engine, args=(pid,), daemon=True).start()
+            threading.Thread(target=kill_engine, args=(pids[0],), daemon=True).start()
         return original(self, prompts, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:
@@ -119,7 +135,49 @@ def engine_0_killed_at(step: int) -> Iterator[EngineKill]:
         try:
             yield kill
         finally:
-            reap(kill.victims, grace_s=5.0)
+            kill.left_running = running(kill.seen.values())
+            kill.left_shm = sorted(path for path in kill.shm if os.path.exists(path))
+            reap(kill.victims + list(kill.seen.values()), grace_s=5.0)
+
+
+def running(procs) -> list[str]:
+    """'name(pid)' of the processes still running (a zombie is not: it holds nothing but its pid)."""
+    import psutil
+
+    out = []
+    for p in procs:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(f"{p.name()}({p.pid})")
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def shm_mapped(procs: dict[int, Any]) -> set[str]:
+    """Files under /dev/shm that these processes map now (read from /proc/PID/maps; unlinked ones left out)."""
+    found = set()
+    for pid in procs:
+        try:
+            lines = Path(f"/proc/{pid}/maps").read_text().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split(maxsplit=5)  # address perms offset dev inode path
+            if len(fields) == 6 and fields[5].startswith("/dev/shm/") and not fields[5].endswith("(deleted)"):
+                found.add(fields[5])
+    return found
+
+
+@contextmanager
+def no_new_shm_files() -> Iterator[None]:
+    """On CI (CI=true, where nothing else runs on the machine): /dev/shm holds no new psm_* / sem.mp-*
+    file after the block. Elsewhere other people's engines come and go, so only the run's own files count."""
+    before = set(os.listdir("/dev/shm"))
+    yield
+    if os.environ.get("CI") == "true":
+        new = sorted(f for f in set(os.listdir("/dev/shm")) - before if f.startswith(("psm_", "sem.mp-")))
+        assert new == [], f"the run left these in /dev/shm: {new}"
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +193,7 @@ def reference(tmp_path_factory, train_file) -> tuple[Path, EngineKill]:
     """The uninterrupted run (engine 0 killed while step 4 generates)."""
     from trainer.controller import train
 
-    with engine_0_killed_at(KILL_STEP) as kill:
+    with no_new_shm_files(), engine_0_killed_at(KILL_STEP) as kill:
         run_dir = train(tiny_config(tmp_path_factory.mktemp("runs"), "full", train_file))
     return run_dir, kill
 
@@ -200,14 +258,34 @@ def test_an_engine_killed_mid_run_is_replaced_and_the_run_completes(reference):
     assert [len(set(s["trained"])) for s in steps] == [8, 8, 8, 8]
 
 
+def test_no_engine_process_or_dev_shm_file_outlives_the_run(reference):
+    """The killed engine's vLLM processes (engine core, worker) were killed when it was replaced, the
+    others' when the run ended, and every /dev/shm file any of them mapped (vLLM's psm_* rings, sem.mp-*
+    semaphores) is gone: the run leaves /dev/shm as it found it, although one engine died mid-run."""
+    _, kill = reference
+    victims = {p.pid for p in kill.victims}
+    assert len(kill.seen) >= 4 and set(kill.seen) - victims and victims & set(kill.seen), (
+        f"saw {sorted(kill.seen)}, victims {sorted(victims)}: the check proved nothing")
+    assert any(os.path.basename(path).startswith("psm_") for path in kill.shm), kill.shm
+    assert kill.left_running == [], f"still running after the run: {kill.left_running}"
+    assert kill.left_shm == [], f"left in /dev/shm: {kill.left_shm}"
+
+
 @dataclass
 class KilledDriver:
-    """The driver run that was SIGKILLed after its step-2 checkpoint, and what was seen while it ran."""
+    """The driver run that was stopped by SIGTERM after its step-2 checkpoint, and what was seen while it ran."""
 
     run_dir: Path
     log: str
     processes: int
     """Processes of the driver's tree seen while it ran."""
+    returncode: int
+    left_running: list[str]
+    """Processes of the driver's tree still running once it had exited (after a grace for Ray's own)."""
+    shm: set[str]
+    """/dev/shm files the driver's processes mapped while it ran."""
+    left_shm: list[str]
+    """Those still in /dev/shm once it had exited."""
     listeners: set[str]
     wildcard: list[str]
     other_gcs: str
@@ -240,45 +318,72 @@ def killed_driver(train_file, tmp_path_factory) -> KilledDriver:
             with (tmp / "driver.log").open("w") as log:
                 driver = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                                           start_new_session=True)
-                ours, heard, wildcard = run_until_checkpoint(driver, run_dir, tmp / "driver.log", WILDCARDS)
+                seen = run_until_checkpoint(driver, run_dir, tmp / "driver.log", WILDCARDS)
             other_actors = actors_of(head)
         finally:
             head.stop()
         record_after = RECORD.read_text()
-    return KilledDriver(run_dir, (tmp / "driver.log").read_text(), ours, heard, wildcard, other_gcs,
+    return KilledDriver(run_dir, (tmp / "driver.log").read_text(), len(seen.procs), seen.returncode,
+                        seen.left_running, seen.shm, seen.left_shm, seen.heard, seen.wildcard, other_gcs,
                         other_actors, stale, record_after)
 
 
-def run_until_checkpoint(driver: subprocess.Popen, run_dir: Path, log: Path,
-                         wildcards: tuple[str, ...]) -> tuple[int, set[str], list[str]]:
-    """Watch the driver's process tree and its listeners until its step-2 checkpoint is committed, then
-    SIGKILL the driver alone and reap what it leaves. Returns (processes seen, listeners, wildcard ones)."""
-    ours: dict[int, Any] = {}
-    wildcard: list[str] = []
-    heard: set[str] = set()
+@dataclass
+class Watched:
+    """What `run_until_checkpoint` saw of the driver's tree."""
+
+    procs: dict[int, Any] = field(default_factory=dict)
+    heard: set[str] = field(default_factory=set)
+    wildcard: list[str] = field(default_factory=list)
+    shm: set[str] = field(default_factory=set)
+    returncode: int | None = None
+    left_running: list[str] = field(default_factory=list)
+    left_shm: list[str] = field(default_factory=list)
+
+
+EXIT_GRACE_S = 60.0
+"""How long the driver's processes may take to be gone after it exited (Ray's raylet and GCS stop
+their workers as they go; SIGINT's clean-up took about 10 s on 2 cores)."""
+
+
+def run_until_checkpoint(driver: subprocess.Popen, run_dir: Path, log: Path, wildcards: tuple[str, ...]) -> Watched:
+    """Watch the driver's process tree, its listeners and the /dev/shm files it maps until its step-2
+    checkpoint is committed, then SIGTERM the driver alone (as `kill` does), wait for its exit and see
+    what of it is left; reap that."""
+    seen = Watched()
     try:
         latest = run_dir / "checkpoints" / "latest"
-        deadline = time.monotonic() + RUN_TIMEOUT_S
+        deadline, mapped_at = time.monotonic() + RUN_TIMEOUT_S, 0.0
         while not (latest.exists() and latest.read_text().strip() == f"step_{CHECKPOINT_EVERY:06d}"):
             assert driver.poll() is None, f"the driver exited {driver.returncode}: {log.read_text()[-3000:]}"
             assert time.monotonic() < deadline, "no step-2 checkpoint in time"
             tree = process_tree(driver.pid)
-            ours.update(tree)
+            seen.procs.update(tree)
             found = listening(set(tree))
-            heard.update(found)
-            wildcard += [address for address in found if address.rpartition(":")[0] in wildcards]
+            seen.heard.update(found)
+            seen.wildcard += [address for address in found if address.rpartition(":")[0] in wildcards]
+            if time.monotonic() > mapped_at + 2.0:  # reading every process's maps is not free on 2 cores
+                seen.shm |= shm_mapped(tree)
+                mapped_at = time.monotonic()
             time.sleep(0.2)
-        ours.update(process_tree(driver.pid))
-        driver.send_signal(signal.SIGKILL)  # the driver only: its actors must not outlive it for long
-        driver.wait(timeout=30)
+        tree = process_tree(driver.pid)
+        seen.procs.update(tree)
+        seen.shm |= shm_mapped(tree)
+        driver.send_signal(signal.SIGTERM)  # the driver only, as `kill PID` does: it must stop the rest
+        seen.returncode = driver.wait(timeout=300)
+        others = [p for pid, p in seen.procs.items() if pid != driver.pid]
+        deadline = time.monotonic() + EXIT_GRACE_S
+        while running(others) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        seen.left_running = running(others)
+        seen.left_shm = sorted(path for path in seen.shm if os.path.exists(path))
     finally:
         if driver.poll() is None:
             driver.kill()
-        start = time.monotonic()
-        # Some of its processes never exit on their own (a 30 s grace always ran out): kill them sooner.
-        reap([p for pid, p in ours.items() if pid != driver.pid], grace_s=5.0)
-        print(f"killed driver: {len(ours)} processes seen, the rest reaped in {time.monotonic() - start:.1f} s")
-    return len(ours), heard, wildcard
+        reap([p for pid, p in seen.procs.items() if pid != driver.pid], grace_s=5.0)
+        print(f"stopped driver: exit {seen.returncode}, {len(seen.procs)} processes seen, "
+              f"left running {seen.left_running}, left in /dev/shm {seen.left_shm}")
+    return seen
 
 
 def test_tiny_run_beside_another_cluster_uses_its_own(killed_driver):
@@ -291,6 +396,20 @@ def test_tiny_run_beside_another_cluster_uses_its_own(killed_driver):
     # The other cluster is alive (it answered), ran nothing of ours, and the stale record is unchanged.
     assert d.other_actors == []
     assert d.record_after == d.stale_record
+
+
+def test_driver_killed_by_sigterm_cleans_up_and_exits_143(killed_driver):
+    """`kill PID` of a run's driver takes the run's clean-up path (as Ctrl-C does): every process of the
+    run is gone (engines' vLLM processes, actors, Ray's own), and every /dev/shm file they mapped."""
+    from cluster.ray_init import TERMINATED_EXIT_CODE
+
+    d = killed_driver
+    assert d.returncode == TERMINATED_EXIT_CODE == 143, (d.returncode, d.log[-3000:])
+    assert "SIGTERM: stopping" in d.log
+    assert any(os.path.basename(path).startswith("psm_") for path in d.shm), (
+        f"the run mapped no vLLM ring: the check proved nothing ({sorted(d.shm)})")
+    assert d.left_running == [], f"still running {EXIT_GRACE_S:.0f} s after the driver exited: {d.left_running}"
+    assert d.left_shm == [], f"left in /dev/shm: {d.left_shm}"
 
 
 def test_driver_killed_after_a_checkpoint_resumes_exactly(reference, killed_driver, train_file):
@@ -309,6 +428,7 @@ def test_driver_killed_after_a_checkpoint_resumes_exactly(reference, killed_driv
     with engine_0_killed_at(KILL_STEP) as kill:
         resumed = train(tiny_config(run_dir.parent, "killed", train_file))
     assert kill.killed is not None and len(kill.group.failures) == 1, (kill.error, kill.group and kill.group.failures)
+    assert kill.left_running == [] and kill.left_shm == [], (kill.left_running, kill.left_shm)
     ref_dir, _ = reference
     rows, ref_rows = read_metrics(resumed, "train"), read_metrics(ref_dir, "train")
     assert [r["step"] for r in rows] == [1, 2, 3, 4]

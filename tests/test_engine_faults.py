@@ -10,6 +10,7 @@ import time
 import pytest
 
 from actors.engine_group import EngineFailure, EngineGroup
+from actors.engine_processes import EngineProcesses
 from actors.weight_sync import WeightSync, WeightSyncError
 from cluster.calls import CallFailure
 from trainer.types import Completion, Prompt, RolloutBatch, WeightVersion
@@ -37,6 +38,11 @@ class StandInEngine:
 
     def set_version(self, version):
         self.version = version
+
+    def processes(self):  # a stand-in starts no vLLM processes: nothing to remove when it is replaced
+        import ray
+
+        return EngineProcesses(ray.get_runtime_context().get_node_id(), (), ())
 
 
 @pytest.fixture(scope="module")

@@ -508,6 +508,8 @@ def setup(tmp_path_factory):
         spec = sync.connect()
         assert spec.host == "127.0.0.1"  # a local Ray reports loopback as the node address
         yield group, engine, sender, sync
+        if group.recorded:  # unless test_sync_to_killed_engine_fails_within_timeout removed it already
+            group.shutdown()
     finally:
         ray.shutdown()
 
@@ -603,7 +605,6 @@ def test_torch_linear_engine_takes_the_weights_in_place(setup, tmp_path):
     oneDNN repacking), so a sync copies into them without vLLM's layerwise reload: afterwards the engine
     generates what the sender does, and its checksums, which now cover the fused qkv and gate_up weights
     too, equal the sender's bytes."""
-    import psutil
     import ray
 
     from actors.engine_group import EngineGroup
@@ -616,7 +617,7 @@ def test_torch_linear_engine_takes_the_weights_in_place(setup, tmp_path):
     engine = ray.remote(num_cpus=1)(RolloutWorker).remote(str(model_dir), max_model_len=128, seed=0,
                                                           cpu_linear="torch")
     group = EngineGroup([engine], control_timeout_s=60.0)
-    children = ray.get(engine.child_pids.remote())
+    group.wait_until_up()  # records its vLLM processes, which group.shutdown() then removes
     shm = WeightSync(group, OneRankLearner(sender), backend="shm", timeout_s=SYNC_TIMEOUT_S,
                      bucket_bytes=1 << 16, checksum_every=1)
     try:
@@ -635,22 +636,19 @@ def test_torch_linear_engine_takes_the_weights_in_place(setup, tmp_path):
         assert hf != [list(g[0].token_ids) for g in before.completions], "the new weights changed nothing"
     finally:
         group.shutdown()
-        ray.kill(engine)
-        for pid in children:  # vLLM's engine core may outlive its killed parent
-            try:
-                psutil.Process(pid).kill()
-            except psutil.NoSuchProcess:
-                pass
         sync.connect()  # the tests after this one use the module's gloo group
 
 
 @pytest.mark.slow
 def test_sync_to_killed_engine_fails_within_timeout(setup):
+    """... and what the killed engine left (its vLLM engine core and worker, which outlive the actor, and
+    their /dev/shm files) is removed by the engine group's reap, as an engine replacement does."""
     import psutil
     import ray
 
     group, engine, sender, sync = setup
-    children = ray.get(engine.child_pids.remote())
+    recorded = group.recorded[0]  # by connect's wait_until_up
+    assert len(recorded.processes) >= 2 and any(os.path.basename(p).startswith("psm_") for p in recorded.shm), recorded
     ray.kill(engine)
     try:
         start = time.monotonic()
@@ -658,8 +656,7 @@ def test_sync_to_killed_engine_fails_within_timeout(setup):
             _sync(sync, group.expected_version + 1)
         assert time.monotonic() - start < SYNC_TIMEOUT_S + 5
     finally:
-        for pid in children:  # vLLM's engine core may outlive a SIGKILLed parent
-            try:
-                psutil.Process(pid).kill()
-            except psutil.NoSuchProcess:
-                pass
+        group.reap([0])
+    left = [pid for pid, _ in recorded.processes
+            if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+    assert left == [] and [p for p in recorded.shm if os.path.exists(p)] == [], (left, recorded.shm)

@@ -182,5 +182,20 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def cli(argv: list[str] | None = None) -> int:
+    """`main`, except that a command stopped by SIGTERM exits with 143 once its clean-up ran."""
+    try:
+        return main(argv)
+    except KeyboardInterrupt as interrupt:
+        from cluster.ray_init import exit_code_after
+
+        code = exit_code_after(interrupt)
+        if code is None:  # Ctrl-C: Python's own exit (status 130 in a shell)
+            raise
+        print("grpo-ray: stopped by SIGTERM after cleaning up; the same command resumes from the newest "
+              "checkpoint", file=sys.stderr)
+        return code
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

@@ -123,6 +123,15 @@ class Run:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(_json(to_dict(cfg)))
         system = System.build(cfg)
+        try:
+            return cls._start_with(system, cfg, run_dir, checkpoint, inputs)
+        except BaseException:  # a bad resume, Ctrl-C or SIGTERM here: train()'s clean-up has not begun yet
+            system.shutdown()
+            raise
+
+    @classmethod
+    def _start_with(cls, system: System, cfg: TrainConfig, run_dir: Path, checkpoint: Path | None,
+                    inputs: RunInputs) -> Run:
         train_prompts, heldout = inputs.train, inputs.heldout
         state = ControllerState(step=0, policy_version=0, sampler=PromptSampler(train_prompts, seed=cfg.seed).state,
                                 sampling_seed=cfg.seed)

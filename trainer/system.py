@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 
@@ -37,6 +37,9 @@ from trainer.protocols import (
     RewardGroupProtocol,
     WeightSyncProtocol,
 )
+
+if TYPE_CHECKING:
+    from actors.weight_sync import Backend
 
 
 @dataclass
@@ -66,8 +69,7 @@ class System:
 
         from actors.engine_group import EngineGroup
         from actors.versions import check_installed
-        from actors.weight_sync import WeightSync, choose_backend, shm_free_bytes
-        from reward_server.reward_group import RewardGroup
+        from actors.weight_sync import choose_backend, shm_free_bytes
 
         check_installed()  # vLLM / Megatron-core releases, before any actor starts (actors.versions)
         init_ray(cfg.cluster.address, num_cpus=cfg.cluster.num_cpus)
@@ -84,6 +86,25 @@ class System:
                               generate_timeout_s=ro.generate_timeout_s, control_timeout_s=ro.control_timeout_s,
                               start_timeout_s=ro.start_timeout_s, max_restarts=ro.max_engine_restarts,
                               start_engine=lambda i: start_engine(cfg, placement, backend, i))
+        try:
+            return cls._build_around(cfg, engines, placement, backend, tokenizer)
+        except BaseException:  # an error, Ctrl-C or SIGTERM while starting: the engines' processes go too
+            try:
+                engines.shutdown()
+            except Exception as e:  # an engine that never came up
+                print(f"shutdown after a failed start: {type(e).__name__}: {e}")
+            placement.remove()
+            shutdown_ray()
+            raise
+
+    @classmethod
+    def _build_around(cls, cfg: TrainConfig, engines: Any, placement: Placement, backend: Backend,
+                      tokenizer: Any) -> System:
+        """The rest of `build`, once the engines are starting: learner, reference, judge, rewards, sync."""
+        from actors.weight_sync import WeightSync
+        from reward_server.reward_group import RewardGroup
+
+        ro = cfg.rollout
         if cfg.cluster.colocate:
             engines.wait_until_up()  # up, having taken their share of free memory; then out of the learner's way
             engines.sleep()
