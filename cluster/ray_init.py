@@ -35,8 +35,11 @@ def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
-def init_ray(address: str = "local", *, num_cpus: int | None = None, log_to_driver: bool = True) -> str:
-    """Start (local) or join (auto / host:port) Ray, unless this process already did.
+def init_ray(address: str = "local", *, num_cpus: int | None = None, num_gpus: int | None = None,
+             log_to_driver: bool = True) -> str:
+    """Start (local) or join (auto / host:port) Ray, unless this process already did. `num_gpus`: GPUs a
+    local Ray declares (None: the ones it finds); Ray schedules declared GPUs it does not have like real
+    ones, which is how placement is tested on a CPU machine.
 
     Returns the GCS address of the cluster this process is connected to, and prints what it did.
     """
@@ -55,6 +58,7 @@ def init_ray(address: str = "local", *, num_cpus: int | None = None, log_to_driv
     ray.init(
         address="local",
         num_cpus=num_cpus or os.cpu_count(),
+        num_gpus=num_gpus,
         include_dashboard=False,
         _node_ip_address=LOOPBACK,
         # Actors import the project's packages; on one machine they share this checkout.
