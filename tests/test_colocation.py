@@ -116,6 +116,12 @@ def test_each_engine_reads_only_its_own_senders_keys():
     engine_scope(store, spec, 1).set("bucket/1/0", b"rank 1")
     assert [engine_scope(store, spec, e).get("bucket/1/0") for e in (0, 1)] == [b"rank 0", b"rank 1"]
     assert engine_scope(store, replace(spec, backend="nccl"), 1) is store  # one stream for every engine
+    from actors.weight_sync import WeightSender
+
+    with pytest.raises(ValueError, match=r"learner rank 2 does not send over ipc \(senders: range\(0, 2\)\)"):
+        WeightSender(spec, 2)  # refused before it opens anything
+    with pytest.raises(ValueError, match="learner rank 1 does not send over nccl"):
+        WeightSender(replace(spec, backend="nccl"), 1)
 
 
 # --- item: CUDA IPC handles through vLLM's msgpack encoder ---------------------------------------------
