@@ -205,6 +205,9 @@ def test_pp2_matches_hf_logprobs_and_step(ray_session, model_dir, batch, tmp_pat
         # tensor, in the same order, equal to what rank 0 exports; a rank that serves none gets nothing.
         import ray
 
+        def _gathered(worker, receivers) -> list:  # local: pickled by value, so the ranks need not import tests
+            return [(n, t.detach().cpu().clone()) for n, t in worker.hf_state_dict_iter(receivers=receivers)]
+
         exported = _exported(group, tmp_path / "export")
         both, only_0 = (ray.get([w.__ray_call__.remote(_gathered, receivers) for w in group.workers])
                         for receivers in ((0, 1), (0,)))
@@ -215,10 +218,6 @@ def test_pp2_matches_hf_logprobs_and_step(ray_session, model_dir, batch, tmp_pat
         assert only_0[1] == []
     finally:
         group.shutdown()
-
-
-def _gathered(worker, receivers) -> list:
-    return [(n, t.detach().cpu().clone()) for n, t in worker.hf_state_dict_iter(receivers=receivers)]
 
 
 # --- DP = 2 --------------------------------------------------------------------------------------
