@@ -36,11 +36,12 @@ import json
 import math
 import random
 import shutil
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial, wraps
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -234,7 +235,8 @@ class LearnerWorker:
         self.ddp = self._wrap_ddp(self.model) if role == "policy" else None
         self.optimizer = self._make_optimizer() if self.ddp is not None else None
         self._grads_reduced = False
-        self._sender = None
+        self._sender: Any = None
+        self._sync_spec: Any = None
         self._offloader = StorageOffloader(self.device)
 
     # --- construction ---------------------------------------------------------------------------
@@ -531,33 +533,36 @@ class LearnerWorker:
 
     # --- Hugging Face weights out -----------------------------------------------------------------
 
-    def hf_state_dict_iter(self) -> Iterator[tuple[str, Tensor]]:
-        """Yield (HF name, full tensor) on rank 0; every rank must drain it (gathers are collective).
+    def hf_state_dict_iter(self, receivers: Collection[int] = (0,)) -> Iterator[tuple[str, Tensor]]:
+        """Yield (HF name, full tensor) on every rank in `receivers` (rank 0 by default; under the ipc weight
+        sync every rank that serves an engine), the same names in the same order on each; every rank must
+        drain it (gathers are collective).
 
-        Each stage gathers its tensors over TP; stage s > 0 ships them to rank 0 point to point.
+        Each stage gathers its tensors over TP, so every rank of the stage holds them; a receiver on another
+        stage gets them point to point from the rank of that stage in its own pipeline group.
         """
         ps = self.ps
         params = dict(self.model.named_parameters())
         tp_group = ps.get_tensor_model_parallel_group()
         pp_ranks = dist.get_process_group_ranks(ps.get_pipeline_model_parallel_group())
-        sends = self.tp_rank == 0 and self.dp_rank == 0
+        receives = self.rank in receivers
         for stage in range(self.shape.pp):
+            mine = stage == self.pp_rank
+            # The receivers of this pipeline on other stages: this rank hands them what its stage gathered.
+            peers = [r for t, r in enumerate(pp_ranks) if t != stage and r in receivers] if mine else []
             for name in hf_megatron.exported_names(self.shape, stage):
                 tensors: dict[str, Tensor] = {}
-                if stage == self.pp_rank:
+                if mine:
                     local = params[name].detach().contiguous()
                     shards = [torch.empty_like(local) for _ in range(self.shape.tp)]
                     dist.all_gather(shards, local, group=tp_group)
                     tensors = hf_megatron.megatron_to_hf(name, shards, self.shape, pp_rank=stage)
-                if stage == 0:
-                    if self.rank == 0:
-                        yield from tensors.items()
-                    continue
                 for hf_name in hf_megatron.hf_names_of(name, self.shape, pp_rank=stage):
-                    if stage == self.pp_rank and sends:
-                        _send(tensors[hf_name], dst=pp_ranks[0])
-                    elif self.rank == 0:
-                        yield hf_name, _recv(src=pp_ranks[stage], dtype=self.dtype, device=self.device)
+                    for peer in peers:
+                        _send(tensors[hf_name], dst=peer)
+                    if receives:
+                        yield hf_name, (tensors[hf_name] if mine else
+                                        _recv(src=pp_ranks[stage], dtype=self.dtype, device=self.device))
 
     @_on_device
     def export_hf(self, directory: str) -> None:
@@ -603,27 +608,28 @@ class LearnerWorker:
         return node_endpoint()
 
     def init_weight_sync(self, spec) -> None:
-        """Rank 0 joins the transfer group `spec` (actors.weight_sync.TransferSpec) as its sender; blocks
-        until every engine joined."""
-        if self.rank == 0:
-            from actors.weight_sync import WeightSender
+        """Join the transfer group `spec` (actors.weight_sync.TransferSpec): a sending rank (rank 0; under
+        ipc rank e for engine e) as a sender, blocking until its engines joined; the others only gather."""
+        from actors.weight_sync import WeightSender
 
-            if self._sender is not None:  # a group formed anew (an engine was replaced): the old one goes,
-                self._sender.close()  # its NCCL communicator aborted (one alive per run, however many reloads)
-            self._sender = None
-            self._sender = WeightSender(spec)
+        if self._sender is not None:  # a group formed anew (an engine was replaced): the old one goes,
+            self._sender.close()  # its NCCL communicator aborted (one alive per run, however many reloads)
+        self._sender, self._sync_spec = None, spec
+        if self.rank in spec.sender_ranks:
+            self._sender = WeightSender(spec, self.rank)
 
     @_on_device
     def push_weights(self, version: int, bucket_bytes: int, checksums: bool = False) -> dict:
-        """Stream HF-named tensors to the engines from rank 0 as the gather produces them; all ranks must
-        call it. With `checksums`, rank 0 also returns what each engine should report per parameter."""
-        if self.rank != 0:
-            for _ in self.hf_state_dict_iter():
+        """Stream HF-named tensors to the engines from the sending ranks as the gather produces them; all
+        ranks must call it. With `checksums`, a sender also returns what its engines should report per
+        parameter."""
+        if self._sync_spec is None:
+            raise RuntimeError("call init_weight_sync before push_weights")
+        tensors = self.hf_state_dict_iter(receivers=self._sync_spec.sender_ranks)
+        if self._sender is None:
+            for _ in tensors:
                 pass
             return {}
-        if self._sender is None:
-            raise RuntimeError("call init_weight_sync before push_weights")
-        tensors = self.hf_state_dict_iter()
         try:
             return self._sender.send(tensors, bucket_bytes=bucket_bytes, version=version, checksums=checksums)
         finally:

@@ -52,6 +52,8 @@ PREFILL_TOKEN_BUDGET = 8192
 """Tokens one engine step may prefill (whole prompts only; see the engine arguments)."""
 LOGPROBS_MODE = "processed_logprobs"
 """vLLM reports each sampled token's logprob under temperature (and top-p): the sampling distribution."""
+INSECURE_SERIALIZATION_ENV = "VLLM_ALLOW_INSECURE_SERIALIZATION"
+"""Lets vLLM's msgpack encoder and decoder fall back to pickle: what CUDA IPC handles need to reach the engine."""
 RPC_MARGIN_S = 30.0
 """Extra time around a transfer's own timeout before the actor gives up waiting on vLLM."""
 
@@ -119,6 +121,25 @@ def engine_executor_args(*, use_gpu: bool, tensor_parallel_size: int, bundle_ind
     return {"distributed_executor_backend": "ray"}, env
 
 
+MOE_CONFIG_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_intermediate_size")
+"""Hugging Face config fields that mark a mixture-of-experts model (Qwen2-MoE, Mixtral, DeepSeek)."""
+
+
+def deepest_sleep_level(*, quantization: str | None, hf_config: Any) -> int:
+    """The deepest vLLM sleep level after which a full weight sync leaves the engine as it was (pure).
+
+    Level 2 discards the weights on the device and keeps only `named_buffers()` on the host (vLLM 0.32,
+    `Worker.sleep` / `wake_up`). The sync's layerwise reload (`initialize_layerwise_reload` ...
+    `finalize_layerwise_reload`, which the nccl and ipc engines run) then writes every parameter of an
+    unquantized dense model: each loaded layer is rebuilt from the sent tensors and copied into the
+    engine's own storage, a tied lm_head shares the embedding's parameter, and layers with no weights
+    (rotary embeddings, attention scales) hold buffers, which vLLM restores. A quantized model's processed
+    weights (scales, repacked layouts) and a mixture-of-experts layer's fused buffers are not all rebuilt
+    from what we send: level 1 (weights copied to host and back) for those."""
+    moe = any(getattr(hf_config, key, None) for key in MOE_CONFIG_KEYS)
+    return 2 if quantization is None and not moe else 1
+
+
 def prompt_seed(seed: int | None, prompt: Prompt) -> int | None:
     """Per-prompt sampling seed: the same (seed, prompt) samples the same group on any engine."""
     return None if seed is None else (seed * 1_000_003 + prompt.index) % 2**31
@@ -150,6 +171,12 @@ class RolloutWorker:
             os.environ[CPU_LINEAR_ENV] = cpu_linear  # read by actors.weight_sync.register_vllm_plugin
             if cpu_threads is not None:
                 os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpu_threads
+        if self.on_gpu and self.backend == "ipc":
+            # vLLM's msgpack encoder between `AsyncLLM.update_weights` and the engine core refuses the CUDA
+            # IPC handles (they hold classes and a torch.dtype) unless this is set in the engine's processes
+            # before they start (vLLM reads it once its engine is up). Only for ipc: it lets vLLM unpickle
+            # what reaches its engine core, which no other backend needs.
+            os.environ[INSECURE_SERIALIZATION_ENV] = "1"
         executor_args, executor_env = engine_executor_args(
             use_gpu=self.on_gpu, tensor_parallel_size=tensor_parallel_size, bundle_indices=bundle_indices)
         for name, value in executor_env.items():
@@ -177,6 +204,9 @@ class RolloutWorker:
         self.engine = AsyncLLM.from_engine_args(args)
         self.tp_size = tensor_parallel_size
         self.sleep_mode = enable_sleep_mode and self.on_gpu
+        model_config = self.engine.model_config
+        self.max_sleep_level = deepest_sleep_level(quantization=model_config.quantization,
+                                                   hf_config=model_config.hf_config)
         self._lock = asyncio.Lock()
         self._broken = False
         self._store: Any = None
@@ -236,6 +266,7 @@ class RolloutWorker:
             NCCL_ID_KEY,
             WeightSyncError,
             control_store,
+            engine_scope,
             worker_init_info,
         )
 
@@ -246,7 +277,8 @@ class RolloutWorker:
         if self._spec is not None:  # a group formed anew (another engine was replaced): leave the old one first
             await self._leave_weight_sync(spec.timeout_s)
         self._spec = spec
-        self._store = await asyncio.to_thread(control_store, spec, is_master=False)
+        store = await asyncio.to_thread(control_store, spec, is_master=False)
+        self._store = engine_scope(store, spec, self.engine_index)  # ipc: this engine's own sender's keys
         unique_id = None
         if spec.backend == NCCL_BACKEND:
             await self._store_wait(NCCL_ID_KEY, "the sender's NCCL unique id")
@@ -366,14 +398,20 @@ class RolloutWorker:
 
     # --- memory and lifetime -----------------------------------------------------------------
 
-    async def sleep(self, level: int = 1) -> None:
-        """Free device memory while the learner trains: level 1 moves the weights to host memory and drops
-        the KV cache (GPU with sleep mode only; a no-op otherwise)."""
+    async def sleep(self, level: int = 1) -> int:
+        """Free device memory while the learner trains; returns the level slept at (0: not at all). Level 1
+        moves the weights to host memory and drops the KV cache; level 2 drops the weights too (vLLM keeps
+        only the model's buffers on the host), for a caller whose next step is a weight sync that writes
+        every weight (`System.sync_weights`), so nothing is copied to host and back for the sync to
+        overwrite. An engine whose reload would not restore what level 2 drops (`deepest_sleep_level`)
+        sleeps at level 1. GPU with sleep mode only; a no-op otherwise."""
         if not self.sleep_mode:
             log.debug("engine %d: sleep is a no-op without GPU sleep mode", self.engine_index)
-            return
+            return 0
+        level = min(level, self.max_sleep_level)
         async with self._lock:
             await self.engine.sleep(level=level)
+        return level
 
     async def wake_up(self, tags: list[str] | None = None) -> None:
         """Reallocate device memory: tags ["weights"] first (so a weight sync has somewhere to land),

@@ -13,10 +13,13 @@
            the ones rank 0 computed from the bytes it sent.
 
 The backend is chosen once for both sides by `choose_backend` (pure): on CPU shared memory when every
-engine runs on learner rank 0's node, gloo otherwise; CUDA IPC when every engine shares learner rank 0's
-GPU (colocated: NCCL refuses two ranks on one device); NCCL otherwise. The learner never holds more than
-one bucket (shm: two, the one the engines load and the one it writes): nothing gathers the whole model
-before the first send.
+engine runs on learner rank 0's node, gloo otherwise; CUDA IPC when every engine is colocated (engine e on
+learner rank e's GPU; NCCL refuses two ranks on one device); NCCL otherwise. Under IPC every learner rank
+e < number of engines is the sender of engine e (`TransferSpec.sender_ranks`): it gets the full tensors
+from the gather and hands them to the engine on its own GPU, with keys of its own in the control store
+(`engine_scope`), so no NCCL group is formed at all. The learner never holds more than one bucket (shm:
+two, the one the engines load and the one it writes): nothing gathers the whole model before the first
+send.
 
 We use vLLM's RL interface (`init_weight_transfer_engine`, `start_weight_update` -> `update_weights`
 (one call per bucket) -> `finish_weight_update(version)`), not its internals:
@@ -50,8 +53,11 @@ We use vLLM's RL interface (`init_weight_transfer_engine`, `start_weight_update`
   layerwise reload above runs.
 - nccl: vLLM's built-in engine, joined by an `ncclUniqueId` that rank 0 mints and publishes in the
   control store (vLLM's other rendezvous, a TCPStore of its own, would listen on every interface).
-- ipc: vLLM's built-in engine; rank 0 publishes each bucket's IPC handles and waits for every engine's
-  acknowledgement before it frees the bucket.
+- ipc: vLLM's built-in engine; learner rank e publishes each bucket's IPC handles for engine e and waits
+  for its acknowledgement before it lets the bucket go (torch keeps a shared CUDA block alive while the
+  receiver holds it). The handles hold classes and `torch.dtype`, which vLLM's msgpack encoder (between
+  `AsyncLLM.update_weights` and the engine core) refuses unless VLLM_ALLOW_INSECURE_SERIALIZATION=1 is
+  set in the engine's processes before it starts (`actors.rollout.RolloutWorker` sets it, for ipc only).
 
 Every wait has a deadline: store waits and gloo collectives by their own timeouts, NCCL init and
 broadcasts by polling on a thread / a CUDA event (NCCL itself has none), the controller's wait on all
@@ -133,22 +139,22 @@ class WeightSyncError(RuntimeError):
 # --- the backend, chosen once for both sides (pure) ----------------------------------------------
 
 
-def choose_backend(*, use_gpu: bool, engines_on_sender_gpu: Sequence[bool],
+def choose_backend(*, use_gpu: bool, engines_colocated: Sequence[bool],
                    engines_on_sender_node: Sequence[bool], shm_free_bytes: int | None = None,
                    bucket_bytes: int = 0) -> Backend:
-    """The transfer backend for a run: `engines_on_sender_gpu[e]` says engine e shares learner rank 0's GPU,
-    `engines_on_sender_node[e]` that it runs on rank 0's node (as Ray's node ids say, never guessed);
-    `shm_free_bytes`: free space in /dev/shm on rank 0's node (None: not measured).
+    """The transfer backend for a run: `engines_colocated[e]` says engine e shares learner rank e's GPU,
+    `engines_on_sender_node[e]` that it runs on learner rank 0's node (as Ray's node ids say, never
+    guessed); `shm_free_bytes`: free space in /dev/shm on rank 0's node (None: not measured).
 
     CPU: shm when every engine is on rank 0's node and /dev/shm has room for twice its SHM_SLOTS buckets
     of `bucket_bytes` (a container's default 64 MB does not hold two 64 MiB buckets), else gloo (one
-    group must reach every engine, and only gloo reaches another node). GPU: ipc when every engine
-    shares rank 0's GPU (NCCL refuses two ranks on one device, and IPC needs nothing else); nccl when
-    none does. A mix has no GPU backend that reaches every engine.
+    group must reach every engine, and only gloo reaches another node). GPU: ipc when every engine is
+    colocated (each learner rank e serves engine e on its own GPU; NCCL refuses two ranks on one device);
+    nccl when none is. A mix has no GPU backend that reaches every engine.
     """
-    if not engines_on_sender_gpu or len(engines_on_sender_gpu) != len(engines_on_sender_node):
+    if not engines_colocated or len(engines_colocated) != len(engines_on_sender_node):
         raise ValueError(f"weight sync needs at least one engine and one fact per engine "
-                         f"({len(engines_on_sender_gpu)} GPU, {len(engines_on_sender_node)} node)")
+                         f"({len(engines_colocated)} GPU, {len(engines_on_sender_node)} node)")
     if not use_gpu:
         if not all(engines_on_sender_node):
             return GLOO_BACKEND
@@ -158,14 +164,14 @@ def choose_backend(*, use_gpu: bool, engines_on_sender_gpu: Sequence[bool],
                         SHM_SLOTS, bucket_bytes / 2**20)
             return GLOO_BACKEND
         return SHM_BACKEND
-    if all(engines_on_sender_gpu):
+    if all(engines_colocated):
         return IPC_BACKEND
-    if not any(engines_on_sender_gpu):
+    if not any(engines_colocated):
         return NCCL_BACKEND
-    shared = [e for e, s in enumerate(engines_on_sender_gpu) if s]
+    shared = [e for e, s in enumerate(engines_colocated) if s]
     raise ValueError(
-        f"engines {shared} share learner rank 0's GPU and the others do not: CUDA IPC reaches only the "
-        f"first kind and NCCL refuses two ranks on one GPU. Colocate a single engine, or none.")
+        f"engines {shared} share a learner rank's GPU and the others do not: CUDA IPC reaches only the "
+        f"first kind and NCCL refuses two ranks on one GPU. Colocate every engine (cluster.colocate) or none.")
 
 
 @dataclass(frozen=True)
@@ -185,6 +191,19 @@ class TransferSpec:
     the whole push has a deadline that grows with its bytes (`push_deadline_s`)."""
     secret: str
     """Prefix of every store key: only peers told it by the controller can read or write a bucket."""
+
+    @property
+    def sender_ranks(self) -> range:
+        """Learner ranks that send: under ipc rank e serves engine e (on its GPU), otherwise rank 0 serves all."""
+        return range(self.num_engines) if self.backend == IPC_BACKEND else range(1)
+
+
+def engine_scope(store: Any, spec: TransferSpec, engine: int) -> Any:
+    """The control store as one engine and its sender see it: under ipc each (learner rank e, engine e) pair
+    streams its own buckets, so their keys live under "engine<e>/"; the other backends share one stream."""
+    from torch.distributed import PrefixStore
+
+    return PrefixStore(f"engine{engine}", store) if spec.backend == IPC_BACKEND else store
 
 
 # --- wire format (pure; both sides compute the same) ---------------------------------------------
@@ -888,15 +907,19 @@ def register_vllm_plugin() -> None:
 
 
 class WeightSender:
-    """Rank 0 of the transfer group, in learner rank 0's process (where the TP/PP gather lands).
+    """Rank 0 of the transfer group, in learner rank 0's process (where the TP/PP gather lands); under ipc
+    one per sending learner rank (`TransferSpec.sender_ranks`), learner rank e serving engine e.
 
-    The constructor opens the control store on (spec.host, spec.port) and joins the group, so it
-    blocks until every receiver joined (raises after spec.timeout_s if one never does).
+    The constructor of learner rank 0's sender opens the control store on (spec.host, spec.port) (the
+    others connect to it) and joins the group, so it blocks until every receiver joined (raises after
+    spec.timeout_s if one never does).
     """
 
-    def __init__(self, spec: TransferSpec):
-        self.spec = spec
-        self.store = control_store(spec, is_master=True)
+    def __init__(self, spec: TransferSpec, rank: int = 0):
+        if rank not in spec.sender_ranks:
+            raise ValueError(f"learner rank {rank} does not send over {spec.backend} (senders: {spec.sender_ranks})")
+        self.spec, self.engine = spec, rank
+        self.store = engine_scope(control_store(spec, is_master=rank == 0), spec, rank)
         self.group: Any = None
         self.shm: SharedMemorySlots | None = None
         if spec.backend == GLOO_BACKEND:
@@ -978,14 +1001,22 @@ class WeightSender:
             region = self.shm.write(tensors, version, index)
             self.store.set(SHM_KEY.format(version=version, index=index), json.dumps(region).encode())
         else:
-            from torch.multiprocessing.reductions import reduce_tensor
-
-            keep = [t.detach().contiguous() for t in tensors]  # alive until every engine loaded them
-            handles = [{self.gpu_uuid: reduce_tensor(t)[1]} for t in keep]
-            self.store.set(IPC_KEY.format(version=version, index=index), pickle.dumps(handles))
-            acks = [ACK_KEY.format(version=version, index=index, receiver=e) for e in range(spec.num_engines)]
-            self.store.wait(acks, timedelta(seconds=spec.timeout_s))
+            keep = [t.detach().contiguous() for t in tensors]  # alive until the engine loaded them
+            self.store.set(IPC_KEY.format(version=version, index=index), pickle.dumps(ipc_handles(keep, self.gpu_uuid)))
+            self.store.wait([ACK_KEY.format(version=version, index=index, receiver=self.engine)],
+                            timedelta(seconds=spec.timeout_s))
             del keep
+
+
+def ipc_handles(tensors: list[Tensor], gpu_uuid: str, reduce: Callable[[Tensor], tuple] | None = None
+                ) -> list[dict[str, tuple]]:
+    """Per tensor {GPU uuid: the arguments of torch's `rebuild_cuda_tensor`}, as vLLM's IPC receiver reads
+    them (`IPCWeightTransferEngine.receive_weights`: it looks up its own GPU's uuid, sets argument 6 to its
+    device index and rebuilds). The arguments hold classes (tensor, storage) and a `torch.dtype`. The caller
+    keeps `tensors` alive until the engine acknowledged; `reduce` stands in for torch's `reduce_tensor`."""
+    if reduce is None:
+        from torch.multiprocessing.reductions import reduce_tensor as reduce
+    return [{gpu_uuid: reduce(t)[1]} for t in tensors]
 
 
 def iter_module_tensors(module: torch.nn.Module) -> Iterator[tuple[str, Tensor]]:

@@ -110,7 +110,7 @@ def measure(label: str, model_dir: str, *, use_gpu: bool, bucket_bytes: int, rep
     from actors.rollout import RolloutWorker
     from actors.weight_sync import WeightSync, choose_backend
 
-    backends = [choose_backend(use_gpu=use_gpu, engines_on_sender_gpu=[False], engines_on_sender_node=[on_node])
+    backends = [choose_backend(use_gpu=use_gpu, engines_colocated=[False], engines_on_sender_node=[on_node])
                 for on_node in ([False] if use_gpu else [False, True])]
     gpus = 1 if use_gpu else 0
     engine: Any = ray.remote(num_cpus=1, num_gpus=gpus)(RolloutWorker).remote(

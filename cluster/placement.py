@@ -3,8 +3,15 @@ actors are reserved together or not at all.
 
 Disaggregated (default): one placement group per role, one bundle per actor. Colocated: the roles
 named in `ResourceSpec.colocated` (rollout engines and learner ranks) share one placement group;
-bundle i holds actor i of each of them, and each takes its own share of the bundle's device (verl's
-and OpenRLHF's "hybrid engine" layout). The engines sleep while the learner trains.
+bundle i holds actor i of each of them and one whole device, and each actor asks the bundle for its own
+share of it (`gpus_per_actor`, a fraction; verl's and OpenRLHF's "hybrid engine" layout). Ray keeps a
+fractional demand made inside a bundle on that bundle's device (the bundle's resource instances are the
+device it reserved), and a bundle of one whole device shares it with no other bundle; bundles of half a
+device each could instead be best-fit two to one device, which puts two learner ranks on one GPU (NCCL:
+"Duplicate GPU detected"). The engines sleep while the learner trains.
+
+What goes where is decided by two pure functions, `group_bundles` (every placement group's bundles) and
+`actor_slot` (the group, bundle and demand of one actor), so a layout is checked without a cluster.
 
 Tensor-parallel engines on GPUs (`bundles_per_actor` > 1): vLLM's Ray executor refuses bundles of more
 than one GPU and starts one worker per one-GPU bundle of the placement group its engine's actor runs
@@ -50,7 +57,8 @@ class RoleSpec:
     cpus_per_actor: float
     """Logical CPUs each actor reserves."""
     gpus_per_actor: float
-    """Devices each actor reserves (0 on CPU; an engine reserves its tensor-parallel size)."""
+    """Devices each actor reserves (0 on CPU; an engine reserves its tensor-parallel size); in a colocated
+    role, the share of its bundle's one device that the actor asks for."""
     bundles_per_actor: int = 1
     """One-device bundles an actor's workers span (a GPU engine's TP size); > 1: a placement group each."""
     node_resource: str = ""
@@ -72,54 +80,97 @@ class ResourceSpec:
         raise KeyError(f"no role {name!r} in the resource spec (roles: {[r.name for r in self.roles]})")
 
 
+COLOCATED_GROUP = "colocated"
+"""Key of the placement group that the colocated roles share (`group_bundles`, `Slot.group`)."""
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where one actor goes, as `actor_slot` decides it."""
+
+    group: str
+    """Key of its placement group in `group_bundles`: COLOCATED_GROUP, the role's name, or "<role>/<i>"
+    for a group of its own (an engine whose workers span `bundles_per_actor` bundles)."""
+    bundle_index: int
+    num_cpus: float
+    num_gpus: float
+    """What the actor itself asks of the bundle (a share of its device when colocated; 0 for a TP engine's
+    actor, whose workers take the devices)."""
+
+
+def group_bundles(spec: ResourceSpec, *, strategy: str = "PACK") -> dict[str, tuple[list[dict[str, float]], str]]:
+    """Every placement group of `spec`: key -> (bundles, strategy). Pure."""
+    groups: dict[str, tuple[list[dict[str, float]], str]] = {}
+    if spec.colocated:
+        groups[COLOCATED_GROUP] = (colocated_bundles([spec.role(name) for name in spec.colocated]), strategy)
+    for role in spec.roles:
+        if role.num_actors == 0 or role.name in spec.colocated:
+            continue
+        if role.bundles_per_actor > 1:  # STRICT_PACK: a TP group shares a node (and its NVLink)
+            groups.update({f"{role.name}/{i}": (actor_bundles(role), "STRICT_PACK") for i in range(role.num_actors)})
+        else:
+            groups[role.name] = ([_bundle(role.cpus_per_actor, role.gpus_per_actor, role.node_resource)]
+                                 * role.num_actors, strategy)
+    return groups
+
+
+def colocated_bundles(shared: list[RoleSpec]) -> list[dict[str, float]]:
+    """Bundle i holds actor i of each shared role: their CPUs, and one whole device (when any asks for
+    one) of which each takes its share. Pure; refuses shares that do not fit one device."""
+    for role in shared:
+        if role.bundles_per_actor != 1 or role.gpus_per_actor > 1:
+            raise ValueError(f"colocated role {role.name}: an actor shares one device with the others; it cannot "
+                             f"span {role.bundles_per_actor} bundles or ask for {role.gpus_per_actor} devices")
+    bundles = []
+    for i in range(max(r.num_actors for r in shared)):
+        here = [r for r in shared if i < r.num_actors]
+        share = sum(r.gpus_per_actor for r in here)
+        if share > 1:
+            raise ValueError(f"colocated bundle {i}: {' + '.join(f'{r.name} {r.gpus_per_actor:g}' for r in here)} "
+                             f"is more than the one device it holds")
+        bundles.append(_bundle(sum(r.cpus_per_actor for r in here), 1.0 if share else 0.0,
+                               *(r.node_resource for r in here)))
+    return bundles
+
+
+def actor_slot(spec: ResourceSpec, role: str, index: int) -> Slot:
+    """The placement group, bundle and demand of actor `index` of `role`. Pure."""
+    r = spec.role(role)
+    if not 0 <= index < r.num_actors:
+        raise IndexError(f"{role} actor {index} out of range: the spec has {r.num_actors}")
+    if role in spec.colocated:
+        return Slot(COLOCATED_GROUP, index, r.cpus_per_actor, r.gpus_per_actor)
+    if r.bundles_per_actor > 1:  # the actor holds no device: its workers take one bundle each
+        return Slot(f"{role}/{index}", 0, r.cpus_per_actor, 0.0)
+    return Slot(role, index, r.cpus_per_actor, r.gpus_per_actor)
+
+
 class Placement:
     """Placement groups for a `ResourceSpec`; hands out scheduling options per actor."""
 
     def __init__(self, spec: ResourceSpec, *, strategy: str = "PACK") -> None:
         self.spec = spec
         self._groups: dict[str, PlacementGroup] = {}
-        if spec.colocated:
-            shared = [spec.role(name) for name in spec.colocated]
-            bundles = [_bundle(sum(r.cpus_per_actor for r in shared if i < r.num_actors),
-                               sum(r.gpus_per_actor for r in shared if i < r.num_actors),
-                               *(r.node_resource for r in shared if i < r.num_actors))
-                       for i in range(max(r.num_actors for r in shared))]
-            group = _create(bundles, strategy)
-            self._groups.update({name: group for name in spec.colocated})
-        self._actor_groups: dict[str, list[PlacementGroup]] = {}
         self._order: dict[str, list[int]] = {}
-        """Per role placed in a shared group: the bundle index of each actor (`rank_order` of the group)."""
-        for role in spec.roles:
-            if role.num_actors == 0 or role.name in self._groups:
-                continue
-            if role.bundles_per_actor > 1:
-                self._actor_groups[role.name] = [_create(actor_bundles(role), "STRICT_PACK")
-                                                 for _ in range(role.num_actors)]
-                continue
-            bundle = _bundle(role.cpus_per_actor, role.gpus_per_actor, role.node_resource)
-            self._groups[role.name] = _create([bundle] * role.num_actors, strategy)
-        for name, group in self._groups.items():
-            uneven = name in spec.colocated and len({spec.role(r).num_actors for r in spec.colocated}) > 1
-            # Uneven colocation: bundle i holds actor i of each role that has one, so bundles differ and keep
-            # their index (`rank_order` may not move an engine onto a bundle without its share).
-            self._order[name] = list(range(spec.role(name).num_actors)) if uneven else ordered_bundles(group)
+        """Per placement group: the bundle actor i takes (`rank_order`: node by node, as Ray placed them)."""
+        try:
+            for key, (bundles, group_strategy) in group_bundles(spec, strategy=strategy).items():
+                self._groups[key] = group = _create(bundles, group_strategy)
+                # Uneven colocation: bundle i holds actor i of each role that has one, so bundles differ and
+                # keep their index (`rank_order` may not move an engine onto a bundle without its share).
+                uneven = key == COLOCATED_GROUP and len({spec.role(r).num_actors for r in spec.colocated}) > 1
+                self._order[key] = list(range(len(bundles))) if uneven else ordered_bundles(group)
+        except BaseException:
+            self.remove()  # the groups made so far hold resources nothing will use
+            raise
 
     def options(self, role: str, index: int) -> dict[str, Any]:
         """`actor_class.options(**placement.options(role, i))` for actor i of `role`."""
-        spec = self.spec.role(role)
-        if not 0 <= index < spec.num_actors:
-            raise IndexError(f"{role} actor {index} out of range: the spec has {spec.num_actors}")
-        if spec.bundles_per_actor > 1:  # the actor holds no device: its workers take one bundle each
-            return {"num_cpus": spec.cpus_per_actor, "num_gpus": 0,
-                    "scheduling_strategy": PlacementGroupSchedulingStrategy(
-                        placement_group=self._actor_groups[role][index], placement_group_bundle_index=0)}
-        return {
-            "num_cpus": spec.cpus_per_actor,
-            "num_gpus": spec.gpus_per_actor,
-            "scheduling_strategy": PlacementGroupSchedulingStrategy(
-                placement_group=self._groups[role], placement_group_bundle_index=self._order[role][index]
-            ),
-        }
+        slot = actor_slot(self.spec, role, index)
+        return {"num_cpus": slot.num_cpus, "num_gpus": slot.num_gpus,
+                "scheduling_strategy": PlacementGroupSchedulingStrategy(
+                    placement_group=self._groups[slot.group],
+                    placement_group_bundle_index=self._order[slot.group][slot.bundle_index])}
 
     def options_for(self, role: str) -> Callable[[int], dict[str, Any]]:
         """`options` for one role, for a group that places its own actors (the learner group)."""
@@ -149,11 +200,9 @@ class Placement:
         return list(ray.get(refs))
 
     def remove(self) -> None:
-        groups = [*self._groups.values(), *(g for gs in self._actor_groups.values() for g in gs)]
-        for group in {id(g): g for g in groups}.values():
+        for group in self._groups.values():
             remove_placement_group(group)
         self._groups.clear()
-        self._actor_groups.clear()
 
 
 def actor_bundles(role: RoleSpec) -> list[dict[str, float]]:

@@ -49,20 +49,23 @@ def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
-def init_ray(address: str = "local", *, num_cpus: int | None = None, log_to_driver: bool = True) -> str:
-    """Start (local) or join (auto / host:port) Ray, unless this process already did.
+def init_ray(address: str = "local", *, num_cpus: int | None = None, num_gpus: int | None = None,
+             log_to_driver: bool = True) -> str:
+    """Start (local) or join (auto / host:port) Ray, unless this process already did. `num_gpus`: GPUs a
+    local Ray declares (None: the ones it finds); Ray schedules declared GPUs it does not have like real
+    ones, which is how placement is tested on a CPU machine.
 
     Returns the GCS address of the cluster this process is connected to, and prints what it did.
     """
     if ray.is_initialized():
         return _gcs_address()
     previous = signal.getsignal(signal.SIGTERM)
-    gcs = _init(address, num_cpus=num_cpus, log_to_driver=log_to_driver)
+    gcs = _init(address, num_cpus=num_cpus, num_gpus=num_gpus, log_to_driver=log_to_driver)
     _stop_on_sigterm(previous)
     return gcs
 
 
-def _init(address: str, *, num_cpus: int | None, log_to_driver: bool) -> str:
+def _init(address: str, *, num_cpus: int | None, num_gpus: int | None, log_to_driver: bool) -> str:
     if address == "local" and in_ray_job():
         # Inside a `ray job submit` the driver must join the job's cluster, not start another.
         ray.init(address="auto", log_to_driver=log_to_driver)
@@ -76,6 +79,7 @@ def _init(address: str, *, num_cpus: int | None, log_to_driver: bool) -> str:
     ray.init(
         address="local",
         num_cpus=num_cpus or os.cpu_count(),
+        num_gpus=num_gpus,
         include_dashboard=False,
         _node_ip_address=LOOPBACK,
         # Actors import the project's packages; on one machine they share this checkout.

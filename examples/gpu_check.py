@@ -20,6 +20,11 @@ to a JSON file (`--out`). The checks:
 - throughput: forward-backward tokens/s and MFU of a randomly initialised Qwen2.5-0.5B-shaped model
   (hidden 896, 24 layers, 14 heads, 2 KV heads, FFN 4864, vocab 151936), and peak GPU memory; with SDPA
   attention (the default), with full activation recomputation, and with Megatron's local attention.
+- cuda_ipc_round_trip (colocation): learner rank 0's weight sender (`actors.weight_sync.WeightSender`, ipc
+  backend, small buckets) streams the learner's gathered HF tensors as CUDA IPC handles through its control
+  store to a second process on the same GPU, which reads them as the rollout worker does and rebuilds
+  each tensor the way vLLM 0.32's IPC receiver does; the sha256 of every parameter it rebuilt equals what
+  the sender sent. Skipped without CUDA.
 - offload (colocation): after the timed steps of the default learner, `offload()` moves parameters, fp32
   main params and Adam state to pinned host memory and frees the gradient buffers; allocated and reserved
   GPU memory before and after, the time each way, every byte back in place after `onload()`, one
@@ -124,6 +129,10 @@ class Report:
         self.figures[name] = dict(ok=bool(ok), **values)
         if not ok:
             self.failed.append(name)
+
+    def skip(self, name: str, why: str) -> None:
+        print(f"SKIP  {name:<28} {why}", flush=True)
+        self.figures[name] = dict(ok=True, skipped=True, why=why)
 
 
 # --- models and batches ---------------------------------------------------------------------------
@@ -534,6 +543,92 @@ def check_nccl_abort_rebuild(report: Report) -> None:
                  error=error)
 
 
+IPC_BUCKET_BYTES = 2**20
+"""Small buckets, so the round trip covers many buckets and the sender's wait for each acknowledgement."""
+IPC_TIMEOUT_S = 120.0
+
+
+def rebuild_like_vllm(handle: dict, device_index: int) -> torch.Tensor:
+    """One tensor as vLLM 0.32's `IPCWeightTransferEngine.receive_weights` (unpacked) rebuilds it: its GPU's
+    uuid picks the arguments, argument 6 becomes its own device index, torch's `rebuild_cuda_tensor` opens
+    the sender's block. (vLLM itself is not installed where this runs.)"""
+    from torch.multiprocessing.reductions import rebuild_cuda_tensor
+
+    uuid = str(torch.cuda.get_device_properties(device_index).uuid)
+    if uuid not in handle:
+        raise ValueError(f"IPC handle not found for GPU UUID {uuid}; available: {list(handle)}")
+    args = list(handle[uuid])
+    args[6] = device_index
+    return rebuild_cuda_tensor(*args)
+
+
+def ipc_receiver(spec, version: int, results) -> None:
+    """The engine's side, in a second process: the control-store protocol of `RolloutWorker._receive_buckets`
+    (bucket metadata, then the pickled handles, then an acknowledgement), vLLM's rebuild, and the checksums
+    of what it rebuilt (`ChecksumStream`, as the sender computes them)."""
+    import pickle
+    from datetime import timedelta
+
+    from actors.weight_sync import (
+        ACK_KEY,
+        BUCKET_KEY,
+        IPC_KEY,
+        ChecksumStream,
+        control_store,
+        decode_bucket,
+        engine_scope,
+    )
+
+    try:
+        torch.cuda.set_device(0)
+        store = engine_scope(control_store(spec, is_master=False), spec, 0)
+        stream, index = ChecksumStream(), 0
+        while True:
+            key = BUCKET_KEY.format(version=version, index=index)
+            store.wait([key], timedelta(seconds=spec.timeout_s))
+            metas = decode_bucket(store.get(key))
+            if metas is None:
+                break
+            for meta, handle in zip(metas, pickle.loads(store.get(IPC_KEY.format(version=version, index=index)))):
+                tensor = rebuild_like_vllm(handle, 0)
+                if str(tensor.dtype) != f"torch.{meta.dtype}" or tuple(tensor.shape) != meta.shape:
+                    raise ValueError(f"{meta.name}: rebuilt {tensor.dtype} {tuple(tensor.shape)}, sent {meta}")
+                stream.add(meta.name, tensor)
+            store.set(ACK_KEY.format(version=version, index=index, receiver=0), b"1")
+            index += 1
+        results.put((index, stream.checksums, ""))
+    except Exception as e:  # reported by the parent as the check's failure
+        results.put((0, {}, f"{type(e).__name__}: {e}"))
+
+
+def check_ipc_round_trip(report: Report, worker) -> None:
+    """Learner rank 0's real ipc sender to a second process on the same GPU, values compared by sha256."""
+    import multiprocessing
+    import secrets
+
+    from actors.weight_sync import TransferSpec, WeightSender
+
+    spec = TransferSpec(host="127.0.0.1", port=free_port(), world_size=2, num_engines=1, backend="ipc",
+                        timeout_s=IPC_TIMEOUT_S, secret=secrets.token_hex(8))
+    sender = WeightSender(spec, 0)  # opens the control store the receiver connects to
+    context = multiprocessing.get_context("spawn")  # CUDA cannot be used in a forked child
+    results = context.Queue()
+    receiver = context.Process(target=ipc_receiver, args=(spec, 1, results))
+    receiver.start()
+    try:
+        stats = sender.send(worker.hf_state_dict_iter(), bucket_bytes=IPC_BUCKET_BYTES, version=1, checksums=True)
+        buckets, rebuilt, error = results.get(timeout=IPC_TIMEOUT_S)
+    finally:
+        receiver.join(timeout=30)
+        sender.close()
+    sent = stats["checksums"]
+    ok = not error and buckets == stats["buckets"] > 1 and rebuilt == sent
+    report.check("cuda_ipc_round_trip", ok, error or f"{len(rebuilt)}/{len(sent)} parameters identical over "
+                 f"{buckets} buckets, {stats['bytes'] / 2**20:.1f} MiB in {stats['seconds']:.2f} s",
+                 buckets=buckets, parameters=len(sent), identical=rebuilt == sent, seconds=stats["seconds"],
+                 error=error)
+
+
 # --- main -----------------------------------------------------------------------------------------
 
 
@@ -561,6 +656,10 @@ def run(cpu_smoke: bool, out: Path) -> int:
             check_setup(report, worker)
             check_logprobs(report, worker, hf, batch, device)
             check_step(report, worker, hf, batch, device)
+            if use_gpu:
+                check_ipc_round_trip(report, worker)
+            else:
+                report.skip("cuda_ipc_round_trip", "needs CUDA (two processes on one GPU)")
         del hf, worker
         check_precision_steps(report, small, batch)
         big = write_qwen2(Path(tmp) / "big", sizes.big, seed=2, device=device)

@@ -35,6 +35,7 @@ def test_gpu_check_cpu_smoke_passes_every_check(tmp_path):
     assert figures["forward_backward_throughput"]["tokens_per_s"] > 0
     assert figures["offload_onload"]["bit_identical"] and figures["offload_onload"]["freed_gib"] > 0
     assert figures["fp16_steps_with_loss_scaler"]["scaler_state"]["scale"] > 1
+    assert figures["cuda_ipc_round_trip"]["skipped"]  # two processes on one GPU: nothing to share on a CPU
 
 
 @pytest.mark.gpu
@@ -43,3 +44,5 @@ def test_gpu_check_cpu_smoke_passes_every_check(tmp_path):
 def test_gpu_check_on_gpu(tmp_path):
     figures = _run(tmp_path)
     assert {"cuda_rng_tracker", "peak_memory", "nccl_abort_rebuild"} | CHECKS <= set(figures)
+    ipc = figures["cuda_ipc_round_trip"]
+    assert ipc["ok"] and ipc["identical"] and ipc["buckets"] > 1 and "skipped" not in ipc

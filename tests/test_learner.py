@@ -201,6 +201,21 @@ def test_pp2_matches_hf_logprobs_and_step(ray_session, model_dir, batch, tmp_pat
     group = _group(model_dir, pp=2)
     try:
         _check_layout(group, model_dir, batch, tmp_path)
+        # The ipc weight sync's gather: every rank serving an engine (here one per stage) gets every full
+        # tensor, in the same order, equal to what rank 0 exports; a rank that serves none gets nothing.
+        import ray
+
+        def _gathered(worker, receivers) -> list:  # local: pickled by value, so the ranks need not import tests
+            return [(n, t.detach().cpu().clone()) for n, t in worker.hf_state_dict_iter(receivers=receivers)]
+
+        exported = _exported(group, tmp_path / "export")
+        both, only_0 = (ray.get([w.__ray_call__.remote(_gathered, receivers) for w in group.workers])
+                        for receivers in ((0, 1), (0,)))
+        names = [n for n, _ in both[0]]
+        assert names == [n for n, _ in both[1]] == [n for n, _ in only_0[0]] and sorted(names) == sorted(exported)
+        for per_rank in both:
+            assert all(torch.equal(t, exported[n]) for n, t in per_rank)
+        assert only_0[1] == []
     finally:
         group.shutdown()
 

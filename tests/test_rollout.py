@@ -263,15 +263,15 @@ def _system(colocate: bool):
 
 def test_colocated_engines_sleep_for_the_learner_and_wake_in_stages():
     system, log = _system(colocate=True)
-    system.sleep_engines()
+    system.sleep_engines(until_sync=True)  # the training step's: the sync follows, weights may go (level 2)
     metrics = system.sync_weights(version=4)
-    assert log == [("engines", "sleep"), ("learner", "onload"),
+    assert log == [("engines", "sleep", 2), ("learner", "onload"),
                    ("engines", "wake_up", ["weights"]), ("weight_sync", "push", 4),
                    ("learner", "offload"), ("engines", "wake_up", ["kv_cache"])]
     assert metrics["weight_sync_bytes"] == 1.0 and metrics["weight_sync_s"] >= 0
     log.clear()
     system.sync_weights(version=5)  # awake engines (a resume): the learner must be back on its GPU to send
-    assert log == [("engines", "sleep"), ("learner", "onload"),
+    assert log == [("engines", "sleep", 2), ("learner", "onload"),
                    ("engines", "wake_up", ["weights"]), ("weight_sync", "push", 5),
                    ("learner", "offload"), ("engines", "wake_up", ["kv_cache"])]
     assert system.memory_metrics() == {"memory/rollout_device_used_gib": 5.0, "memory/learner_allocated_gib": 1.5}
@@ -281,14 +281,16 @@ def test_learner_turn_brings_the_learner_back_and_restores_the_engines():
     system, log = _system(colocate=True)
     with system.learner_turn():  # engines awake, learner offloaded: e.g. a checkpoint after the sync
         log.append(("learner", "save"))
-    assert log == [("engines", "sleep"), ("learner", "onload"), ("learner", "save"),
-                   ("learner", "offload"), ("engines", "wake_up")]
+    assert log == [("engines", "sleep", 1), ("learner", "onload"), ("learner", "save"),
+                   ("learner", "offload"), ("engines", "wake_up")]  # woken without a sync: level 1 kept the weights
     assert not system.engines_asleep
     log.clear()
-    system.sleep_engines()
+    system.sleep_engines(until_sync=True)
     with system.learner_turn():  # already the learner's turn: nothing moves, nothing wakes
         log.append(("learner", "save"))
-    assert log == [("engines", "sleep"), ("learner", "onload"), ("learner", "save")] and system.engines_asleep
+    assert log == [("engines", "sleep", 2), ("learner", "onload"), ("learner", "save")] and system.engines_asleep
+    with pytest.raises(RuntimeError, match="only sync_weights may wake them"):
+        system.wake_engines()  # the weights may be gone: only the sync may bring the engines back
 
 
 def test_separate_engines_never_sleep():

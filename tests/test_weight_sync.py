@@ -49,7 +49,7 @@ PROMPTS = [Prompt(index=i, text=t, ground_truth="") for i, t in enumerate(
 
 def test_backend_is_chosen_once_for_both_sides():
     def choose(use_gpu, on_gpu, on_node=None):
-        return choose_backend(use_gpu=use_gpu, engines_on_sender_gpu=on_gpu,
+        return choose_backend(use_gpu=use_gpu, engines_colocated=on_gpu,
                               engines_on_sender_node=on_gpu if on_node is None else on_node)
 
     assert choose(False, [False, False]) == "gloo"  # CPU, engines on other nodes
@@ -58,7 +58,8 @@ def test_backend_is_chosen_once_for_both_sides():
     assert choose(False, [True]) == "shm"  # CPU: no device to share, only the node
     assert choose(True, [False, False, False], [True, True, True]) == "nccl"  # GPUs: the node does not matter
     assert choose(True, [True]) == "ipc"
-    with pytest.raises(ValueError, match=r"engines \[0\] share learner rank 0's GPU"):
+    assert choose(True, [True] * 8, [False] * 8) == "ipc"  # each learner rank serves the engine on its GPU
+    with pytest.raises(ValueError, match=r"engines \[0\] share a learner rank's GPU and the others do not"):
         choose(True, [True, False])
     with pytest.raises(ValueError, match="at least one engine"):
         choose(True, [])
@@ -71,7 +72,7 @@ def test_shared_memory_only_where_dev_shm_has_room(caplog):
     from actors.weight_sync import SHM_SLOTS, shm_free_bytes
 
     def choose(free, bucket):
-        return choose_backend(use_gpu=False, engines_on_sender_gpu=[False], engines_on_sender_node=[True],
+        return choose_backend(use_gpu=False, engines_colocated=[False], engines_on_sender_node=[True],
                               shm_free_bytes=free, bucket_bytes=bucket)
 
     mib = 2**20
@@ -79,17 +80,17 @@ def test_shared_memory_only_where_dev_shm_has_room(caplog):
     assert "64 MiB free on learner rank 0's node" in caplog.text
     assert choose(2 * SHM_SLOTS * 64 * mib, 64 * mib) == "shm"
     assert choose(None, 64 * mib) == "shm"  # not measured (a caller that knows the node)
-    assert choose_backend(use_gpu=True, engines_on_sender_gpu=[False], engines_on_sender_node=[True],
+    assert choose_backend(use_gpu=True, engines_colocated=[False], engines_on_sender_node=[True],
                           shm_free_bytes=0, bucket_bytes=64 * mib) == "nccl"  # GPUs never use it
     assert shm_free_bytes() > 0  # this machine has a /dev/shm
 
 
 def test_backend_from_run_layouts():
-    """The system's plan: colocated GPU engine 0 shares rank 0's GPU (bundle 0 holds both)."""
+    """The system's plan: colocated GPU engine i shares learner rank i's GPU (bundle i holds both)."""
     from dataclasses import replace
 
     from trainer.config import TrainConfig
-    from trainer.system import engines_on_rank0_gpu
+    from trainer.system import engines_colocated
 
     cfg = TrainConfig()
     gpu = replace(cfg, cluster=replace(cfg.cluster, use_gpu=True))
@@ -97,15 +98,14 @@ def test_backend_from_run_layouts():
     coloc = replace(gpu, cluster=replace(gpu.cluster, colocate=True))
 
     def choose(c, on_node):
-        return choose_backend(use_gpu=c.cluster.use_gpu, engines_on_sender_gpu=engines_on_rank0_gpu(c),
+        return choose_backend(use_gpu=c.cluster.use_gpu, engines_colocated=engines_colocated(c),
                               engines_on_sender_node=on_node)
 
     assert choose(cfg, [False]) == "gloo" and choose(cfg, [True]) == "shm"
     assert choose(two, [True, True]) == "nccl"
     assert choose(coloc, [True]) == "ipc"
     coloc_two = replace(coloc, rollout=replace(coloc.rollout, num_engines=2))
-    with pytest.raises(ValueError, match="Colocate a single engine"):
-        choose(coloc_two, [True, True])
+    assert choose(coloc_two, [True, False]) == "ipc"  # engine 1 on learner rank 1's GPU, on another node
 
 
 def test_engines_on_rank0_node_compares_the_bundles_node_ids():

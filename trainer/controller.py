@@ -64,7 +64,7 @@ def train(cfg: TrainConfig, inputs: RunInputs | None = None) -> Path:
             with timer("rollout"):
                 scored, rollout_metrics = run.rollouts.next(step)  # prefetched with one_step_off_policy
             with timer("logprobs"):
-                run.system.sleep_engines()  # colocated: the learner gets the GPUs from here to the sync
+                run.system.sleep_engines(until_sync=True)  # colocated: the learner's GPUs until the sync
                 batch, batch_metrics = steps.prepare_batch(run.system, scored, cfg)
             with timer("train"):
                 train_metrics = steps.update_policy(run.system.learner, batch, cfg, run.seed(step))

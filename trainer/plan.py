@@ -200,6 +200,9 @@ def roles(cfg: TrainConfig, stage: Stage = "grpo") -> list[RoleRow]:
         if cfg.needs_reference and not lc.reference_colocated:
             rows.append(RoleRow("reference (Megatron)", learner.num_actors, 1.0 if cfg.cluster.use_gpu else 0.0,
                                 "own ranks, same TP x PP x DP"))
+    if stage == "grpo":
+        rows += [RoleRow("judge engines (vLLM)", judge.num_actors, judge.gpus_per_actor,
+                         f"TP={cfg.reward.judge.tensor_parallel_size} each, a model of its own") for judge in spec.roles if judge.name == "judge"]
     if stage != "sft":
         rows.append(RoleRow("reward actors", cfg.reward.num_actors, 0.0, f"{cfg.cluster.cpus_per_actor:g} CPUs each"))
     return rows
@@ -217,7 +220,7 @@ def layout(cfg: TrainConfig, stage: Stage = "grpo") -> list[list[str]]:
 
     groups: list[list[str]] = []  # each group must share a node
     if cfg.cluster.colocate and stage == "grpo":
-        engines = cfg.rollout.num_engines  # engine i shares learner rank i's GPU
+        engines = cfg.rollout.num_engines  # engine i shares learner rank i's GPU, one whole GPU per rank
         groups += [[(f"engine {r} + " if r < engines else "") + rank_label("learner", r)] for r in range(ranks)]
     else:
         k = cfg.rollout.tensor_parallel_size
@@ -228,6 +231,12 @@ def layout(cfg: TrainConfig, stage: Stage = "grpo") -> list[list[str]]:
             groups += [[rank_label("learner", r)] for r in range(ranks)]
     if stage == "grpo" and cfg.needs_reference and not lc.reference_colocated:
         groups += [[rank_label("reference", r)] for r in range(ranks)]
+    if stage == "grpo" and cfg.cluster.use_gpu:  # the judge's engines: GPUs of their own, colocated or not
+        from trainer.system import judge_roles
+
+        for judge in judge_roles(cfg):
+            k = judge.bundles_per_actor
+            groups += [[f"judge {j}" + (f" tp{i}" if k > 1 else "") for i in range(k)] for j in range(judge.num_actors)]
     nodes: list[list[str]] = [[]]
     for group in groups:
         if len(nodes[-1]) + len(group) > per_node:

@@ -21,7 +21,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -125,12 +125,14 @@ def start_rollout_and_rewards(cfg: RejectionConfig) -> tuple[Any, Any, Any, Any]
     from actors.weight_sync import choose_backend
     from cluster.placement import Placement, ResourceSpec
     from reward_server.reward_group import RewardGroup
-    from trainer.system import engines_on_rank0_gpu, resource_spec, start_engines, start_judge
+    from trainer.system import engines_colocated, resource_spec, start_engines, start_judge
 
     run = cfg.engine_config()
+    # No learner to share GPUs with: the engines get whole GPUs of their own even under cluster.colocate.
+    run = replace(run, cluster=replace(run.cluster, colocate=False))
     ro = run.rollout
     # No learner, so nothing is sent: the engines need only a backend to be started for.
-    backend = choose_backend(use_gpu=run.cluster.use_gpu, engines_on_sender_gpu=engines_on_rank0_gpu(run),
+    backend = choose_backend(use_gpu=run.cluster.use_gpu, engines_colocated=engines_colocated(run),
                              engines_on_sender_node=[False] * ro.num_engines)
     spec = resource_spec(run)
     placement = Placement(ResourceSpec(roles=tuple(r for r in spec.roles if r.name in ("rollout", "judge"))))

@@ -14,6 +14,18 @@ write the learner's state outside that window (load, save, export) run inside `l
 
     step:  generate (engines awake, learner offloaded) -> sleep_engines: engines sleep, learner onloads
            -> logprobs, train -> sync_weights: wake weights, push, learner offloads, wake KV cache
+
+A sleep that a weight sync follows (`sleep_engines(until_sync=True)`, the training step's) asks for vLLM's
+level 2: the engines drop their weights instead of copying them to host and back, since the sync writes
+every one (an engine whose reload would not restore them sleeps at level 1, see
+`actors.rollout.deepest_sleep_level`). Any other sleep is level 1, and engines that dropped their weights
+are never woken without a sync.
+
+Colocated placement: bundle i of one placement group holds one whole GPU, learner rank i's; learner rank i
+and engine i (for i < rollout.num_engines) each take a share of it (`COLOCATED_GPU_SHARE`). Ray keeps a
+fractional demand inside a bundle on that bundle's GPU, and a bundle of one whole GPU cannot share a
+device with another bundle, so no two learner ranks ever land on one GPU (NCCL would refuse them). The
+weight sync is then CUDA IPC from learner rank i to engine i (`actors.weight_sync`).
 """
 
 from __future__ import annotations
@@ -60,6 +72,8 @@ class System:
     cfg: TrainConfig
     engines_asleep: bool = False
     """Colocated runs: the engines freed their memory (sleep_engines) and the sync must wake them."""
+    weights_dropped: bool = False
+    """The engines slept for a weight sync (level 2 where they can): only the sync may wake them."""
     judge: Any = None
     """actors.engine_group.EngineGroup of the judge's engines (data sources routed to the judge), else None."""
 
@@ -79,7 +93,7 @@ class System:
         require_shared_output_dir(cfg, placement)
         # Decided before an engine or learner starts, for both sides: a layout no backend can serve fails here.
         shm_free = None if cfg.cluster.use_gpu else placement.run_on("learner", shm_free_bytes, ro.start_timeout_s)[0]
-        backend = choose_backend(use_gpu=cfg.cluster.use_gpu, engines_on_sender_gpu=engines_on_rank0_gpu(cfg),
+        backend = choose_backend(use_gpu=cfg.cluster.use_gpu, engines_colocated=engines_colocated(cfg),
                                  engines_on_sender_node=engines_on_rank0_node(placement, ro.start_timeout_s),
                                  shm_free_bytes=shm_free, bucket_bytes=ro.weight_sync_bucket_bytes)
         engines = EngineGroup(start_engines(cfg, placement, backend), [ro.tensor_parallel_size] * ro.num_engines,
@@ -137,25 +151,31 @@ class System:
         Colocated: the learner must be on its GPUs to send, so awake engines are put to sleep first (a
         resume); the engines wake in stages around the learner's offload."""
         start = time.perf_counter()
-        self.sleep_engines()
+        self.sleep_engines(until_sync=True)
         if self.engines_asleep:
-            self.engines.wake_up(["weights"])
+            self.engines.wake_up(["weights"])  # level 2: room for the weights, whose bytes the push writes
         metrics = self.weight_sync.push(version)
         if self.engines_asleep:
             self.learner.offload()
             self.engines.wake_up(["kv_cache"])  # after the learner left: the cache gets what it freed
-            self.engines_asleep = False
+            self.engines_asleep = self.weights_dropped = False
         return metrics | {"weight_sync_s": time.perf_counter() - start}
 
-    def sleep_engines(self) -> None:
-        """Colocated runs: free the engines' device memory while the learner computes and trains."""
+    def sleep_engines(self, *, until_sync: bool = False) -> None:
+        """Colocated runs: free the engines' device memory while the learner computes and trains.
+
+        `until_sync`: the engines' next step is `sync_weights`, which writes every weight, so they may drop
+        theirs (vLLM's level 2) instead of copying them to host memory and back (level 1)."""
         if self.cfg.cluster.colocate and not self.engines_asleep:
-            self.engines.sleep()
+            self.engines.sleep(2 if until_sync else 1)
             self.learner.onload()
-            self.engines_asleep = True
+            self.engines_asleep, self.weights_dropped = True, until_sync
 
     def wake_engines(self) -> None:
         """Colocated runs: the learner back to host memory, then the engines wake (weights and KV cache)."""
+        if self.weights_dropped:
+            raise RuntimeError("the engines slept for a weight sync and may have dropped their weights (vLLM "
+                               "sleep level 2): only sync_weights may wake them")
         if self.engines_asleep:
             self.learner.offload()
             self.engines.wake_up()
@@ -218,11 +238,10 @@ def require_shared_output_dir(cfg: TrainConfig, placement: Placement) -> None:
         raise
 
 
-def engines_on_rank0_gpu(cfg: TrainConfig) -> list[bool]:
-    """For each engine, whether it shares learner rank 0's GPU: colocated bundle i holds engine i and
-    learner rank i, so engine 0 does (see resource_spec)."""
-    shared = cfg.cluster.use_gpu and cfg.cluster.colocate
-    return [shared and e == 0 for e in range(cfg.rollout.num_engines)]
+def engines_colocated(cfg: TrainConfig) -> list[bool]:
+    """For each engine, whether it shares a learner rank's GPU: colocated bundle i holds engine i and
+    learner rank i on one GPU (see resource_spec), so every engine does or none."""
+    return [cfg.cluster.use_gpu and cfg.cluster.colocate] * cfg.rollout.num_engines
 
 
 def engines_on_rank0_node(placement: Placement, timeout_s: float) -> list[bool]:
@@ -232,12 +251,16 @@ def engines_on_rank0_node(placement: Placement, timeout_s: float) -> list[bool]:
 
 
 COLOCATED_GPU_SHARE = 0.5
-"""Share of a GPU each colocated role (engine, learner rank) reserves; the engine sleeps while the
-learner trains, so in practice each uses the whole memory in turn."""
+"""Share of its bundle's one GPU that each colocated actor (engine i, learner rank i) asks for; the engine
+sleeps while the learner trains, so in practice each uses the whole memory in turn. A bundle reserves the
+whole GPU, so a learner rank without an engine still has its GPU to itself (`cluster.placement`)."""
 
 
 def resource_spec(cfg: TrainConfig) -> ResourceSpec:
-    """Rollout engines and policy learner ranks, as `cluster.placement` places them."""
+    """Rollout engines, policy learner ranks and the judge's engines, as `cluster.placement` places them.
+
+    Colocated: one bundle per learner rank holding its whole GPU, engine i in learner rank i's bundle
+    (`cluster.placement.colocated_bundles`); the judge's engines, another model, get GPUs of their own."""
     gpu = 1.0 if cfg.cluster.use_gpu else 0.0
     cl, lc = cfg.cluster, cfg.learner
     cpus = cl.cpus_per_actor
@@ -246,7 +269,8 @@ def resource_spec(cfg: TrainConfig) -> ResourceSpec:
         share = gpu * COLOCATED_GPU_SHARE
         return ResourceSpec(roles=(
             RoleSpec("rollout", cfg.rollout.num_engines, cpus, share, node_resource=cl.rollout_node_resource),
-            RoleSpec("learner", learner_ranks, cpus, share, node_resource=cl.learner_node_resource)),
+            RoleSpec("learner", learner_ranks, cpus, share, node_resource=cl.learner_node_resource),
+            *judge_roles(cfg)),
             colocated=("rollout", "learner"))
     tp = cfg.rollout.tensor_parallel_size
     return ResourceSpec(roles=(
