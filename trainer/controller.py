@@ -34,6 +34,7 @@ from trainer.data import PromptSampler, load_run_prompts
 from trainer.ledger import LEDGER, PromptLedger, fingerprint
 from trainer.metrics import MetricsLogger, plot_curves
 from trainer.overlap import RolloutSource, policy_version_lag
+from trainer.run_lock import hold_run_dir
 from trainer.watchdog import StallWatchdog
 
 if TYPE_CHECKING:
@@ -44,6 +45,11 @@ def train(cfg: TrainConfig) -> Path:
     """Run GRPO as configured; returns the run directory (metrics.jsonl, curves.png, checkpoints/)."""
     cfg = cfg.validate()
     run_dir = Path(cfg.output_dir) / cfg.name
+    with hold_run_dir(run_dir):  # a second run in this directory refuses here, having changed nothing
+        return _train(cfg, run_dir)
+
+
+def _train(cfg: TrainConfig, run_dir: Path) -> Path:
     # Validated before any actor starts: an unusable checkpoint directory refuses here, in seconds.
     checkpoint = resume_point(run_dir, resume=cfg.resume)
     if finished(cfg, run_dir, checkpoint):
