@@ -478,3 +478,21 @@ def test_train_resumes_from_the_previous_intact_checkpoint(tmp_path, monkeypatch
         controller.train(replace(cfg, resume=False))
     assert started[-1] is None and not (tmp_path / "run" / "checkpoints").exists()
     assert len(list((tmp_path / "run" / "previous").iterdir())) == 1
+
+
+def test_a_learner_ranks_save_error_comes_through_rays_wrappers(tmp_path):
+    """LearnerGroup.save raises RemoteCallError from Ray's wrapper of the rank's CheckpointSaveError; the
+    run's error must still name the rank's file and the cause."""
+    import ray.exceptions
+
+    from cluster.calls import RemoteCallError
+    from trainer.checkpoint import CheckpointSaveError, save_failure
+
+    shard = tmp_path / "step_000004.tmp" / "learner" / "rank_00001.pt"
+    inner = pickle.loads(pickle.dumps(CheckpointSaveError(shard, "no space left on device (0 bytes free)")))
+    wrapped = ray.exceptions.RayTaskError("save", "Traceback ...", inner).as_instanceof_cause()
+    try:
+        raise RemoteCallError("save: learner rank 1 failed") from wrapped
+    except RemoteCallError as exc:
+        error = save_failure(tmp_path / "step_000004.tmp", exc)
+    assert error.path == shard and error.reason == "no space left on device (0 bytes free)"
