@@ -50,6 +50,7 @@ from torch import Tensor
 from actors import hf_megatron, megatron_cpu
 from actors.logprobs import vocab_parallel_logprobs
 from actors.offload import StorageOffloader
+from trainer.checkpoint import CheckpointError, CheckpointSaveError, load_tensors, save_failure
 from trainer.types import TrainBatch
 
 _MAX_NDIM = 4
@@ -494,9 +495,10 @@ class LearnerWorker:
 
     @_on_device
     def save(self, directory: str) -> None:
-        """Sharded checkpoint: one file per rank with model shard, optimizer, step and RNG states."""
+        """Sharded checkpoint: one file per rank with model shard, optimizer, step and RNG states. A rank
+        whose write fails (a full disk) makes every rank raise CheckpointSaveError: none waits in a barrier."""
         out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
+        path = out / f"rank_{self.rank:05d}.pt"
         state = {
             "layout": (self.shape.tp, self.shape.pp, dist.get_world_size()),
             "model": {n: p.detach().cpu() for n, p in self.model.named_parameters()},
@@ -505,20 +507,35 @@ class LearnerWorker:
             "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
                     "cuda": torch.cuda.get_rng_state() if self.use_gpu else None},
         }
-        torch.save(state, out / f"rank_{self.rank:05d}.pt")
-        if self.rank == 0:
-            (out / "learner.json").write_text(json.dumps({"tp": self.shape.tp, "pp": self.shape.pp,
-                                                          "world_size": dist.get_world_size(),
-                                                          "step": self.step}))
-        dist.barrier()
+        error: CheckpointSaveError | None = None
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            torch.save(state, path)
+            if self.rank == 0:
+                path = out / "learner.json"
+                path.write_text(json.dumps({"tp": self.shape.tp, "pp": self.shape.pp,
+                                            "world_size": dist.get_world_size(), "step": self.step}))
+        except (OSError, RuntimeError) as exc:
+            error = save_failure(path, exc)
+        if not self._all_ranks_ok(error is None):
+            raise error or CheckpointSaveError(out, "another learner rank's write failed (its error names the file)")
 
     @_on_device
     def load(self, directory: str) -> None:
-        """Resume from `save(directory)` written by the same layout."""
-        state = torch.load(Path(directory) / f"rank_{self.rank:05d}.pt", weights_only=False)
-        layout = (self.shape.tp, self.shape.pp, dist.get_world_size())
-        if tuple(state["layout"]) != layout:
-            raise ValueError(f"checkpoint layout (tp, pp, world) {state['layout']} != this group's {layout}")
+        """Resume from `save(directory)` written by the same layout. The shard is read with weights_only (a
+        pickle that would run code is refused, CorruptCheckpoint naming the file); if any rank refuses its
+        shard, every rank raises before changing anything."""
+        state, error = None, None
+        try:
+            state = load_tensors(Path(directory) / f"rank_{self.rank:05d}.pt")
+            layout = (self.shape.tp, self.shape.pp, dist.get_world_size())
+            if tuple(state["layout"]) != layout:
+                raise ValueError(f"checkpoint layout (tp, pp, world) {state['layout']} != this group's {layout}")
+        except (CheckpointError, ValueError, KeyError, TypeError) as exc:
+            error = exc
+        if not self._all_ranks_ok(error is None):
+            raise error or CheckpointError(f"{directory}: another learner rank refused its shard; nothing loaded")
+        assert state is not None
         with torch.no_grad():
             for name, p in self.model.named_parameters():
                 p.copy_(state["model"][name])
@@ -530,6 +547,13 @@ class LearnerWorker:
         if self.use_gpu and state["rng"]["cuda"] is not None:
             torch.cuda.set_rng_state(state["rng"]["cuda"])
         dist.barrier()
+
+    def _all_ranks_ok(self, ok: bool) -> bool:
+        """Whether every rank got `ok` (a collective, also the barrier): a rank that failed to read or write
+        its shard must not leave the others waiting for it."""
+        flag = torch.tensor([int(ok)], dtype=torch.int, device=collective_device(dist.get_backend()))
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item())
 
     # --- Hugging Face weights out -----------------------------------------------------------------
 

@@ -116,15 +116,19 @@ def test_resume_false_sets_the_earlier_run_aside_and_loses_nothing(tmp_path, cap
     assert latest_checkpoint(tmp_path).name == "step_000001"
 
 
+class _Killed(BaseException):
+    """Stands in for SIGKILL: no `except Exception` clean-up runs."""
+
+
 def test_a_save_killed_midway_keeps_the_previous_and_its_tmp_is_removed_at_start(tmp_path, caplog):
     _save(tmp_path, 3)
 
     def crash(path: Path) -> None:
         path.mkdir(parents=True)
         (path / "rank_00000.pt").write_bytes(b"half a shard")
-        raise RuntimeError("killed mid-save")
+        raise _Killed("killed mid-save")
 
-    with pytest.raises(RuntimeError):
+    with pytest.raises(_Killed):
         save_checkpoint(tmp_path, _state(4), crash)
     assert (tmp_path / "checkpoints" / "step_000004.tmp").is_dir()
     with caplog.at_level(logging.WARNING):
@@ -328,6 +332,65 @@ class _Payload:
         return (Path.write_text, (self.marker, "pwned"))
 
 
+def plant_pickle(shard: Path, marker: Path) -> None:
+    """What an attacker with write access produces: the real shard's state with a payload that writes
+    `marker` when unpickled without weights_only, and the manifest re-hashed so its check passes."""
+    state = load_tensors(shard)
+    state["step"] = _Payload(marker)
+    torch.save(state, shard)
+    checkpoint = shard.parent.parent
+    manifest = json.loads((checkpoint / "manifest.json").read_text())
+    data = shard.read_bytes()
+    import hashlib
+
+    manifest["files"][shard.relative_to(checkpoint).as_posix()] = {"bytes": len(data),
+                                                                   "sha256": hashlib.sha256(data).hexdigest()}
+    (checkpoint / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_a_planted_pickle_with_a_rehashed_manifest_is_refused_and_the_previous_checkpoint_resumed(tmp_path,
+                                                                                                  caplog):
+    for step in (2, 3):
+        _save(tmp_path, step)
+    marker = tmp_path / "marker"
+    plant_pickle(tmp_path / "checkpoints" / "step_000003" / SHARD, marker)
+    with caplog.at_level(logging.WARNING):
+        checkpoint = resume_point(tmp_path, resume=True)
+    assert checkpoint is not None and checkpoint.name == "step_000002"
+    assert f"step_000003/{SHARD}: refused" in caplog.text
+    assert not marker.exists()
+    [moved] = (tmp_path / "checkpoints" / "discarded").iterdir()
+    assert moved.name.startswith("step_000003-")
+
+
+def test_a_failed_save_names_the_file_and_cause_and_removes_the_partial_save(tmp_path):
+    import errno
+
+    from trainer.checkpoint import CheckpointSaveError
+
+    _save(tmp_path, 3)
+
+    def disk_full(path: Path) -> None:
+        path.mkdir(parents=True)
+        (path / "rank_00000.pt").write_bytes(b"half a shard")
+        raise OSError(errno.ENOSPC, "No space left on device", str(path / "rank_00000.pt"))
+
+    with pytest.raises(CheckpointSaveError) as info:
+        save_checkpoint(tmp_path, _state(4), disk_full)
+    message = str(info.value)
+    assert "step_000004.tmp" in message and "no space left on device" in message
+    assert "step_000003 is kept" in message
+    assert not (tmp_path / "checkpoints" / "step_000004.tmp").exists()
+    assert latest_checkpoint(tmp_path).name == "step_000003"
+
+    def broken(path: Path) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    with pytest.raises(CheckpointSaveError, match="PermissionError") as info:
+        save_checkpoint(tmp_path, _state(5), broken)
+    assert "no space" not in str(info.value) and not (tmp_path / "checkpoints" / "step_000005.tmp").exists()
+
+
 def test_a_planted_pickle_does_not_run(tmp_path):
     marker = tmp_path / "marker"
     shard = tmp_path / "rank_00000.pt"
@@ -417,3 +480,21 @@ def test_train_resumes_from_the_previous_intact_checkpoint(tmp_path, monkeypatch
         controller.train(replace(cfg, resume=False), no_data)
     assert started[-1] is None and not (tmp_path / "run" / "checkpoints").exists()
     assert len(list((tmp_path / "run" / "previous").iterdir())) == 1
+
+
+def test_a_learner_ranks_save_error_comes_through_rays_wrappers(tmp_path):
+    """LearnerGroup.save raises RemoteCallError from Ray's wrapper of the rank's CheckpointSaveError; the
+    run's error must still name the rank's file and the cause."""
+    import ray.exceptions
+
+    from cluster.calls import RemoteCallError
+    from trainer.checkpoint import CheckpointSaveError, save_failure
+
+    shard = tmp_path / "step_000004.tmp" / "learner" / "rank_00001.pt"
+    inner = pickle.loads(pickle.dumps(CheckpointSaveError(shard, "no space left on device (0 bytes free)")))
+    wrapped = ray.exceptions.RayTaskError("save", "Traceback ...", inner).as_instanceof_cause()
+    try:
+        raise RemoteCallError("save: learner rank 1 failed") from wrapped
+    except RemoteCallError as exc:
+        error = save_failure(tmp_path / "step_000004.tmp", exc)
+    assert error.path == shard and error.reason == "no space left on device (0 bytes free)"

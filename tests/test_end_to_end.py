@@ -16,6 +16,7 @@ Three system start-ups serve every test (a start-up costs about a minute on 2 co
   the reference: per-step losses and rewards, the prompt ids each step trained, and the final parameters
   bit for bit. The two runs lose the same engine at the same point, so this also shows that a replaced
   engine regenerates its groups deterministically.
+A fourth start-up resumes a copy of the reference whose newest checkpoint holds a planted pickle.
 """
 
 from __future__ import annotations
@@ -437,6 +438,34 @@ def test_driver_killed_after_a_checkpoint_resumes_exactly(reference, killed_driv
             assert row[key] == pytest.approx(ref[key], rel=1e-6, abs=1e-7), (row["step"], key)
     assert ledger_steps(resumed) == ledger_steps(ref_dir)
     assert parameters_sha256(resumed) == parameters_sha256(ref_dir)
+
+
+def test_a_planted_pickle_in_the_newest_checkpoint_is_refused_and_the_run_resumes_from_the_previous(
+        reference, train_file, tmp_path, caplog):
+    """What an attacker with write access to the run directory produces: step 4's rank-1 shard holds a
+    pickle that writes a file when loaded, and the manifest is re-hashed so its check passes. The resume
+    refuses the shard (weights_only), names it, runs no code, and trains on from step 2's checkpoint."""
+    import logging
+    import shutil
+
+    from tests.test_checkpoint import plant_pickle
+    from trainer.controller import train
+
+    ref_dir, _ = reference
+    run_dir = tmp_path / "planted"
+    shutil.copytree(ref_dir, run_dir)
+    marker = tmp_path / "marker"
+    plant_pickle(run_dir / "checkpoints" / "step_000004" / "learner" / "rank_00001.pt", marker)
+    with caplog.at_level(logging.WARNING, logger="trainer.checkpoint"):
+        train(tiny_config(tmp_path, "planted", train_file, total_steps=3))
+    assert not marker.exists()
+    assert "step_000004 is not usable" in caplog.text
+    assert "step_000004/learner/rank_00001.pt: refused" in caplog.text
+    assert [r["step"] for r in read_metrics(run_dir, "train")] == [1, 2, 3]
+    assert (run_dir / "checkpoints" / "latest").read_text() == "step_000003"
+    [moved] = (run_dir / "checkpoints" / "discarded").iterdir()
+    assert moved.name.startswith("step_000004-")
+    assert ledger_steps(run_dir, 3)[:2] == ledger_steps(ref_dir)[:2]  # steps 1-2 as the reference trained them
 
 
 def process_tree(pid: int) -> dict[int, Any]:

@@ -108,7 +108,21 @@ def plan_pipeline(example: str, overrides: list[str]) -> int:
     return 1 if refused else 0
 
 
+EXIT_BUSY = 3
+"""Exit status when another run holds the run directory (trainer.run_lock)."""
+
+
 def main(argv: list[str] | None = None) -> int:
+    from trainer.run_lock import RunDirectoryBusy
+
+    try:
+        return _dispatch(argv)
+    except RunDirectoryBusy as e:  # another run writes there: say who, without a traceback
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BUSY
+
+
+def _dispatch(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainer", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)

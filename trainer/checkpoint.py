@@ -28,11 +28,17 @@ of an earlier run moves them (checkpoints, metrics, TensorBoard events, curves, 
 `previous/<UTC time>/` instead of deleting or mixing with them. Delete that folder to reclaim space.
 
 Learner shards are plain tensors and containers, loaded with `torch.load(weights_only=True)`
-(`load_tensors`), so a planted pickle cannot run code.
+(`load_tensors`), so a planted pickle cannot run code. Validation loads each shard that way too (memory
+mapped, so no tensor data is read): a shard that is refused makes its checkpoint not intact, and the
+resume falls back to the previous one before any actor starts, even when the manifest was re-hashed.
+
+A save that fails (a full disk, a lost mount) raises `CheckpointSaveError` naming the file and the
+cause in words, and removes its `step_N.tmp`; the previous checkpoint and `latest` are untouched.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -40,7 +46,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -64,7 +70,15 @@ HASH_CHUNK_BYTES = 8 << 20
 HASH_THREADS = min(8, os.cpu_count() or 1)
 """Files hashed at once (sha256 runs at about 0.5-2 GB/s per core)."""
 
+DISK_FULL_FREE_BYTES = 64 << 20
+"""A torch write that stopped short with at most this much space left on its filesystem is taken as a
+full disk: torch reports it only as `[enforce fail at inline_container.cc] unexpected pos`, and the
+short write itself used up what was free."""
+_TORCH_SHORT_WRITE = ("inline_container.cc", "PytorchStreamWriter failed writing")
+
 _STEP_DIR_RE = re.compile(r"step_([0-9]{6,})")
+_SHARD_RE = re.compile(r"learner/rank_[0-9]+\.pt")
+"""The files `LearnerWorker.load` reads with torch.load (one per rank)."""
 
 
 class CheckpointError(RuntimeError):
@@ -81,6 +95,18 @@ class CorruptCheckpoint(CheckpointError):
 
     def __str__(self) -> str:
         return f"{self.file}: {self.reason}"
+
+
+class CheckpointSaveError(CheckpointError):
+    """Writing a checkpoint failed. The run stops; the partial save is removed, the previous checkpoint kept."""
+
+    def __init__(self, path: Path | str, reason: str) -> None:
+        super().__init__(str(path), reason)  # both in args, so the error pickles across Ray
+        self.path = Path(path)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"saving {self.path} failed: {self.reason}"
 
 
 @dataclass(frozen=True)
@@ -101,29 +127,99 @@ class ControllerState:
 def save_checkpoint(run_dir: Path, state: ControllerState, save_learner: Callable[[Path], None],
                     *, keep: int = 2, extra_files: Mapping[str, str] | None = None) -> Path:
     """Write a checkpoint of `state` plus the learner's (via `save_learner(dir)`) and `extra_files` (name ->
-    text, e.g. the prompt ledger), commit it, and keep the newest `keep` (at least the one just written)."""
+    text, e.g. the prompt ledger), commit it, and keep the newest `keep` (at least the one just written).
+    A failed write raises CheckpointSaveError (file and cause) after removing the partial `step_N.tmp`."""
     root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     name = _step_name(state.step)
     tmp, final = root / f"{name}.tmp", root / name
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_learner(tmp / "learner")
-    (tmp / CONTROLLER).write_text(json.dumps(asdict(state), indent=1))
-    for rel, text in (extra_files or {}).items():
-        (tmp / rel).write_text(text, encoding="utf-8")
-    files = _fsync_and_hash(tmp)
-    manifest = {"format": MANIFEST_FORMAT, "step": state.step, "files": files}
-    _write_durably(tmp / MANIFEST, json.dumps(manifest, indent=1))
+    try:
+        tmp.mkdir()
+        save_learner(tmp / "learner")
+        (tmp / CONTROLLER).write_text(json.dumps(asdict(state), indent=1))
+        for rel, text in (extra_files or {}).items():
+            (tmp / rel).write_text(text, encoding="utf-8")
+        files = _fsync_and_hash(tmp)
+        manifest = {"format": MANIFEST_FORMAT, "step": state.step, "files": files}
+        _write_durably(tmp / MANIFEST, json.dumps(manifest, indent=1))
+    except Exception as exc:
+        raise _failed_save(root, tmp, exc) from exc
     if final.exists():  # the same step saved before (a rerun): keep the old copy, out of the way
         _set_aside(final, root / DISCARDED)
     os.replace(tmp, final)
     _fsync_dir(root)
-    _write_durably(root / f"{POINTER}.tmp", name)
+    try:
+        _write_durably(root / f"{POINTER}.tmp", name)
+    except Exception as exc:  # `final` stays uncommitted: the next resume sets it aside
+        raise _failed_save(root, root / f"{POINTER}.tmp", exc) from exc
     os.replace(root / f"{POINTER}.tmp", root / POINTER)
     _fsync_dir(root)
     _prune(root, newest=state.step, keep=keep)
     return final
+
+
+def _failed_save(root: Path, partial: Path, exc: BaseException) -> CheckpointSaveError:
+    """The error for a save that raised `exc`, once `partial` (a step_N.tmp or latest.tmp) is removed,
+    so a full disk is not kept full until the next start."""
+    error = save_failure(partial, exc)  # before the removal: it frees the space a full disk lacked
+    if partial.is_dir() and not partial.is_symlink():
+        shutil.rmtree(partial, ignore_errors=True)
+    else:
+        partial.unlink(missing_ok=True)
+    pointer, _ = _read_pointer(root)
+    kept = f"{pointer} is kept (latest)" if pointer is not None else "no earlier checkpoint exists"
+    log.error("checkpoint save failed: %s", error)
+    return CheckpointSaveError(error.path, f"{error.reason}. The partial {partial.name} was removed; {kept}")
+
+
+def save_failure(path: Path, exc: BaseException) -> CheckpointSaveError:
+    """`exc`, raised while writing `path`, as an error that names the file and says the cause in words:
+    "no space left on device" for ENOSPC, or for torch's short-write failure on a (nearly) full disk."""
+    for link in _exception_chain(exc):
+        if isinstance(link, CheckpointSaveError):  # a learner rank already named its file and the cause
+            return link
+    chain = list(_exception_chain(exc))
+    text = " ".join(str(link) for link in chain)
+    free = _free_bytes(path)
+    full = (any(getattr(link, "errno", None) == errno.ENOSPC for link in chain)
+            or "no space left on device" in text.lower()
+            or (any(mark in text for mark in _TORCH_SHORT_WRITE) and free is not None
+                and free <= DISK_FULL_FREE_BYTES))
+    if full:
+        return CheckpointSaveError(path, f"no space left on device ({_bytes_text(free)} free on its filesystem; "
+                                         f"{type(exc).__name__}: {str(exc)[:200]})")
+    return CheckpointSaveError(path, f"{type(exc).__name__}: {str(exc)[:300]}")
+
+
+def _exception_chain(exc: BaseException) -> Iterator[BaseException]:
+    """`exc`, its causes and contexts, and the original error inside Ray's wrappers (`.cause`)."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        link = todo.pop(0)
+        if link is None or id(link) in seen:
+            continue
+        seen.add(id(link))
+        yield link
+        cause = getattr(link, "cause", None)
+        todo += [link.__cause__, link.__context__, cause if isinstance(cause, BaseException) else None]
+
+
+def _free_bytes(path: Path) -> int | None:
+    """Free bytes on the filesystem of `path` (or of its nearest existing parent); None if unknown."""
+    for candidate in (path, *path.parents):
+        try:
+            return shutil.disk_usage(candidate).free
+        except OSError:
+            continue
+    return None
+
+
+def _bytes_text(n: int | None) -> str:
+    if n is None:
+        return "unknown space"
+    return f"{n / (1 << 20):.1f} MiB" if n >= 1 << 20 else f"{n} bytes"
 
 
 def _prune(root: Path, *, newest: int, keep: int) -> None:
@@ -299,6 +395,9 @@ def validate_checkpoint(checkpoint: Path) -> ControllerState:
     for (rel, _, digest), actual_digest in zip(entries, digests):
         if actual_digest != digest:
             raise CorruptCheckpoint(checkpoint / rel, "contents changed since the save (sha256 differs)")
+    for rel, _, _ in entries:  # a planted pickle with a re-hashed manifest passes the hashes, not this
+        if _SHARD_RE.fullmatch(rel):
+            load_tensors(checkpoint / rel, mmap=True)
     return load_controller_state(checkpoint)
 
 
@@ -336,9 +435,10 @@ def _sampler_state(raw: dict[str, Any]) -> SamplerState:
                         deferred=tuple(int(i) for i in raw.get("deferred", ())))
 
 
-def load_tensors(path: Path | str) -> Any:
+def load_tensors(path: Path | str, *, mmap: bool = False) -> Any:
     """`torch.load(path, weights_only=True)` onto the CPU, with errors that name the file: plain
-    tensors, numbers, strings and containers load; any other pickle is refused, not run."""
+    tensors, numbers, strings and containers load; any other pickle is refused, not run. With `mmap`
+    the tensors map the file instead of being read (a check of the pickle costs no memory)."""
     import pickle
 
     import torch
@@ -351,7 +451,7 @@ def load_tensors(path: Path | str) -> Any:
     if size == 0:
         raise CorruptCheckpoint(path, "empty (0 bytes)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
         raise CorruptCheckpoint(path, f"refused: holds more than plain tensors and containers ({exc})") from exc
     except (RuntimeError, EOFError, OSError, ValueError) as exc:

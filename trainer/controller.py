@@ -34,6 +34,7 @@ from trainer.data import PromptSampler, RunInputs, check_run_inputs
 from trainer.ledger import LEDGER, PromptLedger, fingerprint
 from trainer.metrics import MetricsLogger, plot_curves
 from trainer.overlap import RolloutSource, policy_version_lag
+from trainer.run_lock import hold_run_dir
 from trainer.watchdog import StallWatchdog
 
 if TYPE_CHECKING:
@@ -47,6 +48,11 @@ def train(cfg: TrainConfig, inputs: RunInputs | None = None) -> Path:
     here, before any actor starts, when not given."""
     cfg = cfg.validate()
     run_dir = Path(cfg.output_dir) / cfg.name
+    with hold_run_dir(run_dir):  # a second run in this directory refuses here, having changed nothing
+        return _train(cfg, run_dir, inputs)
+
+
+def _train(cfg: TrainConfig, run_dir: Path, inputs: RunInputs | None) -> Path:
     # Validated before any actor starts: an unusable checkpoint directory refuses here, in seconds.
     checkpoint = resume_point(run_dir, resume=cfg.resume)
     if finished(cfg, run_dir, checkpoint):

@@ -315,10 +315,17 @@ class PipelineResult:
 def run_pipeline(cfg: PipelineConfig, *, runners: dict[str, Callable[[Any], dict[str, Any]]] | None = None,
                  evaluator: Callable[[str, str, PipelineEvalConfig], dict[str, float]] = evaluate_model,
                  ) -> PipelineResult:
-    """Run every stage not yet up to date, evaluate the models, write pipeline.json; see the module docstring."""
-    runners = runners or RUNNERS
+    """Run every stage not yet up to date, evaluate the models, write pipeline.json; see the module docstring.
+    Holds output_dir's lock throughout (trainer.run_lock), and each stage its own directory's."""
+    from trainer.run_lock import hold_run_dir
+
+    with hold_run_dir(cfg.output_dir):
+        return _run_pipeline(cfg, runners or RUNNERS, evaluator)
+
+
+def _run_pipeline(cfg: PipelineConfig, runners: dict[str, Callable[[Any], dict[str, Any]]],
+                  evaluator: Callable[[str, str, PipelineEvalConfig], dict[str, float]]) -> PipelineResult:
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     result = PipelineResult()
     began = time.perf_counter()
     previous = ""

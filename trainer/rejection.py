@@ -146,7 +146,17 @@ def start_rollout_and_rewards(cfg: RejectionConfig) -> tuple[Any, Any, Any, Any]
 
 
 def run_rejection(cfg: RejectionConfig) -> Path:
-    """Sample, score, filter and write; returns the output directory (sft.jsonl, report.json, config.json)."""
+    """Sample, score, filter and write; returns the output directory (sft.jsonl, report.json, config.json).
+    Holds the directory's lock throughout (trainer.run_lock): a second run there refuses."""
+    from trainer.run_lock import hold_run_dir
+
+    cfg = cfg.validate()
+    out_dir = (Path(cfg.output_dir) / cfg.name).resolve()
+    with hold_run_dir(out_dir):
+        return _run_rejection(cfg, out_dir)
+
+
+def _run_rejection(cfg: RejectionConfig, out_dir: Path) -> Path:
     from transformers import AutoTokenizer
 
     from actors.versions import check_installed
@@ -154,9 +164,6 @@ def run_rejection(cfg: RejectionConfig) -> Path:
     from reward_server.filters import Deduplicator, FilterSettings, rules
     from trainer.data import load_prompts, read_rows
 
-    cfg = cfg.validate()
-    out_dir = (Path(cfg.output_dir) / cfg.name).resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=1))
     limit = cfg.max_prompts or None
     tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)

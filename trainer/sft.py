@@ -202,7 +202,17 @@ def finished(run_dir: Path) -> bool:
 
 
 def train_sft(cfg: SFTConfig) -> Path:
-    """Run SFT as configured; returns the run directory (metrics.jsonl, checkpoints/, hf/, config.json)."""
+    """Run SFT as configured; returns the run directory (metrics.jsonl, checkpoints/, hf/, config.json).
+    Holds the directory's lock throughout (trainer.run_lock): a second run there refuses."""
+    from trainer.run_lock import hold_run_dir
+
+    cfg = cfg.validate()
+    run_dir = (Path(cfg.output_dir) / cfg.name).resolve()
+    with hold_run_dir(run_dir):
+        return _train_sft(cfg, run_dir)
+
+
+def _train_sft(cfg: SFTConfig, run_dir: Path) -> Path:
     from transformers import AutoTokenizer
 
     from actors.versions import check_installed
@@ -212,8 +222,6 @@ def train_sft(cfg: SFTConfig) -> Path:
     from trainer.data import SamplerState
     from trainer.metrics import MetricsLogger
 
-    cfg = cfg.validate()
-    run_dir = (Path(cfg.output_dir) / cfg.name).resolve()
     if cfg.resume and finished(run_dir):
         print(f"{run_dir} already finished (hf/ exported); delete it or --set resume=false to start over")
         return run_dir
