@@ -86,7 +86,8 @@ class RunResult:
     """One program run: how it ended, what it printed, and how it was isolated."""
 
     status: str
-    """'exited' (see returncode), 'timeout', 'output_limit' or 'setup_failed' (the program never started)."""
+    """'exited' (see returncode), 'timeout' (the wall clock or RLIMIT_CPU), 'output_limit' or 'setup_failed' (the
+    program never started)."""
     returncode: int
     """Exit code, 128 + signal when a signal ended it (the launcher's convention); -9 when the host killed it."""
     stdout: bytes
@@ -189,6 +190,10 @@ class CodeSandbox:
             err += f"sandbox setup failed: the program had not started after {SETUP_TIMEOUT_S:.0f} s".encode()
         elif status == "exited" and code == EXIT_SETUP_FAILED and err.startswith(b"sandbox setup failed"):
             status = "setup_failed"
+        elif status == "exited" and code == 128 + signal.SIGXCPU:
+            # RLIMIT_CPU, not the wall clock, stopped a busy loop: on an idle machine CPU time (which counts
+            # the interpreter's start) reaches the limit first; either way the program ran out of time.
+            status = "timeout"
         return RunResult(status, code, out, err, time.monotonic() - start, isolation)
 
     @contextmanager

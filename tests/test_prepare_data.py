@@ -197,8 +197,8 @@ def test_apps_layout_to_rows_the_code_verifier_passes(tmp_path, capsys):
     assert "reads standard input" in rows[0]["prompt"] and "Starter code" not in rows[0]["prompt"]
     assert "```python\ndef sq(n):\n```" in rows[1]["prompt"] and "function `sq`" in rows[1]["prompt"]
     report = capsys.readouterr().out
-    assert "rows written: 2" in report and "1 x input_output is not JSON (first: row 2)" in report
-    assert "1 x input_output has no inputs and outputs of one length (first: row 3)" in report
+    assert "rows written: 2" in report and f"1 x input_output is not JSON (first: {src}:3)" in report
+    assert f"1 x input_output has no inputs and outputs of one length (first: {src}:4)" in report
     prompts = load_prompts(out, template="r1_zero")
     assert [p.task for p in prompts] == ["code", "code"]
     # The converted ground truth is what the code verifier reads: reference solutions pass every case.

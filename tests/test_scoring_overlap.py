@@ -15,6 +15,7 @@ import pytest
 import ray
 
 from actors.engine_group import EngineGroup
+from actors.engine_processes import EngineProcesses
 from reward_server.reward_group import RewardGroup
 from trainer import steps
 from trainer.config import AlgorithmConfig, RewardConfig, TrainConfig
@@ -75,6 +76,8 @@ class Engine:
         self.generate = method(self._generate)
         self.weight_version = method(lambda with_checksums=False: Ref(value=WeightVersion(self.engine, self.version)))
         self.set_version = method(self._set_version)
+        # a stand-in starts no vLLM processes: nothing to remove when it is replaced
+        self.processes = method(lambda: Ref(value=EngineProcesses("stand-in", (), ())))
 
     def _generate(self, prompts, *, n, temperature, top_p, max_tokens, stop, seed, expected_version):
         if self.fault == "die":

@@ -77,7 +77,7 @@ def learner_rank0():
     """Learner rank 0 as the weight-sync verbs see it: its HF tensors and the sender it holds."""
     worker = types.SimpleNamespace(rank=0, role="policy", _sender=None,
                                    _offloader=types.SimpleNamespace(active=False))
-    worker.hf_state_dict_iter = lambda: iter([("a.weight", torch.ones(4, 4)), ("b.weight", torch.zeros(8))])
+    worker.hf_state_dict_iter = lambda receivers=(0,): iter([("a.weight", torch.ones(4, 4)), ("b.weight", torch.zeros(8))])
     return worker
 
 
