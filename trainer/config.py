@@ -534,6 +534,8 @@ class SFTConfig:
             _in_range(f"learner.{name}", getattr(lr, name), 1)
         _in_range("learner.lr", lr.lr, 0, MAX_LR, low_open=True)
         _in_range("learner.grad_clip", lr.grad_clip, 0)
+        _require(lr.tokens_per_microbatch == 0, f"learner.tokens_per_microbatch = {lr.tokens_per_microbatch}: SFT "
+                 f"packs its micro-batches by tokens_per_microbatch (= {self.tokens_per_microbatch}); set that instead")
         _in_range("cluster.cpus_per_actor", self.cluster.cpus_per_actor, 0, low_open=True)
         _check_output_dir(self.output_dir)
         return self

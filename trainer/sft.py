@@ -181,19 +181,13 @@ def validation_loss(learner: Any, samples: list[SFTSample], *, pad_token_id: int
 
 
 def start_sft_learner(cfg: SFTConfig, *, optimizer_steps: int) -> Any:
-    """The policy's learner ranks, built from plain values unpacked from the config."""
-    from actors.learner import OptimizerSettings
-    from actors.learner_group import LearnerGroup
+    """The policy's learner ranks: the same builder as GRPO's (trainer.system.start_learner_group), with
+    SFT's packing budget `cfg.tokens_per_microbatch` (`learner.tokens_per_microbatch` must stay 0)."""
+    from trainer.system import start_learner_group
 
-    lc = cfg.learner
-    optimizer = OptimizerSettings(
-        lr=lc.lr, warmup_steps=lc.lr_warmup_steps, schedule=lc.lr_schedule, total_steps=optimizer_steps,
-        weight_decay=lc.weight_decay, beta1=lc.adam_beta1, beta2=lc.adam_beta2, grad_clip=lc.grad_clip)
-    return LearnerGroup(
-        model_path=str(Path(cfg.model.path).resolve()), tp=lc.tensor_parallel_size, pp=lc.pipeline_parallel_size,
-        dp=lc.data_parallel_size, dtype=cfg.model.dtype, seed=cfg.seed, optimizer=optimizer,
-        sequences_per_microbatch=lc.sequences_per_microbatch, tokens_per_microbatch=cfg.tokens_per_microbatch,
-        role="policy", use_gpu=cfg.cluster.use_gpu, cpus_per_actor=cfg.cluster.cpus_per_actor)
+    return start_learner_group(cfg.learner, model_path=str(Path(cfg.model.path).resolve()), dtype=cfg.model.dtype,
+                               cluster=cfg.cluster, seed=cfg.seed, role="policy", optimizer_steps=optimizer_steps,
+                               tokens_per_microbatch=cfg.tokens_per_microbatch)
 
 
 def finished(run_dir: Path) -> bool:

@@ -42,7 +42,7 @@ import ray
 from actors.learner_group import LearnerGroup
 from cluster.placement import Placement, ResourceSpec, RoleSpec
 from cluster.ray_init import init_ray, shutdown_ray
-from trainer.config import TrainConfig
+from trainer.config import ClusterConfig, LearnerConfig, TrainConfig
 from trainer.protocols import (
     EngineGroupProtocol,
     LearnerGroupProtocol,
@@ -338,23 +338,32 @@ def model_bytes(cfg: TrainConfig) -> int:
 
 
 def start_learner(cfg: TrainConfig, *, role: str, placement: Placement | None = None) -> LearnerGroup:
+    lc = cfg.learner
+    return start_learner_group(
+        lc, model_path=cfg.model.path, dtype=cfg.model.dtype, cluster=cfg.cluster, seed=cfg.seed, role=role,
+        optimizer_steps=cfg.total_steps * cfg.algorithm.updates_per_step * cfg.algorithm.epochs_per_step,
+        tokens_per_microbatch=lc.tokens_per_microbatch,
+        temperature=cfg.rollout.sampling.temperature,  # logprobs of the distribution the rollouts came from
+        hold_reference=role == "policy" and cfg.needs_reference and lc.reference_colocated,
+        placement=placement.options_for("learner") if placement is not None else None)
+
+
+def start_learner_group(lc: LearnerConfig, *, model_path: str, dtype: str, cluster: ClusterConfig, seed: int,
+                        role: str, optimizer_steps: int, tokens_per_microbatch: int, temperature: float = 1.0,
+                        hold_reference: bool = False, placement: Any = None) -> LearnerGroup:
+    """The learner ranks of any entry point (GRPO's policy and reference, SFT), every `LearnerConfig` setting
+    unpacked here once, so no entry point can drop one. `optimizer_steps`: the LR schedule's length."""
     from actors.learner import OptimizerSettings
 
-    lc = cfg.learner
     optimizer = OptimizerSettings(
-        lr=lc.lr, warmup_steps=lc.lr_warmup_steps, schedule=lc.lr_schedule,
-        total_steps=cfg.total_steps * cfg.algorithm.updates_per_step * cfg.algorithm.epochs_per_step,
+        lr=lc.lr, warmup_steps=lc.lr_warmup_steps, schedule=lc.lr_schedule, total_steps=optimizer_steps,
         weight_decay=lc.weight_decay, beta1=lc.adam_beta1, beta2=lc.adam_beta2, grad_clip=lc.grad_clip,
     )
     return LearnerGroup(
-        model_path=cfg.model.path, tp=lc.tensor_parallel_size, pp=lc.pipeline_parallel_size,
-        dp=lc.data_parallel_size, dtype=cfg.model.dtype, seed=cfg.seed,
-        optimizer=optimizer if role == "policy" else None,
-        sequences_per_microbatch=lc.sequences_per_microbatch, tokens_per_microbatch=lc.tokens_per_microbatch,
-        recompute=lc.activation_recompute, role=role,
-        temperature=cfg.rollout.sampling.temperature,  # logprobs of the distribution the rollouts came from
-        hold_reference=role == "policy" and cfg.needs_reference and lc.reference_colocated,
-        use_gpu=cfg.cluster.use_gpu, cpus_per_actor=cfg.cluster.cpus_per_actor, timeout_s=lc.verb_timeout_s,
-        node_resource=cfg.cluster.learner_node_resource,
-        placement=placement.options_for("learner") if placement is not None else None,
+        model_path=model_path, tp=lc.tensor_parallel_size, pp=lc.pipeline_parallel_size,
+        dp=lc.data_parallel_size, dtype=dtype, seed=seed, optimizer=optimizer if role == "policy" else None,
+        sequences_per_microbatch=lc.sequences_per_microbatch, tokens_per_microbatch=tokens_per_microbatch,
+        recompute=lc.activation_recompute, role=role, temperature=temperature, hold_reference=hold_reference,
+        use_gpu=cluster.use_gpu, cpus_per_actor=cluster.cpus_per_actor, timeout_s=lc.verb_timeout_s,
+        node_resource=cluster.learner_node_resource, placement=placement,
     )
