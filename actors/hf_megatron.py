@@ -344,11 +344,6 @@ def megatron_to_hf(name: str, shards: list[Tensor], shape: ModelShape, *, pp_ran
     raise KeyError(f"no HF mapping for Megatron parameter {name!r}")
 
 
-def is_tensor_parallel(name: str) -> bool:
-    """True when TP ranks hold different slices of `name` (False: replicated, count it once)."""
-    return not (name.endswith("layernorm.weight") or name == "decoder.final_layernorm.weight")
-
-
 def hf_state_to_megatron(hf_state: dict[str, Tensor], shape: ModelShape, *, tp_rank: int,
                          pp_rank: int) -> dict[str, Tensor]:
     """All Megatron parameters of one (tp_rank, pp_rank) shard, from a full HF state dict."""

@@ -25,10 +25,6 @@ from typing import Any
 
 from benchmarks.common import OUT_DIR, print_table, write_json
 
-PHASES = (("generate", "time/rollout/generate"), ("reward", "time/rollout/reward"),
-          ("rollout (other)", None), ("old logprobs", "time/logprobs/old"), ("ref logprobs", "time/logprobs/ref"),
-          ("logprobs (other)", None), ("update", "time/train"), ("weight sync", "time/weight_sync"))
-
 
 def step_walls(rows: list[dict[str, Any]], arrivals: list[float], eval_steps: set[int]) -> dict[int, float]:
     """Wall-clock of each step from the arrival of consecutive train lines (steps after an eval dropped)."""

@@ -30,9 +30,6 @@ from dataclasses import dataclass
 DEFAULT_MAX_PARAGRAPH_CHARS = 1000
 """R1 does not say how long a "long paragraph" is; a thousand characters is several dense sentences."""
 
-SCRIPTS = ("latin", "cjk", "cyrillic", "greek", "arabic", "hebrew", "hangul", "kana", "other")
-"""Scripts a word is classified into (`other`: letters of any script not listed)."""
-
 LANGUAGE_SCRIPTS: dict[str, frozenset[str]] = {
     "en": frozenset({"latin"}),
     "zh": frozenset({"cjk"}),
@@ -44,7 +41,6 @@ LANGUAGE_SCRIPTS: dict[str, frozenset[str]] = {
 
 _CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _KANA = "\u3040-\u30ff"
-_HANGUL = "\uac00-\ud7af\u1100-\u11ff"
 _WORD_RE = re.compile(rf"[{_CJK}]|[{_KANA}]+|[^\W\d_{_CJK}{_KANA}]+")
 """A CJK character alone (Chinese has no spaces), a run of kana, or a run of other letters. Each
 alternative is one character class, so matching is linear."""

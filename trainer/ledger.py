@@ -111,10 +111,6 @@ class PromptLedger:
     def last_step(self) -> int:
         return self.records[-1].step if self.records else self.started_at
 
-    def trained_ids(self) -> list[int]:
-        """Every trained id, step by step."""
-        return [i for r in self.records for i in r.trained]
-
     # --- saving and checking -----------------------------------------------------------------
 
     def to_text(self) -> str:
