@@ -28,12 +28,15 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from actors.engine_processes import EngineProcesses, reap_on_node
 from actors.rollout import StaleEngineError
 from cluster.calls import CallFailure, RemoteCallError, each_as_done, get_all, wait_each
 from trainer.types import Prompt, RolloutBatch, RolloutPart, WeightVersion
+
+if TYPE_CHECKING:
+    from actors.weight_sync import TransferSpec
 
 
 def assign_groups(costs: Sequence[int], num_engines: int, loads: Sequence[int] | None = None) -> list[int]:
@@ -171,7 +174,7 @@ class EngineGroup:
         print(f"replaced {', '.join(f'engine {e}' for e in failed)} after: "
               + "; ".join(str(f) for f in failed.values()) + f" (replacements so far: {len(self.failures)})")
 
-    def init_weight_sync_async(self, spec: Any) -> list[Any]:
+    def init_weight_sync_async(self, spec: TransferSpec) -> list[Any]:
         """Refs of every engine joining the transfer group `spec` (actors.weight_sync.TransferSpec)."""
         offsets = [1 + sum(self.tp_sizes[:e]) for e in range(len(self.engine_actors))]
         return [actor.init_weight_sync.remote(spec, offset) for actor, offset in zip(self.engine_actors, offsets)]

@@ -134,7 +134,7 @@ def shape_from_hf(hf_config: Any, *, tp: int = 1, pp: int = 1) -> ModelShape:
 # --- Megatron model construction -------------------------------------------------------------------
 
 
-_RECOMPUTE = {
+_RECOMPUTE: dict[str, dict[str, Any]] = {
     "none": {},
     # Recompute only the attention core (softmax and dropout over [b, heads, s, s]) in backward.
     "selective": dict(recompute_granularity="selective"),

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial, wraps
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -52,6 +52,9 @@ from actors.logprobs import vocab_parallel_logprobs
 from actors.offload import StorageOffloader
 from trainer.checkpoint import CheckpointError, CheckpointSaveError, load_tensors, save_failure
 from trainer.types import TrainBatch
+
+if TYPE_CHECKING:
+    from actors.weight_sync import TransferSpec
 
 _MAX_NDIM = 4
 """Header length for shipping a tensor's shape between pipeline stages (HF tensors have <= 2 dims)."""
@@ -150,7 +153,7 @@ def reduce_metrics_over(metrics: dict[str, float], reductions: dict[str, str], g
         return dict(metrics)
     device = collective_device(dist.get_backend(group))
     ops = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
-    out = {}
+    out: dict[str, float] = {}
     for kind, op in ops.items():
         names = sorted(n for n in metrics if reductions[n] == kind)
         if not names:
@@ -278,7 +281,8 @@ class LearnerWorker:
                                                    use_distributed_optimizer=True)
         ddp = DistributedDataParallel(model.config, ddp_config, model)
         # The schedule runs every micro-batch but the last under no_sync: one reduction per update.
-        model.config.no_sync_func = ddp.no_sync
+        config: Any = model.config  # Megatron's TransformerConfig (untyped here)
+        config.no_sync_func = ddp.no_sync
         return ddp
 
     def _make_optimizer(self):  # -> megatron.core.optimizer.MegatronOptimizer
@@ -631,7 +635,7 @@ class LearnerWorker:
 
         return node_endpoint()
 
-    def init_weight_sync(self, spec) -> None:
+    def init_weight_sync(self, spec: TransferSpec) -> None:
         """Join the transfer group `spec` (actors.weight_sync.TransferSpec): a sending rank (rank 0; under
         ipc rank e for engine e) as a sender, blocking until its engines joined; the others only gather."""
         from actors.weight_sync import WeightSender

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 from ray.util.placement_group import placement_group, remove_placement_group
@@ -33,6 +33,10 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from cluster.calls import get_all
 from cluster.network import endpoint_on
 from cluster.placement import NODE_RESOURCE_SHARE, ordered_bundles
+
+if TYPE_CHECKING:
+    from actors.learner import OptimizerSettings
+    from actors.weight_sync import TransferSpec
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +60,7 @@ class LearnerGroup:
     """The learner ranks of one model (policy or reference). Build it with plain values."""
 
     def __init__(self, *, model_path: str, tp: int = 1, pp: int = 1, dp: int = 1, dtype: str = "float32",
-                 seed: int = 0, optimizer: Any = None, sequences_per_microbatch: int = 16,
+                 seed: int = 0, optimizer: OptimizerSettings | None = None, sequences_per_microbatch: int = 16,
                  role: str = "policy", hold_reference: bool = False, use_gpu: bool = False,
                  cpus_per_actor: float = 1.0, num_threads: int = 1, timeout_s: float | None = 1800.0,
                  node_resource: str = "",
@@ -154,7 +158,7 @@ class LearnerGroup:
                              names=self.names[:1], timeout_s=self.timeout_s)[0]
         return host, port
 
-    def init_weight_sync_async(self, spec: Any) -> list:
+    def init_weight_sync_async(self, spec: TransferSpec) -> list:
         """Refs of every rank joining the transfer group (rank 0 sends; the others only gather)."""
         return [w.init_weight_sync.remote(spec) for w in self.workers]
 

@@ -56,7 +56,7 @@ def apply() -> bool:
         return False
     if _APPLIED:
         return True
-    torch.cuda.current_device = lambda: "cpu"  # type: ignore[assignment]
+    torch.cuda.current_device = lambda: "cpu"  # type: ignore[assignment,return-value]
     torch.cuda.synchronize = lambda device=None: None  # type: ignore[assignment]
 
     from megatron.core.tensor_parallel import random as tp_random

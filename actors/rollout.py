@@ -37,10 +37,13 @@ import os
 import time
 import uuid
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from trainer.config import RolloutConfig, TrainConfig
 from trainer.types import Completion, Prompt, RolloutBatch, WeightVersion
+
+if TYPE_CHECKING:
+    from actors.weight_sync import TransferSpec
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +53,7 @@ EMPTY_DIGEST = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855
 """sha256 of zero bytes."""
 PREFILL_TOKEN_BUDGET = 8192
 """Tokens one engine step may prefill (whole prompts only; see the engine arguments)."""
-LOGPROBS_MODE = "processed_logprobs"
+LOGPROBS_MODE: Final = "processed_logprobs"
 """vLLM reports each sampled token's logprob under temperature (and top-p): the sampling distribution."""
 INSECURE_SERIALIZATION_ENV = "VLLM_ALLOW_INSECURE_SERIALIZATION"
 """Lets vLLM's msgpack encoder and decoder fall back to pickle: what CUDA IPC handles need to reach the engine."""
@@ -188,10 +191,11 @@ class RolloutWorker:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         args = AsyncEngineArgs(
-            model=model_path, dtype=dtype, tensor_parallel_size=tensor_parallel_size,
+            model=model_path, dtype=cast(Any, dtype), tensor_parallel_size=tensor_parallel_size,
             max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
             enable_sleep_mode=enable_sleep_mode and self.on_gpu, seed=seed,
-            weight_transfer_config={"backend": self.backend},
+            # vLLM reads the config as a dict (its fields are typed as literals and a config class)
+            weight_transfer_config=cast(Any, {"backend": self.backend}),
             logprobs_mode=LOGPROBS_MODE,
             enable_prefix_caching=True,  # the G samples of a group share their prompt
             # A prefill split over two steps makes vLLM rewind the request's seeded generator
@@ -255,7 +259,7 @@ class RolloutWorker:
 
     # --- weight sync -------------------------------------------------------------------------
 
-    async def init_weight_sync(self, spec: Any, rank_offset: int) -> None:
+    async def init_weight_sync(self, spec: TransferSpec, rank_offset: int) -> None:
         """Join the transfer group (`actors.weight_sync.TransferSpec`) as ranks rank_offset ..
         rank_offset + TP - 1; blocks until all joined, at most spec.timeout_s."""
         from vllm.distributed.weight_transfer.base import WeightTransferInitRequest

@@ -86,12 +86,16 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor
 
 from trainer.config import RolloutConfig
+
+if TYPE_CHECKING:
+    from actors.engine_group import EngineGroup
+    from actors.learner_group import LearnerGroup
 
 log = logging.getLogger(__name__)
 
@@ -299,7 +303,8 @@ def unpack_bucket(flat: Tensor, metas: list[TensorMeta]) -> list[tuple[str, Tens
         if (start + offset) % 8:  # must start at a multiple of its element size; copy the rare misaligned one
             t = flat[offset: offset + m.nbytes].clone().view(dtype).view(m.shape)
         else:
-            t = torch.empty(0, dtype=dtype).set_(storage, (start + offset) // dtype.itemsize, m.shape)
+            # torch accepts set_ without a stride (contiguous); its stubs do not
+            t = torch.empty(0, dtype=dtype).set_(storage, (start + offset) // dtype.itemsize, m.shape)  # type: ignore[call-overload]
         out.append((m.name, t))
         offset += m.nbytes
     return out
@@ -315,7 +320,8 @@ _VOCAB_PARAMS = ("model.embed_tokens.weight", "lm_head.weight")
 
 
 def _bytes(tensor: Tensor) -> memoryview:
-    return memoryview(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+    array = tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy()
+    return memoryview(array)  # type: ignore[arg-type]  # an ndarray is a buffer; numpy declares it only for Python >= 3.12
 
 
 def digest(tensor: Tensor) -> str:
@@ -396,7 +402,7 @@ def make_gloo_group(local_address: str, store: Any, rank: int, world_size: int, 
     """
     from torch.distributed import PrefixStore, ProcessGroupGloo
 
-    options = ProcessGroupGloo._Options()
+    options = ProcessGroupGloo._Options()  # type: ignore[attr-defined]  # private, absent from torch's stubs
     options._timeout = timedelta(seconds=timeout_s)
     options._devices = [ProcessGroupGloo.create_device(hostname=local_address)]
     return ProcessGroupGloo(PrefixStore("gloo", store), rank, world_size, options)
@@ -632,7 +638,7 @@ def load_from_region(load_weights: Callable[[list[tuple[str, Tensor]]], Any], re
     for ref in refs:
         held = ref()
         if held is not None and held.untyped_storage().data_ptr() == storage.data_ptr():
-            held.set_(held.clone())  # the holder's tensor object now owns a private copy
+            held.set_(held.clone())  # type: ignore[call-overload]  # set_(Tensor) is missing from the stubs; the holder's tensor object now owns a private copy
     held = None
     left = torch._C._storage_Use_Count(storage._cdata) - before
     if left > 0:
@@ -707,12 +713,14 @@ def _engine_classes() -> tuple[type, type, type]:
 
         init_info_cls = GlooInitInfo
         update_info_cls = GlooUpdateInfo
+        model: Any  # vLLM's model: its `load_weights` is not a declared attribute of nn.Module
 
         def __init__(self, config, vllm_config, device, model) -> None:
             super().__init__(config, vllm_config, device, model)
             self.group: Any = None
             self.store: Any = None
-            self.transport, self.rank = GLOO_BACKEND, 0
+            self.transport: str = GLOO_BACKEND
+            self.rank = 0
             self.in_place = False
             """This update copies into the existing parameters (`loads_in_place`) instead of vLLM's reload."""
             self.regions: dict[str, Tensor] = {}
@@ -865,7 +873,7 @@ def use_torch_linear() -> None:
         if weight.is_meta or weight.ndim != 2:
             original(layer, remove_weight)
         else:
-            layer.cpu_linear = torch_linear
+            layer.cpu_linear = torch_linear  # type: ignore[assignment]  # vLLM's attribute, not declared on nn.Module
 
     dispatch.grpo_ray_torch_linear = True  # type: ignore[attr-defined]
     utils.dispatch_cpu_unquantized_gemm = dispatch
@@ -1015,7 +1023,9 @@ def ipc_handles(tensors: list[Tensor], gpu_uuid: str, reduce: Callable[[Tensor],
     device index and rebuilds). The arguments hold classes (tensor, storage) and a `torch.dtype`. The caller
     keeps `tensors` alive until the engine acknowledged; `reduce` stands in for torch's `reduce_tensor`."""
     if reduce is None:
-        from torch.multiprocessing.reductions import reduce_tensor as reduce
+        from torch.multiprocessing.reductions import reduce_tensor
+
+        reduce = reduce_tensor
     return [{gpu_uuid: reduce(t)[1]} for t in tensors]
 
 
@@ -1053,7 +1063,7 @@ class WeightSync:
     weights on both sides.
     """
 
-    def __init__(self, engine_group: Any, learner_group: Any, *, backend: Backend, timeout_s: float,
+    def __init__(self, engine_group: EngineGroup, learner_group: LearnerGroup, *, backend: Backend, timeout_s: float,
                  bucket_bytes: int, checksum_every: int = 1, push_bytes: int = 0,
                  min_bytes_per_s: float = RolloutConfig.weight_sync_min_bytes_per_s) -> None:
         """`timeout_s` bounds each bucket; a whole push gets `push_deadline_s` of `push_bytes` (the model's

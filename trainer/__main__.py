@@ -69,9 +69,11 @@ def plan_pipeline(example: str, overrides: list[str]) -> int:
     A stage's model that an earlier stage writes is planned at the shape of the model that chain started
     from (a student cut from its teacher: at the teacher's, an upper bound)."""
     from dataclasses import replace
+    from typing import cast
 
     from examples.configs import PIPELINE_EXAMPLES
-    from trainer.pipeline import stage_output
+    from trainer.config import RejectionConfig, SFTConfig
+    from trainer.pipeline import DeriveConfig, stage_output
     from trainer.plan import PlanError, make_plan, sft_view
 
     if overrides:
@@ -81,19 +83,21 @@ def plan_pipeline(example: str, overrides: list[str]) -> int:
     refused: list[str] = []
     origin: dict[str, str] = {}
     for stage in cfg.stages:
-        path = stage.config.model_path if stage.kind == "derive" else stage.config.model.path
+        # A stage's kind decides its config's type (trainer.pipeline.Stage): the casts only say so.
+        trained = cast(SFTConfig | TrainConfig | RejectionConfig, stage.config)
+        path = cast(DeriveConfig, stage.config).model_path if stage.kind == "derive" else trained.model.path
         origin[stage_output(stage)] = origin.get(path, path)
         if stage.kind in ("sft", "grpo", "reject"):
-            stage = replace(stage, config=replace(stage.config, model=replace(stage.config.model,
-                                                                              path=origin.get(path, path))))
+            stage = replace(stage, config=replace(trained, model=replace(trained.model, path=origin.get(path, path))))
         try:
             if stage.kind == "sft":
-                result = make_plan(sft_view(stage.config.validate()), example=f"{example}/{stage.name}", stage="sft")
+                result = make_plan(sft_view(cast(SFTConfig, stage.config).validate()),
+                                   example=f"{example}/{stage.name}", stage="sft")
             elif stage.kind == "reject":
-                result = make_plan(stage.config.validate().engine_config(), example=f"{example}/{stage.name}",
-                                   stage="reject")
+                result = make_plan(cast(RejectionConfig, stage.config).validate().engine_config(),
+                                   example=f"{example}/{stage.name}", stage="reject")
             elif stage.kind == "grpo":
-                result = make_plan(stage.config.validate(), example=f"{example}/{stage.name}")
+                result = make_plan(cast(TrainConfig, stage.config).validate(), example=f"{example}/{stage.name}")
             else:
                 print(f"{example}/{stage.name}: {stage.kind} (a model copy on one process; nothing to place)")
                 continue

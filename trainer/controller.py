@@ -39,6 +39,7 @@ from trainer.watchdog import StallWatchdog
 
 if TYPE_CHECKING:
     from trainer.system import System
+    from trainer.types import ScoredBatch
 
 
 def train(cfg: TrainConfig, inputs: RunInputs | None = None) -> Path:
@@ -165,7 +166,7 @@ class Run:
         """Sampling seed of a step: a function of the run seed and the step, so a resumed run repeats it."""
         return random.Random(f"{cfg.rollout.sampling.seed}-{cfg.seed}-{step}").randrange(2**31)
 
-    def log_step(self, step: int, scored: Any, metrics: dict[str, float]) -> None:
+    def log_step(self, step: int, scored: ScoredBatch, metrics: dict[str, float]) -> None:
         tokens = scored.rollout.num_tokens
         metrics["policy_version_lag"] = float(policy_version_lag(step, scored.rollout.policy_version))
         metrics["rollout_tokens_per_s"] = tokens / max(metrics.get("time/rollout", 0.0), 1e-9)

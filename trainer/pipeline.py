@@ -40,9 +40,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
-from trainer.config import to_dict
+from trainer.config import RejectionConfig, SFTConfig, TrainConfig, to_dict
 
 StageKind = Literal["derive", "sft", "grpo", "reject"]
 
@@ -65,12 +65,16 @@ class DeriveConfig:
     """Keep layers 0, n, 2n, ... (1: all)."""
 
 
+StageConfig = DeriveConfig | SFTConfig | TrainConfig | RejectionConfig
+"""What a stage runs, by its kind: derive, sft, grpo, reject."""
+
+
 @dataclass(frozen=True)
 class Stage:
     name: str
     """Also the stage's directory under the pipeline's output_dir."""
     kind: StageKind
-    config: Any
+    config: StageConfig
     """`DeriveConfig`, `SFTConfig`, `TrainConfig` (grpo) or `RejectionConfig`."""
     template: str = ""
     """Template the held-out evaluation prompts this stage's model with ('': do not evaluate it)."""
@@ -202,7 +206,7 @@ def keep_every_nth_layer(model: Any, n: int) -> Any:
     return model
 
 
-def run_sft_stage(cfg: Any) -> dict[str, Any]:
+def run_sft_stage(cfg: SFTConfig) -> dict[str, Any]:
     from trainer.metrics import read_metrics
     from trainer.sft import summary, train_sft
 
@@ -211,7 +215,7 @@ def run_sft_stage(cfg: Any) -> dict[str, Any]:
     return {"model": str(run_dir / "hf"), "sequences": sequences, **summary(run_dir)}
 
 
-def run_grpo_stage(cfg: Any) -> dict[str, Any]:
+def run_grpo_stage(cfg: TrainConfig) -> dict[str, Any]:
     from trainer.controller import train
     from trainer.metrics import read_metrics
 
@@ -228,7 +232,7 @@ def run_grpo_stage(cfg: Any) -> dict[str, Any]:
             "engine_pass@1_end": evals[-1]["pass@1"] if evals else None}
 
 
-def run_reject_stage(cfg: Any) -> dict[str, Any]:
+def run_reject_stage(cfg: RejectionConfig) -> dict[str, Any]:
     from trainer.rejection import run_rejection
 
     out = run_rejection(cfg)
@@ -379,7 +383,7 @@ def _input_digest(stage: Stage) -> str:
     """SHA-256 of the files of the model a derive stage copies (the shipped base, the student): a model
     installed anew under the same path reruns the stage. Other stages read earlier stages' outputs, which
     the chained hashes cover."""
-    path = Path(stage.config.model_path) if stage.kind == "derive" else None
+    path = Path(cast(DeriveConfig, stage.config).model_path) if stage.kind == "derive" else None
     if path is None or not path.is_dir():
         return ""
     h = hashlib.sha256()

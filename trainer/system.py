@@ -31,7 +31,7 @@ weight sync is then CUDA IPC from learner rank i to engine i (`actors.weight_syn
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,8 +49,12 @@ from trainer.protocols import (
     RewardGroupProtocol,
     WeightSyncProtocol,
 )
+from trainer.types import TrainBatch
 
 if TYPE_CHECKING:
+    from torch import Tensor
+
+    from actors.engine_group import EngineGroup
     from actors.weight_sync import Backend
 
 
@@ -74,7 +78,7 @@ class System:
     """Colocated runs: the engines freed their memory (sleep_engines) and the sync must wake them."""
     weights_dropped: bool = False
     """The engines slept for a weight sync (level 2 where they can): only the sync may wake them."""
-    judge: Any = None
+    judge: EngineGroupProtocol | None = None
     """actors.engine_group.EngineGroup of the judge's engines (data sources routed to the judge), else None."""
 
     @classmethod
@@ -112,7 +116,7 @@ class System:
             raise
 
     @classmethod
-    def _build_around(cls, cfg: TrainConfig, engines: Any, placement: Placement, backend: Backend,
+    def _build_around(cls, cfg: TrainConfig, engines: EngineGroup, placement: Placement, backend: Backend,
                       tokenizer: Any) -> System:
         """The rest of `build`, once the engines are starting: learner, reference, judge, rewards, sync."""
         from actors.weight_sync import WeightSync
@@ -140,7 +144,7 @@ class System:
         return cls(engines, learner, reference, rewards, weight_sync, placement, tokenizer,
                    tokenizer.pad_token_id, cfg, judge=judge)
 
-    def compute_ref_logprobs(self, batch: Any) -> Any:
+    def compute_ref_logprobs(self, batch: TrainBatch) -> Tensor:
         if self.reference is not None:
             return self.reference.compute_logprobs(batch)
         return self.learner.compute_ref_logprobs(batch)
@@ -294,7 +298,7 @@ def judge_roles(cfg: TrainConfig) -> tuple[RoleSpec, ...]:
                      node_resource=cfg.cluster.rollout_node_resource),)
 
 
-def start_judge(cfg: TrainConfig, placement: Placement) -> Any:
+def start_judge(cfg: TrainConfig, placement: Placement) -> EngineGroup | None:
     """The judge's engines as an EngineGroup (started, then waited for), or None when no source uses it."""
     if not judge_roles(cfg):
         return None
@@ -350,7 +354,8 @@ def start_learner(cfg: TrainConfig, *, role: str, placement: Placement | None = 
 
 def start_learner_group(lc: LearnerConfig, *, model_path: str, dtype: str, cluster: ClusterConfig, seed: int,
                         role: str, optimizer_steps: int, tokens_per_microbatch: int, temperature: float = 1.0,
-                        hold_reference: bool = False, placement: Any = None) -> LearnerGroup:
+                        hold_reference: bool = False,
+                        placement: Callable[[int], dict[str, Any]] | None = None) -> LearnerGroup:
     """The learner ranks of any entry point (GRPO's policy and reference, SFT), every `LearnerConfig` setting
     unpacked here once, so no entry point can drop one. `optimizer_steps`: the LR schedule's length."""
     from actors.learner import OptimizerSettings
