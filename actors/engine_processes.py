@@ -70,10 +70,7 @@ class Reaped:
 
 
 def record(root_pid: int, node_id: str) -> EngineProcesses:
-    """The descendants of `root_pid` (the engine actor's process) and the /dev/shm files they and the actor
-    map. The actor itself is Ray's to end, so it is not among the processes; but the semaphores it made for
-    the engine core's multiprocessing (`sem.mp-*`) are registered with the resource tracker, a descendant
-    that the reap kills, so nothing else would unlink them."""
+    """The descendants of `root_pid` (the engine actor's process) and the /dev/shm files they map."""
     import psutil
 
     procs = []
@@ -82,8 +79,7 @@ def record(root_pid: int, node_id: str) -> EngineProcesses:
             procs.append((p.pid, p.create_time()))
         except psutil.NoSuchProcess:
             pass
-    shm = shm_mapped([root_pid, *(pid for pid, _ in procs)])
-    return EngineProcesses(node_id, tuple(sorted(procs)), tuple(sorted(shm)))
+    return EngineProcesses(node_id, tuple(sorted(procs)), tuple(sorted(shm_mapped(pid for pid, _ in procs))))
 
 
 def shm_mapped(pids: Iterable[int]) -> set[str]:
