@@ -156,13 +156,21 @@ def encoded_update_request(tensors: list[tuple[str, torch.Tensor]]):
 
 @pytest.fixture
 def vllm_env(monkeypatch):
-    """vLLM reads its settings at each use until an engine starts; a test must not see a cached value."""
+    """vLLM reads its settings at each use until an engine starts; a test must not see a cached value.
+    The rollout worker writes its engine's settings into os.environ (where vLLM's processes read them), so
+    the environment is put back whole afterwards: later tests' engines must not start with them."""
+    import os
+
     from vllm import envs
 
+    saved = dict(os.environ)
     if envs._is_envs_cache_enabled():
         envs.disable_envs_cache()
     monkeypatch.delenv("VLLM_ALLOW_INSECURE_SERIALIZATION", raising=False)
-    return monkeypatch
+    yield monkeypatch
+    monkeypatch.undo()
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 def test_ipc_handles_reach_the_engine_core_only_with_insecure_serialization(vllm_env):
