@@ -83,17 +83,32 @@ def record(root_pid: int, node_id: str) -> EngineProcesses:
 
 
 def shm_mapped(pids: Iterable[int]) -> set[str]:
-    """Files under /dev/shm that these processes map now (a file already unlinked is not named)."""
-    found: set[str] = set()
+    """Files under /dev/shm that these processes map now, by the names they have now.
+
+    Matched by inode, not by the name in /proc/PID/maps: glibc's `sem_open` creates a semaphore under a
+    temporary name, maps it, then links it to its real name (`sem.mp-*` for multiprocessing's locks) and
+    unlinks the temporary one, so its creator's maps show `/dev/shm/sem.XXXXXX (deleted)` while the file
+    lives on as `sem.mp-*`. A file already unlinked under every name is not named."""
+    inodes: set[int] = set()
     for pid in pids:
         try:
             text = Path(f"/proc/{pid}/maps").read_text()
         except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue
         for line in text.splitlines():
-            fields = line.split(maxsplit=5)
-            if len(fields) == 6 and fields[5].startswith(SHM_DIR + "/") and not fields[5].endswith("(deleted)"):
-                found.add(fields[5])
+            fields = line.split(maxsplit=5)  # address perms offset dev inode path
+            if len(fields) == 6 and fields[5].startswith(SHM_DIR + "/"):
+                inodes.add(int(fields[4]))
+    if not inodes:
+        return set()
+    found: set[str] = set()
+    with os.scandir(SHM_DIR) as entries:
+        for entry in entries:
+            try:
+                if entry.inode() in inodes and entry.is_file(follow_symlinks=False):
+                    found.add(entry.path)
+            except OSError:  # unlinked meanwhile
+                pass
     return found
 
 

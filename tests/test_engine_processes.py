@@ -91,3 +91,40 @@ def test_reap_leaves_a_reused_pid_and_a_file_another_process_maps(stand_in_engin
     done = reap(rec, wait_s=0.5)
     assert done.killed == () and child.is_running()
     assert done.kept == (path,) and os.path.exists(path)  # still mapped by the live child
+
+
+# The "engine actor" again, whose child now holds a multiprocessing lock, as vLLM's engine core and workers
+# do: glibc makes the named semaphore under a temporary name, maps it, links it to `sem.mp-*` and unlinks
+# the temporary name, so the child's /proc/PID/maps never shows the name the file lives on under.
+SEMAPHORE_ACTOR = r"""
+import subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", '''
+import multiprocessing, time
+lock = multiprocessing.get_context("spawn").Lock()
+print("/dev/shm/sem." + lock._semlock.name.lstrip("/"), flush=True)
+time.sleep(600)
+'''], stdout=sys.stdout)
+time.sleep(600)
+"""
+
+
+def test_a_semaphore_is_recorded_by_its_real_name_and_unlinked_by_the_reap():
+    actor = subprocess.Popen([sys.executable, "-c", SEMAPHORE_ACTOR], stdout=subprocess.PIPE, text=True)
+    path = actor.stdout.readline().strip()
+    try:
+        assert path.startswith("/dev/shm/sem.mp-") and os.path.exists(path), path
+        [child] = psutil.Process(actor.pid).children()
+        assert path not in Path(f"/proc/{child.pid}/maps").read_text()  # mapped under its temporary name
+        rec = record(actor.pid, "node-1")
+        assert path in rec.shm, rec.shm
+        actor.kill()  # ray.kill: the child and its resource tracker live on until the reap kills them
+        actor.wait()
+        done = reap(rec)
+        assert path in done.unlinked and not os.path.exists(path)
+    finally:
+        for p in psutil.Process(actor.pid).children(recursive=True) if actor.poll() is None else []:
+            p.kill()
+        actor.kill()
+        actor.wait()
+        if os.path.exists(path):
+            os.unlink(path)
