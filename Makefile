@@ -56,6 +56,9 @@ bench: artifacts $(BENCH_STAMP)
 	$(PY) -m benchmarks.rollout_scaling
 	$(PY) -m benchmarks.weight_sync
 	$(PY) -m benchmarks.rollout_engines
+	$(PY) -m benchmarks.scoring_overlap --steps 8
+	$(PY) -m benchmarks.onpolicy
+	$(PY) -m benchmarks.code_sandbox
 
 clean-venv:
 	rm -rf $(VENV)

@@ -120,3 +120,17 @@ def test_generation_heavy_model_does_not_stop_early(tmp_path):
     assert completions.shape[1] == 64 and not torch.isin(completions, torch.tensor(stops)).any()
     assert len(set(completions.flatten().tolist())) > 50          # still random text, not one token
     assert num_parameters(model_dir) == sum(p.numel() for p in model.parameters())
+
+
+def test_make_bench_runs_every_benchmark():
+    """The bench target's list is hand-kept: every script of benchmarks/ with a main must be on it (the
+    TRL side, `trl_peer`, runs inside `benchmarks.peer`, in the peer's own environment)."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    recipe = re.search(r"^bench:.*\n((?:\t.*\n)+)", (root / "Makefile").read_text(), re.M)
+    assert recipe, "no bench target in the Makefile"
+    run = set(re.findall(r"-m benchmarks\.(\w+)", recipe.group(1)))
+    scripts = {p.stem for p in (root / "benchmarks").glob("*.py") if re.search(r"^def main\(", p.read_text(), re.M)}
+    assert run == scripts - {"trl_peer"}, f"make bench runs {sorted(run)}, benchmarks/ has {sorted(scripts)}"
