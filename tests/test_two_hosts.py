@@ -123,7 +123,11 @@ class TwoHosts:
         self.env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token),
                         PYTHONPATH=str(ROOT), RAY_USAGE_STATS_ENABLED="0",
                         PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-        for name in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"):
+        # Settings earlier tests of this session left in its environment that a cluster host must not inherit:
+        # a learner built in-process sets GLOO_SOCKET_IFNAME=lo for its loopback rendezvous (a rank then
+        # advertises 127.0.0.1 to the other host), and a local Ray sets its single-machine switch.
+        for name in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "GLOO_SOCKET_IFNAME",
+                     "VLLM_ALLOW_INSECURE_SERIALIZATION"):
             self.env.pop(name, None)
 
     def network(self) -> None:
