@@ -9,6 +9,8 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
@@ -33,20 +35,33 @@ time.sleep(600)
 """
 
 
-@pytest.fixture
-def stand_in_engine():
-    actor = subprocess.Popen([sys.executable, "-c", ACTOR], stdout=subprocess.PIPE, text=True)
+@contextmanager
+def stand_in(script: str, prefix: str) -> Iterator[tuple[subprocess.Popen, str]]:
+    """Run a stand-in engine actor until it printed the /dev/shm path its child made; afterwards kill
+    the actor and every process it had started, and remove the file, whatever the test did."""
+    actor = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    path, tree = "", []
     try:
         path = actor.stdout.readline().strip()
-        assert path.startswith("/dev/shm/psm_"), path
+        assert path.startswith(prefix), path
+        tree = psutil.Process(actor.pid).children(recursive=True)
         yield actor, path
     finally:
-        for p in psutil.Process(actor.pid).children(recursive=True) if actor.poll() is None else []:
-            p.kill()
+        for p in tree:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
         actor.kill()
         actor.wait()
-        if os.path.exists(path):
+        if path and os.path.exists(path):
             os.unlink(path)
+
+
+@pytest.fixture
+def stand_in_engine():
+    with stand_in(ACTOR, "/dev/shm/psm_") as started:
+        yield started
 
 
 def _wait_mapped(pid: int, path: str) -> None:
@@ -109,10 +124,8 @@ time.sleep(600)
 
 
 def test_a_semaphore_is_recorded_by_its_real_name_and_unlinked_by_the_reap():
-    actor = subprocess.Popen([sys.executable, "-c", SEMAPHORE_ACTOR], stdout=subprocess.PIPE, text=True)
-    path = actor.stdout.readline().strip()
-    try:
-        assert path.startswith("/dev/shm/sem.mp-") and os.path.exists(path), path
+    with stand_in(SEMAPHORE_ACTOR, "/dev/shm/sem.mp-") as (actor, path):
+        assert os.path.exists(path)
         [child] = psutil.Process(actor.pid).children()
         assert path not in Path(f"/proc/{child.pid}/maps").read_text()  # mapped under its temporary name
         rec = record(actor.pid, "node-1")
@@ -121,10 +134,3 @@ def test_a_semaphore_is_recorded_by_its_real_name_and_unlinked_by_the_reap():
         actor.wait()
         done = reap(rec)
         assert path in done.unlinked and not os.path.exists(path)
-    finally:
-        for p in psutil.Process(actor.pid).children(recursive=True) if actor.poll() is None else []:
-            p.kill()
-        actor.kill()
-        actor.wait()
-        if os.path.exists(path):
-            os.unlink(path)
