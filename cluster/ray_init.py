@@ -7,6 +7,12 @@ a record of an earlier `ray start` (/tmp/ray/ray_current_cluster, live or stale)
 runs in (or the one `RAY_ADDRESS` names). Anything else is passed to `ray.init` as the address of an
 existing head. `init_ray` says which of these it did.
 
+Whoever starts Ray shuts it down: `init_ray` and `shutdown_ray` nest. A call of `init_ray` while Ray is up
+(started by an earlier `init_ray` in this process, say a test session's or a pipeline's, or by a plain
+`ray.init`) joins it, and the matching `shutdown_ray` leaves it running; only the `shutdown_ray` that
+matches the `init_ray` which started Ray stops it. So every entry point (train, sft, reject) owns exactly
+the Ray it started, and a pipeline or a test session can run several of them in one Ray.
+
 SIGTERM (a `kill`, a scheduler's preemption, `ray job stop`) ends a run the way Ctrl-C does: the handler
 raises `Terminated`, a KeyboardInterrupt, in the driver's main thread; it unwinds through the run's
 clean-up (engines and their vLLM processes and /dev/shm files, actors, Ray), and the command line then
@@ -58,11 +64,17 @@ def init_ray(address: str = "local", *, num_cpus: int | None = None, num_gpus: i
     Returns the GCS address of the cluster this process is connected to, and prints what it did.
     """
     if ray.is_initialized():
+        _opened.append(False)
         return _gcs_address()
     previous = signal.getsignal(signal.SIGTERM)
     gcs = _init(address, num_cpus=num_cpus, num_gpus=num_gpus, log_to_driver=log_to_driver)
+    _opened.append(True)
     _stop_on_sigterm(previous)
     return gcs
+
+
+_opened: list[bool] = []
+"""One entry per `init_ray` not yet matched by a `shutdown_ray`: True for the one that started Ray."""
 
 
 def _init(address: str, *, num_cpus: int | None, num_gpus: int | None, log_to_driver: bool) -> str:
@@ -153,6 +165,10 @@ def _raise_terminated(signum: int, frame: object) -> None:
 
 
 def shutdown_ray() -> None:
+    """Match the latest `init_ray`: stop Ray if that call started it, else leave it to its owner."""
+    started_here = _opened.pop() if _opened else True
+    if not started_here:
+        return
     if ray.is_initialized():
         ray.shutdown()
     if _handler_before_ray and threading.current_thread() is threading.main_thread():
