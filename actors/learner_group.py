@@ -30,8 +30,8 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from cluster.calls import get_all
-from cluster.network import endpoint_on
+from cluster.calls import RemoteCallError, get_all
+from cluster.network import endpoint_on, port_taken
 from cluster.placement import NODE_RESOURCE_SHARE, ordered_bundles
 
 if TYPE_CHECKING:
@@ -39,6 +39,9 @@ if TYPE_CHECKING:
     from actors.weight_sync import TransferSpec
 
 log = logging.getLogger(__name__)
+
+START_TRIES = 3
+"""Starts of the ranks before a rendezvous port taken by another process fails the group."""
 
 
 def straddling_tp_groups(rank_nodes: list[str], tp: int) -> list[str]:
@@ -86,19 +89,36 @@ class LearnerGroup:
                         "scheduling_strategy": PlacementGroupSchedulingStrategy(
                             own_pg, placement_group_bundle_index=order[rank])}
 
-        master_addr, port = endpoint_on(placement(0), timeout_s or 600.0)
-        store_secret = secrets.token_hex(16)  # the rendezvous store's keys: only these ranks know them
         remote: Any = ray.remote(LearnerWorker)  # Ray's stubs do not type `.remote` on actor methods
-        self.workers: list[Any] = [
-            remote.options(**placement(r)).remote(
-                rank=r, world_size=self.world_size, master_addr=master_addr, master_port=port, tp=tp,
-                pp=pp, dp=dp, model_path=model_path, dtype=dtype, seed=seed, optimizer=optimizer,
-                sequences_per_microbatch=sequences_per_microbatch, role=role,
-                hold_reference=hold_reference, num_threads=num_threads, store_secret=store_secret, **worker_options)
-            for r in range(self.world_size)
-        ]
         self.names = [f"{role} learner rank {r}" for r in range(self.world_size)]
-        self.coords = self._all("start-up", lambda w: w.coords.remote())
+        self.workers: list[Any] = []
+        for attempt in range(1, START_TRIES + 1):
+            # The port is free when chosen but only bound when rank 0 starts; another process may take it
+            # in between (an outgoing connection's ephemeral port, say). Then start the ranks again.
+            master_addr, port = endpoint_on(placement(0), timeout_s or 600.0)
+            store_secret = secrets.token_hex(16)  # the rendezvous store's keys: only these ranks know them
+            self.workers = [
+                remote.options(**placement(r)).remote(
+                    rank=r, world_size=self.world_size, master_addr=master_addr, master_port=port, tp=tp,
+                    pp=pp, dp=dp, model_path=model_path, dtype=dtype, seed=seed, optimizer=optimizer,
+                    sequences_per_microbatch=sequences_per_microbatch, role=role, hold_reference=hold_reference,
+                    num_threads=num_threads, store_secret=store_secret, **worker_options)
+                for r in range(self.world_size)
+            ]
+            try:
+                self.coords = self._all("start-up", lambda w: w.coords.remote())
+                break
+            except RemoteCallError as err:
+                for w in self.workers:
+                    ray.kill(w)
+                if attempt == START_TRIES or not port_taken(err):
+                    self.workers = []
+                    if self.pg is not None:
+                        remove_placement_group(self.pg)
+                    raise
+                log.warning("%s learner: rendezvous port %s:%d was taken before rank 0 bound it; starting the "
+                            "ranks again on another port (try %d of %d)", role, master_addr, port, attempt + 1,
+                            START_TRIES)
         if tp > 1:
             for message in straddling_tp_groups(self.node_ids(), tp):
                 log.warning("%s learner: %s", role, message)

@@ -13,6 +13,8 @@ This module imports neither Ray nor torch at import time: learner ranks use it w
 
 from __future__ import annotations
 
+import errno
+import os
 import socket
 from datetime import timedelta
 from typing import Any
@@ -27,6 +29,21 @@ def free_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def port_taken(error: BaseException) -> bool:
+    """Whether `error`, or an exception it was raised from, is a bind that found its port in use.
+
+    Across Ray an actor's OSError arrives as text inside the actor-died error, so the chain's messages
+    are searched for the system's own wording of EADDRINUSE.
+    """
+    wording = os.strerror(errno.EADDRINUSE)
+    seen: BaseException | None = error
+    while seen is not None:
+        if (isinstance(seen, OSError) and seen.errno == errno.EADDRINUSE) or wording in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def node_address() -> str:

@@ -248,3 +248,59 @@ def test_gpu_tp1_matches_hf(ray_session, model_dir, batch, tmp_path):
 
 def test_loss_registry_has_grpo():
     assert LOSSES["grpo"] is grpo_loss
+
+
+# --- start-up ------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_rendezvous_port_taken_before_rank_0_binds_it_starts_the_ranks_again(ray_session, model_dir, batch,
+                                                                                  monkeypatch, tp2):
+    """The port is chosen free, then taken by another process before rank 0 binds it (what a CI run met):
+    the group starts its ranks again on another port instead of failing the run."""
+    import socket
+
+    import actors.learner_group as learner_group
+    from cluster.network import endpoint_on
+
+    tp2.shutdown()  # two cores: one group at a time
+    squatter = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen(1)
+    taken = squatter.getsockname()[1]
+    chosen: list[int] = []
+
+    def first_taken(options, timeout_s):
+        host, port = endpoint_on(options, timeout_s)
+        chosen.append(taken if not chosen else port)
+        return host, chosen[-1]
+
+    monkeypatch.setattr(learner_group, "endpoint_on", first_taken)
+    try:
+        group = _group(model_dir)
+        try:
+            assert len(chosen) == 2 and chosen[0] == taken != chosen[1]
+            assert group.compute_logprobs(batch).shape[0] == batch.num_sequences
+        finally:
+            group.shutdown()
+    finally:
+        squatter.close()
+
+
+def test_port_taken_reads_the_bind_error_through_rays_wrapping():
+    import errno
+    import os
+
+    from cluster.calls import RemoteCallError
+    from cluster.network import port_taken
+
+    remote = RuntimeError(f"ray::LearnerWorker.__init__() ...\nOSError: [Errno 98] {os.strerror(errno.EADDRINUSE)}")
+    try:
+        try:
+            raise remote
+        except RuntimeError as e:
+            raise RemoteCallError("start-up: policy learner rank 0 failed: the actor died") from e
+    except RemoteCallError as err:
+        assert port_taken(err)
+    assert port_taken(OSError(errno.EADDRINUSE, "in use"))
+    assert not port_taken(RemoteCallError("start-up: policy learner rank 0 failed: out of memory"))
