@@ -36,7 +36,7 @@ from cluster.calls import CallFailure, RemoteCallError, each_as_done, get_all, w
 from trainer.types import Prompt, RolloutBatch, RolloutPart, WeightVersion
 
 if TYPE_CHECKING:
-    from actors.weight_sync import TransferSpec
+    from actors.weight_sync.spec import TransferSpec
 
 
 def assign_groups(costs: Sequence[int], num_engines: int, loads: Sequence[int] | None = None) -> list[int]:

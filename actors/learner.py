@@ -54,7 +54,7 @@ from trainer.checkpoint import CheckpointError, CheckpointSaveError, load_tensor
 from trainer.types import TrainBatch
 
 if TYPE_CHECKING:
-    from actors.weight_sync import TransferSpec
+    from actors.weight_sync.spec import TransferSpec
 
 _MAX_NDIM = 4
 """Header length for shipping a tensor's shape between pipeline stages (HF tensors have <= 2 dims)."""

@@ -36,7 +36,7 @@ from cluster.placement import NODE_RESOURCE_SHARE, ordered_bundles
 
 if TYPE_CHECKING:
     from actors.learner import OptimizerSettings
-    from actors.weight_sync import TransferSpec
+    from actors.weight_sync.spec import TransferSpec
 
 log = logging.getLogger(__name__)
 

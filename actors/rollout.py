@@ -10,7 +10,7 @@ this mode makes vLLM sample with its native sampler instead of FlashInfer's (whi
 processed logits), as in every peer that trains on vLLM's logprobs. With n > 1 we ask for `FINAL_ONLY` outputs (the streaming kind can return a final
 output that lacks some samples). Groups come back in prompt order.
 
-How new weights reach the engine (see actors/weight_sync.py): `init_weight_sync` joins the transfer
+How new weights reach the engine (see actors/weight_sync/receive.py): `init_weight_sync` joins the transfer
 group once; `receive_weights(version)` runs vLLM's `start_weight_update`, then one `update_weights` per
 bucket as the sender's control store announces it, then `finish_weight_update(str(version))`.
 Sampling and receiving hold one lock, so every completion is sampled by exactly one version. A
@@ -43,7 +43,7 @@ from trainer.config import RolloutConfig, TrainConfig
 from trainer.types import Completion, Prompt, RolloutBatch, WeightVersion
 
 if TYPE_CHECKING:
-    from actors.weight_sync import TransferSpec
+    from actors.weight_sync.spec import TransferSpec
 
 log = logging.getLogger(__name__)
 

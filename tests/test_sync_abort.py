@@ -14,7 +14,7 @@ import types
 import pytest
 import torch
 
-import actors.weight_sync as ws
+import actors.weight_sync.send as ws
 from actors.learner import LearnerWorker
 from actors.weight_sync import NCCL_BACKEND, TransferSpec, WeightSyncError
 from cluster.network import free_port
