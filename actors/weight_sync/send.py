@@ -184,7 +184,6 @@ def iter_module_tensors(module: torch.nn.Module) -> Iterator[tuple[str, Tensor]]
             yield name, tensor
 
 
-
 def nccl_communicator(store: Any, spec: TransferSpec) -> Any:
     """Rank 0's vLLM `PyNcclCommunicator` of the transfer group, on this process's GPU: an `ncclUniqueId`
     minted here and published in the control store (the engines join with it), init bounded by

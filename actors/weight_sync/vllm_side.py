@@ -10,8 +10,9 @@ it relies on, and what breaks if vLLM changes it:
    workers), so the CPU engine is registered where the workers look it up. It registers
    `GlooWeightTransferEngine` under "gloo" and "shm" with `WeightTransferEngineFactory.register_engine`,
    after a look at the private `WeightTransferEngineFactory._registry` (registering a name twice raises, and
-   vLLM may call a plugin many times). If the entry-point group or the factory changes, an engine started
-   for a CPU backend fails in `init_weight_transfer_engine` ("unknown backend"), at the first sync.
+   vLLM may call a plugin many times). vLLM creates a worker's transfer engine when the worker loads its
+   model (`WeightTransferEngineFactory.create_engine`, `v1/worker/gpu_worker.py`): if the entry-point group
+   or the factory changes, a CPU engine fails at start-up ("Invalid weight transfer backend: gloo").
 2. `GlooWeightTransferEngine` subclasses `vllm.distributed.weight_transfer.base.WeightTransferEngine`: its
    `init_info_cls` / `update_info_cls` dataclasses are built from the payloads' dicts
    (`wire.worker_init_info` / `worker_update_info`; an unknown field raises ValueError); its constructor
@@ -22,7 +23,7 @@ it relies on, and what breaks if vLLM changes it:
    A changed signature fails every CPU sync at once.
 3. vLLM's layerwise reload, `vllm.model_executor.model_loader.reload.initialize_layerwise_reload(model)`
    and `finalize_layerwise_reload(model, model_config)`, around the buckets' `load_weights` (vLLM's
-   built-in engines call the same pair). Breaks: the CPU engines' weights stay as loaded by vLLM's
+   built-in ipc engine calls the same pair). Breaks: the CPU engines' weights stay as loaded by vLLM's
    `load_weights` without their kernels' repacking (wrong outputs; `tests/test_weight_sync.py` compares
    an engine's greedy text and logprobs with Hugging Face's after a sync).
 4. `quiet_expected_reload_warnings`: a filter on the logger "vllm.model_executor.model_loader.reload.layerwise"
@@ -46,12 +47,17 @@ it relies on, and what breaks if vLLM changes it:
    `pynccl.PyNcclCommunicator.from_unique_id_bytes(unique_id, rank, world_size, device)`, the pair vLLM's
    built-in nccl engine joins on the engines' side; `send.abort_nccl` relies on
    `PyNcclCommunicator.destroy` calling `ncclCommAbort` on a daemon thread joined for at most 5 s. Breaks:
-   GPU runs without colocation cannot form the group (`examples/gpu_check.py` exercises it).
+   GPU runs without colocation cannot form the group (a renamed call), or a push that failed leaves rank 0's
+   stream blocked (a `destroy` that no longer aborts: logged by `abort_nccl`).
 
-Mirrored, not patched (pure code elsewhere that must agree with vLLM 0.32.0): `checksums.VOCAB_PADDING`
-(`DEFAULT_VOCAB_PADDING_SIZE`), the fused projections of `checksums.ChecksumStream` (`stacked_params_mapping`)
-and the `dp0:pp0:pcp0:tp<k>:` keys of `compute_weight_checksums` (`checksums.compare_checksums`). The engine
-actor's calls of `AsyncLLM`'s RL interface are in `actors.rollout` (public API).
+Mirrored, not patched (pure code elsewhere that must agree with vLLM 0.32.0): the payloads of vLLM's
+built-in engines, `wire.worker_init_info` for nccl (`nccl_unique_id_b64`, `rank_offset`, `world_size`,
+`packed=False`: one broadcast per tensor; `distributed/weight_transfer/nccl_engine.py`) and
+`send.ipc_handles` (per tensor {GPU uuid: the arguments of torch's `rebuild_cuda_tensor`}; `ipc_engine.py`);
+`checksums.VOCAB_PADDING` (`DEFAULT_VOCAB_PADDING_SIZE`), the fused projections of `checksums.ChecksumStream`
+(`stacked_params_mapping`) and the `dp0:pp0:pcp0:tp<k>:` keys of `compute_weight_checksums`
+(`checksums.compare_checksums`). The engine actor's calls of `AsyncLLM`'s RL interface are in
+`actors.rollout` (public API).
 
 Importing this module imports no vLLM: every vLLM import is inside the function that needs it.
 """
