@@ -31,8 +31,8 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from actors.engine_processes import EngineProcesses, reap_on_node
-from actors.rollout import StaleEngineError
 from cluster.calls import ActorHandle, CallFailure, RemoteCallError, each_as_done, get_all, wait_each
+from trainer.protocols import StaleEngineError
 from trainer.types import Prompt, RolloutBatch, RolloutPart, WeightVersion
 
 if TYPE_CHECKING:

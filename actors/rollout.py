@@ -42,6 +42,7 @@ from actors.rollout_engine import (
     start_engine,
 )
 from trainer.config import RolloutConfig
+from trainer.protocols import StaleEngineError
 from trainer.types import Completion, Prompt, RolloutBatch, WeightVersion
 
 if TYPE_CHECKING:
@@ -64,10 +65,6 @@ STALE_VERSION = -1
 """Reported after a failed transfer: the weights are neither the old nor the new version."""
 EMPTY_DIGEST = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 """sha256 of zero bytes."""
-
-
-class StaleEngineError(RuntimeError):
-    """An engine does not hold the weight version the controller expects."""
 
 
 def prompt_seed(seed: int | None, prompt: Prompt) -> int | None:
