@@ -43,7 +43,6 @@ weight decay applies to matrices only (Megatron's default groups).
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Collection, Iterator
 from functools import partial, wraps
 from pathlib import Path
@@ -56,7 +55,7 @@ from torch import Tensor
 from actors import hf_megatron, megatron_cpu
 from actors.learner_checkpoint import load_shard, save_shard
 from actors.learner_export import hf_tensors, write_hf
-from actors.learner_model import RECOMPUTE_MODES, load_model
+from actors.learner_model import RECOMPUTE_MODES, load_model, visiting
 from actors.learner_optim import (
     ADAM_EPS,
     FP16_HYSTERESIS,
@@ -77,7 +76,7 @@ from actors.learner_parallel import (
     seed_everything,
 )
 from actors.learner_schedule import StageSchedule, old_logprobs_or_own, plan_microbatches
-from actors.offload import StorageOffloader, megatron_state
+from actors.offload import StorageOffloader, megatron_state, memory_gib
 from trainer.types import TrainBatch
 
 if TYPE_CHECKING:
@@ -165,7 +164,7 @@ class LearnerWorker:
         self.model = load(trainable=self.role == "policy")
         self.ref_model = load(trainable=False) if hold_reference else None
         if self.ref_model is not None and self.use_gpu:
-            self.ref_model.to("cpu")  # offloaded while idle (`_resident`)
+            self.ref_model.to("cpu")  # offloaded while idle (`visiting`)
 
     def coords(self) -> dict[str, int]:
         """This rank's place: rank, tp_rank, pp_rank, dp_rank, and whether it holds the model's output."""
@@ -193,21 +192,10 @@ class LearnerWorker:
         """Logprobs of the colocated frozen reference (or of this worker's model when role='reference')."""
         if self.role == "policy" and self.ref_model is None:
             raise RuntimeError("this policy worker holds no colocated reference (hold_reference=False)")
-        model = self.ref_model if self.ref_model is not None else self.model
-        with self._resident(model):
-            return self.schedule.logprobs(model, batch, self._plan(batch))
-
-    @contextlib.contextmanager
-    def _resident(self, model: torch.nn.Module) -> Iterator[None]:
-        """On GPU the colocated reference lives on the CPU and visits the GPU only while it computes."""
-        visits = self.use_gpu and model is self.ref_model
-        if visits:
-            model.to(self.device)
-        try:
-            yield
-        finally:
-            if visits:
-                model.to("cpu")
+        if self.ref_model is None:
+            return self.schedule.logprobs(self.model, batch, self._plan(batch))
+        with visiting(self.ref_model, self.device):
+            return self.schedule.logprobs(self.ref_model, batch, self._plan(batch))
 
     def _plan(self, batch: TrainBatch) -> list[list[int]]:
         return plan_microbatches(batch.attention_mask.sum(1).tolist(), self.spm, self.tokens_per_microbatch)
@@ -339,15 +327,7 @@ class LearnerWorker:
     def memory(self) -> dict[str, float]:
         """GiB this rank holds: allocated, reserved and peak-allocated CUDA memory since the last call (GPU),
         or its resident set (CPU); and the state parked in host memory while offloaded."""
-        parked = {"offloaded_host_gib": self._offloader.host_bytes() / 2**30}
-        if self.use_gpu:
-            peak = torch.cuda.max_memory_allocated() / 2**30
-            torch.cuda.reset_peak_memory_stats()  # the next call reports the next step's peak
-            return {"allocated_gib": torch.cuda.memory_allocated() / 2**30,
-                    "reserved_gib": torch.cuda.memory_reserved() / 2**30, "peak_allocated_gib": peak} | parked
-        import psutil
-
-        return {"host_rss_gib": psutil.Process().memory_info().rss / 2**30} | parked
+        return memory_gib(self.use_gpu) | {"offloaded_host_gib": self._offloader.host_bytes() / 2**30}
 
     def shutdown(self) -> None:
         if self._sender is not None:

@@ -47,6 +47,20 @@ def load_model(model_path: Path, shape: hf_megatron.ModelShape, *, tp_rank: int,
 
 
 @contextlib.contextmanager
+def visiting(model: torch.nn.Module, device: torch.device) -> Iterator[None]:
+    """`model` on `device` for the block, back on the CPU after it: on GPU the colocated reference lives on
+    the CPU and visits the GPU only while it computes (a no-op on CPU)."""
+    visits = device.type != "cpu"
+    if visits:
+        model.to(device)
+    try:
+        yield
+    finally:
+        if visits:
+            model.to("cpu")
+
+
+@contextlib.contextmanager
 def safetensors_reader(model_dir: Path) -> Iterator[Callable[[str], Tensor]]:
     """A reader `name -> Tensor` over every *.safetensors file of a HF model directory."""
     from safetensors import safe_open

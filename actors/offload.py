@@ -143,3 +143,16 @@ def megatron_state(models: Iterable[torch.nn.Module], ddp: DistributedDataParall
             keep += [p for g in o.param_groups for p in g["params"]]
             keep += [v for state in o.state.values() for v in state.values() if isinstance(v, Tensor)]
     return keep, discard
+
+
+def memory_gib(use_gpu: bool) -> dict[str, float]:
+    """GiB this process holds: allocated, reserved and peak-allocated CUDA memory since the last call (GPU),
+    or its resident set (CPU)."""
+    if use_gpu:
+        peak = torch.cuda.max_memory_allocated() / 2**30
+        torch.cuda.reset_peak_memory_stats()  # the next call reports the next step's peak
+        return {"allocated_gib": torch.cuda.memory_allocated() / 2**30,
+                "reserved_gib": torch.cuda.memory_reserved() / 2**30, "peak_allocated_gib": peak}
+    import psutil
+
+    return {"host_rss_gib": psutil.Process().memory_info().rss / 2**30}
