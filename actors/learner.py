@@ -40,7 +40,6 @@ weight decay applies to matrices only (Megatron's default groups).
     actors.weight_sync         the sender that streams the HF tensors to the engines
 """
 
-
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterator
@@ -133,7 +132,8 @@ class LearnerWorker:
         rendezvous(master_addr, master_port, rank=rank, world_size=world_size, timeout_s=timeout_s,
                    backend="nccl" if self.use_gpu else "gloo", secret=store_secret)
         self.ps = init_model_parallel(tp, pp)  # Megatron's parallel_state: ranks and groups from here on
-        self.tp_rank, self.pp_rank = self.ps.get_tensor_model_parallel_rank(), self.ps.get_pipeline_model_parallel_rank()
+        self.tp_rank = self.ps.get_tensor_model_parallel_rank()
+        self.pp_rank = self.ps.get_pipeline_model_parallel_rank()
         self.dp_rank = self.ps.get_data_parallel_rank()
         seed_everything(seed, use_gpu=self.use_gpu)
         self._build(model_path, dtype, tp=tp, pp=pp, recompute=recompute, attention=attention,

@@ -8,8 +8,9 @@ forward step, and the loss function that turns the last stage's logits into temp
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from functools import partial
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
@@ -20,7 +21,10 @@ from actors.hf_megatron import ModelShape
 from actors.logprobs import vocab_parallel_logprobs
 from trainer.types import TrainBatch
 
-Loss = tuple[Callable[..., tuple[Tensor, dict[str, Tensor]]], int]
+if TYPE_CHECKING:
+    from trainer.grpo import LossFn
+
+Loss = tuple["LossFn", int]
 """(a loss of trainer.grpo.LOSSES with its keyword arguments bound, the update's global token count)."""
 StepOutput = dict[str, Tensor]
 """What the loss function reports per micro-batch: loss metrics, or {"logprobs": [b, s]} forward-only."""
