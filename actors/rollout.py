@@ -41,6 +41,8 @@ from actors.rollout_engine import (
     set_engine_environment,
     start_engine,
 )
+from actors.rollout_sync import WeightReceiver
+from actors.weight_sync import WeightSyncError
 from trainer.config import RolloutConfig
 from trainer.protocols import StaleEngineError
 from trainer.types import Completion, Prompt, RolloutBatch, WeightVersion
@@ -50,7 +52,6 @@ if TYPE_CHECKING:
     from vllm.outputs import CompletionOutput, RequestOutput
 
     from actors.engine_processes import EngineProcesses
-    from actors.rollout_sync import WeightReceiver
     from actors.weight_sync import TransferSpec
 
 __all__ = [  # names callers and tests import from here; the engine's start-up lives in actors.rollout_engine
@@ -105,7 +106,7 @@ class RolloutWorker:
                                                    hf_config=model_config.hf_config)
         self._lock = asyncio.Lock()
         self._broken = False
-        self._receiver: WeightReceiver | None = None
+        self._receiver = WeightReceiver(self.engine, engine_index=engine_index, backend=self.backend)
 
     # --- sampling ----------------------------------------------------------------------------
 
@@ -156,18 +157,12 @@ class RolloutWorker:
     async def init_weight_sync(self, spec: TransferSpec, rank_offset: int) -> None:
         """Join the transfer group (`actors.weight_sync.TransferSpec`) as ranks rank_offset ..
         rank_offset + TP - 1; blocks until all joined, at most spec.timeout_s."""
-        from actors.rollout_sync import WeightReceiver
-
-        if self._receiver is None:
-            self._receiver = WeightReceiver(self.engine, engine_index=self.engine_index, backend=self.backend)
         await self._receiver.join(spec, rank_offset)
 
     async def receive_weights(self, version: int) -> int:
         """Receive one full set of weights, bucket by bucket, and commit it as `version`; returns the
         version now held."""
-        from actors.weight_sync import WeightSyncError
-
-        if self._receiver is None or not self._receiver.joined:
+        if not self._receiver.joined:
             raise WeightSyncError(f"engine {self.engine_index}: init_weight_sync was never called")
         async with self._lock:
             self._broken = True  # until finish_weight_update commits, the weights are half-loaded
