@@ -28,15 +28,17 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from actors.engine_processes import EngineProcesses, reap_on_node
-from actors.rollout import StaleEngineError
-from cluster.calls import CallFailure, RemoteCallError, each_as_done, get_all, wait_each
+from cluster.calls import ActorHandle, CallFailure, RemoteCallError, each_as_done, get_all, wait_each
+from trainer.protocols import StaleEngineError
 from trainer.types import Prompt, RolloutBatch, RolloutPart, WeightVersion
 
 if TYPE_CHECKING:
-    from actors.weight_sync.spec import TransferSpec
+    from ray import ObjectRef
+
+    from actors.weight_sync import TransferSpec
 
 
 def assign_groups(costs: Sequence[int], num_engines: int, loads: Sequence[int] | None = None) -> list[int]:
@@ -81,9 +83,9 @@ class EngineFailure(RemoteCallError):
 class EngineGroup:
     """N rollout engine actors used as one. Lives in the controller."""
 
-    def __init__(self, engine_actors: Sequence[Any], tp_sizes: Sequence[int] | None = None, *,
+    def __init__(self, engine_actors: Sequence[ActorHandle], tp_sizes: Sequence[int] | None = None, *,
                  generate_timeout_s: float | None = 600.0, control_timeout_s: float = 120.0,
-                 start_timeout_s: float = 1800.0, start_engine: Callable[[int], Any] | None = None,
+                 start_timeout_s: float = 1800.0, start_engine: Callable[[int], ActorHandle] | None = None,
                  max_restarts: int = 0):
         self.engine_actors = list(engine_actors)
         self.tp_sizes = list(tp_sizes) if tp_sizes is not None else [1] * len(self.engine_actors)
@@ -93,7 +95,7 @@ class EngineGroup:
         """The version every engine must hold before we sample (0: weights from disk)."""
         self.start_engine, self.max_restarts = start_engine, max_restarts
         """`start_engine(e)`: a new actor for engine e in its bundle; at most `max_restarts` per run."""
-        self.reload_weights: Callable[[], Any] | None = None
+        self.reload_weights: Callable[[], None] | None = None
         """Set by the weight-sync owner (`WeightSync.reload`): the current weights into every engine."""
         self.failures: list[str] = []
         """Every engine failure of the run, oldest first: 'engine 1: failed in generate (...): <cause>'."""
@@ -174,12 +176,12 @@ class EngineGroup:
         print(f"replaced {', '.join(f'engine {e}' for e in failed)} after: "
               + "; ".join(str(f) for f in failed.values()) + f" (replacements so far: {len(self.failures)})")
 
-    def init_weight_sync_async(self, spec: TransferSpec) -> list[Any]:
+    def init_weight_sync_async(self, spec: TransferSpec) -> list[ObjectRef]:
         """Refs of every engine joining the transfer group `spec` (actors.weight_sync.TransferSpec)."""
         offsets = [1 + sum(self.tp_sizes[:e]) for e in range(len(self.engine_actors))]
         return [actor.init_weight_sync.remote(spec, offset) for actor, offset in zip(self.engine_actors, offsets)]
 
-    def receive_weights_async(self, version: int) -> list[Any]:
+    def receive_weights_async(self, version: int) -> list[ObjectRef]:
         """Refs of every engine receiving `version` (the sender must run concurrently)."""
         return [actor.receive_weights.remote(version) for actor in self.engine_actors]
 
@@ -266,6 +268,6 @@ class EngineGroup:
                     print(f"engine shutdown: kill: {type(err).__name__}: {err}")
             self.reap(sorted(self.recorded))
 
-    def _all(self, what: str, call: Any) -> list[Any]:
+    def _all(self, what: str, call: Callable[[ActorHandle], ObjectRef]) -> list:
         return get_all([call(a) for a in self.engine_actors], what=what, names=self.names,
                        timeout_s=self.control_timeout_s)

@@ -35,10 +35,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, TypedDict
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 VOCAB_DIVISIBLE_BY = 128
 """Megatron pads the vocabulary to a multiple of this times TP, for efficient GEMMs."""
@@ -93,7 +96,7 @@ class ModelShape:
         return pp_rank * self.layers_per_stage
 
 
-def shape_from_hf(hf_config: Any, *, tp: int = 1, pp: int = 1) -> ModelShape:
+def shape_from_hf(hf_config: PretrainedConfig, *, tp: int = 1, pp: int = 1) -> ModelShape:
     """Read a transformers config (LlamaConfig, Qwen2Config, Qwen3Config) into a `ModelShape`."""
     model_type = hf_config.model_type
     if model_type not in ("llama", "qwen2", "qwen3"):
@@ -134,12 +137,20 @@ def shape_from_hf(hf_config: Any, *, tp: int = 1, pp: int = 1) -> ModelShape:
 # --- Megatron model construction -------------------------------------------------------------------
 
 
-_RECOMPUTE: dict[str, dict[str, Any]] = {
+class _RecomputeFields(TypedDict, total=False):
+    """The TransformerConfig fields that choose activation recomputation."""
+
+    recompute_granularity: str
+    recompute_method: str
+    recompute_num_layers: int
+
+
+_RECOMPUTE: dict[str, _RecomputeFields] = {
     "none": {},
     # Recompute only the attention core (softmax and dropout over [b, heads, s, s]) in backward.
-    "selective": dict(recompute_granularity="selective"),
+    "selective": _RecomputeFields(recompute_granularity="selective"),
     # Keep each layer's input only; recompute the whole layer in backward.
-    "full": dict(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1),
+    "full": _RecomputeFields(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1),
 }
 """Activation recomputation modes -> TransformerConfig fields."""
 

@@ -24,19 +24,28 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from cluster.calls import RemoteCallError, get_all
+from cluster.calls import ActorHandle, RemoteCallError, get_all
 from cluster.network import endpoint_on, port_taken
 from cluster.placement import NODE_RESOURCE_SHARE, ordered_bundles
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
+    from ray import ObjectRef
+    from torch import Tensor
+
     from actors.learner import OptimizerSettings
-    from actors.weight_sync.spec import TransferSpec
+    from actors.weight_sync import TransferSpec
+    from trainer.types import TrainBatch
+
+ActorOptions = dict[str, object]
+"""Ray options that place one actor (num_cpus, num_gpus, scheduling_strategy, ...)."""
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +76,7 @@ class LearnerGroup:
                  role: str = "policy", hold_reference: bool = False, use_gpu: bool = False,
                  cpus_per_actor: float = 1.0, num_threads: int = 1, timeout_s: float | None = 1800.0,
                  node_resource: str = "",
-                 placement: Callable[[int], dict[str, Any]] | None = None, **worker_options: Any):
+                 placement: Callable[[int], ActorOptions] | None = None, **worker_options: float | str):
         """`placement(rank)` gives the Ray options that place rank `rank` (e.g. a bundle it shares with a
         rollout engine, see cluster.placement); without it the group reserves a placement group of its own.
         `timeout_s` bounds every verb (None: no deadline); `worker_options` go to every LearnerWorker;
@@ -84,14 +93,14 @@ class LearnerGroup:
             ray.get(self.pg.ready(), timeout=timeout_s)
             own_pg, order = self.pg, ordered_bundles(self.pg)  # a TP group's ranks on one node (cluster.placement)
 
-            def placement(rank: int) -> dict[str, Any]:
+            def placement(rank: int) -> ActorOptions:
                 return {"num_cpus": bundle["CPU"], "num_gpus": bundle.get("GPU", 0),
                         "scheduling_strategy": PlacementGroupSchedulingStrategy(
                             own_pg, placement_group_bundle_index=order[rank])}
 
-        remote: Any = ray.remote(LearnerWorker)  # Ray's stubs do not type `.remote` on actor methods
+        remote: ActorHandle = ray.remote(LearnerWorker)  # Ray's stubs do not type `.remote` on actor methods
         self.names = [f"{role} learner rank {r}" for r in range(self.world_size)]
-        self.workers: list[Any] = []
+        self.workers: list[ActorHandle] = []
         for attempt in range(1, START_TRIES + 1):
             # The port is free when chosen but only bound when rank 0 starts; another process may take it
             # in between (an outgoing connection's ephemeral port, say). Then start the ranks again.
@@ -127,14 +136,14 @@ class LearnerGroup:
 
     # --- verbs --------------------------------------------------------------------------------
 
-    def compute_logprobs(self, batch):  # TrainBatch -> Tensor [N, L]
+    def compute_logprobs(self, batch: TrainBatch) -> Tensor:  # [N, L]
         return self._concat(self._per_dp("compute_logprobs", lambda w, b: w.compute_logprobs.remote(b), batch))
 
-    def compute_ref_logprobs(self, batch):  # TrainBatch -> Tensor [N, L]
+    def compute_ref_logprobs(self, batch: TrainBatch) -> Tensor:  # [N, L]
         return self._concat(self._per_dp("compute_ref_logprobs", lambda w, b: w.compute_ref_logprobs.remote(b),
                                          batch))
 
-    def forward_backward(self, batch, loss_name: str, num_tokens: int, num_sequences: int,
+    def forward_backward(self, batch: TrainBatch, loss_name: str, num_tokens: int, num_sequences: int,
                          loss_kwargs: dict) -> dict[str, float]:
         results = self._per_dp("forward_backward",
             lambda w, b: w.forward_backward.remote(b, loss_name, num_tokens, num_sequences, loss_kwargs), batch)
@@ -143,13 +152,13 @@ class LearnerGroup:
     def optim_step(self) -> dict[str, float]:
         return self._all("optim_step", lambda w: w.optim_step.remote())[0]
 
-    def save(self, directory) -> None:
+    def save(self, directory: str | Path) -> None:
         self._all("save", lambda w: w.save.remote(str(directory)))
 
-    def load(self, directory) -> None:
+    def load(self, directory: str | Path) -> None:
         self._all("load", lambda w: w.load.remote(str(directory)))
 
-    def export_hf(self, directory) -> None:
+    def export_hf(self, directory: str | Path) -> None:
         self._all("export_hf", lambda w: w.export_hf.remote(str(directory)))
 
     def offload(self) -> None:
@@ -178,11 +187,11 @@ class LearnerGroup:
                              names=self.names[:1], timeout_s=self.timeout_s)[0]
         return host, port
 
-    def init_weight_sync_async(self, spec: TransferSpec) -> list:
+    def init_weight_sync_async(self, spec: TransferSpec) -> list[ObjectRef]:
         """Refs of every rank joining the transfer group (rank 0 sends; the others only gather)."""
         return [w.init_weight_sync.remote(spec) for w in self.workers]
 
-    def push_weights_async(self, version: int, bucket_bytes: int, *, checksums: bool = False) -> list:
+    def push_weights_async(self, version: int, bucket_bytes: int, *, checksums: bool = False) -> list[ObjectRef]:
         """Refs of a weight push (rank 0's first), for a caller that runs the engines' receive concurrently."""
         return [w.push_weights.remote(version, bucket_bytes, checksums) for w in self.workers]
 
@@ -197,11 +206,11 @@ class LearnerGroup:
 
     # --- fan-out ------------------------------------------------------------------------------
 
-    def _all(self, what: str, call: Callable[[Any], Any]) -> list:
+    def _all(self, what: str, call: Callable[[ActorHandle], ObjectRef]) -> list:
         """`call(worker)` returns an ObjectRef; run it on every rank and wait for all of them at once."""
         return get_all([call(w) for w in self.workers], what=what, names=self.names, timeout_s=self.timeout_s)
 
-    def _per_dp(self, what: str, call: Callable[[Any, Any], Any], batch) -> list:
+    def _per_dp(self, what: str, call: Callable[[ActorHandle, ObjectRef], ObjectRef], batch: TrainBatch) -> list:
         """Call `verb` on every rank with its DP replica's slice of `batch` (each slice put once)."""
         n = batch.num_sequences
         if n % self.dp:
@@ -211,7 +220,7 @@ class LearnerGroup:
         return get_all([call(w, slices[c["dp_rank"]]) for w, c in zip(self.workers, self.coords)], what=what,
                        names=self.names, timeout_s=self.timeout_s)
 
-    def _concat(self, results: list):
+    def _concat(self, results: list[Tensor]) -> Tensor:
         import torch
 
         return torch.cat([results[self.output_rank[d]] for d in range(self.dp)], dim=0)

@@ -21,9 +21,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+
+from actors.learner_optim import inner_optimizers
+
+if TYPE_CHECKING:
+    from megatron.core.distributed import DistributedDataParallel
+    from megatron.core.optimizer import MegatronOptimizer
 
 
 @dataclass
@@ -115,3 +122,37 @@ class StorageOffloader:
         if index < len(self._host_pool) and self._host_pool[index].numel() == nbytes:
             return self._host_pool[index]
         return torch.empty(nbytes, dtype=torch.uint8, pin_memory=self.on_cuda)
+
+
+def megatron_state(models: Iterable[torch.nn.Module], ddp: DistributedDataParallel | None,
+                   optimizer: MegatronOptimizer | None) -> tuple[list[Tensor], list[Tensor]]:
+    """(tensors whose bytes must survive an offload, gradient buffers that may be dropped) of a learner rank.
+
+    Parameters of `models` (the policy's are views of DDP's param buffers; a colocated reference's on GPU
+    already wait on the host, and only tensors on the offloader's device are moved), the
+    DistributedOptimizer's fp32 main params and Adam state. Gradients are all zero between an optimizer step
+    and the next backward, so DDP's grad buffers are freed without a copy."""
+    keep: list[Tensor] = [p for m in models for p in m.parameters()]
+    discard: list[Tensor] = []
+    if ddp is not None:
+        for buffer in ddp.buffers + ddp.expert_parallel_buffers:
+            keep.append(buffer.param_data)
+            discard.append(buffer.grad_data)
+    if optimizer is not None:
+        for o in (o.optimizer for o in inner_optimizers(optimizer)):
+            keep += [p for g in o.param_groups for p in g["params"]]
+            keep += [v for state in o.state.values() for v in state.values() if isinstance(v, Tensor)]
+    return keep, discard
+
+
+def memory_gib(use_gpu: bool) -> dict[str, float]:
+    """GiB this process holds: allocated, reserved and peak-allocated CUDA memory since the last call (GPU),
+    or its resident set (CPU)."""
+    if use_gpu:
+        peak = torch.cuda.max_memory_allocated() / 2**30
+        torch.cuda.reset_peak_memory_stats()  # the next call reports the next step's peak
+        return {"allocated_gib": torch.cuda.memory_allocated() / 2**30,
+                "reserved_gib": torch.cuda.memory_reserved() / 2**30, "peak_allocated_gib": peak}
+    import psutil
+
+    return {"host_rss_gib": psutil.Process().memory_info().rss / 2**30}

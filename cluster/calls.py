@@ -19,7 +19,12 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeAlias
+
+ActorHandle: TypeAlias = Any
+"""A Ray actor handle (what `ray.remote(Cls).options(...).remote(...)` returns). Ray's stubs type
+`ActorHandle.__getattr__` as Never, so `handle.verb.remote(...)` cannot be type-checked: handles stay Any, under
+this one name. The refs they return are `ray.ObjectRef`."""
 
 
 class RemoteCallError(RuntimeError):

@@ -331,6 +331,7 @@ def check_precision_steps(report: Report, model_dir: Path, batch) -> None:
     """bf16 and fp16 learners each take PRECISION_STEPS updates: losses finite, main weights moved; fp16 with
     Megatron's loss scaler wired into the schedule and its state in the optimizer state, bf16 without."""
     from actors.learner import OptimizerSettings
+    from actors.learner_checkpoint import optimizer_state
 
     for dtype in ("bfloat16", "float16"):
         release_memory()
@@ -345,7 +346,7 @@ def check_precision_steps(report: Report, model_dir: Path, batch) -> None:
             total = sum(t.numel() for t in before.values())
             losses = [s["loss"] for s in steps]
             finite = all(math.isfinite(v) for v in losses)
-            scalers = worker._optimizer_state()["grad_scalers"]
+            scalers = optimizer_state(worker.optimizer)["grad_scalers"]
             scale_func = worker.model.config.grad_scale_func is not None
             skipped = int(sum(s.get("update_skipped", 0.0) for s in steps))
             params = {p.dtype for p in worker.model.parameters()} == {getattr(torch, dtype)}
@@ -563,7 +564,7 @@ def rebuild_like_vllm(handle: dict, device_index: int) -> torch.Tensor:
 
 
 def ipc_receiver(spec, version: int, results) -> None:
-    """The engine's side, in a second process: the control-store protocol of `RolloutWorker._receive_buckets`
+    """The engine's side, in a second process: the control-store protocol of `actors.rollout_sync.WeightReceiver.receive_buckets`
     (bucket metadata, then the pickled handles, then an acknowledgement), vLLM's rebuild, and the checksums
     of what it rebuilt (`ChecksumStream`, as the sender computes them)."""
     import pickle

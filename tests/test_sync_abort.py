@@ -139,7 +139,8 @@ def test_a_reload_while_the_group_is_healthy_aborts_the_old_communicator(fake_nc
 
 
 class FakeAsyncLLM:
-    """What RolloutWorker.init_weight_sync calls on vLLM's AsyncLLM, recorded in order."""
+    """What RolloutWorker.init_weight_sync (actors.rollout_sync.WeightReceiver.join) calls on vLLM's AsyncLLM,
+    recorded in order."""
 
     def __init__(self):
         self.calls: list[str] = []
@@ -156,15 +157,14 @@ def test_an_engine_leaves_its_previous_group_before_joining_a_new_one():
     `init_transfer_engine` alone would replace its communicator without freeing it."""
     import asyncio
 
-    from actors.rollout import RolloutWorker
+    from actors.rollout_sync import WeightReceiver
     from cluster.network import tcp_store
 
-    engine = types.SimpleNamespace(engine=FakeAsyncLLM(), backend="gloo", engine_index=1, _spec=None, _store=None)
-    engine._leave_weight_sync = types.MethodType(RolloutWorker._leave_weight_sync, engine)
+    engine = WeightReceiver(FakeAsyncLLM(), engine_index=1, backend="gloo")  # RolloutWorker.init_weight_sync's
     masters = []
     for _ in range(3):
         group = TransferSpec(host=LOOPBACK, port=free_port(LOOPBACK), world_size=2, num_engines=1,
                              backend="gloo", timeout_s=5.0, secret="s")
         masters.append(tcp_store(LOOPBACK, group.port, is_master=True, timeout_s=5.0))  # learner rank 0's
-        asyncio.run(RolloutWorker.init_weight_sync(engine, group, 1))
+        asyncio.run(engine.join(group, 1))
     assert engine.engine.calls == ["init", "shutdown", "init", "shutdown", "init"]

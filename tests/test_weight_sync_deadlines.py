@@ -10,8 +10,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from actors import rollout
-from actors.rollout import RolloutWorker
+from actors import rollout_sync
+from actors.rollout_sync import WeightReceiver
 from actors.weight_sync import (
     BUCKET_KEY,
     TensorMeta,
@@ -126,11 +126,11 @@ class _StallingEngine:
         self.loaded += 1
 
 
-def _worker(store: _Store, engine, timeout_s: float) -> RolloutWorker:
-    worker = RolloutWorker.__new__(RolloutWorker)  # the receive loop alone: no vLLM engine behind it
-    worker.engine_index, worker.engine, worker._store = 0, engine, store
-    worker._spec = TransferSpec(host="127.0.0.1", port=1, world_size=2, num_engines=1, backend="gloo",
-                                timeout_s=timeout_s, secret="s")
+def _worker(store: _Store, engine, timeout_s: float) -> WeightReceiver:
+    worker = WeightReceiver(engine, engine_index=0, backend="gloo")  # the receive loop alone: no vLLM engine
+    worker.store = store
+    worker.spec = TransferSpec(host="127.0.0.1", port=1, world_size=2, num_engines=1, backend="gloo",
+                               timeout_s=timeout_s, secret="s")
     return worker
 
 
@@ -142,11 +142,11 @@ def _announced(version: int, buckets: int) -> dict[str, bytes]:
 
 
 def test_a_bucket_that_stalls_in_the_engine_raises_naming_the_bucket(monkeypatch):
-    monkeypatch.setattr(rollout, "RPC_MARGIN_S", 0.0)
+    monkeypatch.setattr(rollout_sync, "RPC_MARGIN_S", 0.0)
     worker = _worker(_Store(_announced(version=7, buckets=4)), _StallingEngine(stall_at=2), timeout_s=0.2)
     with pytest.raises(WeightSyncError, match=r"engine 0: bucket 2 of version 7 \(1 tensors, 16 bytes\) was not "
                                               r"loaded within 0s"):
-        asyncio.run(worker._receive_buckets(7))
+        asyncio.run(worker.receive_buckets(7))
     assert worker.engine.loaded == 2
 
 
@@ -155,10 +155,10 @@ def test_a_bucket_the_sender_never_announces_raises_naming_the_bucket():
     del entries[BUCKET_KEY.format(version=3, index=1)]  # the sender stalled after bucket 0
     worker = _worker(_Store(entries), _StallingEngine(stall_at=-1), timeout_s=0.2)
     with pytest.raises(WeightSyncError, match=r"engine 0: no bucket 1 of version 3 from learner rank 0 within 0\.2s"):
-        asyncio.run(worker._receive_buckets(3))
+        asyncio.run(worker.receive_buckets(3))
 
 
 def test_a_complete_push_loads_every_bucket():
     worker = _worker(_Store(_announced(version=1, buckets=3)), _StallingEngine(stall_at=-1), timeout_s=0.2)
-    assert asyncio.run(worker._receive_buckets(1)) == 3 and worker.engine.loaded == 3
-    assert replace(worker._spec, timeout_s=1.0).timeout_s == 1.0
+    assert asyncio.run(worker.receive_buckets(1)) == 3 and worker.engine.loaded == 3
+    assert replace(worker.spec, timeout_s=1.0).timeout_s == 1.0

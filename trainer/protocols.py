@@ -21,6 +21,11 @@ from torch import Tensor
 from trainer.types import Prompt, RolloutBatch, RolloutPart, ScoredBatch, TrainBatch, WeightVersion
 
 
+class StaleEngineError(RuntimeError):
+    """An engine does not hold the weight version the controller expects (raised by a rollout worker asked
+    to sample, and by the engine group's version check)."""
+
+
 class EngineGroupProtocol(Protocol):
     """Rollout engines used as one."""
 
