@@ -36,8 +36,8 @@ from typing import Any
 import ray
 
 from cluster.calls import tracking
+from reward_server.config import RewardConfig
 from reward_server.sandbox import STARTUP_TIMEOUT_S
-from trainer.config import RewardConfig
 from trainer.types import Completion, Prompt, RewardResult, RolloutBatch, ScoredBatch
 
 CHUNKS_PER_ACTOR = 4

@@ -35,10 +35,10 @@ from dataclasses import dataclass, replace
 
 from reward_server.code_sandbox import CodeSandbox, SandboxLimits
 from reward_server.code_verifier import CodeVerdict, CodeVerifier, extract_program
+from reward_server.config import RewardConfig
 from reward_server.sandbox import VerifierError, VerifierSandbox, VerifierTimeout
 from reward_server.textscan import TARGET_LETTERS, count_words
 from reward_server.verifiers import final_answer, verify_arithmetic, verify_countdown
-from trainer.config import RewardConfig
 from trainer.templates import COLD_START_MARKER, chain_of_thought, completion_for_reward, split_readable
 from trainer.types import Completion, Prompt, RewardResult
 

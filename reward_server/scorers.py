@@ -25,10 +25,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
+from reward_server.config import RewardConfig, RewardModelConfig
 from reward_server.judge import Generate, JudgeScorer
 from reward_server.reward_model import Part, RewardModelScorer, Scorer, route_by_source
 from reward_server.rewards import Check, build_reward_fn
-from trainer.config import RewardConfig, RewardModelConfig
 from trainer.types import Completion, Prompt, RewardResult
 
 Item = tuple[Prompt, Completion]
