@@ -22,9 +22,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from reward_server.response_format import completion_for_reward, split_readable
+from reward_server.samples import Completion, Prompt, RewardResult
 from reward_server.verifiers import extract_answer
-from trainer.templates import completion_for_reward, split_readable
-from trainer.types import Completion, Prompt, RewardResult
 
 JUDGE_TEMPLATE = (
     "You are grading an answer to a question against the reference answer.\n"

@@ -37,8 +37,8 @@ import ray
 
 from cluster.calls import tracking
 from reward_server.config import RewardConfig
+from reward_server.samples import Completion, Prompt, RewardResult, RolloutBatch, ScoredBatch
 from reward_server.sandbox import STARTUP_TIMEOUT_S
-from trainer.types import Completion, Prompt, RewardResult, RolloutBatch, ScoredBatch
 
 CHUNKS_PER_ACTOR = 4
 """Chunks per actor and batch: small enough to rebalance around a slow chunk, large enough that the

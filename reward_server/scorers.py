@@ -29,7 +29,7 @@ from reward_server.config import RewardConfig, RewardModelConfig
 from reward_server.judge import Generate, JudgeScorer
 from reward_server.reward_model import Part, RewardModelScorer, Scorer, route_by_source
 from reward_server.rewards import Check, build_reward_fn
-from trainer.types import Completion, Prompt, RewardResult
+from reward_server.samples import Completion, Prompt, RewardResult
 
 Item = tuple[Prompt, Completion]
 

@@ -13,6 +13,10 @@ response is `|special_token|<reasoning_process>|special_token|<summary>`, writte
 `readable_response` and read back strictly by `split_readable`. The marker is plain text here, not an
 added token, so any tokenizer can carry it; `chain_of_thought` finds the reasoning in either format.
 
+The response formats' writer and readers (`readable_response`, `split_readable`, `chain_of_thought`,
+`completion_for_reward`) live with the rewards that read them, in `reward_server.response_format`, and
+are imported from here too.
+
 `r1_zero_readable` is the R1-Zero prompt without its opening `<think>`, answered in the readable format.
 It is for a base model whose skill is bound to the exact prompt it was pretrained on: the tiny base's
 per-token loss on its own correct chains of thought was 0.036 after the R1-Zero prompt and 2.3 after the
@@ -26,6 +30,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from reward_server.response_format import COLD_START_MARKER as COLD_START_MARKER
+from reward_server.response_format import THINK_OPEN as THINK_OPEN
+from reward_server.response_format import chain_of_thought as chain_of_thought
+from reward_server.response_format import completion_for_reward as completion_for_reward
+from reward_server.response_format import readable_response as readable_response
+from reward_server.response_format import split_readable as split_readable
+
 R1_ZERO_INSTRUCTION = (
     "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. "
     "The assistant first thinks about the reasoning process in the mind and then provides the user with "
@@ -33,8 +44,6 @@ R1_ZERO_INSTRUCTION = (
     "<answer> </answer> tags, respectively, i.e., <think> reasoning process here </think> "
     "<answer> answer here </answer>."
 )
-
-THINK_OPEN = "<think>"
 
 
 def r1_zero(question: str) -> str:
@@ -51,9 +60,6 @@ def r1_chat(question: str, tokenizer: Any) -> str:
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return str(text) + THINK_OPEN
 
-
-COLD_START_MARKER = "|special_token|"
-"""R1's delimiter around the reasoning process in the cold-start format."""
 
 COLD_START_INSTRUCTION = (
     "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. "
@@ -72,35 +78,6 @@ def r1_zero_readable(question: str) -> str:
     return f"{R1_ZERO_INSTRUCTION} User: {question} Assistant: "
 
 
-def readable_response(reasoning: str, summary: str, *, marker: str = COLD_START_MARKER) -> str:
-    """R1's cold-start output: `marker + reasoning + marker + summary`."""
-    if marker in reasoning or marker in summary:
-        raise ValueError(f"the reasoning and the summary must not contain the marker {marker!r}")
-    return f"{marker}{reasoning}{marker}{summary}"
-
-
-def split_readable(text: str, *, marker: str = COLD_START_MARKER) -> tuple[str, str] | None:
-    """(reasoning, summary) of a readable response, or None unless it opens with the marker, holds it
-    exactly twice and both parts are non-empty."""
-    if not text.startswith(marker) or text.count(marker) != 2:
-        return None
-    _, reasoning, summary = text.split(marker)
-    if not reasoning.strip() or not summary.strip():
-        return None
-    return reasoning, summary
-
-
-def chain_of_thought(text: str, *, marker: str = COLD_START_MARKER) -> str | None:
-    """The reasoning of a completion: between the cold-start markers, else inside the first
-    `<think>...</think>` (pass the text through `completion_for_reward` first), else None."""
-    readable = split_readable(text, marker=marker)
-    if readable is not None:
-        return readable[0]
-    start = text.find(THINK_OPEN)
-    end = text.find("</think>", start + len(THINK_OPEN)) if start != -1 else -1
-    return text[start + len(THINK_OPEN):end] if end != -1 else None
-
-
 TEMPLATES: dict[str, Callable[..., str]] = {"r1_zero": r1_zero, "r1_chat": r1_chat,
                                             "r1_cold_start": r1_cold_start, "r1_zero_readable": r1_zero_readable}
 """Template name -> renderer. `r1_chat` also needs the tokenizer."""
@@ -117,6 +94,3 @@ def render(template: str, question: str, tokenizer: Any = None) -> str:
     return TEMPLATES[template](question)
 
 
-def completion_for_reward(prompt: str, completion: str) -> str:
-    """The completion as the format reward should see it: with the <think> the prompt opened."""
-    return THINK_OPEN + completion if prompt.endswith(THINK_OPEN) else completion
