@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import TYPE_CHECKING
 
 from reward_server.config import ConfigError, RewardConfig
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 
 def _require(ok: bool, message: str) -> None:
@@ -38,7 +41,7 @@ def _check_output_dir(output_dir: str) -> None:
     _require(bool(output_dir.strip()), f"output_dir = {output_dir!r}: must name a directory (e.g. runs)")
 
 
-def _check_finite(obj: Any, prefix: str) -> None:
+def _check_finite(obj: DataclassInstance | type[DataclassInstance], prefix: str) -> None:
     """Every float field of every section is finite: `inf` and NaN pass comparisons they should fail."""
     for f in dataclasses.fields(obj):
         value, key = getattr(obj, f.name), f"{prefix}{f.name}"

@@ -6,11 +6,15 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
+from cluster.untyped import JsonValue, TypeHint
 from reward_server.config import ConfigError
 
-AnyConfig = typing.TypeVar("AnyConfig")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+AnyConfig = typing.TypeVar("AnyConfig", bound="DataclassInstance")
 """A config dataclass (`TrainConfig`, `SFTConfig`, `RejectionConfig`)."""
 
 
@@ -24,7 +28,7 @@ def apply_overrides(cfg: AnyConfig, overrides: list[str]) -> AnyConfig:
     return cfg
 
 
-def _set_path(obj: Any, path: list[str], raw: str, full_key: str) -> Any:
+def _set_path(obj: AnyConfig, path: list[str], raw: str, full_key: str) -> AnyConfig:
     fields = {f.name: f for f in dataclasses.fields(obj)}
     name = path[0]
     if name not in fields:
@@ -38,13 +42,13 @@ def _set_path(obj: Any, path: list[str], raw: str, full_key: str) -> Any:
             raise ConfigError(f"{full_key!r} is a section; set one of its fields, e.g. {full_key}.<field>=...")
         value = parse_value(raw, hints[name], full_key)
     else:
-        if not dataclasses.is_dataclass(current):
+        if not dataclasses.is_dataclass(current) or isinstance(current, type):
             raise ConfigError(f"unknown config key {full_key!r}: {name!r} is not a section")
         value = _set_path(current, path[1:], raw, full_key)
     return dataclasses.replace(obj, **{name: value})
 
 
-def parse_value(raw: str, hint: Any, key: str) -> Any:
+def parse_value(raw: str, hint: TypeHint, key: str) -> object:
     """Parse the text `raw` as a value of type `hint` (bool, int, float, str, Literal, Optional, tuple)."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
@@ -84,6 +88,6 @@ def parse_value(raw: str, hint: Any, key: str) -> Any:
     raise ConfigError(f"{key}: fields of type {hint} cannot be set from the command line")
 
 
-def to_dict(cfg: Any) -> dict[str, Any]:
+def to_dict(cfg: DataclassInstance) -> dict[str, JsonValue]:
     """Plain nested dict of a config, for logging and checkpoints."""
     return dataclasses.asdict(cfg)

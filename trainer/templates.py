@@ -27,8 +27,8 @@ from `<think>`), the readable response starts exactly where the base's pretraini
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
 
 from reward_server.response_format import COLD_START_MARKER as COLD_START_MARKER
 from reward_server.response_format import THINK_OPEN as THINK_OPEN
@@ -36,6 +36,20 @@ from reward_server.response_format import chain_of_thought as chain_of_thought
 from reward_server.response_format import completion_for_reward as completion_for_reward
 from reward_server.response_format import readable_response as readable_response
 from reward_server.response_format import split_readable as split_readable
+
+
+class Tokenizer(Protocol):
+    """What the templates and the data loader ask of a Hugging Face tokenizer."""
+
+    def __call__(self, text: list[str], /) -> Mapping[str, Sequence[Sequence[int]]]:
+        """Token ids of each text under `"input_ids"`, with the default special tokens (as vLLM encodes)."""
+        ...
+
+    def apply_chat_template(self, conversation: list[dict[str, str]], /, *, tokenize: bool,
+                            add_generation_prompt: bool) -> object:
+        """The conversation rendered with the model's chat template (text, with `tokenize=False`)."""
+        ...
+
 
 R1_ZERO_INSTRUCTION = (
     "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. "
@@ -51,7 +65,7 @@ def r1_zero(question: str) -> str:
     return f"{R1_ZERO_INSTRUCTION} User: {question} Assistant: {THINK_OPEN}"
 
 
-def r1_chat(question: str, tokenizer: Any) -> str:
+def r1_chat(question: str, tokenizer: Tokenizer) -> str:
     """The R1 instruction as a system message, rendered with the model's chat template."""
     messages = [
         {"role": "system", "content": R1_ZERO_INSTRUCTION},
@@ -83,7 +97,7 @@ TEMPLATES: dict[str, Callable[..., str]] = {"r1_zero": r1_zero, "r1_chat": r1_ch
 """Template name -> renderer. `r1_chat` also needs the tokenizer."""
 
 
-def render(template: str, question: str, tokenizer: Any = None) -> str:
+def render(template: str, question: str, tokenizer: Tokenizer | None = None) -> str:
     """Apply the named template to one question."""
     if template not in TEMPLATES:
         raise ValueError(f"unknown template {template!r}; known: {', '.join(TEMPLATES)}")
