@@ -94,9 +94,10 @@ def get_all(refs: Sequence[ObjectRef[T]], *, what: str, names: Sequence[str], ti
     a type in `keep` (e.g. StaleEngineError), which is raised as that type so callers can tell it apart.
     """
     results: list[Any] = [None] * len(refs)
-    for i, ref in _in_turn(refs, what=what, names=names, timeout_s=timeout_s):
-        if i is None:
-            raise error(f"{what}: no answer within {timeout_s:.0f}s from {', '.join(names[j] for j in ref)}")
+    for turn in _in_turn(refs, what=what, names=names, timeout_s=timeout_s):
+        if turn[0] is None:
+            raise error(f"{what}: no answer within {timeout_s:.0f}s from {', '.join(names[j] for j in turn[1])}")
+        i, ref = turn
         try:
             results[i] = _get(ref, what=what, name=names[i], keep=keep)
         except _Failed as e:
@@ -111,7 +112,8 @@ class _Failed(Exception):
         self.error = error
 
 
-def _in_turn(refs: Sequence[ObjectRef[Any]], *, what: str, names: Sequence[str], timeout_s: float | None) -> Iterator[Any]:
+def _in_turn(refs: Sequence[ObjectRef[Any]], *, what: str, names: Sequence[str], timeout_s: float | None
+             ) -> Iterator[tuple[int, ObjectRef[Any]] | tuple[None, list[int]]]:
     """(index, ref) of each call as it finishes, listed in the registry while waiting; at the deadline one
     last (None, indexes of the calls still pending)."""
     import ray
@@ -181,11 +183,12 @@ def each_as_done(refs: Sequence[ObjectRef[Any]], *, what: str, names: Sequence[s
     `CallFailure` for each call still pending. An exception of a type in `keep` is raised at once."""
     import ray
 
-    for i, ref in _in_turn(refs, what=what, names=names, timeout_s=timeout_s):
-        if i is None:
-            for j in ref:
+    for turn in _in_turn(refs, what=what, names=names, timeout_s=timeout_s):
+        if turn[0] is None:
+            for j in turn[1]:
                 yield j, CallFailure(names[j], f"gave no answer to {what} within {timeout_s:.0f}s", timed_out=True)
             return
+        i, ref = turn
         try:
             result = _get(ref, what=what, name=names[i], keep=keep)
         except _Failed as e:
