@@ -31,7 +31,8 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from actors.engine_processes import EngineProcesses, reap_on_node
-from cluster.calls import ActorHandle, CallFailure, RemoteCallError, each_as_done, get_all, wait_each
+from cluster.calls import CallFailure, RemoteCallError, each_as_done, get_all, wait_each
+from cluster.untyped import ActorHandle
 from trainer.protocols import StaleEngineError
 from trainer.types import Prompt, RolloutBatch, RolloutPart, WeightVersion
 

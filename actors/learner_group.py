@@ -30,9 +30,10 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from cluster.calls import ActorHandle, RemoteCallError, get_all
+from cluster.calls import RemoteCallError, get_all
 from cluster.network import endpoint_on, port_taken
 from cluster.placement import NODE_RESOURCE_SHARE, ordered_bundles
+from cluster.untyped import ActorHandle
 
 if TYPE_CHECKING:
     from pathlib import Path

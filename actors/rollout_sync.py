@@ -1,5 +1,5 @@
 """The receiving half of weight sync on one rollout engine (the sending half and the wire format are in
-actors/weight_sync.py).
+actors/weight_sync/).
 
 `join` enters the transfer group through vLLM's `init_weight_transfer_engine` (leaving the previous group
 first); `receive(version)` runs vLLM's `start_weight_update`, then one `update_weights` per bucket as the

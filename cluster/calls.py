@@ -19,12 +19,12 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeVar
 
-ActorHandle: TypeAlias = Any
-"""A Ray actor handle (what `ray.remote(Cls).options(...).remote(...)` returns). Ray's stubs type
-`ActorHandle.__getattr__` as Never, so `handle.verb.remote(...)` cannot be type-checked: handles stay Any, under
-this one name. The refs they return are `ray.ObjectRef`."""
+if TYPE_CHECKING:
+    from ray import ObjectRef
+
+T = TypeVar("T")
 
 
 class RemoteCallError(RuntimeError):
@@ -85,8 +85,8 @@ def root_cause(error: BaseException) -> str:
     return f"{type(cause).__name__}: {cause}"
 
 
-def get_all(refs: Sequence[Any], *, what: str, names: Sequence[str], timeout_s: float | None,
-            error: type[Exception] = RemoteCallError, keep: tuple[type[Exception], ...] = ()) -> list[Any]:
+def get_all(refs: Sequence[ObjectRef[T]], *, what: str, names: Sequence[str], timeout_s: float | None,
+            error: type[Exception] = RemoteCallError, keep: tuple[type[Exception], ...] = ()) -> list[T]:
     """`ray.get` of every ref within `timeout_s` (None: no deadline), raising on the first failure.
 
     `names[i]` names the actor behind `refs[i]` ("engine 1", "learner rank 3"); `what` names the call
@@ -94,9 +94,10 @@ def get_all(refs: Sequence[Any], *, what: str, names: Sequence[str], timeout_s: 
     a type in `keep` (e.g. StaleEngineError), which is raised as that type so callers can tell it apart.
     """
     results: list[Any] = [None] * len(refs)
-    for i, ref in _in_turn(refs, what=what, names=names, timeout_s=timeout_s):
-        if i is None:
-            raise error(f"{what}: no answer within {timeout_s:.0f}s from {', '.join(names[j] for j in ref)}")
+    for turn in _in_turn(refs, what=what, names=names, timeout_s=timeout_s):
+        if turn[0] is None:
+            raise error(f"{what}: no answer within {timeout_s:.0f}s from {', '.join(names[j] for j in turn[1])}")
+        i, ref = turn
         try:
             results[i] = _get(ref, what=what, name=names[i], keep=keep)
         except _Failed as e:
@@ -111,7 +112,8 @@ class _Failed(Exception):
         self.error = error
 
 
-def _in_turn(refs: Sequence[Any], *, what: str, names: Sequence[str], timeout_s: float | None) -> Iterator[Any]:
+def _in_turn(refs: Sequence[ObjectRef[Any]], *, what: str, names: Sequence[str], timeout_s: float | None
+             ) -> Iterator[tuple[int, ObjectRef[Any]] | tuple[None, list[int]]]:
     """(index, ref) of each call as it finishes, listed in the registry while waiting; at the deadline one
     last (None, indexes of the calls still pending)."""
     import ray
@@ -132,7 +134,7 @@ def _in_turn(refs: Sequence[Any], *, what: str, names: Sequence[str], timeout_s:
             yield index[ready[0]], ready[0]
 
 
-def _get(ref: Any, *, what: str, name: str, keep: tuple[type[Exception], ...]) -> Any:
+def _get(ref: ObjectRef[T], *, what: str, name: str, keep: tuple[type[Exception], ...]) -> T:
     """`ray.get` of a finished call; an actor's own exception of a type in `keep` is raised as that type,
     any other failure as _Failed."""
     import ray
@@ -163,7 +165,7 @@ class CallFailure:
         return f"{self.name}: {self.cause}"
 
 
-def wait_each(refs: Sequence[Any], *, what: str, names: Sequence[str], timeout_s: float | None,
+def wait_each(refs: Sequence[ObjectRef[Any]], *, what: str, names: Sequence[str], timeout_s: float | None,
               keep: tuple[type[Exception], ...] = ()) -> list[Any]:
     """Like `get_all`, but every call gets its answer: a result, or a `CallFailure` for a call that
     raised, died or had not answered by the common deadline, so a caller can replace the failed actors
@@ -174,18 +176,19 @@ def wait_each(refs: Sequence[Any], *, what: str, names: Sequence[str], timeout_s
     return results
 
 
-def each_as_done(refs: Sequence[Any], *, what: str, names: Sequence[str], timeout_s: float | None,
+def each_as_done(refs: Sequence[ObjectRef[Any]], *, what: str, names: Sequence[str], timeout_s: float | None,
                  keep: tuple[type[Exception], ...] = ()) -> Iterator[tuple[int, Any]]:
     """`wait_each` one call at a time: (index, result or `CallFailure`) of each call the moment it finishes,
     so a caller can use one actor's answer while the others still work; at the common deadline, a
     `CallFailure` for each call still pending. An exception of a type in `keep` is raised at once."""
     import ray
 
-    for i, ref in _in_turn(refs, what=what, names=names, timeout_s=timeout_s):
-        if i is None:
-            for j in ref:
+    for turn in _in_turn(refs, what=what, names=names, timeout_s=timeout_s):
+        if turn[0] is None:
+            for j in turn[1]:
                 yield j, CallFailure(names[j], f"gave no answer to {what} within {timeout_s:.0f}s", timed_out=True)
             return
+        i, ref = turn
         try:
             result = _get(ref, what=what, name=names[i], keep=keep)
         except _Failed as e:

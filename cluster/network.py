@@ -17,7 +17,10 @@ import errno
 import os
 import socket
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from torch.distributed import Store
 
 LOOPBACK = "127.0.0.1"
 LISTEN_BACKLOG = 1024
@@ -69,7 +72,7 @@ def endpoint_on(options: dict[str, Any], timeout_s: float) -> tuple[str, int]:
     import ray
 
     strategy = options.get("scheduling_strategy")
-    task: Any = ray.remote(num_cpus=0)(node_endpoint)
+    task = ray.remote(num_cpus=0)(node_endpoint)
     ref = task.options(scheduling_strategy=strategy).remote()
     ready, _ = ray.wait([ref], timeout=timeout_s)
     if not ready:
@@ -112,7 +115,7 @@ def gloo_interface_for(peer: str) -> str | None:
     return interface_of(route_source_address(peer))
 
 
-def tcp_store(host: str, port: int, *, is_master: bool, timeout_s: float, world_size: int | None = None) -> Any:
+def tcp_store(host: str, port: int, *, is_master: bool, timeout_s: float, world_size: int | None = None) -> Store:
     """A torch TCPStore; the master listens on (host, port) only.
 
     torch's own server binds every interface; given an already bound socket (`master_listen_fd`) it

@@ -35,11 +35,13 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import ray
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+T = TypeVar("T")
 
 PLACEMENT_TIMEOUT_S = 120.0
 NODE_RESOURCE_SHARE = 0.001
@@ -185,10 +187,10 @@ class Placement:
         """Ray's node id of each actor of `role`, as its bundle places it."""
         return [str(n) for n in self.run_on(role, _node_id, timeout_s)]
 
-    def run_on(self, role: str, fn: Callable[[], Any], timeout_s: float = PLACEMENT_TIMEOUT_S) -> list[Any]:
+    def run_on(self, role: str, fn: Callable[[], T], timeout_s: float = PLACEMENT_TIMEOUT_S) -> list[T]:
         """`fn()` on the node of each actor of `role`, as its bundle places it (a task that asks for no
         resources runs there, so it never waits for the actor, nor the actor for it)."""
-        task: Any = ray.remote(num_cpus=0)(fn)
+        task = ray.remote(num_cpus=0)(fn)
         refs = [task.options(scheduling_strategy=self.options(role, i)["scheduling_strategy"]).remote()
                 for i in range(self.spec.role(role).num_actors)]
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)

@@ -23,7 +23,6 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import ray
 
@@ -76,7 +75,7 @@ def check_shared_dir(path: str | Path, node_ids: Sequence[str], *, what: str = "
 def _probe_nodes(path: str, token: str, nodes: list[str], timeout_s: float) -> list[NodeView]:
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    task: Any = ray.remote(num_cpus=0)(_probe_here)
+    task = ray.remote(num_cpus=0)(_probe_here)
     refs = [task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(path, token, node)
             for node in nodes]
     ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
@@ -112,7 +111,7 @@ def _remove_on_nodes(path: str, token: str, nodes: list[str], timeout_s: float) 
     """Best effort: a node that cannot be reached keeps a small file, never the run."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    task: Any = ray.remote(num_cpus=0)(_remove_here)
+    task = ray.remote(num_cpus=0)(_remove_here)
     refs = [task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(path, token, node)
             for node in nodes]
     ray.wait(refs, num_returns=len(refs), timeout=timeout_s)

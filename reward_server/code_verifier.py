@@ -39,8 +39,8 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
 
+from cluster.untyped import JsonValue
 from reward_server.code_sandbox import CodeSandbox, RunResult
 
 PYTHON_TAGS = ("", "python", "py", "python3")
@@ -62,7 +62,7 @@ class Case:
     """Expected standard output; None for a value case."""
     expr: str | None = None
     """Python expression the harness evaluates after running the program (value cases)."""
-    expected_value: Any = None
+    expected_value: JsonValue = None
     """Expected value, JSON-normalised (lists, not tuples)."""
 
 
@@ -145,11 +145,11 @@ def _assert_case(line: str) -> Case:
     return Case(expr=ast.unparse(test.left), expected_value=_normal(want))
 
 
-def _text(value: Any) -> str:
+def _text(value: JsonValue) -> str:
     return value if isinstance(value, str) else "\n".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
-def _normal(value: Any) -> Any:
+def _normal(value: object) -> JsonValue:
     """`value` as it comes back from JSON (tuples become lists); ValueError when it has no JSON form."""
     try:
         return json.loads(json.dumps(value))

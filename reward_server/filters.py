@@ -165,6 +165,10 @@ def rules(settings: FilterSettings) -> dict[str, Rule]:
     return table
 
 
+RULE_NAMES: tuple[str, ...] = tuple(rules(FilterSettings(reject_code=True)))
+"""Every rule's name, in the order they are applied: the reasons a filter can reject a sample for."""
+
+
 def first_rejection(cot: str, table: dict[str, Rule]) -> tuple[str, str] | None:
     """(rule name, its message) of the first rule that rejects `cot`, or None if all pass."""
     for name, rule in table.items():

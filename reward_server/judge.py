@@ -20,11 +20,11 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
+from cluster.untyped import ActorHandle
+from reward_server.response_format import completion_for_reward, split_readable
+from reward_server.samples import Completion, Prompt, RewardResult
 from reward_server.verifiers import extract_answer
-from trainer.templates import completion_for_reward, split_readable
-from trainer.types import Completion, Prompt, RewardResult
 
 JUDGE_TEMPLATE = (
     "You are grading an answer to a question against the reference answer.\n"
@@ -113,7 +113,7 @@ class JudgeScorer:
         return RewardResult(reward=self.weight * value, components={"judge": value}, correct=verdict.correct)
 
 
-def engine_generate(engine_actor: Any, *, max_tokens: int = 32, timeout_s: float = 600.0) -> Generate:
+def engine_generate(engine_actor: ActorHandle, *, max_tokens: int = 32, timeout_s: float = 600.0) -> Generate:
     """A `Generate` on one rollout engine actor (`actors.rollout.RolloutWorker` under Ray): greedy, one
     sample per judge prompt, stopping after the verdict line."""
     import ray

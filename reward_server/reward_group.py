@@ -31,14 +31,14 @@ import time
 from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import ray
 
 from cluster.calls import tracking
+from cluster.untyped import ActorHandle, RemoteActorClass
+from reward_server.config import RewardConfig
+from reward_server.samples import Completion, Prompt, RewardResult, RolloutBatch, ScoredBatch
 from reward_server.sandbox import STARTUP_TIMEOUT_S
-from trainer.config import RewardConfig
-from trainer.types import Completion, Prompt, RewardResult, RolloutBatch, ScoredBatch
 
 CHUNKS_PER_ACTOR = 4
 """Chunks per actor and batch: small enough to rebalance around a slow chunk, large enough that the
@@ -62,7 +62,7 @@ class _Call:
     chunk: int
     """Index of the chunk being scored."""
     actor_index: int
-    actor: Any
+    actor: ActorHandle
     """The handle the call went to (the slot may hold a replacement by the time it returns)."""
     budget_s: float
     deadline: float
@@ -73,7 +73,7 @@ class RewardActor:
     """Holds the scorers of `cfg.routes` (`reward_server.scorers`): the rule-based reward and its verifier
     worker subprocess, a handle to a judge engine, reward models in this process. Run as a Ray actor."""
 
-    def __init__(self, cfg: RewardConfig, max_response_tokens: int, judge_engines: Sequence[Any] = (),
+    def __init__(self, cfg: RewardConfig, max_response_tokens: int, judge_engines: Sequence[ActorHandle] = (),
                  actor_index: int = 0) -> None:
         from reward_server.scorers import build_routed_scorer, judge_generate_for
 
@@ -94,18 +94,17 @@ class RewardGroup:
     def __init__(
         self, cfg: RewardConfig, max_response_tokens: int, num_actors: int, cpus_per_actor: float, *,
         sample_allowance_s: float = SAMPLE_ALLOWANCE_S, startup_allowance_s: float = STARTUP_ALLOWANCE_S,
-        actor_cls: type = RewardActor, judge_engines: Sequence[Any] = (),
+        actor_cls: type = RewardActor, judge_engines: Sequence[ActorHandle] = (),
     ) -> None:
         """`judge_engines`: handles of the judge's engine actors (`RolloutWorker`s serving the judge model),
         needed when `cfg.routes` send a data source to the judge; reward actor i asks engine i mod their number."""
         if num_actors < 1:
             raise ValueError(f"num_actors must be >= 1, got {num_actors}")
-        # Any: Ray's stubs do not type `.remote` on actor classes and methods.
-        self._remote_cls: Any = ray.remote(num_cpus=cpus_per_actor)(actor_cls)
-        extra: tuple[Any, ...] = (list(judge_engines),) if judge_engines else ()
+        self._remote_cls: RemoteActorClass = ray.remote(num_cpus=cpus_per_actor)(actor_cls)
+        extra: tuple[list[ActorHandle], ...] = (list(judge_engines),) if judge_engines else ()
         self._args = [(cfg, max_response_tokens, *extra, i) if extra else (cfg, max_response_tokens)
                       for i in range(num_actors)]
-        self._actors: list[Any] = [self._remote_cls.remote(*args) for args in self._args]
+        self._actors: list[ActorHandle] = [self._remote_cls.remote(*args) for args in self._args]
         self._fresh = [True] * num_actors
         """Actor slots whose actor has not returned a chunk yet (its start counts against its first)."""
         self._sample_budget_s = cfg.timeout_s + sample_allowance_s

@@ -20,8 +20,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
-from trainer.templates import completion_for_reward, split_readable
-from trainer.types import Completion, Prompt, RewardResult
+from reward_server.response_format import completion_for_reward, split_readable
+from reward_server.samples import Completion, Prompt, RewardResult
 
 Item = tuple[Prompt, Completion]
 Scorer = Callable[[Sequence[Item]], list[RewardResult]]

@@ -35,12 +35,17 @@ from dataclasses import dataclass, replace
 
 from reward_server.code_sandbox import CodeSandbox, SandboxLimits
 from reward_server.code_verifier import CodeVerdict, CodeVerifier, extract_program
+from reward_server.config import RewardConfig
+from reward_server.response_format import (
+    COLD_START_MARKER,
+    chain_of_thought,
+    completion_for_reward,
+    split_readable,
+)
+from reward_server.samples import Completion, Prompt, RewardResult
 from reward_server.sandbox import VerifierError, VerifierSandbox, VerifierTimeout
 from reward_server.textscan import TARGET_LETTERS, count_words
 from reward_server.verifiers import final_answer, verify_arithmetic, verify_countdown
-from trainer.config import RewardConfig
-from trainer.templates import COLD_START_MARKER, chain_of_thought, completion_for_reward, split_readable
-from trainer.types import Completion, Prompt, RewardResult
 
 VERIFIER_NAMES = ("math", "arithmetic", "countdown", "code")
 """Accuracy verifiers a config or a `Prompt.task` may name."""
@@ -116,7 +121,7 @@ _FORMAT_TAGS = ["<think>", "</think>", "<answer>", "</answer>"]
 
 def format_reward(text: str) -> Score:
     """1 for `<think>...</think><answer>...</answer>` (R1-Zero), else 0. `text` must already carry
-    the `<think>` the prompt opened (see `trainer.templates.completion_for_reward`). A text that opens
+    the `<think>` the prompt opened (see `reward_server.response_format.completion_for_reward`). A text that opens
     with the cold-start marker is checked as R1's readable format instead (`readable_format_reward`).
 
     Exactly one think block, then exactly one answer block, both non-empty (the tags alone earn
@@ -161,7 +166,7 @@ def readable_format_reward(text: str) -> Score:
 def language_reward(text: str, *, target_language: str) -> Score:
     """Share (0..1) of the chain-of-thought's words written in `target_language` (R1). The chain of
     thought is the reasoning between the cold-start markers, else the text between the first `<think>`
-    and the first `</think>` after it (`trainer.templates.chain_of_thought`)."""
+    and the first `</think>` after it (`reward_server.response_format.chain_of_thought`)."""
     if target_language not in TARGET_LETTERS:
         raise ValueError(f"unknown target language {target_language!r}; known: {', '.join(TARGET_LETTERS)}")
     # chain_of_thought uses str.find, not `<think>(.*?)</think>`: the lazy regex rescans to the end from

@@ -23,13 +23,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any
 
+from cluster.untyped import ActorHandle
+from reward_server.config import RewardConfig, RewardModelConfig
 from reward_server.judge import Generate, JudgeScorer
 from reward_server.reward_model import Part, RewardModelScorer, Scorer, route_by_source
 from reward_server.rewards import Check, build_reward_fn
-from trainer.config import RewardConfig, RewardModelConfig
-from trainer.types import Completion, Prompt, RewardResult
+from reward_server.samples import Completion, Prompt, RewardResult
 
 Item = tuple[Prompt, Completion]
 
@@ -131,7 +131,7 @@ def build_routed_scorer(cfg: RewardConfig, *, max_response_tokens: int, judge_ge
     return RoutedScorer(scorers, cfg.route_map(), cfg.default_scorer, close=rule.close)
 
 
-def judge_generate_for(cfg: RewardConfig, judge_engines: Sequence[Any], actor_index: int) -> Generate | None:
+def judge_generate_for(cfg: RewardConfig, judge_engines: Sequence[ActorHandle], actor_index: int) -> Generate | None:
     """The judge engine a reward actor asks (actor i: engine i mod the number of engines), or None."""
     if not judge_engines:
         return None

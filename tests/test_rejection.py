@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import typing
 
 from reward_server.filters import Deduplicator, FilterSettings, rules
 from trainer.config import RejectionConfig
@@ -35,6 +36,16 @@ GOOD = "1+2+0=3</think><answer>3</answer>"
 def run(batch: ScoredBatch, questions: list[str], **kwargs) -> Selection:
     table = rules(FilterSettings(max_paragraph_chars=kwargs.pop("max_paragraph_chars", 1000)))
     return select_samples(batch, questions, Selection(), filter_rules=table, dedup=Deduplicator(), **kwargs)
+
+
+def test_every_filter_rule_is_a_reason_of_the_report():
+    """A rule of `reward_server.filters.rules`, under any of FilterSettings' switches, is counted by the report:
+    `Selection.report` lists only the reasons in REASONS, so a missing one would vanish from it."""
+    switches = [name for name, hint in typing.get_type_hints(FilterSettings).items() if hint is bool]
+    names = list(rules(FilterSettings(**dict.fromkeys(switches, True))))
+    assert switches and names
+    assert set(names) <= set(REASONS), f"rules missing from REASONS: {set(names) - set(REASONS)}"
+    assert [r for r in REASONS if r in names] == names  # in the order the rules run
 
 
 def test_each_reason_is_counted_once_and_counts_add_up():

@@ -50,8 +50,8 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
+from cluster.untyped import JsonValue, TorchLoaded
 from trainer.data import SamplerState
 
 log = logging.getLogger(__name__)
@@ -230,7 +230,7 @@ def _prune(root: Path, *, newest: int, keep: int) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _fsync_and_hash(directory: Path) -> dict[str, dict[str, Any]]:
+def _fsync_and_hash(directory: Path) -> dict[str, dict[str, JsonValue]]:
     """fsync every file and directory under `directory`; {relative path: {bytes, sha256}}. Files are
     hashed in parallel (hashlib releases the GIL): one shard per rank, each possibly gigabytes."""
     paths = sorted(Path(d) / f for d, _, names in os.walk(directory) for f in names)
@@ -401,7 +401,7 @@ def validate_checkpoint(checkpoint: Path) -> ControllerState:
     return load_controller_state(checkpoint)
 
 
-def _expected_files(checkpoint: Path, files: dict[str, Any]) -> list[str]:
+def _expected_files(checkpoint: Path, files: dict[str, JsonValue]) -> list[str]:
     """Files every checkpoint must hold: the controller state, learner state, and one shard per
     rank when the learner wrote its layout (`learner/learner.json`, see `LearnerWorker.save`)."""
     expected = [CONTROLLER]
@@ -429,13 +429,13 @@ def load_controller_state(checkpoint: Path) -> ControllerState:
         raise CorruptCheckpoint(file, f"unreadable ({type(exc).__name__}: {exc})") from exc
 
 
-def _sampler_state(raw: dict[str, Any]) -> SamplerState:
+def _sampler_state(raw: dict[str, JsonValue]) -> SamplerState:
     """`SamplerState` from its JSON; `deferred` is a list there, and absent in older checkpoints."""
     return SamplerState(epoch=int(raw["epoch"]), position=int(raw["position"]),
                         deferred=tuple(int(i) for i in raw.get("deferred", ())))
 
 
-def load_tensors(path: Path | str, *, mmap: bool = False) -> Any:
+def load_tensors(path: Path | str, *, mmap: bool = False) -> TorchLoaded:
     """`torch.load(path, weights_only=True)` onto the CPU, with errors that name the file: plain
     tensors, numbers, strings and containers load; any other pickle is refused, not run. With `mmap`
     the tensors map the file instead of being read (a check of the pickle costs no memory)."""

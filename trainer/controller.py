@@ -23,10 +23,11 @@ import random
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
+from cluster.untyped import JsonValue
 from trainer import steps
 from trainer.checkpoint import ControllerState, load_controller_state, resume_point, save_checkpoint
 from trainer.config import TrainConfig, to_dict
@@ -218,7 +219,7 @@ def resume_ledger(checkpoint: Path, state: ControllerState, train_prompts: list)
     return ledger
 
 
-def _json(obj: Any) -> str:
+def _json(obj: JsonValue) -> str:
     import json
 
     return json.dumps(obj, indent=1, default=str)

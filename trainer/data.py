@@ -24,11 +24,12 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from trainer.templates import render
+from cluster.untyped import JsonValue
+from trainer.templates import Tokenizer, render
 from trainer.types import Prompt
 
 if TYPE_CHECKING:
@@ -43,12 +44,12 @@ class DataError(ValueError):
     """A data file (or model directory) that cannot be used; the message names the file and the row."""
 
 
-def read_rows(path: str | Path) -> list[dict[str, Any]]:
+def read_rows(path: str | Path) -> list[dict[str, JsonValue]]:
     """Rows of a .jsonl / .json lines or .parquet file, each checked for the required fields."""
     return [row for _, row in read_numbered_rows(path)]
 
 
-def read_numbered_rows(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
+def read_numbered_rows(path: str | Path) -> list[tuple[str, dict[str, JsonValue]]]:
     """(where, row) of every row, checked for the required fields. `where` is how errors and warnings
     name the row: `file:LINE` for JSON lines (1-based file line numbers, blank lines counted),
     `file: row N` for Parquet (1-based)."""
@@ -71,7 +72,7 @@ def read_numbered_rows(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
     return rows
 
 
-def _read_parquet(path: Path) -> list[tuple[str, Any]]:
+def _read_parquet(path: Path) -> list[tuple[str, JsonValue]]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -81,7 +82,7 @@ def _read_parquet(path: Path) -> list[tuple[str, Any]]:
         raise DataError(f"{path}: not a readable Parquet file ({type(e).__name__}: {e})") from None
 
 
-def _read_jsonl(path: Path) -> list[tuple[str, Any]]:
+def _read_jsonl(path: Path) -> list[tuple[str, JsonValue]]:
     rows = []
     with path.open("rb") as f:
         for line_no, raw in enumerate(f, 1):
@@ -107,7 +108,7 @@ LONGEST_TOKEN_FALLBACK = 64
 """Characters per token assumed for a tokenizer that cannot list its vocabulary."""
 
 
-def max_prompt_chars(tokenizer: Any, max_prompt_tokens: int) -> int:
+def max_prompt_chars(tokenizer: Tokenizer, max_prompt_tokens: int) -> int:
     """Characters beyond which a text cannot fit in `max_prompt_tokens` tokens, whatever it holds.
 
     No token stands for more characters than its vocabulary entry is long (byte-level BPE: one
@@ -118,7 +119,7 @@ def max_prompt_chars(tokenizer: Any, max_prompt_tokens: int) -> int:
     return max_prompt_tokens * longest * CHAR_BOUND_SLACK
 
 
-def load_prompts(path: str | Path, *, template: str, tokenizer: Any = None, default_task: str = "math",
+def load_prompts(path: str | Path, *, template: str, tokenizer: Tokenizer | None = None, default_task: str = "math",
                  limit: int | None = None, max_prompt_tokens: int | None = None) -> list[Prompt]:
     """Read a data set, render every prompt with `template`, and drop prompts over `max_prompt_tokens`.
 
@@ -129,7 +130,7 @@ def load_prompts(path: str | Path, *, template: str, tokenizer: Any = None, defa
     if max_prompt_tokens is not None and tokenizer is None:
         raise ValueError("counting prompt tokens needs the model's tokenizer")
     numbered = read_numbered_rows(path)
-    bound = None if max_prompt_tokens is None else max_prompt_chars(tokenizer, max_prompt_tokens)
+    bound = None if max_prompt_tokens is None or tokenizer is None else max_prompt_chars(tokenizer, max_prompt_tokens)
     huge = [where for where, row in numbered if bound is not None and len(row["prompt"]) > bound]
     prompts = [
         Prompt(
@@ -152,14 +153,14 @@ def load_prompts(path: str | Path, *, template: str, tokenizer: Any = None, defa
     return prompts[:limit]
 
 
-def prompt_token_counts(prompts: list[Prompt], tokenizer: Any) -> list[int]:
+def prompt_token_counts(prompts: list[Prompt], tokenizer: Tokenizer | None) -> list[int]:
     """Tokens of each rendered prompt as the engine counts them (`tokenizer(text)`, default special tokens)."""
     if tokenizer is None:
         raise ValueError("counting prompt tokens needs the model's tokenizer")
     return [len(ids) for ids in tokenizer([p.text for p in prompts])["input_ids"]]
 
 
-def drop_long_prompts(prompts: list[Prompt], tokenizer: Any, max_prompt_tokens: int, *,
+def drop_long_prompts(prompts: list[Prompt], tokenizer: Tokenizer | None, max_prompt_tokens: int, *,
                       source: str) -> list[Prompt]:
     """The prompts of at most `max_prompt_tokens` tokens; logs how many were dropped."""
     counts = prompt_token_counts(prompts, tokenizer)
@@ -175,11 +176,11 @@ def drop_long_prompts(prompts: list[Prompt], tokenizer: Any, max_prompt_tokens: 
     return kept
 
 
-def _as_text(value: Any) -> str:
+def _as_text(value: JsonValue) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def load_run_prompts(cfg: TrainConfig, tokenizer: Any) -> tuple[list[Prompt], list[Prompt]]:
+def load_run_prompts(cfg: TrainConfig, tokenizer: Tokenizer) -> tuple[list[Prompt], list[Prompt]]:
     """The run's training prompts and its first `data.eval_size` held-out prompts, long ones dropped."""
     d, task, longest = cfg.data, cfg.reward.verifier, cfg.model.max_prompt_tokens
     train = load_prompts(d.train_path, template=d.template, tokenizer=tokenizer, default_task=task,

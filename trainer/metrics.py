@@ -13,8 +13,14 @@ import json
 import logging
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from cluster.untyped import JsonValue
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +38,7 @@ class MetricsLogger:
 
             self._tb = SummaryWriter(str(self.run_dir / "tb"))
 
-    def log(self, step: int, kind: str, values: dict[str, Any]) -> None:
+    def log(self, step: int, kind: str, values: Mapping[str, object]) -> None:
         record = {"step": step, "kind": kind, **{k: _plain(v) for k, v in values.items()}}
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
@@ -60,13 +66,13 @@ class MetricsLogger:
             self._tb.close()
 
 
-def _plain(value: Any) -> Any:
+def _plain(value: object) -> JsonValue:
     if hasattr(value, "item"):
         return value.item()
     return value
 
 
-def read_metrics(run_dir: str | Path, kind: str | None = None) -> list[dict[str, Any]]:
+def read_metrics(run_dir: str | Path, kind: str | None = None) -> list[dict[str, JsonValue]]:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
         return []
@@ -74,7 +80,7 @@ def read_metrics(run_dir: str | Path, kind: str | None = None) -> list[dict[str,
     return [r for r in rows if kind is None or r["kind"] == kind]
 
 
-def _parse_lines(path: Path) -> list[tuple[str, dict[str, Any]]]:
+def _parse_lines(path: Path) -> list[tuple[str, dict[str, JsonValue]]]:
     """(line, record) of each well-formed line; a malformed one is skipped with a warning naming it."""
     out = []
     text = path.read_text(encoding="utf-8", errors="replace")
@@ -144,7 +150,7 @@ def plot_curves(run_dir: str | Path) -> Path:
     return out
 
 
-def _series(ax: Any, rows: list[dict[str, Any]], key: str, label: str, **style: Any) -> None:
+def _series(ax: Axes, rows: list[dict[str, JsonValue]], key: str, label: str, **style: Any) -> None:
     """Plot `key` against step for the rows that have it (older runs' lines lack the newer metrics)."""
     points = [(r["step"], r[key]) for r in rows if key in r]
     if points:

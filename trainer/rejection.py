@@ -25,13 +25,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from reward_server.filters import RULE_NAMES
 from trainer.config import RejectionConfig, to_dict
 from trainer.templates import chain_of_thought, completion_for_reward
 from trainer.types import ScoredBatch
 
-REASONS = ("reward_error", "incorrect", "no_chain_of_thought", "mixed_language", "overlong_paragraph",
-           "code_block", "duplicate", "over_keep_limit")
-"""Why a sample is dropped, in the order the checks run."""
+REASONS = ("reward_error", "incorrect", "no_chain_of_thought", *RULE_NAMES, "duplicate", "over_keep_limit")
+"""Why a sample is dropped, in the order the checks run: `_first_failure`'s own, the filter rules' names
+(`reward_server.filters.rules`), then `select_samples`'s."""
 
 
 @dataclass

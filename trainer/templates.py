@@ -13,6 +13,10 @@ response is `|special_token|<reasoning_process>|special_token|<summary>`, writte
 `readable_response` and read back strictly by `split_readable`. The marker is plain text here, not an
 added token, so any tokenizer can carry it; `chain_of_thought` finds the reasoning in either format.
 
+The response formats' writer and readers (`readable_response`, `split_readable`, `chain_of_thought`,
+`completion_for_reward`) live with the rewards that read them, in `reward_server.response_format`, and
+are imported from here too.
+
 `r1_zero_readable` is the R1-Zero prompt without its opening `<think>`, answered in the readable format.
 It is for a base model whose skill is bound to the exact prompt it was pretrained on: the tiny base's
 per-token loss on its own correct chains of thought was 0.036 after the R1-Zero prompt and 2.3 after the
@@ -23,8 +27,29 @@ from `<think>`), the readable response starts exactly where the base's pretraini
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
+
+from reward_server.response_format import COLD_START_MARKER as COLD_START_MARKER
+from reward_server.response_format import THINK_OPEN as THINK_OPEN
+from reward_server.response_format import chain_of_thought as chain_of_thought
+from reward_server.response_format import completion_for_reward as completion_for_reward
+from reward_server.response_format import readable_response as readable_response
+from reward_server.response_format import split_readable as split_readable
+
+
+class Tokenizer(Protocol):
+    """What the templates and the data loader ask of a Hugging Face tokenizer."""
+
+    def __call__(self, text: list[str], /) -> Mapping[str, Sequence[Sequence[int]]]:
+        """Token ids of each text under `"input_ids"`, with the default special tokens (as vLLM encodes)."""
+        ...
+
+    def apply_chat_template(self, conversation: list[dict[str, str]], /, *, tokenize: bool,
+                            add_generation_prompt: bool) -> object:
+        """The conversation rendered with the model's chat template (text, with `tokenize=False`)."""
+        ...
+
 
 R1_ZERO_INSTRUCTION = (
     "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. "
@@ -34,15 +59,13 @@ R1_ZERO_INSTRUCTION = (
     "<answer> answer here </answer>."
 )
 
-THINK_OPEN = "<think>"
-
 
 def r1_zero(question: str) -> str:
     """The R1-Zero prompt for a base model."""
     return f"{R1_ZERO_INSTRUCTION} User: {question} Assistant: {THINK_OPEN}"
 
 
-def r1_chat(question: str, tokenizer: Any) -> str:
+def r1_chat(question: str, tokenizer: Tokenizer) -> str:
     """The R1 instruction as a system message, rendered with the model's chat template."""
     messages = [
         {"role": "system", "content": R1_ZERO_INSTRUCTION},
@@ -51,9 +74,6 @@ def r1_chat(question: str, tokenizer: Any) -> str:
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return str(text) + THINK_OPEN
 
-
-COLD_START_MARKER = "|special_token|"
-"""R1's delimiter around the reasoning process in the cold-start format."""
 
 COLD_START_INSTRUCTION = (
     "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. "
@@ -72,41 +92,12 @@ def r1_zero_readable(question: str) -> str:
     return f"{R1_ZERO_INSTRUCTION} User: {question} Assistant: "
 
 
-def readable_response(reasoning: str, summary: str, *, marker: str = COLD_START_MARKER) -> str:
-    """R1's cold-start output: `marker + reasoning + marker + summary`."""
-    if marker in reasoning or marker in summary:
-        raise ValueError(f"the reasoning and the summary must not contain the marker {marker!r}")
-    return f"{marker}{reasoning}{marker}{summary}"
-
-
-def split_readable(text: str, *, marker: str = COLD_START_MARKER) -> tuple[str, str] | None:
-    """(reasoning, summary) of a readable response, or None unless it opens with the marker, holds it
-    exactly twice and both parts are non-empty."""
-    if not text.startswith(marker) or text.count(marker) != 2:
-        return None
-    _, reasoning, summary = text.split(marker)
-    if not reasoning.strip() or not summary.strip():
-        return None
-    return reasoning, summary
-
-
-def chain_of_thought(text: str, *, marker: str = COLD_START_MARKER) -> str | None:
-    """The reasoning of a completion: between the cold-start markers, else inside the first
-    `<think>...</think>` (pass the text through `completion_for_reward` first), else None."""
-    readable = split_readable(text, marker=marker)
-    if readable is not None:
-        return readable[0]
-    start = text.find(THINK_OPEN)
-    end = text.find("</think>", start + len(THINK_OPEN)) if start != -1 else -1
-    return text[start + len(THINK_OPEN):end] if end != -1 else None
-
-
 TEMPLATES: dict[str, Callable[..., str]] = {"r1_zero": r1_zero, "r1_chat": r1_chat,
                                             "r1_cold_start": r1_cold_start, "r1_zero_readable": r1_zero_readable}
 """Template name -> renderer. `r1_chat` also needs the tokenizer."""
 
 
-def render(template: str, question: str, tokenizer: Any = None) -> str:
+def render(template: str, question: str, tokenizer: Tokenizer | None = None) -> str:
     """Apply the named template to one question."""
     if template not in TEMPLATES:
         raise ValueError(f"unknown template {template!r}; known: {', '.join(TEMPLATES)}")
@@ -117,6 +108,3 @@ def render(template: str, question: str, tokenizer: Any = None) -> str:
     return TEMPLATES[template](question)
 
 
-def completion_for_reward(prompt: str, completion: str) -> str:
-    """The completion as the format reward should see it: with the <think> the prompt opened."""
-    return THINK_OPEN + completion if prompt.endswith(THINK_OPEN) else completion

@@ -8,75 +8,22 @@ Flow of one step (B prompts, G samples each, N = B x G sequences):
 Token-level tensors in a `TrainBatch` are aligned with `input_ids`: position t holds the value for
 token `input_ids[:, t]` (its log-probability given the tokens before it). Prompt positions and padding
 carry 0 and are False in `response_mask`.
+
+`Prompt`, `Completion`, `RolloutBatch`, `RewardResult` and `ScoredBatch` are defined with the reward actors that
+read and write them (`reward_server.samples`) and imported from here like the rest.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import torch
 from torch import Tensor
 
-
-@dataclass(frozen=True)
-class Prompt:
-    """One data set row, rendered with the template."""
-
-    index: int
-    """Position in its data set (stable across epochs; used for resume and logging)."""
-    text: str
-    """The prompt as the model sees it (template applied)."""
-    ground_truth: str
-    """What the accuracy verifier compares the final answer with."""
-    task: str = "math"
-    """Its data source: picks the scorer (`reward.routes`) and, for rule-based ones, the verifier ("math",
-    "arithmetic", "countdown", "code")."""
-
-
-@dataclass(frozen=True)
-class Completion:
-    """One sampled completion of a prompt."""
-
-    token_ids: tuple[int, ...]
-    """Sampled token ids (no prompt)."""
-    text: str
-    """Detokenised completion."""
-    rollout_logprobs: tuple[float, ...]
-    """Per-token log-probabilities as vLLM reported them while sampling, one per token id."""
-    finish_reason: str
-    """'stop' (EOS or a stop string) or 'length' (cut at max tokens)."""
-
-
-@dataclass(frozen=True)
-class RolloutBatch:
-    """Groups of G completions for B prompts, all sampled with the same weights."""
-
-    prompts: tuple[Prompt, ...]
-    """[B] the prompts, in the order they were asked for."""
-    prompt_token_ids: tuple[tuple[int, ...], ...]
-    """[B] tokenised prompts."""
-    completions: tuple[tuple[Completion, ...], ...]
-    """[B][G] completions; group b belongs to prompts[b]."""
-    policy_version: int
-    """Version of the weights that sampled every completion here."""
-    engine_seconds: float = 0.0
-    """Wall time the engines spent generating."""
-
-    @property
-    def group_size(self) -> int:
-        return len(self.completions[0]) if self.completions else 0
-
-    @property
-    def num_tokens(self) -> int:
-        return sum(len(c.token_ids) for group in self.completions for c in group)
-
-    def select(self, keep: Sequence[int]) -> RolloutBatch:
-        """The groups `keep`, in that order."""
-        return RolloutBatch(prompts=tuple(self.prompts[i] for i in keep),
-                            prompt_token_ids=tuple(self.prompt_token_ids[i] for i in keep),
-                            completions=tuple(self.completions[i] for i in keep),
-                            policy_version=self.policy_version, engine_seconds=self.engine_seconds)
+from reward_server.samples import Completion as Completion
+from reward_server.samples import Prompt as Prompt
+from reward_server.samples import RewardResult as RewardResult
+from reward_server.samples import RolloutBatch as RolloutBatch
+from reward_server.samples import ScoredBatch as ScoredBatch
 
 
 @dataclass(frozen=True)
@@ -88,33 +35,6 @@ class RolloutPart:
     """[B_part] where each group of `batch` sits in the whole batch's prompt order."""
     batch: RolloutBatch
     """[B_part] groups, group i being the batch's group `positions[i]`."""
-
-
-@dataclass(frozen=True)
-class RewardResult:
-    """The score of one completion, with every component on its own."""
-
-    reward: float
-    """Weighted sum of the components."""
-    components: dict[str, float]
-    """Unweighted value of each reward component, e.g. {'accuracy': 1.0, 'format': 1.0}."""
-    correct: bool
-    """The accuracy verifier accepted the answer."""
-    error: str | None = None
-    """Why a component failed ('timeout', an exception's text); None when all ran."""
-
-
-@dataclass(frozen=True)
-class ScoredBatch:
-    """A rollout batch with its rewards, [B][G] like the completions."""
-
-    rollout: RolloutBatch
-    results: tuple[tuple[RewardResult, ...], ...]
-    """[B][G] reward of each completion."""
-
-    def rewards(self) -> Tensor:
-        """[B, G] float32 total rewards."""
-        return torch.tensor([[r.reward for r in g] for g in self.results], dtype=torch.float32)
 
 
 @dataclass(frozen=True)
