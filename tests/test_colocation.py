@@ -24,7 +24,7 @@ from actors.weight_sync import (
 )
 from cluster.placement import COLOCATED_GROUP, RoleSpec, actor_slot, colocated_bundles, group_bundles
 from trainer.config import ConfigError, TrainConfig
-from trainer.system import engines_colocated, resource_spec
+from trainer.roles import engines_colocated, resource_spec
 
 LEARNER_RANKS = 8
 
