@@ -2,8 +2,9 @@
 stages) starts its roles here, from a plan of plain values that `trainer.roles.plan_system` decided from the
 config. Nothing here reads a config.
 
-    SystemPlan --start_system--> Ray (init_ray) -> placement groups -> output_dir probe -> weight-sync backend
-        -> rollout engines -> learner ranks -> reference ranks -> judge engines -> reward actors -> weight sync
+    SystemPlan --start_system--> Ray (init_ray) -> placement groups, where each bundle landed -> output_dir
+        probe -> weight-sync backend -> rollout engines -> learner ranks -> reference ranks -> judge engines
+        -> weight-sync group -> reward actors
         == Started (engines, learner, reference, judge, rewards, weight_sync); Started.shutdown() stops them
 
 A role the plan leaves out (None) is not started. `Started` records each part as it starts and shuts down
@@ -221,13 +222,13 @@ def _start_roles(plan: SystemPlan, started: Started, placed: Placed, shm_free: i
     if plan.judge is not None:
         started.judge = started.add(start_engine_group(plan.judge, placed, None))
         started.judge.wait_until_up()
-    if plan.rewards is not None:
+    if plan.sync is not None:
+        connect_weight_sync(plan, started)
+    if plan.rewards is not None:  # last: they score the first rollouts, and come up while those are generated
         r = plan.rewards
         started.rewards = started.add(RewardGroup(
             r.config, r.max_response_tokens, r.num_actors, r.cpus_per_actor,
             judge_engines=started.judge.engine_actors if started.judge is not None else ()))
-    if plan.sync is not None:
-        connect_weight_sync(plan, started)
 
 
 def weight_sync_backend(plan: SystemPlan, placed: Placed, shm_free: int | None) -> Backend:

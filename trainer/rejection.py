@@ -124,7 +124,8 @@ def start_rejection_system(cfg: RejectionConfig) -> Any:
     from actors.launch import start_system
     from trainer.roles import plan_system
 
-    return start_system(plan_system(cfg.engine_config(), "reject"))
+    plan = plan_system(cfg.engine_config(), "reject")  # every decision, before anything starts
+    return start_system(plan)
 
 
 def run_rejection(cfg: RejectionConfig) -> Path:

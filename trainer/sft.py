@@ -189,8 +189,9 @@ def start_sft_system(cfg: SFTConfig, *, optimizer_steps: int, run_dir: Path) -> 
     from trainer.roles import plan_system, sft_view
 
     model = replace(cfg.model, path=str(Path(cfg.model.path).resolve()))  # the ranks may run elsewhere
-    return start_system(plan_system(sft_view(replace(cfg, model=model)), "sft", optimizer_steps=optimizer_steps,
-                                    shared_dir=str(run_dir)))
+    plan = plan_system(sft_view(replace(cfg, model=model)), "sft", optimizer_steps=optimizer_steps,
+                       shared_dir=str(run_dir))  # every decision, before anything starts
+    return start_system(plan)
 
 
 def finished(run_dir: Path) -> bool:
