@@ -265,11 +265,18 @@ def start_engine(ep: EnginePlan, placed: Placed, backend: str | None, i: int) ->
     """Engine i of `ep` in its placement bundle (at start, and again when it died or hung)."""
     remote: Any = ray.remote(RolloutWorker)
     return remote.options(**placed.options[ep.role][i]).remote(
-        ep.model_path, dtype=ep.dtype, tensor_parallel_size=ep.tensor_parallel_size, max_model_len=ep.max_model_len,
-        gpu_memory_utilization=ep.gpu_memory_utilization, enable_sleep_mode=ep.enable_sleep_mode,
-        cpu_kvcache_gib=ep.cpu_kvcache_gib, cpu_linear=ep.cpu_linear, seed=ep.seed, engine_index=ep.first_index + i,
+        **engine_kwargs(ep, i, backend, placed.bundle_indices[ep.role]))
+
+
+def engine_kwargs(ep: EnginePlan, i: int, backend: str | None, bundle_indices: list[int] | None) -> dict[str, Any]:
+    """`RolloutWorker`'s arguments for engine i of `ep` (CPU engines: each bound to its own cores)."""
+    return dict(
+        model_path=ep.model_path, dtype=ep.dtype, tensor_parallel_size=ep.tensor_parallel_size,
+        max_model_len=ep.max_model_len, gpu_memory_utilization=ep.gpu_memory_utilization,
+        enable_sleep_mode=ep.enable_sleep_mode, cpu_kvcache_gib=ep.cpu_kvcache_gib, cpu_linear=ep.cpu_linear,
+        seed=ep.seed, engine_index=ep.first_index + i,
         cpu_threads=None if ep.use_gpu else cpu_threads_bind(i, ep.num_engines), use_gpu=ep.use_gpu,
-        weight_transfer_backend=backend, bundle_indices=placed.bundle_indices[ep.role])
+        weight_transfer_backend=backend, bundle_indices=bundle_indices)
 
 
 def start_learner_group(lp: LearnerPlan, placed: Placed | None) -> Any:
