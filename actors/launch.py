@@ -8,7 +8,7 @@ config. Nothing here reads a config.
         == Started (engines, learner, reference, judge, rewards, weight_sync); Started.shutdown() stops them
 
 A role the plan leaves out (None) is not started. `Started` records each part as it starts and shuts down
-exactly those, in reverse, then the placement groups, then Ray through the `shutdown_ray` that matches its
+exactly those, in the same order, then the placement groups, then Ray through the `shutdown_ray` that matches its
 `init_ray`: a Ray that was already up (a test session's, a pipeline's) stays up. A start that fails part way
 (an error, Ctrl-C, SIGTERM) shuts down what had started before it raises.
 
@@ -156,7 +156,7 @@ class Started:
     backend: Backend | None = None
     """The weight-transfer backend the rollout engines were started for."""
     parts: list[Any] = field(default_factory=list)
-    """Every group started, in order (shut down in reverse)."""
+    """Every group started, in the order it started (and is shut down: the engines first)."""
     ray_open: bool = False
     """`init_ray` was called; `shutdown` makes the matching `shutdown_ray`."""
 
@@ -167,7 +167,7 @@ class Started:
     def shutdown(self) -> None:
         """Stop every group started, free the placement groups, then leave Ray as it was found."""
         while self.parts:
-            part = self.parts.pop()
+            part = self.parts.pop(0)
             try:
                 part.shutdown()
             except Exception as e:  # a dead actor must not keep the others alive
