@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import ray
 
@@ -36,10 +36,7 @@ from actors.weight_sync import Backend, WeightSync, choose_backend, shm_free_byt
 from cluster.placement import Placed, Placement, ResourceSpec
 from cluster.ray_init import init_ray, shutdown_ray
 from cluster.storage import check_shared_dir
-from reward_server.reward_group import RewardGroup
-
-if TYPE_CHECKING:
-    from trainer.config import RewardConfig
+from reward_server.reward_group import RewardConfig, RewardGroup
 
 
 @dataclass(frozen=True)
@@ -97,6 +94,8 @@ class LearnerPlan:
 
 @dataclass(frozen=True)
 class RewardPlan:
+    """`RewardGroup`'s arguments."""
+
     config: RewardConfig
     max_response_tokens: int
     num_actors: int
