@@ -144,6 +144,7 @@ def _run_rejection(cfg: RejectionConfig, out_dir: Path) -> Path:
 
     from reward_server.filters import Deduplicator, FilterSettings, rules
     from trainer.data import load_prompts, read_rows
+    from trainer.protocols import EngineGroupProtocol, RewardGroupProtocol
 
     (out_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=1))
     limit = cfg.max_prompts or None
@@ -157,7 +158,8 @@ def _run_rejection(cfg: RejectionConfig, out_dir: Path) -> Path:
     selection, dedup = Selection(), Deduplicator()
     s = cfg.rollout.sampling
     system = start_rejection_system(cfg)
-    engines, rewards = system.engines, system.rewards
+    engines: EngineGroupProtocol = system.engines
+    rewards: RewardGroupProtocol = system.rewards
     began = time.perf_counter()
     try:
         for first in range(0, len(prompts), cfg.prompts_per_batch):

@@ -216,6 +216,7 @@ def _train_sft(cfg: SFTConfig, run_dir: Path) -> Path:
     from trainer.checkpoint import ControllerState, latest_checkpoint, load_controller_state, save_checkpoint
     from trainer.data import SamplerState
     from trainer.metrics import MetricsLogger
+    from trainer.protocols import LearnerGroupProtocol
 
     if cfg.resume and finished(run_dir):
         print(f"{run_dir} already finished (hf/ exported); delete it or --set resume=false to start over")
@@ -235,7 +236,7 @@ def _train_sft(cfg: SFTConfig, run_dir: Path) -> Path:
     print(f"SFT {cfg.name}: {len(train)} training samples ({dropped} longer than {d.max_sample_tokens} tokens "
           f"dropped), {len(valid)} validation samples, {steps} steps")
     system = start_sft_system(cfg, optimizer_steps=steps, run_dir=run_dir)
-    learner = system.learner
+    learner: LearnerGroupProtocol = system.learner
     logger = MetricsLogger(run_dir)
     lc = cfg.learner
     pack = dict(pad_token_id=tokenizer.pad_token_id, dp=lc.data_parallel_size)
