@@ -3,7 +3,7 @@ memory on each GPU, computed from the config alone. Nothing starts: no Ray clust
 GRPO examples plan every role; an SFT stage plans its learner alone (`sft_view`), and rejection sampling
 its engines and reward actors alone (`RejectionConfig.engine_config()`).
 
-The roles come from `trainer.roles.ENTRY_ROLES`, the table the builder starts every entry point from, and
+The roles come from `trainer.roles.roles_started`, the table the builder starts every entry point from, and
 their layout from `trainer.roles.resource_spec`, the function the run itself places its actors with
 (importing that module loads the Ray package; it starts nothing). Reference ranks that are not colocated
 and reward actors are placed by their own groups and added here.
@@ -58,7 +58,7 @@ from trainer.model_shape import KNOWN_SHAPES as KNOWN_SHAPES
 from trainer.model_shape import ModelShape as ModelShape
 from trainer.model_shape import PlanError as PlanError
 from trainer.model_shape import model_shape as model_shape
-from trainer.roles import ENTRY_ROLES, Entry, colocated, judge_roles, resource_spec
+from trainer.roles import ENTRY_ROLES, Entry, colocated, judge_roles, resource_spec, roles_started
 from trainer.roles import sft_view as sft_view
 
 Stage = Entry
@@ -89,9 +89,9 @@ class RoleRow:
 
 
 def roles(cfg: TrainConfig, stage: Stage = "grpo") -> list[RoleRow]:
-    """Actors and devices of every role `stage` starts (`trainer.roles.ENTRY_ROLES`), the placed ones as
+    """Actors and devices of every role `stage` starts (`trainer.roles.roles_started`), the placed ones as
     `trainer.roles.resource_spec` places them (reference ranks reserve one GPU per rank of their own)."""
-    spec, wanted = resource_spec(cfg, stage), ENTRY_ROLES[stage]
+    spec, wanted = resource_spec(cfg, stage), roles_started(cfg, stage)
     placed = {r.name: r for r in spec.roles}
     lc, ro = cfg.learner, cfg.rollout
     colocated = bool(spec.colocated)
@@ -105,7 +105,7 @@ def roles(cfg: TrainConfig, stage: Stage = "grpo") -> list[RoleRow]:
         learner = placed["learner"]
         rows.append(RoleRow("learner (Megatron)", learner.num_actors, 1.0 if colocated and cfg.cluster.use_gpu
                             else learner.gpus_per_actor, parallel))
-        if "reference" in wanted and cfg.needs_reference and not lc.reference_colocated:
+        if "reference" in wanted:
             rows.append(RoleRow("reference (Megatron)", learner.num_actors, 1.0 if cfg.cluster.use_gpu else 0.0,
                                 "own ranks, same TP x PP x DP"))
     if "judge" in placed:
@@ -121,7 +121,7 @@ def layout(cfg: TrainConfig, stage: Stage = "grpo") -> list[list[str]]:
     """GPU labels per node: engines first (each TP group on one node), then learner ranks, then reference
     ranks, then the judge's engines, filling nodes of `cluster.gpus_per_node` in order, as PACK places groups
     created in that order; the roles are those `stage` starts (`trainer.roles`)."""
-    per_node, lc, wanted = cfg.cluster.gpus_per_node, cfg.learner, ENTRY_ROLES[stage]
+    per_node, lc, wanted = cfg.cluster.gpus_per_node, cfg.learner, roles_started(cfg, stage)
     tp, pp = lc.tensor_parallel_size, lc.pipeline_parallel_size
     ranks = tp * pp * lc.data_parallel_size
 
@@ -140,7 +140,7 @@ def layout(cfg: TrainConfig, stage: Stage = "grpo") -> list[list[str]]:
             groups += engine_groups("engine", cfg.rollout.num_engines, cfg.rollout.tensor_parallel_size)
         if "learner" in wanted:
             groups += [[rank_label("learner", r)] for r in range(ranks)]
-    if "reference" in wanted and cfg.needs_reference and not lc.reference_colocated:
+    if "reference" in wanted:
         groups += [[rank_label("reference", r)] for r in range(ranks)]
     if "judge" in wanted and cfg.cluster.use_gpu:  # the judge's engines: GPUs of their own, colocated or not
         for judge in judge_roles(cfg):
@@ -324,7 +324,7 @@ def make_plan(cfg: TrainConfig, *, example: str = "config", stage: Stage = "grpo
     or rejection-sampling stage passes its `sft_view` / `RejectionConfig.engine_config()` and `stage`."""
     recompute = cfg.learner.activation_recompute
     shape, source = model_shape(cfg.model.path, example)
-    lm, wanted = learner_memory(shape, cfg), ENTRY_ROLES[stage]  # the roles `stage` starts (trainer.roles)
+    lm, wanted = learner_memory(shape, cfg), roles_started(cfg, stage)  # what the builder starts (trainer.roles)
     kinds = [_learner_kind(cfg, lm, recompute)] if "learner" in wanted else []
     if "rollout" in wanted:  # the engines
         if not cfg.cluster.use_gpu:
@@ -333,7 +333,7 @@ def make_plan(cfg: TrainConfig, *, example: str = "config", stage: Stage = "grpo
             kinds = [_colocated_kind(cfg, lm, engine_memory(shape, cfg), kinds[0])]
         else:
             kinds.insert(0, _engine_kind(cfg, engine_memory(shape, cfg)))
-    if "reference" in wanted and cfg.needs_reference and not cfg.learner.reference_colocated:
+    if "reference" in wanted:
         ranks = cfg.learner.tensor_parallel_size * cfg.learner.pipeline_parallel_size * cfg.learner.data_parallel_size
         kinds.append(GpuKind("reference rank GPU" if cfg.cluster.use_gpu else "reference rank process", ranks,
                              (("reference weights", lm.weights / GIB, cfg.model.dtype),

@@ -38,7 +38,20 @@ ENTRY_ROLES: dict[Entry, tuple[Role, ...]] = {
     "sft": ("learner",),
     "reject": ("rollout", "judge", "reward"),
 }
-"""The roles each entry point may start (see the module docstring for when an optional one does)."""
+"""The roles each entry point may start; `roles_started` says which of them a config needs."""
+
+
+def roles_started(cfg: TrainConfig, entry: Entry) -> tuple[Role, ...]:
+    """The roles of `entry`'s row that `cfg` needs: the reference only with a KL term and ranks of its own
+    (`learner.reference_colocated` off), the judge only when a data source is routed to it."""
+    def needed(role: Role) -> bool:
+        if role == "reference":
+            return cfg.needs_reference and not cfg.learner.reference_colocated
+        if role == "judge":
+            return "judge" in cfg.reward.scorers_used()
+        return True
+
+    return tuple(role for role in ENTRY_ROLES[entry] if needed(role))
 
 COLOCATED_GPU_SHARE = 0.5
 """Share of its bundle's one GPU that each colocated actor (engine i, learner rank i) asks for; the engine
@@ -62,7 +75,7 @@ def resource_spec(cfg: TrainConfig, entry: Entry = "grpo") -> ResourceSpec:
     places them (a role the entry does not start is left out)."""
     gpu = 1.0 if cfg.cluster.use_gpu else 0.0
     cl, lc, ro = cfg.cluster, cfg.learner, cfg.rollout
-    wanted = ENTRY_ROLES[entry]
+    wanted = roles_started(cfg, entry)
     ranks = lc.tensor_parallel_size * lc.pipeline_parallel_size * lc.data_parallel_size
     if colocated(cfg, entry):
         share = gpu * COLOCATED_GPU_SHARE
@@ -111,7 +124,7 @@ def plan_system(cfg: TrainConfig, entry: Entry, *, optimizer_steps: int | None =
     """Every role `entry` starts for `cfg` (an SFT stage: its `sft_view`; rejection sampling: its
     `engine_config()`), as plain values. `optimizer_steps`: the LR schedule's length (GRPO: from the config);
     `shared_dir`: the directory every learner node must share (GRPO: `output_dir`)."""
-    wanted, cl, ro = ENTRY_ROLES[entry], cfg.cluster, cfg.rollout
+    wanted, cl, ro = roles_started(cfg, entry), cfg.cluster, cfg.rollout
     a = cfg.algorithm
     steps = optimizer_steps if optimizer_steps is not None else cfg.total_steps * a.updates_per_step * a.epochs_per_step
     has_learner = "learner" in wanted
@@ -126,10 +139,9 @@ def plan_system(cfg: TrainConfig, entry: Entry, *, optimizer_steps: int | None =
         engines_colocated=tuple(engines_colocated(cfg, entry)),
         resources=resource_spec(cfg, entry), probe_timeout_s=ro.start_timeout_s,
         shared_dir=(cfg.output_dir if shared_dir is None else shared_dir) if has_learner else "",
-        engines=engines, judge=_judge(cfg) if "judge" in wanted and judge_roles(cfg) else None,
+        engines=engines, judge=_judge(cfg) if "judge" in wanted else None,
         learner=_learner(cfg, entry, "policy", steps) if has_learner else None,
-        reference=_learner(cfg, entry, "reference", steps) if "reference" in wanted and cfg.needs_reference
-        and not cfg.learner.reference_colocated else None,
+        reference=_learner(cfg, entry, "reference", steps) if "reference" in wanted else None,
         rewards=RewardPlan(cfg.reward, cfg.model.max_response_tokens, cfg.reward.num_actors, cl.cpus_per_actor)
         if "reward" in wanted else None,
         sync=sync)
