@@ -53,6 +53,7 @@ def roles_started(cfg: TrainConfig, entry: Entry) -> tuple[Role, ...]:
 
     return tuple(role for role in ENTRY_ROLES[entry] if needed(role))
 
+
 COLOCATED_GPU_SHARE = 0.5
 """Share of its bundle's one GPU that each colocated actor (engine i, learner rank i) asks for; the engine
 sleeps while the learner trains, so in practice each uses the whole memory in turn. A bundle reserves the
