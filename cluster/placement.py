@@ -147,6 +147,23 @@ def actor_slot(spec: ResourceSpec, role: str, index: int) -> Slot:
     return Slot(role, index, r.cpus_per_actor, r.gpus_per_actor)
 
 
+@dataclass(frozen=True)
+class Placed:
+    """Where every actor of a spec goes, asked of Ray once (`Placement.placed`): plain values to start
+    the actors from."""
+
+    options: dict[str, list[dict[str, Any]]]
+    """Role -> the Ray options of each of its actors (`Placement.options`)."""
+    bundle_indices: dict[str, list[int] | None]
+    """Role -> the bundles an actor of it gives its workers (`Placement.bundle_indices`)."""
+    nodes: dict[str, list[str]]
+    """Role -> Ray's node id of each of its actors, for the roles that were located."""
+
+    def options_for(self, role: str) -> Callable[[int], dict[str, Any]]:
+        """`options` of one role as a function of the actor's index, for a group that places its own actors."""
+        return self.options[role].__getitem__
+
+
 class Placement:
     """Placement groups for a `ResourceSpec`; hands out scheduling options per actor."""
 
@@ -177,6 +194,13 @@ class Placement:
     def options_for(self, role: str) -> Callable[[int], dict[str, Any]]:
         """`options` for one role, for a group that places its own actors (the learner group)."""
         return lambda index: self.options(role, index)
+
+    def placed(self, locate: Sequence[str] = (), timeout_s: float = PLACEMENT_TIMEOUT_S) -> Placed:
+        """Every actor's options and bundles, and the nodes of the roles in `locate` (a task on each bundle)."""
+        roles = [r for r in self.spec.roles if r.num_actors]
+        return Placed(options={r.name: [self.options(r.name, i) for i in range(r.num_actors)] for r in roles},
+                      bundle_indices={r.name: self.bundle_indices(r.name) for r in roles},
+                      nodes={role: self.node_ids(role, timeout_s) for role in locate})
 
     def bundle_indices(self, role: str) -> list[int] | None:
         """The bundles of its own placement group that an actor of `role` gives its workers (None: its own)."""

@@ -24,7 +24,7 @@ from actors.weight_sync import (
 )
 from cluster.placement import COLOCATED_GROUP, RoleSpec, actor_slot, colocated_bundles, group_bundles
 from trainer.config import ConfigError, TrainConfig
-from trainer.system import engines_colocated, resource_spec
+from trainer.roles import engines_colocated, resource_spec
 
 LEARNER_RANKS = 8
 
@@ -213,13 +213,18 @@ class FakeAsyncLLM:
 
 
 def rollout_worker(monkeypatch, fake: FakeAsyncLLM, backend: str):
-    """`RolloutWorker` as a colocated GPU run builds it (`rollout_worker_kwargs`), on a stand-in engine."""
+    """`RolloutWorker` as the builder starts engine 1 of a colocated GPU run (`actors.launch.engine_kwargs`
+    of the run's plan), on a stand-in engine."""
     from vllm.v1.engine.async_llm import AsyncLLM
 
-    from actors.rollout import RolloutWorker, rollout_worker_kwargs
+    from actors.launch import engine_kwargs
+    from actors.rollout import RolloutWorker
+    from trainer.roles import plan_system
 
     monkeypatch.setattr(AsyncLLM, "from_engine_args", fake.started)
-    kwargs = rollout_worker_kwargs(colocated(2), 1, backend)
+    engines = plan_system(colocated(2), "grpo").engines
+    assert engines is not None and engines.enable_sleep_mode  # colocated engines must free their memory
+    kwargs = engine_kwargs(engines, 1, backend, None)
     return RolloutWorker(**{**kwargs, "model_path": "artifacts/tiny-qwen2"})
 
 

@@ -18,7 +18,7 @@ def test_gpu_engine_bundles_hold_one_gpu_each(tp):
     """vLLM's Ray executor refuses bundles of more than one GPU and needs TP of them."""
     from actors.rollout import engine_executor_args
     from trainer.config import TrainConfig
-    from trainer.system import resource_spec
+    from trainer.roles import resource_spec
 
     cfg = TrainConfig()
     cfg = replace(cfg, cluster=replace(cfg.cluster, use_gpu=True, cpus_per_actor=2.0),
@@ -39,7 +39,7 @@ def test_gpu_engine_bundles_hold_one_gpu_each(tp):
 def test_cpu_and_learner_bundles_stay_single():
     from actors.rollout import engine_executor_args
     from trainer.config import TrainConfig
-    from trainer.system import resource_spec
+    from trainer.roles import resource_spec
 
     cfg = TrainConfig()
     cpu = replace(cfg, rollout=replace(cfg.rollout, tensor_parallel_size=2))

@@ -27,7 +27,7 @@ def test_every_example_has_a_plan_that_fits(name, capsys):
 
 @pytest.mark.parametrize("name", EXAMPLE_NAMES)
 def test_layout_places_every_gpu_the_resource_spec_reserves(name):
-    from trainer.system import resource_spec
+    from trainer.roles import resource_spec
 
     cfg = resolve(name, [])
     plan = make_plan(cfg, example=name)

@@ -43,7 +43,7 @@ def test_bad_routes_are_refused(overrides, message):
 
 
 def test_the_judge_gets_engines_of_its_own():
-    from trainer.system import resource_spec
+    from trainer.roles import resource_spec
 
     assert [r.name for r in resource_spec(TrainConfig()).roles] == ["rollout", "learner"]
     cfg = apply_overrides(TrainConfig(), [*ROUTED, "reward.judge.num_engines=2"])

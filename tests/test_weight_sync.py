@@ -90,7 +90,7 @@ def test_backend_from_run_layouts():
     from dataclasses import replace
 
     from trainer.config import TrainConfig
-    from trainer.system import engines_colocated
+    from trainer.roles import engines_colocated
 
     cfg = TrainConfig()
     gpu = replace(cfg, cluster=replace(cfg.cluster, use_gpu=True))
@@ -109,13 +109,10 @@ def test_backend_from_run_layouts():
 
 
 def test_engines_on_rank0_node_compares_the_bundles_node_ids():
-    from trainer.system import engines_on_rank0_node
+    from actors.launch import engines_on_rank0_node
 
-    class Placed:  # stand-in for cluster.placement.Placement: the node id of each actor's bundle
-        def node_ids(self, role, timeout_s):
-            return {"learner": ["n1", "n2"], "rollout": ["n2", "n1", "n1"]}[role]
-
-    assert engines_on_rank0_node(Placed(), 1.0) == [False, True, True]
+    nodes = {"learner": ["n1", "n2"], "rollout": ["n2", "n1", "n1"]}  # the node id of each actor's bundle
+    assert engines_on_rank0_node(nodes) == [False, True, True]
 
 
 def test_worker_init_payloads_match_the_backend():

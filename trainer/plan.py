@@ -3,9 +3,10 @@ memory on each GPU, computed from the config alone. Nothing starts: no Ray clust
 GRPO examples plan every role; an SFT stage plans its learner alone (`sft_view`), and rejection sampling
 its engines and reward actors alone (`RejectionConfig.engine_config()`).
 
-The layout comes from `trainer.system.resource_spec`, the function the run itself places its actors
-with (importing that module loads the Ray package; it starts nothing). Reference ranks that are not
-colocated and reward actors are placed by their own groups and added here.
+The roles come from `trainer.roles.roles_started`, the table the builder starts every entry point from, and
+their layout from `trainer.roles.resource_spec`, the function the run itself places its actors with
+(importing that module loads the Ray package; it starts nothing). Reference ranks that are not colocated
+and reward actors are placed by their own groups and added here.
 
 The model's shape comes from `config.json` in `model.path` when that directory exists; otherwise from
 `KNOWN_SHAPES` (the published configs of the models the examples use), looked up by the model
@@ -47,19 +48,23 @@ The memory model (per GPU, GiB = 2**30 bytes), and where it simplifies:
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Any, Literal
+from dataclasses import dataclass
 
-from trainer.config import AlgorithmConfig, SFTConfig, TrainConfig
+from trainer.config import TrainConfig
+from trainer.model_shape import DTYPE_BYTES as DTYPE_BYTES
+from trainer.model_shape import EXAMPLE_MODELS as EXAMPLE_MODELS
+from trainer.model_shape import KNOWN_SHAPES as KNOWN_SHAPES
+from trainer.model_shape import ModelShape as ModelShape
+from trainer.model_shape import PlanError as PlanError
+from trainer.model_shape import model_shape as model_shape
+from trainer.roles import ENTRY_ROLES, Entry, colocated, judge_roles, resource_spec, roles_started
+from trainer.roles import sft_view as sft_view
 
-Stage = Literal["grpo", "sft", "reject"]
+Stage = Entry
 """What a plan covers: a GRPO run (every role), an SFT stage (learner only), rejection sampling (engines)."""
 
 GIB = 2**30
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 LEARNER_RUNTIME_GIB = 2.0
 """CUDA context, NCCL communicators and allocator slack of one learner rank (an allowance, not measured)."""
 ENGINE_ASLEEP_GIB = 1.0
@@ -68,101 +73,6 @@ ENGINE_PROFILE_TOKENS = 8192
 """Tokens of vLLM's profiling forward: the engines' `max_num_batched_tokens` (actors.rollout's budget)."""
 ENGINE_SAMPLER_SEQS = 256
 """Sequences vLLM's profile samples from (its default `max_num_seqs`), each with a row of fp32 logits."""
-
-
-class PlanError(ValueError):
-    """The plan cannot be computed (no model shape); the message says what to provide."""
-
-
-# --- model shape ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    """What memory depends on, in Hugging Face `config.json` terms (a Qwen2-style decoder)."""
-
-    hidden_size: int
-    num_layers: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    intermediate_size: int
-    vocab_size: int
-    tie_word_embeddings: bool
-    qkv_bias: bool = True
-
-    @classmethod
-    def from_hf_config(cls, config: dict[str, Any]) -> ModelShape:
-        heads = int(config["num_attention_heads"])
-        return cls(
-            hidden_size=int(config["hidden_size"]), num_layers=int(config["num_hidden_layers"]),
-            num_heads=heads, num_kv_heads=int(config.get("num_key_value_heads") or heads),
-            head_dim=int(config.get("head_dim") or config["hidden_size"] // heads),
-            intermediate_size=int(config["intermediate_size"]), vocab_size=int(config["vocab_size"]),
-            tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
-            qkv_bias=config.get("model_type", "qwen2") == "qwen2" or bool(config.get("attention_bias", False)),
-        )
-
-    @property
-    def layer_params(self) -> int:
-        """One decoder layer: q, k, v (with bias in Qwen2), o, gate, up, down, two RMSNorms."""
-        h, q, kv = self.hidden_size, self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        attention = h * (q + 2 * kv) + q * h + ((q + 2 * kv) if self.qkv_bias else 0)
-        return attention + 3 * h * self.intermediate_size + 2 * h
-
-    @property
-    def embedding_params(self) -> int:
-        return self.vocab_size * self.hidden_size
-
-    @property
-    def num_params(self) -> int:
-        output = 0 if self.tie_word_embeddings else self.embedding_params
-        return self.num_layers * self.layer_params + self.embedding_params + output + self.hidden_size
-
-    def describe(self) -> str:
-        return (f"{self.num_params / 1e9:.3g}B parameters: hidden {self.hidden_size}, {self.num_layers} layers, "
-                f"{self.num_heads} heads ({self.num_kv_heads} KV) x {self.head_dim}, MLP {self.intermediate_size}, "
-                f"vocab {self.vocab_size}, {'tied' if self.tie_word_embeddings else 'untied'} embeddings")
-
-
-KNOWN_SHAPES: dict[str, ModelShape] = {
-    # Published config.json of each model (huggingface.co/Qwen/<name>), for plans made without the files.
-    "Qwen2.5-0.5B": ModelShape(896, 24, 14, 2, 64, 4864, 151936, True),
-    "Qwen2.5-1.5B": ModelShape(1536, 28, 12, 2, 128, 8960, 151936, True),
-    "Qwen2.5-7B": ModelShape(3584, 28, 28, 4, 128, 18944, 152064, False),
-    "Qwen2.5-Math-7B": ModelShape(3584, 28, 28, 4, 128, 18944, 152064, False),
-    "Qwen2.5-Coder-7B-Instruct": ModelShape(3584, 28, 28, 4, 128, 18944, 152064, False),
-    # examples/build_tiny.py's defaults; the vocabulary is its BPE limit plus the four tags (an upper bound).
-    "tiny-qwen2": ModelShape(128, 4, 2, 2, 64, 384, 1028, True),
-    # examples/build_student.py: the distillation student, every other layer of tiny-qwen2 pretrained further
-    "tiny-student": ModelShape(128, 2, 2, 2, 64, 384, 1028, True),
-}
-"""Model directory name -> shape, used when `model.path` holds no config.json."""
-
-EXAMPLE_MODELS: dict[str, str] = {
-    "tiny_cpu": "tiny-qwen2",
-    "tiny_cpu_r1_rl": "tiny-qwen2",  # starts from the cold-start SFT of the tiny model
-    "tiny_cpu_distill": "tiny-student",
-    "qwen25_gsm8k_r1_zero": "Qwen2.5-1.5B",
-    "qwen25_math_r1_zero": "Qwen2.5-7B",
-}
-"""Example name -> the `KNOWN_SHAPES` entry of its model, for a model path that names no known model."""
-
-
-def model_shape(model_path: str, example: str = "") -> tuple[ModelShape, str]:
-    """The shape of the model at `model_path` (of example `example`) and where it came from."""
-    config = Path(model_path) / "config.json"
-    if config.is_file():
-        return ModelShape.from_hf_config(json.loads(config.read_text())), str(config)
-    name = Path(model_path).name
-    if name in KNOWN_SHAPES:
-        return KNOWN_SHAPES[name], f"known shape of {name!r} ({config} not found)"
-    if example in EXAMPLE_MODELS:
-        known = EXAMPLE_MODELS[example]
-        return KNOWN_SHAPES[known], f"known shape of {known!r}, the model of example {example!r} ({config} not found)"
-    raise PlanError(f"{config} not found, and neither {name!r} nor example {example!r} is in trainer.plan's "
-                    f"KNOWN_SHAPES ({', '.join(KNOWN_SHAPES)}) or EXAMPLE_MODELS: point model.path at the "
-                    f"model directory, or add its shape")
 
 
 # --- layout ----------------------------------------------------------------------------------------
@@ -179,64 +89,62 @@ class RoleRow:
 
 
 def roles(cfg: TrainConfig, stage: Stage = "grpo") -> list[RoleRow]:
-    """Actors and devices of every role of `stage`, the engines' and learner's from
-    `trainer.system.resource_spec` (an SFT learner reserves one GPU per rank itself, as the reference does)."""
-    from trainer.system import resource_spec
-
-    spec = resource_spec(cfg)
+    """Actors and devices of every role `stage` starts (`trainer.roles.roles_started`), the placed ones as
+    `trainer.roles.resource_spec` places them (reference ranks reserve one GPU per rank of their own)."""
+    spec, wanted = resource_spec(cfg, stage), roles_started(cfg, stage)
+    placed = {r.name: r for r in spec.roles}
     lc, ro = cfg.learner, cfg.rollout
-    engine, learner = spec.role("rollout"), spec.role("learner")
-    colocated = bool(spec.colocated) and stage == "grpo"
+    colocated = bool(spec.colocated)
     parallel = f"TP={lc.tensor_parallel_size} x PP={lc.pipeline_parallel_size} x DP={lc.data_parallel_size}"
     rows = []
-    if stage != "sft":
+    if "rollout" in placed:
+        engine = placed["rollout"]
         rows.append(RoleRow("rollout engines (vLLM)", engine.num_actors, 0.0 if colocated else engine.gpus_per_actor,
                             f"TP={ro.tensor_parallel_size} each" + (", sharing the learner ranks' GPUs" * colocated)))
-    if stage == "sft":
-        rows.append(RoleRow("learner (Megatron)", learner.num_actors, 1.0 if cfg.cluster.use_gpu else 0.0, parallel))
-    if stage == "grpo":
+    if "learner" in placed:
+        learner = placed["learner"]
         rows.append(RoleRow("learner (Megatron)", learner.num_actors, 1.0 if colocated and cfg.cluster.use_gpu
                             else learner.gpus_per_actor, parallel))
-        if cfg.needs_reference and not lc.reference_colocated:
+        if "reference" in wanted:
             rows.append(RoleRow("reference (Megatron)", learner.num_actors, 1.0 if cfg.cluster.use_gpu else 0.0,
                                 "own ranks, same TP x PP x DP"))
-    if stage == "grpo":
-        rows += [RoleRow("judge engines (vLLM)", judge.num_actors, judge.gpus_per_actor,
-                         f"TP={cfg.reward.judge.tensor_parallel_size} each, a model of its own") for judge in spec.roles if judge.name == "judge"]
-    if stage != "sft":
+    if "judge" in placed:
+        judge = placed["judge"]
+        rows.append(RoleRow("judge engines (vLLM)", judge.num_actors, judge.gpus_per_actor,
+                            f"TP={cfg.reward.judge.tensor_parallel_size} each, a model of its own"))
+    if "reward" in wanted:
         rows.append(RoleRow("reward actors", cfg.reward.num_actors, 0.0, f"{cfg.cluster.cpus_per_actor:g} CPUs each"))
     return rows
 
 
 def layout(cfg: TrainConfig, stage: Stage = "grpo") -> list[list[str]]:
     """GPU labels per node: engines first (each TP group on one node), then learner ranks, then reference
-    ranks, filling nodes of `cluster.gpus_per_node` in order, as PACK places groups created in that order."""
-    per_node, lc = cfg.cluster.gpus_per_node, cfg.learner
+    ranks, then the judge's engines, filling nodes of `cluster.gpus_per_node` in order, as PACK places groups
+    created in that order; the roles are those `stage` starts (`trainer.roles`)."""
+    per_node, lc, wanted = cfg.cluster.gpus_per_node, cfg.learner, roles_started(cfg, stage)
     tp, pp = lc.tensor_parallel_size, lc.pipeline_parallel_size
     ranks = tp * pp * lc.data_parallel_size
 
     def rank_label(role: str, r: int) -> str:
         return f"{role} {r} (tp{r % tp} pp{(r // tp) % pp} dp{r // (tp * pp)})"
 
+    def engine_groups(name: str, count: int, k: int) -> list[list[str]]:
+        return [[f"{name} {e}" + (f" tp{i}" if k > 1 else "") for i in range(k)] for e in range(count)]
+
     groups: list[list[str]] = []  # each group must share a node
-    if cfg.cluster.colocate and stage == "grpo":
+    if colocated(cfg, stage):
         engines = cfg.rollout.num_engines  # engine i shares learner rank i's GPU, one whole GPU per rank
         groups += [[(f"engine {r} + " if r < engines else "") + rank_label("learner", r)] for r in range(ranks)]
     else:
-        k = cfg.rollout.tensor_parallel_size
-        if stage != "sft":
-            groups += [[f"engine {e}" + (f" tp{i}" if k > 1 else "") for i in range(k)]
-                       for e in range(cfg.rollout.num_engines)]
-        if stage != "reject":
+        if "rollout" in wanted:
+            groups += engine_groups("engine", cfg.rollout.num_engines, cfg.rollout.tensor_parallel_size)
+        if "learner" in wanted:
             groups += [[rank_label("learner", r)] for r in range(ranks)]
-    if stage == "grpo" and cfg.needs_reference and not lc.reference_colocated:
+    if "reference" in wanted:
         groups += [[rank_label("reference", r)] for r in range(ranks)]
-    if stage == "grpo" and cfg.cluster.use_gpu:  # the judge's engines: GPUs of their own, colocated or not
-        from trainer.system import judge_roles
-
+    if "judge" in wanted and cfg.cluster.use_gpu:  # the judge's engines: GPUs of their own, colocated or not
         for judge in judge_roles(cfg):
-            k = judge.bundles_per_actor
-            groups += [[f"judge {j}" + (f" tp{i}" if k > 1 else "") for i in range(k)] for j in range(judge.num_actors)]
+            groups += engine_groups("judge", judge.num_actors, judge.bundles_per_actor)
     nodes: list[list[str]] = [[]]
     for group in groups:
         if len(nodes[-1]) + len(group) > per_node:
@@ -397,7 +305,7 @@ class Plan:
             out += [f"  node {i}: " + " | ".join(f"GPU {g}: {label}" for g, label in enumerate(node))
                     for i, node in enumerate(self.nodes)]
         where = f"GPU (GiB; cluster.gpu_memory_gib = {self.available_gib:g}" if cl.use_gpu else "process (GiB"
-        learner = "" if self.stage == "reject" else f"; learner activations with recompute={self.recompute}"
+        learner = f"; learner activations with recompute={self.recompute}" if "learner" in ENTRY_ROLES[self.stage] else ""
         out += ["", f"memory per {where}{learner}):"]
         for kind in self.gpu_kinds:
             out.append(f"  {kind.name} (x{kind.count})")
@@ -416,16 +324,16 @@ def make_plan(cfg: TrainConfig, *, example: str = "config", stage: Stage = "grpo
     or rejection-sampling stage passes its `sft_view` / `RejectionConfig.engine_config()` and `stage`."""
     recompute = cfg.learner.activation_recompute
     shape, source = model_shape(cfg.model.path, example)
-    lm = learner_memory(shape, cfg)
-    kinds = [] if stage == "reject" else [_learner_kind(cfg, lm, recompute)]
-    if stage != "sft":  # the engines
+    lm, wanted = learner_memory(shape, cfg), roles_started(cfg, stage)  # what the builder starts (trainer.roles)
+    kinds = [_learner_kind(cfg, lm, recompute)] if "learner" in wanted else []
+    if "rollout" in wanted:  # the engines
         if not cfg.cluster.use_gpu:
             kinds.insert(0, _cpu_engine_kind(shape, cfg))
-        elif cfg.cluster.colocate and stage == "grpo":
+        elif colocated(cfg, stage):
             kinds = [_colocated_kind(cfg, lm, engine_memory(shape, cfg), kinds[0])]
         else:
             kinds.insert(0, _engine_kind(cfg, engine_memory(shape, cfg)))
-    if stage == "grpo" and cfg.needs_reference and not cfg.learner.reference_colocated:
+    if "reference" in wanted:
         ranks = cfg.learner.tensor_parallel_size * cfg.learner.pipeline_parallel_size * cfg.learner.data_parallel_size
         kinds.append(GpuKind("reference rank GPU" if cfg.cluster.use_gpu else "reference rank process", ranks,
                              (("reference weights", lm.weights / GIB, cfg.model.dtype),
@@ -435,17 +343,6 @@ def make_plan(cfg: TrainConfig, *, example: str = "config", stage: Stage = "grpo
                              (lm.weights + lm.forward_activations + lm.runtime) / GIB))
     return Plan(example, cfg, shape, source, tuple(roles(cfg, stage)), tuple(tuple(n) for n in layout(cfg, stage)),
                 tuple(kinds), recompute, stage)
-
-
-def sft_view(cfg: SFTConfig) -> TrainConfig:
-    """An SFT stage as the plan reads it: a learner only, micro-batches of samples up to
-    `data.max_sample_tokens` long (as prompts with no response) within `tokens_per_microbatch`,
-    `samples_per_step` sequences per optimizer step, no reference."""
-    return TrainConfig(
-        name=cfg.name, model=replace(cfg.model, max_prompt_tokens=cfg.data.max_sample_tokens, max_response_tokens=0),
-        learner=replace(cfg.learner, tokens_per_microbatch=cfg.tokens_per_microbatch), cluster=cfg.cluster,
-        algorithm=AlgorithmConfig(prompts_per_step=cfg.samples_per_step, group_size=1, kl_coef=0.0),
-    )
 
 
 def _learner_lines(cfg: TrainConfig, lm: LearnerMemory, recompute: str) -> tuple[tuple[str, float, str], ...]:

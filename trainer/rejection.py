@@ -21,7 +21,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -118,32 +118,15 @@ def write_outputs(out_dir: Path, selection: Selection, extra: dict[str, Any]) ->
 # --- the job on the actors -----------------------------------------------------------------------------
 
 
-def start_rollout_and_rewards(cfg: RejectionConfig) -> tuple[Any, Any, Any, Any]:
-    """(engine group, reward group, judge engine group or None, placement): the rollout engines, reward actors
-    and, when `reward.routes` use it, the judge of a run, without a learner, built with `trainer.system`'s
-    builders."""
-    from actors.engine_group import EngineGroup
-    from actors.weight_sync import choose_backend
-    from cluster.placement import Placement, ResourceSpec
-    from reward_server.reward_group import RewardGroup
-    from trainer.system import engines_colocated, resource_spec, start_engines, start_judge
+def start_rejection_system(cfg: RejectionConfig) -> Any:
+    """The rollout engines, reward actors and, when `reward.routes` use it, the judge, without a learner:
+    started by the one builder of every entry point (`trainer.roles`, `actors.launch`). No learner shares
+    their GPUs, so the engines get whole GPUs of their own even under cluster.colocate."""
+    from actors.launch import start_system
+    from trainer.roles import plan_system
 
-    run = cfg.engine_config()
-    # No learner to share GPUs with: the engines get whole GPUs of their own even under cluster.colocate.
-    run = replace(run, cluster=replace(run.cluster, colocate=False))
-    ro = run.rollout
-    # No learner, so nothing is sent: the engines need only a backend to be started for.
-    backend = choose_backend(use_gpu=run.cluster.use_gpu, engines_colocated=engines_colocated(run),
-                             engines_on_sender_node=[False] * ro.num_engines)
-    spec = resource_spec(run)
-    placement = Placement(ResourceSpec(roles=tuple(r for r in spec.roles if r.name in ("rollout", "judge"))))
-    engines = EngineGroup(start_engines(run, placement, backend), [ro.tensor_parallel_size] * ro.num_engines,
-                          generate_timeout_s=ro.generate_timeout_s, control_timeout_s=ro.control_timeout_s,
-                          start_timeout_s=ro.start_timeout_s)
-    judge = start_judge(run, placement)
-    rewards = RewardGroup(run.reward, run.model.max_response_tokens, run.reward.num_actors, run.cluster.cpus_per_actor,
-                          judge_engines=judge.engine_actors if judge else ())
-    return engines, rewards, judge, placement
+    plan = plan_system(cfg.engine_config(), "reject")  # every decision, before anything starts
+    return start_system(plan)
 
 
 def run_rejection(cfg: RejectionConfig) -> Path:
@@ -160,10 +143,9 @@ def run_rejection(cfg: RejectionConfig) -> Path:
 def _run_rejection(cfg: RejectionConfig, out_dir: Path) -> Path:
     from transformers import AutoTokenizer
 
-    from actors.versions import check_installed
-    from cluster.ray_init import init_ray, shutdown_ray
     from reward_server.filters import Deduplicator, FilterSettings, rules
     from trainer.data import load_prompts, read_rows
+    from trainer.protocols import EngineGroupProtocol, RewardGroupProtocol
 
     (out_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=1))
     limit = cfg.max_prompts or None
@@ -176,9 +158,9 @@ def _run_rejection(cfg: RejectionConfig, out_dir: Path) -> Path:
                                         max_paragraph_chars=cfg.max_paragraph_chars, reject_code=cfg.reject_code))
     selection, dedup = Selection(), Deduplicator()
     s = cfg.rollout.sampling
-    check_installed()  # vLLM / Megatron-core releases, before any actor starts (actors.versions)
-    init_ray(cfg.cluster.address, num_cpus=cfg.cluster.num_cpus)
-    engines, rewards, judge, placement = start_rollout_and_rewards(cfg)
+    system = start_rejection_system(cfg)
+    engines: EngineGroupProtocol = system.engines
+    rewards: RewardGroupProtocol = system.rewards
     began = time.perf_counter()
     try:
         for first in range(0, len(prompts), cfg.prompts_per_batch):
@@ -191,15 +173,7 @@ def _run_rejection(cfg: RejectionConfig, out_dir: Path) -> Path:
             print(f"rejection sampling: {selection.prompts}/{len(prompts)} prompts, kept {len(selection.rows)} "
                   f"of {selection.samples} samples")
     finally:
-        for part in (engines, rewards, judge):
-            if part is None:
-                continue
-            try:
-                part.shutdown()
-            except Exception as e:  # a dead actor must not keep the others alive
-                print(f"shutdown: {type(e).__name__}: {e}")
-        placement.remove()
-        shutdown_ray()
+        system.shutdown()
     report = write_outputs(out_dir, selection, {"model": cfg.model.path, "samples_per_prompt": cfg.samples_per_prompt,
                                                 "seconds": round(time.perf_counter() - began, 1)})
     print(json.dumps(report, indent=1))

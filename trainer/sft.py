@@ -25,7 +25,7 @@ import json
 import math
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -180,14 +180,18 @@ def validation_loss(learner: Any, samples: list[SFTSample], *, pad_token_id: int
 # --- the run -----------------------------------------------------------------------------------------
 
 
-def start_sft_learner(cfg: SFTConfig, *, optimizer_steps: int) -> Any:
-    """The policy's learner ranks: the same builder as GRPO's (trainer.system.start_learner_group), with
-    SFT's packing budget `cfg.tokens_per_microbatch` (`learner.tokens_per_microbatch` must stay 0)."""
-    from trainer.system import start_learner_group
+def start_sft_system(cfg: SFTConfig, *, optimizer_steps: int, run_dir: Path) -> Any:
+    """The policy's learner ranks, started by the one builder of every entry point (`trainer.roles`,
+    `actors.launch`) from the stage's `sft_view`: SFT's packing budget `cfg.tokens_per_microbatch` is the
+    learner's (`learner.tokens_per_microbatch` must stay 0). Every rank writes its checkpoint shard under
+    `run_dir` (absolute here), so the builder checks it is one directory for all nodes first."""
+    from actors.launch import start_system
+    from trainer.roles import plan_system, sft_view
 
-    return start_learner_group(cfg.learner, model_path=str(Path(cfg.model.path).resolve()), dtype=cfg.model.dtype,
-                               cluster=cfg.cluster, seed=cfg.seed, role="policy", optimizer_steps=optimizer_steps,
-                               tokens_per_microbatch=cfg.tokens_per_microbatch)
+    model = replace(cfg.model, path=str(Path(cfg.model.path).resolve()))  # the ranks may run elsewhere
+    plan = plan_system(sft_view(replace(cfg, model=model)), "sft", optimizer_steps=optimizer_steps,
+                       shared_dir=str(run_dir))  # every decision, before anything starts
+    return start_system(plan)
 
 
 def finished(run_dir: Path) -> bool:
@@ -209,12 +213,10 @@ def train_sft(cfg: SFTConfig) -> Path:
 def _train_sft(cfg: SFTConfig, run_dir: Path) -> Path:
     from transformers import AutoTokenizer
 
-    from actors.versions import check_installed
-    from cluster.ray_init import init_ray, shutdown_ray
-    from cluster.storage import check_shared_dir
     from trainer.checkpoint import ControllerState, latest_checkpoint, load_controller_state, save_checkpoint
     from trainer.data import SamplerState
     from trainer.metrics import MetricsLogger
+    from trainer.protocols import LearnerGroupProtocol
 
     if cfg.resume and finished(run_dir):
         print(f"{run_dir} already finished (hf/ exported); delete it or --set resume=false to start over")
@@ -233,15 +235,12 @@ def _train_sft(cfg: SFTConfig, run_dir: Path) -> Path:
     steps = total_steps(len(train), samples_per_step=cfg.samples_per_step, epochs=cfg.epochs, max_steps=cfg.max_steps)
     print(f"SFT {cfg.name}: {len(train)} training samples ({dropped} longer than {d.max_sample_tokens} tokens "
           f"dropped), {len(valid)} validation samples, {steps} steps")
-    check_installed()  # vLLM / Megatron-core releases, before any actor starts (actors.versions)
-    init_ray(cfg.cluster.address, num_cpus=cfg.cluster.num_cpus)
-    learner = start_sft_learner(cfg, optimizer_steps=steps)
+    system = start_sft_system(cfg, optimizer_steps=steps, run_dir=run_dir)
+    learner: LearnerGroupProtocol = system.learner
     logger = MetricsLogger(run_dir)
     lc = cfg.learner
     pack = dict(pad_token_id=tokenizer.pad_token_id, dp=lc.data_parallel_size)
     try:
-        # Every rank writes its checkpoint shard under run_dir (absolute here): one directory for all nodes.
-        check_shared_dir(run_dir, learner.node_ids(), what="output_dir")
         start = 0
         checkpoint = latest_checkpoint(run_dir) if cfg.resume else None
         if checkpoint is not None:
@@ -272,8 +271,7 @@ def _train_sft(cfg: SFTConfig, run_dir: Path) -> Path:
         export(learner, run_dir / "hf")
     finally:
         logger.close()
-        learner.shutdown()
-        shutdown_ray()
+        system.shutdown()
     return run_dir
 
 
