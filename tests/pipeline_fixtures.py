@@ -48,6 +48,8 @@ def r1_tiny_quick(tmp_path_factory: pytest.TempPathFactory) -> QuickPipeline:
     from examples.configs import r1_tiny
     from trainer.pipeline import run_pipeline
 
+    if not Path("artifacts/tiny-qwen2/config.json").exists():
+        pytest.skip("run `python -m examples.build_tiny` (make test does) first")
     with open("artifacts/.sft_data.lock", "w") as lock:  # tests and developers share artifacts/
         fcntl.flock(lock, fcntl.LOCK_EX)
         build_sft_data("artifacts", n_train=2000, n_valid=200)
