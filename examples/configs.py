@@ -359,7 +359,8 @@ def r1_tiny(*, quick: bool = False, output_dir: str | None = None, reward_models
     # epochs only bounds the run: max_steps decides, so both students see the same number of sequences.
     # 3e-3 (the base's pretraining rate): at the cold start's 1e-3 the base's 63 steps on clean chains of
     # thought had not yet undone its pretraining noise (validation loss 0.071 against its own 0.036).
-    distill = replace(resft, name="distill", epochs=50, max_steps=distill_steps,
+    # quick: a checkpoint mid-run too, from which tests/test_sft_tiny.py resumes and repeats the last steps.
+    distill = replace(resft, name="distill", epochs=50, max_steps=distill_steps, checkpoint_every=4 if quick else 0,
                       model=replace(resft.model, path=at("student", "hf")),
                       learner=replace(resft.learner, lr=3e-3))
     student_grpo = replace(rl, name="student_grpo", total_steps=distill_steps * sft.samples_per_step // 64,

@@ -193,3 +193,44 @@ def test_a_derive_stage_reruns_when_the_model_it_copies_changes(tmp_path):
     rebuilt = FakeStages()
     run_pipeline(cfg, runners=rebuilt.runners(), evaluator=_evaluator([]))
     assert rebuilt.calls == ["student", "distill"]
+
+
+def test_the_stages_share_one_ray_started_before_the_first_that_needs_it(tmp_path, monkeypatch):
+    """The real runners run in one Ray: started after the derive stage, before the first stage that uses Ray,
+    stopped once at the end (the stages' own init/shutdown nest inside it); fake runners get none."""
+    import cluster.ray_init
+    from trainer.pipeline import SharedRay
+
+    events: list[str] = []
+    monkeypatch.setattr(cluster.ray_init, "init_ray", lambda address, num_cpus=None: events.append(f"init {address}"))
+    monkeypatch.setattr(cluster.ray_init, "shutdown_ray", lambda: events.append("shutdown"))
+    stages = _pipeline(tmp_path).stages
+    with SharedRay(stages) as ray:
+        for stage in stages:
+            ray.before(stage)
+            events.append(stage.name)
+    assert events == ["base", "init local", "cold_start", "rl", "reject", "distill", "student_grpo", "shutdown"]
+
+    events.clear()
+    run_pipeline(_pipeline(tmp_path / "fakes"), runners=FakeStages().runners(), evaluator=_evaluator([]))
+    assert events == []
+
+
+def test_one_ray_refuses_stages_on_different_clusters(tmp_path):
+    from dataclasses import replace
+
+    from trainer.config import ClusterConfig
+    from trainer.pipeline import SharedRay
+
+    stages = list(_pipeline(tmp_path).stages)
+    stages[2] = replace(stages[2], config=replace(stages[2].config, cluster=ClusterConfig(address="auto")))
+    with pytest.raises(ValueError, match="one Ray"):
+        SharedRay(stages)
+
+
+def test_a_stage_whose_config_is_not_its_kinds_is_refused_by_name(tmp_path):
+    from trainer.config import SFTConfig
+    from trainer.pipeline import RUNNERS
+
+    with pytest.raises(TypeError, match="stage cold_start: derive_model takes a DeriveConfig, got a SFTConfig"):
+        RUNNERS["derive"](SFTConfig(name="cold_start", output_dir=str(tmp_path)))

@@ -1,6 +1,7 @@
 """`r1_tiny --quick` end to end: every R1 stage on real actors (vLLM engines, Megatron learner, Ray reward
-actors, the tiny judge and reward models of `examples.build_reward_models --quick`), a few steps each.
-650 s on a quiet 2-core machine (the last timed run). The stages' numbers are checked for what a few steps
+actors, the tiny judge and reward models of `examples.build_reward_models --quick`), a few steps each, in one
+Ray: the session's run (tests/pipeline_fixtures.py), which the SFT, rejection and all-scenarios tests read
+too. The stages' numbers are checked for what a few steps
 can show honestly (outputs exist and are consistent, the cold start keeps the base's skill, the shipped
 student is pretrained), not for the full run's gains."""
 
@@ -14,26 +15,10 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def pipeline_dir(tmp_path_factory):
-    import fcntl
-
-    from examples.build_reward_models import QUICK, RewardModelsBuild, build
-    from examples.build_sft_data import build as build_sft_data
-    from examples.build_student import install as install_student
-    from examples.configs import r1_tiny
-    from trainer.pipeline import run_pipeline
-
-    with open("artifacts/.sft_data.lock", "w") as lock:  # tests and developers share artifacts/
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        build_sft_data("artifacts", n_train=2000, n_valid=200)
-    with open("artifacts/.tiny_student.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        install_student("artifacts")
-    tmp = tmp_path_factory.mktemp("r1_tiny")
-    build(RewardModelsBuild(out_dir=str(tmp / "rm"), **QUICK))
-    run_pipeline(r1_tiny(quick=True, output_dir=str(tmp / "run"), reward_models_dir=str(tmp / "rm")))
-    return tmp / "run"
+@pytest.fixture
+def pipeline_dir(r1_tiny_quick):
+    """The session's `r1_tiny --quick` run (tests/pipeline_fixtures.py)."""
+    return r1_tiny_quick.run_dir
 
 
 def test_every_stage_ran_and_wrote_its_output(pipeline_dir):
@@ -71,10 +56,16 @@ def test_the_table_holds_consistent_numbers(pipeline_dir):
     assert rows["student"]["pass@1"] > 0
 
 
-def test_a_rerun_finds_every_stage_up_to_date(pipeline_dir, capsys):
+def test_a_rerun_finds_every_stage_up_to_date(r1_tiny_quick, capsys):
     from examples.configs import r1_tiny
     from trainer.pipeline import run_pipeline
 
-    cfg = r1_tiny(quick=True, output_dir=str(pipeline_dir), reward_models_dir=str(pipeline_dir.parent / "rm"))
-    assert run_pipeline(cfg).ran == []
+    cfg = r1_tiny(quick=True, output_dir=str(r1_tiny_quick.run_dir),
+                  reward_models_dir=str(r1_tiny_quick.reward_models_dir))
+    table = r1_tiny_quick.run_dir / "pipeline.json"
+    first_run = table.read_bytes()  # the rerun rewrites the table; other tests read the first run's
+    try:
+        assert run_pipeline(cfg).ran == []
+    finally:
+        table.write_bytes(first_run)
     assert capsys.readouterr().out.count("up to date") == 9

@@ -110,3 +110,22 @@ def test_rejection_config_validates():
     RejectionConfig().validate()
     with pytest.raises(ConfigError, match="samples_per_prompt"):
         RejectionConfig(samples_per_prompt=0).validate()
+
+
+def test_the_command_samples_the_checkpoint_it_names_with_the_overrides(tmp_path, monkeypatch):
+    """`python -m trainer reject --checkpoint DIR --set ...`: DIR becomes model.path, the overrides apply, and
+    the run gets the validated config (the run itself: tests/test_rejection_tiny.py)."""
+    import trainer.rejection
+
+    checkpoint = tmp_path / "model"
+    checkpoint.mkdir()
+    (checkpoint / "config.json").write_text("{}")
+    ran: list[RejectionConfig] = []
+    monkeypatch.setattr(trainer.rejection, "run_rejection", lambda cfg: ran.append(cfg) or tmp_path / cfg.name)
+    overrides = [f"output_dir={tmp_path}", "data.template=r1_zero", "max_prompts=16", "prompts_per_batch=8",
+                 "samples_per_prompt=4", "keep_per_prompt=0", "model.max_response_tokens=64", "cluster.num_cpus=2"]
+    assert trainer.rejection.main("tiny_cpu_reject", overrides, checkpoint=str(checkpoint)) == 0
+    [cfg] = ran
+    assert cfg.model.path == str(checkpoint) and cfg.output_dir == str(tmp_path)
+    assert (cfg.data.template, cfg.max_prompts, cfg.prompts_per_batch, cfg.samples_per_prompt, cfg.keep_per_prompt,
+            cfg.model.max_response_tokens, cfg.cluster.num_cpus) == ("r1_zero", 16, 8, 4, 0, 64, 2)

@@ -25,9 +25,13 @@ over k samples), cons@k (majority vote over the k answers) and mean response len
 evaluated model, the rejection-sampling report, and the distillation comparison (the student's base, its
 SFT on the teacher's samples, its GRPO run, with the sequences each trained on).
 
+Ray: the first stage that needs it starts Ray (`cluster.ray_init.init_ray`, with the stages' cluster address)
+and the pipeline stops it at the end; each stage's own `init_ray` joins it and its `shutdown_ray` leaves it
+running (the two nest), while the stage still starts and stops its own actors, engines and placement group.
+
 Departures from R1: evaluation runs with plain transformers `generate` (the models here are tiny; a
-GPU pipeline would evaluate on the rollout engines); the stages run one after another on one Ray
-instance per stage rather than on a long-lived cluster; "compute" for the student comparison is counted
+GPU pipeline would evaluate on the rollout engines); the stages run one after another, each starting its
+own actors, rather than on long-lived ones; "compute" for the student comparison is counted
 in sequences through the learner (SFT: samples x epochs; GRPO: steps x prompts x group size), not FLOPs.
 """
 
@@ -37,14 +41,35 @@ import hashlib
 import json
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, cast
+from types import TracebackType
+from typing import TYPE_CHECKING, Literal, Protocol, TypedDict, TypeVar, cast
 
-from trainer.config import RejectionConfig, SFTConfig, TrainConfig, to_dict
+from trainer.config import ClusterConfig, RejectionConfig, SFTConfig, TrainConfig, to_dict
+
+if TYPE_CHECKING:
+    from torch import Tensor
+    from torch.nn import Module
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 StageKind = Literal["derive", "sft", "grpo", "reject"]
+StageRecord = dict[str, object]
+"""What a stage's stamp records (JSON): `model` or `data`, the stage's own numbers, and for a rejection stage
+its `report`."""
+EvalRecord = dict[str, float]
+"""Held-out numbers of one model: pass@1, cons@k, response_tokens, prompts, k."""
+
+
+class RejectionReport(TypedDict):
+    """The part of a rejection stage's report.json (`trainer.rejection.Selection.report`) the table shows."""
+
+    prompts: int
+    samples: int
+    kept: int
+    dropped: dict[str, int]
+    """Reason -> samples dropped for it."""
 
 
 @dataclass(frozen=True)
@@ -118,25 +143,25 @@ def stage_output(stage: Stage) -> str:
 # --- stamps ----------------------------------------------------------------------------------------
 
 
-def config_hash(cfg: Any, previous: str) -> str:
+def config_hash(cfg: StageConfig | PipelineEvalConfig | Mapping[str, str], previous: str) -> str:
     """sha256 of the config (as JSON) chained with the previous stage's hash."""
-    text = json.dumps(to_dict(cfg) if hasattr(cfg, "__dataclass_fields__") else cfg, sort_keys=True, default=str)
+    text = json.dumps(cfg if isinstance(cfg, Mapping) else to_dict(cfg), sort_keys=True, default=str)
     return hashlib.sha256((text + previous).encode()).hexdigest()
 
 
-def read_stamp(stage_dir: Path, digest: str) -> dict[str, Any] | None:
+def read_stamp(stage_dir: Path, digest: str) -> StageRecord | None:
     """The stage's stamp if it matches `digest` and the output it names still exists, else None."""
     stamp = stage_dir / "stage.json"
     if not stamp.exists():
         return None
-    record = json.loads(stamp.read_text())
+    record: StageRecord = json.loads(stamp.read_text())
     output = record.get("model") or record.get("data")
-    if record.get("hash") != digest or not output or not Path(output).exists():
+    if record.get("hash") != digest or not isinstance(output, str) or not Path(output).exists():
         return None
     return record
 
 
-def write_stamp(stage_dir: Path, record: dict[str, Any]) -> dict[str, Any]:
+def write_stamp(stage_dir: Path, record: StageRecord) -> StageRecord:
     stage_dir.mkdir(parents=True, exist_ok=True)
     tmp = stage_dir / "stage.json.tmp"
     tmp.write_text(json.dumps(record, indent=1))
@@ -147,7 +172,7 @@ def write_stamp(stage_dir: Path, record: dict[str, Any]) -> dict[str, Any]:
 # --- the stages --------------------------------------------------------------------------------------
 
 
-def derive_model(cfg: DeriveConfig) -> dict[str, Any]:
+def derive_model(cfg: DeriveConfig) -> StageRecord:
     """Copy the model with `cfg.tokens` added, each embedding row copied from its `init_from` token (the
     output rows too unless the embeddings are tied), and every `keep_every_layer`-th layer; written to
     output_dir/name/hf."""
@@ -167,13 +192,12 @@ def derive_model(cfg: DeriveConfig) -> dict[str, Any]:
     if missing:
         raise ValueError(f"derive {cfg.name}: {missing} are not tokens of {cfg.model_path}")
     tokenizer.add_tokens([AddedToken(t, normalized=False, special=False) for t in cfg.tokens])
-    embeddings: Any = model.get_input_embeddings()
-    if len(tokenizer) > embeddings.weight.shape[0]:  # real models keep spare rows: never shrink
+    if len(tokenizer) > _weight(model.get_input_embeddings()).shape[0]:  # real models keep spare rows: never shrink
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-    new_ids: list[Any] = [tokenizer.convert_tokens_to_ids(t) for t in cfg.tokens]
-    tables: list[Any] = [model.get_input_embeddings().weight]
+    new_ids = [tokenizer.convert_tokens_to_ids(t) for t in cfg.tokens]
+    tables = [_weight(model.get_input_embeddings())]
     if not model.config.tie_word_embeddings:
-        tables.append(model.get_output_embeddings().weight)
+        tables.append(_weight(model.get_output_embeddings()))
     with torch.no_grad():
         for new, source in zip(new_ids, sources, strict=True):
             for table in tables:
@@ -191,7 +215,20 @@ def derive_model(cfg: DeriveConfig) -> dict[str, Any]:
             "parameters": sum(p.numel() for p in model.parameters())}
 
 
-def keep_every_nth_layer(model: Any, n: int) -> Any:
+def _weight(layer: Module | None) -> Tensor:
+    """The weight of an embedding or output layer ([V, hidden])."""
+    import torch
+
+    weight = getattr(layer, "weight", None)
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"expected an embedding layer with a weight tensor, got {type(layer).__name__}")
+    return weight
+
+
+M = TypeVar("M", bound="PreTrainedModel")
+
+
+def keep_every_nth_layer(model: M, n: int) -> M:
     """Keep decoder layers 0, n, 2n, ... of a Hugging Face causal LM in place (DistilBERT's initialisation
     of a smaller student); embeddings, final norm and output head stay. Returns the model."""
     import torch
@@ -206,7 +243,7 @@ def keep_every_nth_layer(model: Any, n: int) -> Any:
     return model
 
 
-def run_sft_stage(cfg: SFTConfig) -> dict[str, Any]:
+def run_sft_stage(cfg: SFTConfig) -> StageRecord:
     from trainer.metrics import read_metrics
     from trainer.sft import summary, train_sft
 
@@ -215,7 +252,7 @@ def run_sft_stage(cfg: SFTConfig) -> dict[str, Any]:
     return {"model": str(run_dir / "hf"), "sequences": sequences, **summary(run_dir)}
 
 
-def run_grpo_stage(cfg: TrainConfig) -> dict[str, Any]:
+def run_grpo_stage(cfg: TrainConfig) -> StageRecord:
     from trainer.controller import train
     from trainer.metrics import read_metrics
 
@@ -232,7 +269,7 @@ def run_grpo_stage(cfg: TrainConfig) -> dict[str, Any]:
             "engine_pass@1_end": evals[-1]["pass@1"] if evals else None}
 
 
-def run_reject_stage(cfg: RejectionConfig) -> dict[str, Any]:
+def run_reject_stage(cfg: RejectionConfig) -> StageRecord:
     from trainer.rejection import run_rejection
 
     out = run_rejection(cfg)
@@ -243,15 +280,31 @@ def run_reject_stage(cfg: RejectionConfig) -> dict[str, Any]:
     return {"data": str(out / "sft.jsonl"), "report": report}
 
 
-RUNNERS: dict[str, Callable[[Any], dict[str, Any]]] = {
-    "derive": derive_model, "sft": run_sft_stage, "grpo": run_grpo_stage, "reject": run_reject_stage}
-"""Stage kind -> runner(config) -> what its stamp records (`model` or `data`, and its own numbers)."""
+Runner = Callable[[StageConfig], StageRecord]
+"""Runs one stage from its config; returns what its stamp records (`model` or `data`, and its own numbers)."""
+C = TypeVar("C", DeriveConfig, SFTConfig, TrainConfig, RejectionConfig)
+
+
+def runner(kind: type[C], run: Callable[[C], StageRecord]) -> Runner:
+    """`run` as a runner of any stage config: one of another class than `kind` is refused by name."""
+    def checked(cfg: StageConfig) -> StageRecord:
+        if not isinstance(cfg, kind):
+            raise TypeError(f"pipeline stage {cfg.name}: {run.__name__} takes a {kind.__name__}, "
+                            f"got a {type(cfg).__name__}")
+        return run(cfg)
+    return checked
+
+
+RUNNERS: dict[StageKind, Runner] = {
+    "derive": runner(DeriveConfig, derive_model), "sft": runner(SFTConfig, run_sft_stage),
+    "grpo": runner(TrainConfig, run_grpo_stage), "reject": runner(RejectionConfig, run_reject_stage)}
+"""Stage kind -> its runner."""
 
 
 # --- evaluation ------------------------------------------------------------------------------------
 
 
-def evaluate_model(model_dir: str, template: str, cfg: PipelineEvalConfig) -> dict[str, float]:
+def evaluate_model(model_dir: str, template: str, cfg: PipelineEvalConfig) -> EvalRecord:
     """Held-out pass@1 (mean over k), cons@k and mean response tokens of one model, with transformers."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -279,7 +332,17 @@ def evaluate_model(model_dir: str, template: str, cfg: PipelineEvalConfig) -> di
             "response_tokens": sum(lengths) / len(lengths), "prompts": float(len(rows)), "k": float(k)}
 
 
-def _generate(model: Any, tokenizer: Any, texts: Sequence[str], *, temperature: float,
+class SamplingModel(Protocol):
+    """What `_generate` asks of a causal LM: transformers' `generate`, here returning token ids."""
+
+    def generate(self, *, input_ids: Tensor, attention_mask: Tensor, max_new_tokens: int, eos_token_id: list[int],
+                 do_sample: bool, temperature: float, top_k: int, top_p: float, pad_token_id: int | None,
+                 ) -> Tensor:
+        """[b, prompt + T] token ids: the left-padded prompts, then up to T sampled tokens."""
+        ...
+
+
+def _generate(model: SamplingModel, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], *, temperature: float,
               max_new_tokens: int, batch_size: int = 256) -> tuple[list[str], list[int]]:
     """Sampled completions (stop at EOS or `</answer>`) and their lengths in tokens (the stop token included)."""
     import torch
@@ -295,13 +358,14 @@ def _generate(model: Any, tokenizer: Any, texts: Sequence[str], *, temperature: 
         enc = tokenizer(list(texts[start:start + batch_size]), return_tensors="pt", padding=True,
                         add_special_tokens=False)
         with torch.no_grad():
-            ids = model.generate(**enc, max_new_tokens=max_new_tokens, eos_token_id=stop, do_sample=True,
+            ids = model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                                 max_new_tokens=max_new_tokens, eos_token_id=stop, do_sample=True,
                                  temperature=temperature, top_k=0, top_p=1.0,
                                  pad_token_id=tokenizer.pad_token_id)[:, enc["input_ids"].shape[1]:]  # [b, T]
         for row in ids.tolist():
             n = next((i + 1 for i, t in enumerate(row) if t in stop), len(row))
             lengths.append(n)
-            outs.append(tokenizer.decode(row[:n], skip_special_tokens=True))
+            outs.append(str(tokenizer.decode(row[:n], skip_special_tokens=True)))
     return outs, lengths
 
 
@@ -310,25 +374,66 @@ def _generate(model: Any, tokenizer: Any, texts: Sequence[str], *, temperature: 
 
 @dataclass
 class PipelineResult:
-    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
-    evals: dict[str, dict[str, Any]] = field(default_factory=dict)
+    stages: dict[str, StageRecord] = field(default_factory=dict)
+    evals: dict[str, EvalRecord] = field(default_factory=dict)
     ran: list[str] = field(default_factory=list)
     """Stages run by this invocation (the rest were up to date)."""
 
 
-def run_pipeline(cfg: PipelineConfig, *, runners: dict[str, Callable[[Any], dict[str, Any]]] | None = None,
-                 evaluator: Callable[[str, str, PipelineEvalConfig], dict[str, float]] = evaluate_model,
-                 ) -> PipelineResult:
+Evaluator = Callable[[str, str, PipelineEvalConfig], EvalRecord]
+"""(model directory, template, evaluation config) -> the model's held-out numbers."""
+
+
+class SharedRay:
+    """One Ray for every stage of a pipeline run, started before the first stage that needs it and stopped when
+    the run ends. A stage's own `init_ray` joins it and the matching `shutdown_ray` leaves it running
+    (cluster.ray_init nests), so Ray starts once per pipeline rather than once per stage."""
+
+    def __init__(self, stages: Sequence[Stage]) -> None:
+        clusters = [s.config.cluster for s in stages if not isinstance(s.config, DeriveConfig)]
+        addresses = {c.address for c in clusters}
+        if len(addresses) > 1:
+            raise ValueError(f"the stages of one pipeline run on one Ray; they name {sorted(addresses)}")
+        self.cluster: ClusterConfig | None = clusters[0] if clusters else None
+        counts = [c.num_cpus for c in clusters]
+        self.num_cpus = max(c for c in counts if c is not None) if counts and None not in counts else None
+        """The most any stage asks of a local Ray (None: all of this machine's)."""
+        self.started = False
+
+    def before(self, stage: Stage) -> None:
+        """Start Ray unless it is up or the stage runs without it (a derive stage)."""
+        from cluster.ray_init import init_ray
+
+        if self.started or self.cluster is None or isinstance(stage.config, DeriveConfig):
+            return
+        init_ray(self.cluster.address, num_cpus=self.num_cpus)
+        self.started = True
+
+    def __enter__(self) -> SharedRay:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        from cluster.ray_init import shutdown_ray
+
+        if self.started:
+            self.started = False
+            shutdown_ray()
+
+
+def run_pipeline(cfg: PipelineConfig, *, runners: Mapping[StageKind, Runner] | None = None,
+                 evaluator: Evaluator = evaluate_model) -> PipelineResult:
     """Run every stage not yet up to date, evaluate the models, write pipeline.json; see the module docstring.
-    Holds output_dir's lock throughout (trainer.run_lock), and each stage its own directory's."""
+    Holds output_dir's lock throughout (trainer.run_lock), and each stage its own directory's. The real
+    runners share one Ray (`SharedRay`); runners passed in (fakes) get none."""
     from trainer.run_lock import hold_run_dir
 
-    with hold_run_dir(cfg.output_dir):
-        return _run_pipeline(cfg, runners or RUNNERS, evaluator)
+    with hold_run_dir(cfg.output_dir), SharedRay(cfg.stages if runners is None else ()) as ray:
+        return _run_pipeline(cfg, runners or RUNNERS, evaluator, ray)
 
 
-def _run_pipeline(cfg: PipelineConfig, runners: dict[str, Callable[[Any], dict[str, Any]]],
-                  evaluator: Callable[[str, str, PipelineEvalConfig], dict[str, float]]) -> PipelineResult:
+def _run_pipeline(cfg: PipelineConfig, runners: Mapping[StageKind, Runner], evaluator: Evaluator,
+                  ray: SharedRay) -> PipelineResult:
     out = Path(cfg.output_dir)
     result = PipelineResult()
     began = time.perf_counter()
@@ -340,6 +445,7 @@ def _run_pipeline(cfg: PipelineConfig, runners: dict[str, Callable[[Any], dict[s
         record = None if result.ran else read_stamp(stage_dir, digest)  # after a rerun stage, rerun the rest
         if record is None:
             print(f"=== pipeline {cfg.name}: stage {stage.name} ({stage.kind}) running", flush=True)
+            ray.before(stage)
             t0 = time.perf_counter()
             record = runners[stage.kind](stage.config)
             record = write_stamp(stage_dir, {"hash": digest, "kind": stage.kind, **record,
@@ -350,7 +456,8 @@ def _run_pipeline(cfg: PipelineConfig, runners: dict[str, Callable[[Any], dict[s
         result.stages[stage.name] = record
         previous = digest
         if stage.template:
-            values = _stamped_eval(stage_dir, digest + eval_hash, record["model"], stage.template, cfg.eval, evaluator)
+            values = _stamped_eval(stage_dir, digest + eval_hash, str(record["model"]), stage.template, cfg.eval,
+                                   evaluator)
             result.evals[stage.name] = values
             print(f"=== pipeline {cfg.name}: after {stage.name}: " + ", ".join(f"{k} {v:.3f}" for k, v in values.items()),
                   flush=True)
@@ -361,21 +468,23 @@ def _run_pipeline(cfg: PipelineConfig, runners: dict[str, Callable[[Any], dict[s
     table = stage_table(cfg, result)
     (out / "pipeline.json").write_text(json.dumps(table | {"seconds_this_run": round(time.perf_counter() - began, 1),
                                                            "ran": result.ran}, indent=1))
-    print(render_table(table))
+    print(render_table(cfg, result))
     print(f"pipeline.json: {out / 'pipeline.json'}")
     return result
 
 
 def _stamped_eval(directory: Path, digest: str, model: str, template: str, cfg: PipelineEvalConfig,
-                  evaluator: Callable[[str, str, PipelineEvalConfig], dict[str, float]]) -> dict[str, Any]:
+                  evaluator: Evaluator) -> EvalRecord:
     stamp = directory / "eval.json"
     if stamp.exists():
         record = json.loads(stamp.read_text())
         if record.get("hash") == digest:
             return dict(record["eval"])
+    t0 = time.perf_counter()
     values = evaluator(model, template, cfg)
     directory.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(json.dumps({"hash": digest, "model": model, "template": template, "eval": values}, indent=1))
+    stamp.write_text(json.dumps({"hash": digest, "model": model, "template": template, "eval": values,
+                                 "seconds": round(time.perf_counter() - t0, 1)}, indent=1))
     return values
 
 
@@ -383,7 +492,7 @@ def _input_digest(stage: Stage) -> str:
     """SHA-256 of the files of the model a derive stage copies (the shipped base, the student): a model
     installed anew under the same path reruns the stage. Other stages read earlier stages' outputs, which
     the chained hashes cover."""
-    path = Path(cast(DeriveConfig, stage.config).model_path) if stage.kind == "derive" else None
+    path = Path(stage.config.model_path) if isinstance(stage.config, DeriveConfig) else None
     if path is None or not path.is_dir():
         return ""
     h = hashlib.sha256()
@@ -406,38 +515,51 @@ def _slug(label: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in label).strip("_")
 
 
-def stage_table(cfg: PipelineConfig, result: PipelineResult) -> dict[str, Any]:
+def rejection_reports(result: PipelineResult) -> dict[str, RejectionReport]:
+    """Each rejection stage's report (trainer.rejection's report.json), by stage name."""
+    return {n: cast(RejectionReport, r["report"]) for n, r in result.stages.items() if "report" in r}
+
+
+def stage_table(cfg: PipelineConfig, result: PipelineResult) -> dict[str, object]:
     """What pipeline.json holds: per-model evaluation, the stages' own records, rejection report, comparison."""
     rows = [{"model": label, **values} for label, values in result.evals.items()]
-    reports = {n: r["report"] for n, r in result.stages.items() if "report" in r}
-    table: dict[str, Any] = {"name": cfg.name, "eval": to_dict(cfg.eval), "table": rows, "stages": result.stages,
-                             "rejection": reports}
-    base_label, distill, student_rl = cfg.student
-    if base_label and distill in result.evals and student_rl in result.evals and base_label in result.evals:
-        base_p = result.evals[base_label]["pass@1"]
-        table["student"] = {
-            "base": base_label, "base_pass@1": base_p,
-            "distilled_pass@1": result.evals[distill]["pass@1"],
-            "distilled_sequences": result.stages[distill].get("sequences"),
-            "grpo_pass@1": result.evals[student_rl]["pass@1"],
-            "grpo_sequences": result.stages[student_rl].get("sequences"),
-            "distilled_minus_base": result.evals[distill]["pass@1"] - base_p,
-        }
+    table: dict[str, object] = {"name": cfg.name, "eval": to_dict(cfg.eval), "table": rows, "stages": result.stages,
+                                "rejection": rejection_reports(result)}
+    comparison = student_comparison(cfg, result)
+    if comparison is not None:
+        table["student"] = comparison
     return table
 
 
-def render_table(table: dict[str, Any]) -> str:
+def student_comparison(cfg: PipelineConfig, result: PipelineResult) -> dict[str, object] | None:
+    """The student's base, its distillation and its GRPO run side by side (None: the pipeline has no student)."""
+    base_label, distill, student_rl = cfg.student
+    if not (base_label and distill in result.evals and student_rl in result.evals and base_label in result.evals):
+        return None
+    base_p = result.evals[base_label]["pass@1"]
+    return {
+        "base": base_label, "base_pass@1": base_p,
+        "distilled_pass@1": result.evals[distill]["pass@1"],
+        "distilled_sequences": result.stages[distill].get("sequences"),
+        "grpo_pass@1": result.evals[student_rl]["pass@1"],
+        "grpo_sequences": result.stages[student_rl].get("sequences"),
+        "distilled_minus_base": result.evals[distill]["pass@1"] - base_p,
+    }
+
+
+def render_table(cfg: PipelineConfig, result: PipelineResult) -> str:
     """The stage table as text."""
-    k = int(table["eval"]["samples_per_prompt"])
-    lines = [f"held-out: {table['eval']['prompts']} prompts x {k} samples, temperature {table['eval']['temperature']}",
+    e = cfg.eval
+    k = e.samples_per_prompt
+    lines = [f"held-out: {e.prompts} prompts x {k} samples, temperature {e.temperature}",
              f"{'model':34s} {'pass@1':>7s} {f'cons@{k}':>7s} {'length':>7s}"]
-    for row in table["table"]:
-        lines.append(f"{row['model']:34s} {row['pass@1']:7.3f} {row[f'cons@{k}']:7.3f} {row['response_tokens']:7.1f}")
-    for name, report in table["rejection"].items():
+    for label, row in result.evals.items():
+        lines.append(f"{label:34s} {row['pass@1']:7.3f} {row[f'cons@{k}']:7.3f} {row['response_tokens']:7.1f}")
+    for name, report in rejection_reports(result).items():
         dropped = ", ".join(f"{r} {n}" for r, n in report["dropped"].items() if n)
         lines.append(f"rejection ({name}): kept {report['kept']} of {report['samples']} samples "
                      f"from {report['prompts']} prompts; dropped: {dropped or 'none'}")
-    s = table.get("student")
+    s = student_comparison(cfg, result)
     if s:
         lines.append(f"student: base {s['base_pass@1']:.3f}, distilled {s['distilled_pass@1']:.3f} "
                      f"({s['distilled_sequences']} sequences), GRPO directly {s['grpo_pass@1']:.3f} "
