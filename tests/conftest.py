@@ -1,13 +1,15 @@
 """What the whole suite shares.
 
 One local Ray for the tests that allow it (`shared_ray`): starting Ray costs several seconds on 2 cores,
-and each module that started its own paid them. In it, two vLLM engines on one tiny test model
-(`tiny_engines`), about half a minute each to start on CPU: the tests that only read an engine share them,
-and a module that changes an engine's weights takes one over for itself. Its modules' own `init_ray` / `shutdown_ray` calls nest
+and each module that started its own paid them. Its modules' own `init_ray` / `shutdown_ray` calls nest
 inside it (cluster/ray_init.py): they join the shared Ray and leave it running. Every module that uses it
 runs after all the others, in their usual order, so a test that needs a Ray of its own (another cluster
 beside it, declared GPUs, a `ray job submit` head, a driver of its own) never finds the shared one up and
 joins it by mistake: an `init_ray("local")` made while Ray is up joins whatever is up.
+
+In that Ray, two vLLM engines on one tiny test model (`tiny_engines`), about half a minute each to start on
+CPU: the tests that only read an engine share them, and a module that changes an engine's weights takes
+one over for itself.
 """
 
 from __future__ import annotations
