@@ -46,25 +46,32 @@ class StandInEngine:
 
 
 @pytest.fixture(scope="module")
-def ray_local():
+def ray_local(shared_ray):
     import sys
 
     import ray.cloudpickle
 
-    from cluster.ray_init import init_ray, shutdown_ray
-
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this file
-    init_ray("local", num_cpus=2, log_to_driver=False)
     yield
-    shutdown_ray()
+    for actor in _started:  # the shared Ray outlives this module (a hung stand-in would sleep on in it)
+        ray.kill(actor)
+
+
+_started: list = []
+"""Every stand-in engine actor started here, replacements included."""
 
 
 def group(faults: list[str], *, replacement_fault: str = "", max_restarts: int = 2, timeout_s: float = 30.0):
     import ray
 
     remote = ray.remote(num_cpus=0)(StandInEngine)
-    engines = EngineGroup([remote.remote(e, f, 3) for e, f in enumerate(faults)], generate_timeout_s=timeout_s,
-                          start_engine=lambda e: remote.remote(e, replacement_fault, 0), max_restarts=max_restarts)
+
+    def start(engine: int, fault: str, version: int):
+        _started.append(remote.remote(engine, fault, version))
+        return _started[-1]
+
+    engines = EngineGroup([start(e, f, 3) for e, f in enumerate(faults)], generate_timeout_s=timeout_s,
+                          start_engine=lambda e: start(e, replacement_fault, 0), max_restarts=max_restarts)
     engines.expected_version = 3
     reloads = []
 

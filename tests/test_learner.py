@@ -53,14 +53,8 @@ def model_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def ray_session():
-    from cluster.ray_init import init_ray, shutdown_ray
-
-    init_ray("local", num_cpus=4)
-    try:
-        yield
-    finally:
-        shutdown_ray()
+def ray_session(shared_ray):
+    """The learner ranks' Ray: the suite's shared one (tests/conftest.py)."""
 
 
 def _group(model_dir, **layout):

@@ -57,15 +57,10 @@ def test_cpu_and_learner_bundles_stay_single():
 
 
 @pytest.fixture(scope="module")
-def local_ray():
+def local_ray(shared_ray):
     import ray
 
-    from cluster.ray_init import init_ray, shutdown_ray
-
-    init_ray("local", num_cpus=2, log_to_driver=False)
     assert ray.nodes()[0]["NodeManagerAddress"] == "127.0.0.1"
-    yield
-    shutdown_ray()
 
 
 @pytest.mark.slow

@@ -74,29 +74,14 @@ def test_cpu_threads_bind_gives_engines_disjoint_cores():
 
 
 @pytest.fixture(scope="module")
-def engines(tmp_path_factory):
-    import ray
-
+def engines(tiny_engines):
+    """The suite's two shared engines (tests/conftest.py): these tests only read them."""
     from actors.engine_group import EngineGroup
-    from actors.rollout import RolloutWorker
-    from examples.tiny_model import write_test_model
 
-    model_dir = write_test_model(tmp_path_factory.mktemp("model") / "tiny", seed=0, hidden_size=128, num_layers=2)
-    from cluster.ray_init import init_ray
-
-    init_ray("local", num_cpus=4, log_to_driver=False)
-    try:
-        # max_model_len: room for a judge prompt (test_judge_served_on_a_rollout_engine)
-        actors = [ray.remote(num_cpus=1)(RolloutWorker).remote(
-            str(model_dir), max_model_len=512, seed=0, engine_index=i, cpu_threads=cpu_threads_bind(i, 2))
-            for i in range(2)]
-        group = EngineGroup(actors)
-        group.wait_until_up()
-        group.check_versions()
-        yield group, str(model_dir)
-        group.shutdown()
-    finally:
-        ray.shutdown()
+    group = EngineGroup(tiny_engines.actors(2))
+    group.wait_until_up()
+    group.check_versions()
+    return group, tiny_engines.model_dir
 
 
 def _generate(group, seed=7, stop=()):

@@ -1,7 +1,8 @@
 """Weight sync into a real vLLM engine on CPU: a Hugging Face model plays the learner's rank 0.
 
-One engine (model A, seed 0; vLLM's oneDNN kernels, the default) and one sender actor holding model B
-(seed 1) are started once for the module; one test starts a second engine with the in-place kernels. After
+One engine (model A, seed 0; vLLM's oneDNN kernels, the default: the suite's shared engine 0, which this
+module takes over, tests/conftest.py) and one sender actor holding model B (seed 1), started once for the
+module; one test starts a second engine with the in-place kernels. After
 pushing B, the engine must generate what B generates and report B's logprobs.
 """
 
@@ -478,37 +479,31 @@ class OneRankLearner:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, tiny_engines):
     import ray
     from ray import cloudpickle
 
     from actors.engine_group import EngineGroup
-    from actors.rollout import RolloutWorker
     from actors.weight_sync import WeightSync
     from examples.tiny_model import write_test_model
 
-    root = tmp_path_factory.mktemp("models")
-    engine_dir = write_test_model(root / "a", seed=0, hidden_size=128, num_layers=2)
-    sender_dir = write_test_model(root / "b", seed=1, hidden_size=128, num_layers=2)
+    sender_dir = write_test_model(tmp_path_factory.mktemp("models") / "b", seed=1, hidden_size=128, num_layers=2)
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import tests/
-    from cluster.ray_init import init_ray
-
-    init_ray("local", num_cpus=4, log_to_driver=False)
+    # The suite's engine 0 (model A), taken over: its weights change here. vLLM's oneDNN kernels (the
+    # default) and its layerwise reload; the in-place kernels have a test of their own.
+    engine = tiny_engines.take(0)
+    sender = ray.remote(num_cpus=1)(HFSender).remote(str(sender_dir))
+    group = EngineGroup([engine], control_timeout_s=60.0)
     try:
-        # vLLM's oneDNN kernels and its layerwise reload here; the in-place kernels have a test of their own.
-        engine = ray.remote(num_cpus=1)(RolloutWorker).remote(str(engine_dir), max_model_len=128, seed=0,
-                                                              cpu_linear="onednn")
-        sender = ray.remote(num_cpus=1)(HFSender).remote(str(sender_dir))
-        group = EngineGroup([engine], control_timeout_s=60.0)
         sync = WeightSync(group, OneRankLearner(sender), backend="gloo", timeout_s=SYNC_TIMEOUT_S,
                           bucket_bytes=1 << 16, checksum_every=1)
         spec = sync.connect()
         assert spec.host == "127.0.0.1"  # a local Ray reports loopback as the node address
         yield group, engine, sender, sync
+    finally:
         if group.recorded:  # unless test_sync_to_killed_engine_fails_within_timeout removed it already
             group.shutdown()
-    finally:
-        ray.shutdown()
+        ray.kill(sender)
 
 
 def _sync(sync, version: int, bucket_bytes: int = 1 << 16) -> dict:
