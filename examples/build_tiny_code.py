@@ -79,10 +79,11 @@ class CodeBuildConfig:
     """head_dim 64: vLLM's CPU attention kernel rejects head_dim 16."""
     intermediate_size: int = 384
     max_positions: int = 512
-    wrong_step_share: float = 0.5
-    """Share of pretraining completions with one wrong difference: sampled accuracy stays well under greedy."""
-    pretrain_steps: int = 700
-    """Optimizer steps."""
+    wrong_step_share: float = 0.3
+    """Share of pretraining completions with one wrong difference: sampled accuracy stays well under greedy.
+    0.5 with 700 steps gave 15% sampled / 27% greedy, the differences learned too poorly to sharpen."""
+    pretrain_steps: int = 1000
+    """Optimizer steps (about 7 minutes on 2 cores)."""
     batch_size: int = 64
     lr: float = 3e-3
     """Peak AdamW learning rate (linear warm-up, cosine decay to 10%)."""
