@@ -65,12 +65,14 @@ def tiny_cpu_code() -> TrainConfig:
 
     The tiny code base (`python -m examples.build_tiny_code`) writes `def f(x): return ...` from f(0), f(1),
     f(2); the `code` verifier runs each program in the sandbox on hidden inputs (docs/code_rewards.md).
-    Evaluation every 20 steps: each one runs 512 programs.
+    120 steps, about 10 minutes on 2 cores (a step runs its 64 programs in the sandbox); evaluation every 20
+    steps, each running 512 programs.
     """
     base = tiny_cpu()
     return replace(
         base,
         name="tiny_cpu_code",
+        total_steps=120,
         model=replace(base.model, path="artifacts/tiny-qwen2-code"),
         data=replace(base.data, train_path="artifacts/data/code/train.jsonl",
                      eval_path="artifacts/data/code/heldout.jsonl"),
