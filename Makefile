@@ -24,6 +24,7 @@ $(STAMP): setup.cfg pyproject.toml
 artifacts: $(STAMP)
 	$(PY) -m examples.build_tiny
 	$(PY) -m examples.build_student
+	$(PY) -m examples.build_tiny_code
 
 demo: artifacts
 	$(PY) -m trainer train --example tiny_cpu

@@ -45,8 +45,10 @@ import math
 import random
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
@@ -214,7 +216,34 @@ def shared_prefix_loss(model, batch: dict[str, torch.Tensor], prefix_len: int) -
     return out.loss  # mean over completion tokens (prompt labels are IGNORE_INDEX)
 
 
-def lr_at(step: int, cfg: BuildConfig) -> float:
+class PretrainSettings(Protocol):
+    """What pretraining reads of a build config (`BuildConfig`, or a sibling recipe's config)."""
+
+    @property
+    def seed(self) -> int: ...
+    @property
+    def pretrain_steps(self) -> int: ...
+    @property
+    def batch_size(self) -> int: ...
+    @property
+    def lr(self) -> float: ...
+    @property
+    def warmup_steps(self) -> int: ...
+    @property
+    def weight_decay(self) -> float: ...
+    @property
+    def wrong_step_share(self) -> float: ...
+    @property
+    def eval_prompts(self) -> int: ...
+    @property
+    def eval_samples(self) -> int: ...
+
+
+NoisyCompletion = Callable[[TaskExample, random.Random, float], str]
+"""(example, rng, wrong share) -> a reference completion, or with that probability a wrong one."""
+
+
+def lr_at(step: int, cfg: PretrainSettings) -> float:
     """Linear warm-up, then cosine decay to 10% of the peak."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
@@ -222,9 +251,10 @@ def lr_at(step: int, cfg: BuildConfig) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def pretrain(model, tokenizer, train: list[TaskExample], cfg: BuildConfig, *, eval_every: int = 0,
-             heldout: list[TaskExample] | None = None) -> list[float]:
-    """Train on noisy reference completions; returns the per-step losses."""
+def pretrain(model, tokenizer, train: list[TaskExample], cfg: PretrainSettings, *, eval_every: int = 0,
+             heldout: list[TaskExample] | None = None,
+             completion: NoisyCompletion = tasks.noisy_arithmetic_completion) -> list[float]:
+    """Train on noisy reference completions (addition's by default); returns the per-step losses."""
     from tqdm import tqdm
 
     rng = random.Random(cfg.seed + 1)
@@ -237,7 +267,7 @@ def pretrain(model, tokenizer, train: list[TaskExample], cfg: BuildConfig, *, ev
     bar = tqdm(range(cfg.pretrain_steps), desc="pretraining", unit="step")
     for step in bar:
         batch = [encode_sample(tokenizer, prompt_ids[e.prompt],
-                               tasks.noisy_arithmetic_completion(e, rng, cfg.wrong_step_share))
+                               completion(e, rng, cfg.wrong_step_share))
                  for e in rng.sample(train, cfg.batch_size)]
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
@@ -253,11 +283,12 @@ def pretrain(model, tokenizer, train: list[TaskExample], cfg: BuildConfig, *, ev
     return losses
 
 
-def _report(model, tokenizer, heldout, cfg: BuildConfig, *, label: str, write=print):
+def _report(model, tokenizer, heldout, cfg: PretrainSettings, *, label: str, write=print):
     from examples.eval_base import evaluate
 
     result = evaluate(model, tokenizer, heldout[:cfg.eval_prompts], k=cfg.eval_samples, seed=cfg.seed)
-    write(f"{label}: held-out addition ({result.num_prompts} prompts): pass@1 at temperature 1 "
+    task = {ARITHMETIC: "addition", tasks.FUNCTION: "function"}.get(heldout[0].task, heldout[0].task)
+    write(f"{label}: held-out {task} ({result.num_prompts} prompts): pass@1 at temperature 1 "
           f"(k={result.samples_per_prompt}) {result.pass_at_1:.1%}, greedy {result.greedy:.1%} "
           f"[{result.seconds:.0f} s]")
     return result

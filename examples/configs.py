@@ -60,6 +60,27 @@ def tiny_cpu() -> TrainConfig:
     )
 
 
+def tiny_cpu_code() -> TrainConfig:
+    """Code as a verifiable reward on one CPU: the demo's layout on the function task (examples/tasks.py).
+
+    The tiny code base (`python -m examples.build_tiny_code`) writes `def f(x): return ...` from f(0), f(1),
+    f(2); the `code` verifier runs each program in the sandbox on hidden inputs (docs/code_rewards.md).
+    120 steps, about 10 minutes on 2 cores (a step runs its 64 programs in the sandbox); evaluation every 20
+    steps, each running 512 programs.
+    """
+    base = tiny_cpu()
+    return replace(
+        base,
+        name="tiny_cpu_code",
+        total_steps=120,
+        model=replace(base.model, path="artifacts/tiny-qwen2-code"),
+        data=replace(base.data, train_path="artifacts/data/code/train.jsonl",
+                     eval_path="artifacts/data/code/heldout.jsonl"),
+        reward=replace(base.reward, verifier="code"),
+        eval=replace(base.eval, every_steps=20),
+    )
+
+
 def qwen25_gsm8k_r1_zero() -> TrainConfig:
     """R1-Zero on GSM8K from Qwen2.5-1.5B base, one node of 8 GPUs (4 engines + TP=2 x DP=2 learner)."""
     return TrainConfig(
@@ -160,6 +181,7 @@ def tiny_cpu_all_scenarios() -> TrainConfig:
 
 EXAMPLES: dict[str, Callable[[], TrainConfig]] = {
     "tiny_cpu": tiny_cpu,
+    "tiny_cpu_code": tiny_cpu_code,
     "tiny_cpu_all_scenarios": tiny_cpu_all_scenarios,
     "qwen25_gsm8k_r1_zero": qwen25_gsm8k_r1_zero,
     "qwen25_math_r1_zero": qwen25_math_r1_zero,

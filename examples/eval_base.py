@@ -4,10 +4,10 @@
 
 pass@1 is the share of correct completions among k samples per prompt at temperature 1 (plain
 sampling: no top-k, no top-p), averaged over prompts, as R1 reports it; greedy is one completion per
-prompt with argmax decoding. Prompts are rendered with the R1-Zero template (or `--template`), generation stops at
-EOS or "</answer>" (the demo's stop string), and answers are checked by the task's exact verifier from
-`reward_server.verifiers`. Batched generation with left padding, so every prompt ends at the same
-position.
+prompt with argmax decoding. Prompts are rendered with the R1-Zero template (or `--template`), generation
+stops at EOS or "</answer>" (the demo's stop string), and answers are checked by the task's exact verifier
+from `reward_server.verifiers` (the function task's program by `examples.tasks.check_function_answer`).
+Batched generation with left padding, so every prompt ends at the same position.
 """
 
 from __future__ import annotations
@@ -25,13 +25,15 @@ from dataclasses import dataclass
 
 import torch
 
-from examples.tasks import ARITHMETIC, COUNTDOWN, TaskExample, read_jsonl
+from examples.tasks import ARITHMETIC, COUNTDOWN, FUNCTION, TaskExample, check_function_answer, read_jsonl
 from reward_server.verifiers import extract_answer, verify_arithmetic, verify_countdown
 from trainer.config import DataConfig, EvalConfig, ModelConfig
 from trainer.templates import TEMPLATES
 
-VERIFIERS: dict[str, Callable[[str, str], bool]] = {ARITHMETIC: verify_arithmetic, COUNTDOWN: verify_countdown}
-"""Task name -> verifier(answer, ground_truth)."""
+VERIFIERS: dict[str, Callable[[str, str], bool]] = {
+    ARITHMETIC: verify_arithmetic, COUNTDOWN: verify_countdown, FUNCTION: check_function_answer}
+"""Task name -> verifier(answer, ground_truth). The function task's is a fast check without running the
+program (`examples.tasks.check_function_answer`); training scores it in the `code` sandbox."""
 STOP_TEXT = "</answer>"
 GENERATE_BATCH = 256
 """Sequences per `generate` call: large enough to keep 2 cores busy, small enough for memory."""

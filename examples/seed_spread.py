@@ -1,11 +1,12 @@
 """How much the demo's learning depends on luck: the tiny run over several base models and RL seeds.
 
     python -m examples.seed_spread --bases 0 1 2 --rl-seeds 0 1 2 [--out runs/seed_spread]
+    python -m examples.seed_spread --example tiny_cpu_code --bases 0 --rl-seeds 0 1 2 --out runs/seed_spread_code
 
 For each pretraining seed it builds a base model with the recipe (`examples.build_tiny --from-scratch`,
 cached per seed under OUT/base{seed}; the shipped base is built by seed 0 but is the committed copy,
-used as is for seed 0 so that its row is the README's base), then runs the demo (`--example tiny_cpu`,
-unchanged but for `seed`) once per RL seed, one run at a time, and prints held-out pass@1 at step 0,
+used as is for seed 0 so that its row is the README's base), then runs the demo (`--example tiny_cpu`, or `tiny_cpu_code` with
+its own recipe, `examples.build_tiny_code`, and data; unchanged but for `seed`) once per RL seed, one run at a time, and prints held-out pass@1 at step 0,
 at `--mid-step` (the step the job-submission test checks) and at the end, with the gain and its
 spread. Writes OUT/spread.json. A run already finished in OUT is read, not rerun, so an interrupted
 sweep continues where it stopped.
@@ -19,35 +20,60 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from examples.build_tiny import SHIPPED_MODEL, model_id, read_manifest
+from examples import build_tiny, build_tiny_code
+from examples.build_tiny import model_id
 from trainer.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT / "artifacts" / "data" / "arithmetic"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How an example's base is built and shipped, and where its data lies."""
+
+    build_module: str
+    shipped_model: Path
+    read_manifest: Callable[[], dict]
+    model_dir_name: str
+    data: Path
+    """The train and held-out JSONL's folder (`make artifacts` writes it)."""
+
+
+RECIPES = {
+    "tiny_cpu": Recipe("examples.build_tiny", build_tiny.SHIPPED_MODEL, build_tiny.read_manifest,
+                       build_tiny.MODEL_DIR_NAME, ROOT / "artifacts" / "data" / "arithmetic"),
+    "tiny_cpu_code": Recipe("examples.build_tiny_code", build_tiny_code.SHIPPED_CODE_MODEL,
+                            build_tiny_code.read_code_manifest, build_tiny_code.MODEL_DIR_NAME,
+                            ROOT / "artifacts" / build_tiny_code.DATA_DIR),
+}
+"""Example name -> its base recipe."""
 RETRIES = 1
 """A run that fails (on a loaded machine Ray's 30 s node start-up limit can pass) is started once more;
 it resumes from its last checkpoint."""
 
 
-def base_model(seed: int, shipped_seed: int, out: Path) -> Path:
+def base_model(seed: int, shipped_seed: int, out: Path, recipe: Recipe) -> Path:
     """The base built by pretraining seed `seed`: the shipped one for the shipped seed, else built here."""
     if seed == shipped_seed:
-        return SHIPPED_MODEL
+        return recipe.shipped_model
     base_dir = out / f"base{seed}"
-    if (base_dir / "tiny-qwen2" / "model.safetensors").exists():
-        return base_dir / "tiny-qwen2"  # built earlier (a sweep that continues)
-    subprocess.run([sys.executable, "-m", "examples.build_tiny", "--from-scratch", "--seed", str(seed),
+    model = base_dir / recipe.model_dir_name
+    if (model / "model.safetensors").exists():
+        return model  # built earlier (a sweep that continues)
+    subprocess.run([sys.executable, "-m", recipe.build_module, "--from-scratch", "--seed", str(seed),
                     "--out-dir", str(base_dir)], cwd=ROOT, check=True)
-    return base_dir / "tiny-qwen2"
+    return model
 
 
-def run_demo(model: Path, rl_seed: int, out: Path, name: str, extra: list[str]) -> float:
-    """Train the demo config from `model` with RL seed `rl_seed`; returns wall seconds (0 if already done)."""
+def run_demo(example: str, model: Path, data: Path, rl_seed: int, out: Path, name: str, extra: list[str]) -> float:
+    """Train the example from `model` with RL seed `rl_seed`; returns wall seconds (0 if already done)."""
     t0 = time.perf_counter()
-    cmd = [sys.executable, "-m", "trainer", "train", "--example", "tiny_cpu", "--set", f"model.path={model}",
-           "--set", f"data.train_path={DATA / 'train.jsonl'}", "--set", f"data.eval_path={DATA / 'heldout.jsonl'}",
+    cmd = [sys.executable, "-m", "trainer", "train", "--example", example, "--set", f"model.path={model}",
+           "--set", f"data.train_path={data / 'train.jsonl'}", "--set", f"data.eval_path={data / 'heldout.jsonl'}",
            "--set", f"output_dir={out}", "--set", f"name={name}", "--set", f"seed={rl_seed}", *extra]
     for attempt in range(RETRIES + 1):
         if subprocess.run(cmd, cwd=ROOT, check=False).returncode == 0:
@@ -65,6 +91,9 @@ def summarize(run_dir: Path, mid_step: int) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--example", default="tiny_cpu", choices=sorted(RECIPES))
+    parser.add_argument("--data", default=None, help="folder of train.jsonl and heldout.jsonl (default: the "
+                                                      "example's under artifacts/data)")
     parser.add_argument("--bases", type=int, nargs="+", default=[0, 1, 2], help="pretraining seeds")
     parser.add_argument("--rl-seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", default="runs/seed_spread")
@@ -77,13 +106,15 @@ def main(argv: list[str] | None = None) -> None:
     # Rows of earlier sweeps into the same OUT are kept (a sweep can be run in parts).
     spread = out / "spread.json"
     rows = json.loads(spread.read_text()) if spread.exists() else []
-    manifest = read_manifest()
+    recipe = RECIPES[args.example]
+    data = Path(args.data).resolve() if args.data else recipe.data
+    manifest = recipe.read_manifest()
     shipped_seed = manifest["build"]["config"]["seed"]
     for base_seed in args.bases:
-        model = base_model(base_seed, shipped_seed, out)
+        model = base_model(base_seed, shipped_seed, out, recipe)
         for rl_seed in args.rl_seeds:
             name = f"base{base_seed}_rl{rl_seed}"
-            seconds = run_demo(model, rl_seed, out, name, extra)
+            seconds = run_demo(args.example, model, data, rl_seed, out, name, extra)
             row = {"base_seed": base_seed, "rl_seed": rl_seed, "wall_s": round(seconds, 1),
                    **summarize(out / name, args.mid_step)}
             if base_seed == shipped_seed:

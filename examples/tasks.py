@@ -1,4 +1,5 @@
-"""The demo's tasks: seeded generators for addition with a digit-by-digit chain of thought, and Countdown.
+"""The demo's tasks: seeded generators for addition with a digit-by-digit chain of thought, Countdown, and
+a one-line function to write from input/output examples (scored by running it).
 
 Each row of a data set is a `TaskExample`, written as one JSONL line with the fields the trainer reads
 (`prompt`: the bare question, `ground_truth`, `task`) plus `solution` for Countdown.
@@ -19,12 +20,26 @@ random operations, keeping every intermediate a non-negative integer), so each o
 stores its solution. The ground truth is JSON `{"numbers": [...], "target": int}`, which
 `reward_server.verifiers.verify_countdown` reads.
 
+Function: "Write f(x) in one line. f(0)=49, f(1)=52, f(2)=55." The function is `x*x*q + x*a + b` with q in
+{0, 1}, a in 0..9 and b in 0..99, shown at x = 0, 1, 2; the reference completion takes the two
+differences, then writes the program (quadratic when they differ, and then a = first difference - 1):
+
+    52-49=3,55-52=3</think><answer>```python
+    def f(x): return x*3+49
+    ```</answer>
+
+The ground truth is the `code` verifier's JSON (docs/code_rewards.md) with one assert over hidden inputs
+(4 of 3..20, never the shown 0, 1, 2): `{"asserts": ["assert [f(x) for x in (4, 9, 13, 17)] == [...]"]}`;
+one assert, so a sample costs one sandbox run. `function_completion(..., wrong_step=i)` writes one
+difference off by one or two and the program that follows from it, as `arithmetic_completion` does.
+
 Splits: questions are unique within a data set and the held-out split shares no question with the
 train split (for addition, a+b and b+a count as the same question).
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import random
 import re
@@ -34,6 +49,8 @@ from pathlib import Path
 
 ARITHMETIC = "arithmetic"
 COUNTDOWN = "countdown"
+FUNCTION = "code"
+"""The function task's rows name the `code` verifier as their task, so any verifier setting scores them by running."""
 
 ARITHMETIC_MIN, ARITHMETIC_MAX = 10, 999
 """Operands have 2 or 3 digits (the task checked to be learnable on this CPU, DESIGN.md "Facts")."""
@@ -47,7 +64,18 @@ COUNTDOWN_TARGET_MIN, COUNTDOWN_TARGET_MAX = 1, 999
 COUNTDOWN_SIZES = (3, 4)
 """How many numbers an instance gives."""
 
+FUNCTION_A_MAX = 9
+FUNCTION_B_MAX = 99
+"""Coefficients: a in 0..9 keeps each difference small (at most 12), b in 0..99 makes 2,000 functions."""
+FUNCTION_SHOWN = (0, 1, 2)
+"""Inputs shown in the prompt: f(0) is b, and the differences give a and whether x*x is there."""
+FUNCTION_HIDDEN_RANGE = (3, 20)
+FUNCTION_HIDDEN_COUNT = 4
+"""Hidden inputs per function, drawn from FUNCTION_HIDDEN_RANGE (none of them shown)."""
+WRONG_DIFF_DELTAS = (-2, -1, 1, 2)
+
 _ARITHMETIC_QUESTION = re.compile(r"^What is (\d+)\+(\d+)\?$")
+_FUNCTION_QUESTION = re.compile(r"^Write f\(x\) in one line\. f\(0\)=(\d+), f\(1\)=(\d+), f\(2\)=(\d+)\.$")
 
 
 @dataclass(frozen=True)
@@ -59,7 +87,7 @@ class TaskExample:
     ground_truth: str
     """What the task's verifier compares the answer with (an integer, or Countdown's JSON)."""
     task: str
-    """Which verifier scores it: "arithmetic" or "countdown"."""
+    """Which verifier scores it: "arithmetic", "countdown" or "code"."""
     solution: str | None = None
     """Countdown only: an equation that reaches the target."""
 
@@ -232,7 +260,6 @@ def countdown_completion(example: TaskExample) -> str:
 
 def _steps_of(equation: str) -> list[str]:
     """The binary operations of `equation` in evaluation order, e.g. "36-19=17" (exact integers only)."""
-    import ast
 
     steps: list[str] = []
     ops = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
@@ -256,11 +283,140 @@ def _steps_of(equation: str) -> list[str]:
     return steps
 
 
+# ----------------------------------------------------------------------------------------- function
+
+
+def function_expression(q: int, a: int, b: int) -> str:
+    """The canonical one-line body of x*x*q + x*a + b, e.g. "x*x+x*3+49", "x+7", "x*4", "12"."""
+    terms = (["x*x"] if q else []) + ([] if a == 0 else ["x"] if a == 1 else [f"x*{a}"]) + ([str(b)] if b else [])
+    return "+".join(terms) or "0"
+
+
+def function_value(q: int, a: int, b: int, x: int) -> int:
+    return q * x * x + a * x + b
+
+
+def function_question(q: int, a: int, b: int) -> str:
+    y0, y1, y2 = (function_value(q, a, b, x) for x in FUNCTION_SHOWN)
+    return f"Write f(x) in one line. f(0)={y0}, f(1)={y1}, f(2)={y2}."
+
+
+def parse_function_question(question: str) -> tuple[int, int, int]:
+    """The shown values f(0), f(1), f(2)."""
+    match = _FUNCTION_QUESTION.match(question)
+    if match is None:
+        raise ValueError(f"not a function question: {question!r}")
+    y0, y1, y2 = (int(g) for g in match.groups())
+    return y0, y1, y2
+
+
+def function_ground_truth(q: int, a: int, b: int, hidden: Iterable[int]) -> str:
+    """The `code` verifier's JSON: one assert over the hidden inputs (docs/code_rewards.md)."""
+    xs = tuple(hidden)
+    want = [function_value(q, a, b, x) for x in xs]
+    return json.dumps({"asserts": [f"assert [f(x) for x in {xs!r}] == {want!r}"]})
+
+
+def function_completion(question: str, *, wrong_step: int | None = None, wrong_delta: int = 1) -> str:
+    """The reference completion: the two differences, then the program that follows from them.
+
+    With `wrong_step=i` (0 or 1), difference i is off by `wrong_delta` (or by its negative, when the
+    difference would fall below 0 or the slip would still lead to the right program; a quadratic's second
+    difference, whose size does not shape the program, is written equal to the first) and the program
+    follows the wrong difference, so it is wrong.
+    """
+    y = parse_function_question(question)
+    right = (y[1] - y[0], y[2] - y[1])
+    diffs = right
+    if wrong_step is not None:
+        slips = [right[wrong_step] + wrong_delta, right[wrong_step] - wrong_delta] + ([right[0]] if wrong_step else [])
+        candidates = [tuple(d if i == wrong_step else right[i] for i in range(2)) for d in slips if d >= 0]
+        diffs = next(c for c in candidates if _program_of(y[0], *c) != _program_of(y[0], *right))
+    steps = ",".join(f"{y[i + 1]}-{y[i]}={d}" for i, d in enumerate(diffs))
+    return f"{steps}</think><answer>```python\ndef f(x): return {_program_of(y[0], *diffs)}\n```</answer>"
+
+
+def _program_of(y0: int, d1: int, d2: int) -> str:
+    """The expression the differences imply: x*x is there when they differ, and then a = d1 - 1."""
+    q = int(d2 != d1)
+    return function_expression(q, max(d1 - q, 0), y0)
+
+
+def generate_function(n: int, seed: int) -> list[TaskExample]:
+    """`n` distinct functions (at most 2,000: every q, a, b), each with its own hidden inputs."""
+    total = 2 * (FUNCTION_A_MAX + 1) * (FUNCTION_B_MAX + 1)
+    if n > total:
+        raise ValueError(f"the function task has {total} distinct questions, not {n}")
+    rng = random.Random(seed)
+    seen: set[tuple[int, int, int]] = set()
+    rows = []
+    while len(rows) < n:
+        key = (rng.randint(0, 1), rng.randint(0, FUNCTION_A_MAX), rng.randint(0, FUNCTION_B_MAX))
+        if key in seen:
+            continue
+        seen.add(key)
+        hidden = sorted(rng.sample(range(FUNCTION_HIDDEN_RANGE[0], FUNCTION_HIDDEN_RANGE[1] + 1),
+                                   FUNCTION_HIDDEN_COUNT))
+        rows.append(TaskExample(function_question(*key), function_ground_truth(*key, hidden), FUNCTION))
+    return rows
+
+
+def noisy_function_completion(example: TaskExample, rng: random.Random, wrong_share: float) -> str:
+    """The reference completion, or with probability `wrong_share` one with a wrong difference."""
+    if rng.random() >= wrong_share:
+        return function_completion(example.prompt)
+    return function_completion(example.prompt, wrong_step=rng.randrange(2), wrong_delta=rng.choice(WRONG_DIFF_DELTAS))
+
+
+_ARITH_OPS: dict[type, Callable[[int, int], int]] = {
+    ast.Add: lambda u, v: u + v, ast.Sub: lambda u, v: u - v, ast.Mult: lambda u, v: u * v}
+_PROGRAM_FENCE = re.compile(r"```(?:python|py|python3)?\n(.*?)```", re.S)
+_HIDDEN_ASSERT = re.compile(r"^assert \[f\(x\) for x in \(([\d, ]+)\)\] == \[([-\d, ]+)\]$")
+
+
+def check_function_answer(answer: str, ground_truth: str) -> bool:
+    """A fast check of an answer to the function task without running it: the program must read
+    `def f(x): return EXPR` with EXPR made of x, integers, +, - and * only, evaluated here on the hidden
+    inputs. It accepts a subset of what the `code` verifier's sandbox does (the base build's quick
+    evaluation uses it; training and its evaluation run programs in the sandbox)."""
+    blocks = _PROGRAM_FENCE.findall(answer)
+    match = _HIDDEN_ASSERT.match(json.loads(ground_truth)["asserts"][0])
+    if not blocks or match is None:
+        return False
+    try:
+        (fn,) = ast.parse(blocks[-1]).body
+    except (SyntaxError, ValueError):
+        return False
+    if not (isinstance(fn, ast.FunctionDef) and fn.name == "f" and [p.arg for p in fn.args.args] == ["x"]
+            and len(fn.body) == 1 and isinstance(fn.body[0], ast.Return) and fn.body[0].value is not None):
+        return False
+    body = fn.body[0].value
+    xs = [int(v) for v in match.group(1).split(",") if v.strip()]
+    want = [int(v) for v in match.group(2).split(",") if v.strip()]
+    try:
+        return [_arith(body, x) for x in xs] == want
+    except ValueError:
+        return False
+
+
+def _arith(node: ast.expr, x: int) -> int:
+    if isinstance(node, ast.Name) and node.id == "x":
+        return x
+    if isinstance(node, ast.Constant) and type(node.value) is int:
+        return node.value
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        return -_arith(node.operand, x)
+    if isinstance(node, ast.BinOp) and type(node.op) in _ARITH_OPS:
+        return _ARITH_OPS[type(node.op)](_arith(node.left, x), _arith(node.right, x))
+    raise ValueError("not an integer expression of x")
+
+
 # ------------------------------------------------------------------------------------------- splits
 
 GENERATORS: dict[str, Callable[[int, int], list[TaskExample]]] = {
     ARITHMETIC: generate_arithmetic,
     COUNTDOWN: generate_countdown,
+    FUNCTION: generate_function,
 }
 """Task name -> generator(n, seed)."""
 
@@ -278,6 +434,8 @@ def reference_completion(example: TaskExample) -> str:
         return arithmetic_completion(*parse_arithmetic_question(example.prompt))
     if example.task == COUNTDOWN:
         return countdown_completion(example)
+    if example.task == FUNCTION:
+        return function_completion(example.prompt)
     raise ValueError(f"unknown task {example.task!r}")
 
 

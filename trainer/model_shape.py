@@ -76,6 +76,8 @@ KNOWN_SHAPES: dict[str, ModelShape] = {
     "tiny-qwen2": ModelShape(128, 4, 2, 2, 64, 384, 1028, True),
     # examples/build_student.py: the distillation student, every other layer of tiny-qwen2 pretrained further
     "tiny-student": ModelShape(128, 2, 2, 2, 64, 384, 1028, True),
+    # examples/build_tiny_code.py: the code task's base, tiny-qwen2's shape with a BPE limit of 512
+    "tiny-qwen2-code": ModelShape(128, 4, 2, 2, 64, 384, 516, True),
 }
 """Model directory name -> shape, used when `model.path` holds no config.json."""
 
