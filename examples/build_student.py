@@ -86,7 +86,7 @@ def build(cfg: StudentConfig, out_dir: str | Path, *, eval_every: int = 0) -> Pa
 
     from examples import tasks
     from examples.build_tiny import _report, pretrain
-    from trainer.pipeline import keep_every_nth_layer
+    from trainer.pipeline_models import keep_every_nth_layer
 
     t0 = time.perf_counter()
     base_manifest = read_manifest()
