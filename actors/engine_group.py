@@ -97,7 +97,8 @@ class EngineGroup:
         self.start_engine, self.max_restarts = start_engine, max_restarts
         """`start_engine(e)`: a new actor for engine e in its bundle; at most `max_restarts` per run."""
         self.reload_weights: Callable[[], None] | None = None
-        """Set by the weight-sync owner (`WeightSync.reload`): the current weights into every engine."""
+        """The current weights into every engine, after a replacement: the builder (actors.launch) sets it to
+        `actors.weight_sync.WeightSync.reload`; the group knows nothing else of the weight sync."""
         self.failures: list[str] = []
         """Every engine failure of the run, oldest first: 'engine 1: failed in generate (...): <cause>'."""
         self.recorded: dict[int, EngineProcesses] = {}
