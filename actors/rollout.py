@@ -33,11 +33,9 @@ from actors.rollout_engine import (
     INSECURE_SERIALIZATION_ENV,
     LOGPROBS_MODE,
     PREFILL_TOKEN_BUDGET,
-    RolloutWorkerKwargs,
     cpu_threads_bind,
     deepest_sleep_level,
     engine_executor_args,
-    rollout_worker_kwargs,
     set_engine_environment,
     start_engine,
 )
@@ -56,8 +54,8 @@ if TYPE_CHECKING:
 
 __all__ = [  # names callers and tests import from here; the engine's start-up lives in actors.rollout_engine
     "EMPTY_DIGEST", "INSECURE_SERIALIZATION_ENV", "LOGPROBS_MODE", "PREFILL_TOKEN_BUDGET", "STALE_VERSION",
-    "RolloutWorker", "RolloutWorkerKwargs", "StaleEngineError", "cpu_threads_bind", "deepest_sleep_level",
-    "engine_executor_args", "prompt_seed", "rollout_worker_kwargs",
+    "RolloutWorker", "StaleEngineError", "cpu_threads_bind", "deepest_sleep_level",
+    "engine_executor_args", "prompt_seed",
 ]
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ one worker per bundle inside the actor's placement group (vLLM reads it from the
 
 CPU threads: vLLM CPU binds its OpenMP threads (`VLLM_CPU_OMP_THREADS_BIND`, default "auto": every
 core this process may use). Two engines on one machine that both bind "auto" fight over the same
-cores; `rollout_worker_kwargs` gives engine i its own core(s) when engines share a CPU machine.
+cores; `cpu_threads_bind` gives engine i its own core(s) when engines share a CPU machine.
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ from __future__ import annotations
 import math
 import os
 from typing import TYPE_CHECKING, Final, TypedDict, cast
-
-from trainer.config import TrainConfig
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
@@ -41,24 +39,6 @@ class ExecutorArgs(TypedDict, total=False):
     distributed_executor_backend: str
 
 
-class RolloutWorkerKwargs(TypedDict):
-    """`RolloutWorker`'s constructor arguments as `rollout_worker_kwargs` unpacks them from the config."""
-
-    model_path: str
-    dtype: str
-    tensor_parallel_size: int
-    max_model_len: int
-    gpu_memory_utilization: float
-    enable_sleep_mode: bool
-    cpu_kvcache_gib: float
-    cpu_linear: str
-    seed: int
-    engine_index: int
-    cpu_threads: str | None
-    use_gpu: bool
-    weight_transfer_backend: str
-
-
 def cpu_threads_bind(engine_index: int, num_engines: int, num_cpus: int | None = None) -> str:
     """VLLM_CPU_OMP_THREADS_BIND for engine `engine_index` of `num_engines` sharing one CPU machine.
 
@@ -73,26 +53,6 @@ def cpu_threads_bind(engine_index: int, num_engines: int, num_cpus: int | None =
         return "nobind"
     first = engine_index * per_engine
     return str(first) if per_engine == 1 else f"{first}-{first + per_engine - 1}"
-
-
-def rollout_worker_kwargs(cfg: TrainConfig, engine_index: int, weight_transfer_backend: str) -> RolloutWorkerKwargs:
-    """Unpack the config into `RolloutWorker`'s plain constructor arguments."""
-    ro = cfg.rollout
-    return RolloutWorkerKwargs(
-        model_path=cfg.model.path,
-        dtype=cfg.model.dtype,
-        tensor_parallel_size=ro.tensor_parallel_size,
-        max_model_len=ro.max_model_len,
-        gpu_memory_utilization=ro.gpu_memory_utilization,
-        enable_sleep_mode=ro.enable_sleep_mode or cfg.cluster.colocate,  # colocated engines must free memory
-        cpu_kvcache_gib=ro.cpu_kvcache_gib,
-        cpu_linear=ro.cpu_linear,
-        seed=cfg.seed,
-        engine_index=engine_index,
-        cpu_threads=None if cfg.cluster.use_gpu else cpu_threads_bind(engine_index, ro.num_engines),
-        use_gpu=cfg.cluster.use_gpu,
-        weight_transfer_backend=weight_transfer_backend,
-    )
 
 
 def engine_executor_args(*, use_gpu: bool, tensor_parallel_size: int, bundle_indices: list[int] | None
