@@ -26,7 +26,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see examples/build_tiny.p
 import argparse
 import fcntl
 import json
-import shutil
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -40,6 +39,7 @@ from examples.build_tiny import (
     dir_digests,
     model_id,
     read_manifest,
+    save_model,
     verify_model_dir,
 )
 
@@ -109,12 +109,7 @@ def build(cfg: StudentConfig, out_dir: str | Path, *, eval_every: int = 0) -> Pa
 
     out = Path(out_dir)
     model_dir = out / STUDENT_DIR_NAME
-    tmp = out / f"{STUDENT_DIR_NAME}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(model_dir, ignore_errors=True)
-    tmp.replace(model_dir)
+    save_model(model, tokenizer, model_dir)
     record = {"config": asdict(cfg), "base_model": model_id(base_manifest),
               "layers": model.config.num_hidden_layers, "parameters": sum(p.numel() for p in model.parameters()),
               "final_loss": sum(tail) / len(tail),

@@ -321,14 +321,9 @@ def build(cfg: BuildConfig, *, eval_every: int = 0) -> None:
           f"{sum(tail) / len(tail):.4f}")
 
     model_dir = out / "tiny-qwen2"
-    tmp = out / "tiny-qwen2.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.eos_token_id
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(model_dir, ignore_errors=True)
-    tmp.replace(model_dir)  # readers see the old model or the new one, never half of one
+    save_model(model, tokenizer, model_dir)
 
     result = _report(model, tokenizer, heldout, cfg, label="final")
     (out / STAMP_NAME).write_text(json.dumps({
@@ -382,6 +377,17 @@ def verify_model_dir(directory: Path, manifest: dict, *, manifest_name: str = MA
 def model_id(manifest: dict) -> str:
     """Short name of a base model: the first 12 hex digits of its weights' SHA-256."""
     return manifest["files"]["model.safetensors"][:12]
+
+
+def save_model(model, tokenizer, model_dir: Path) -> None:
+    """Write a Hugging Face model directory (safetensors and tokenizer) beside `model_dir`, then swap it in:
+    readers see the old model or the new one, never half of one."""
+    tmp = model_dir.with_name(model_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(model_dir, ignore_errors=True)
+    tmp.replace(model_dir)
 
 
 def copy_dir_atomically(src: Path, dest: Path) -> None:

@@ -34,7 +34,6 @@ import fcntl
 import hashlib
 import json
 import random
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -47,6 +46,7 @@ from examples.build_tiny import (
     copy_dir_atomically,
     dir_digests,
     model_id,
+    save_model,
     sha256_file,
     verify_model_dir,
 )
@@ -142,14 +142,9 @@ def build(cfg: CodeBuildConfig, out_dir: str | Path, *, eval_every: int = 0) -> 
     tail = losses[-20:]
 
     model_dir = out / MODEL_DIR_NAME
-    tmp = out / f"{MODEL_DIR_NAME}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.eos_token_id
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(model_dir, ignore_errors=True)
-    tmp.replace(model_dir)  # readers see the old model or the new one, never half of one
+    save_model(model, tokenizer, model_dir)
     record = {"config": asdict(cfg), "parameters": parameters, "final_loss": sum(tail) / len(tail),
               "heldout_pass_at_1": result.pass_at_1, "heldout_greedy": result.greedy,
               "build_seconds": round(time.perf_counter() - t0, 1)}
