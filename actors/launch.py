@@ -54,6 +54,7 @@ class EnginePlan:
     enable_sleep_mode: bool
     cpu_kvcache_gib: float
     cpu_linear: str
+    enforce_eager: bool | None
     seed: int
     use_gpu: bool
     generate_timeout_s: float
@@ -273,7 +274,7 @@ def engine_kwargs(ep: EnginePlan, i: int, backend: str | None, bundle_indices: l
         model_path=ep.model_path, dtype=ep.dtype, tensor_parallel_size=ep.tensor_parallel_size,
         max_model_len=ep.max_model_len, gpu_memory_utilization=ep.gpu_memory_utilization,
         enable_sleep_mode=ep.enable_sleep_mode, cpu_kvcache_gib=ep.cpu_kvcache_gib, cpu_linear=ep.cpu_linear,
-        seed=ep.seed, engine_index=ep.first_index + i,
+        enforce_eager=ep.enforce_eager,        seed=ep.seed, engine_index=ep.first_index + i,
         cpu_threads=None if ep.use_gpu else cpu_threads_bind(i, ep.num_engines), use_gpu=ep.use_gpu,
         weight_transfer_backend=backend, bundle_indices=bundle_indices)
 

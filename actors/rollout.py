@@ -36,6 +36,7 @@ from actors.rollout_engine import (
     cpu_threads_bind,
     deepest_sleep_level,
     engine_executor_args,
+    runs_eager,
     set_engine_environment,
     start_engine,
 )
@@ -77,6 +78,7 @@ class RolloutWorker:
     def __init__(self, model_path: str, *, dtype: str = "float32", tensor_parallel_size: int = 1,
                  max_model_len: int = 256, gpu_memory_utilization: float = 0.5,
                  enable_sleep_mode: bool = False, cpu_kvcache_gib: float = 1.0, cpu_linear: str = RolloutConfig.cpu_linear,
+                 enforce_eager: bool | None = RolloutConfig.enforce_eager,
                  seed: int = 0,
                  engine_index: int = 0, cpu_threads: str | None = None, use_gpu: bool | None = None,
                  weight_transfer_backend: str | None = None, bundle_indices: list[int] | None = None):
@@ -97,6 +99,7 @@ class RolloutWorker:
         self.engine = start_engine(model_path, dtype=dtype, tensor_parallel_size=tensor_parallel_size,
                                    max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
                                    sleep_mode=self.sleep_mode, seed=seed, backend=self.backend,
+                                   enforce_eager=runs_eager(enforce_eager, on_gpu=self.on_gpu),
                                    executor_args=executor_args)
         self.tp_size = tensor_parallel_size
         model_config = self.engine.model_config

@@ -112,8 +112,13 @@ def set_engine_environment(*, on_gpu: bool, backend: str, cpu_kvcache_gib: float
             os.environ[name] = value
 
 
+def runs_eager(enforce_eager: bool | None, *, on_gpu: bool) -> bool:
+    """`rollout.enforce_eager` resolved (pure): None is eager on CPU, compiled on GPU."""
+    return not on_gpu if enforce_eager is None else enforce_eager
+
+
 def start_engine(model_path: str, *, dtype: str, tensor_parallel_size: int, max_model_len: int,
-                 gpu_memory_utilization: float, sleep_mode: bool, seed: int, backend: str,
+                 gpu_memory_utilization: float, sleep_mode: bool, seed: int, backend: str, enforce_eager: bool,
                  executor_args: ExecutorArgs) -> AsyncLLM:
     """An `AsyncLLM` that reports processed logprobs, caches the shared prompt of a group, prefills whole
     prompts, and receives weights over `backend` (call `set_engine_environment` first)."""
@@ -125,7 +130,7 @@ def start_engine(model_path: str, *, dtype: str, tensor_parallel_size: int, max_
     args = AsyncEngineArgs(
         model=model_path, dtype=cast(ModelDType, dtype), tensor_parallel_size=tensor_parallel_size,
         max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
-        enable_sleep_mode=sleep_mode, seed=seed,
+        enable_sleep_mode=sleep_mode, seed=seed, enforce_eager=enforce_eager,
         weight_transfer_config=WeightTransferConfig(backend=backend),
         logprobs_mode=LOGPROBS_MODE,
         enable_prefix_caching=True,  # the G samples of a group share their prompt

@@ -53,6 +53,22 @@ def test_cpu_and_learner_bundles_stay_single():
         engine_executor_args(use_gpu=True, tensor_parallel_size=2, bundle_indices=[0])
 
 
+
+def test_engines_run_eager_on_cpu_and_compiled_on_gpu_unless_the_config_says():
+    """`rollout.enforce_eager` as the builder hands it to every engine (rollout and judge) and the engine
+    resolves it: compiling costs CPU engines 20-40 s at each start."""
+    from actors.launch import engine_kwargs
+    from actors.rollout import runs_eager
+    from trainer.config import TrainConfig
+    from trainer.roles import plan_system
+
+    assert runs_eager(None, on_gpu=False) and not runs_eager(None, on_gpu=True)
+    assert not runs_eager(False, on_gpu=False) and runs_eager(True, on_gpu=True)
+    cfg = TrainConfig()
+    cfg = replace(cfg, rollout=replace(cfg.rollout, enforce_eager=False))
+    engines = plan_system(cfg, "grpo").engines
+    assert engines is not None and engine_kwargs(engines, 0, "gloo", None)["enforce_eager"] is False
+
 # --- local Ray --------------------------------------------------------------------------------------
 
 

@@ -74,6 +74,10 @@ class RolloutConfig:
     """Prompt plus response length the engine reserves for."""
     cpu_kvcache_gib: float = 1.0
     """KV-cache size per engine on CPU (vLLM's VLLM_CPU_KVCACHE_SPACE)."""
+    enforce_eager: bool | None = None
+    """vLLM's enforce_eager: run the model without torch.compile (and, on GPU, without CUDA graphs). None: eager on
+    CPU, where compiling costs 20-40 s at every engine start and the tiny models sample the same tokens either
+    way; compiled on GPU, where CUDA graphs pay."""
     cpu_linear: CpuLinear = "onednn"
     """Linear kernels of CPU engines. "onednn", vLLM's own, on weights repacked at every load (each sync runs
     vLLM's layerwise reload): a sequence's logprobs do not depend on which sequences share its batch, so

@@ -155,7 +155,7 @@ def _engines(cfg: TrainConfig, entry: Entry) -> EnginePlan:
         tensor_parallel_size=ro.tensor_parallel_size, max_model_len=ro.max_model_len,
         gpu_memory_utilization=ro.gpu_memory_utilization,
         enable_sleep_mode=ro.enable_sleep_mode or colocated(cfg, entry),  # colocated engines must free memory
-        cpu_kvcache_gib=ro.cpu_kvcache_gib, cpu_linear=ro.cpu_linear, seed=cfg.seed, use_gpu=cfg.cluster.use_gpu,
+        cpu_kvcache_gib=ro.cpu_kvcache_gib, cpu_linear=ro.cpu_linear, enforce_eager=ro.enforce_eager, seed=cfg.seed, use_gpu=cfg.cluster.use_gpu,
         generate_timeout_s=ro.generate_timeout_s, control_timeout_s=ro.control_timeout_s,
         start_timeout_s=ro.start_timeout_s, max_restarts=ro.max_engine_restarts if trains else 0,
         replaceable=trains)  # a replaced engine takes the current weights from the weight sync
@@ -167,7 +167,7 @@ def _judge(cfg: TrainConfig) -> EnginePlan:
         role="judge", num_engines=j.num_engines, model_path=j.model_path, dtype=cfg.model.dtype,
         tensor_parallel_size=j.tensor_parallel_size, max_model_len=j.max_model_len,
         gpu_memory_utilization=j.gpu_memory_utilization, enable_sleep_mode=False, cpu_kvcache_gib=j.cpu_kvcache_gib,
-        cpu_linear=RolloutConfig.cpu_linear, seed=cfg.seed, use_gpu=cfg.cluster.use_gpu, generate_timeout_s=j.timeout_s,
+        cpu_linear=RolloutConfig.cpu_linear, enforce_eager=ro.enforce_eager, seed=cfg.seed, use_gpu=cfg.cluster.use_gpu, generate_timeout_s=j.timeout_s,
         control_timeout_s=ro.control_timeout_s, start_timeout_s=ro.start_timeout_s, first_index=ro.num_engines)
 
 
