@@ -12,7 +12,15 @@ import torch
 
 from reward_server.config import ConfigError
 from reward_server.tool_runner import ToolRunner
-from reward_server.tools import Calculator, PythonTool, ToolSettings, find_call, parse_tool_routes, schema, tool_class
+from reward_server.tools import (
+    Calculator,
+    PythonTool,
+    ToolSettings,
+    find_call,
+    parse_tool_routes,
+    schema,
+    tool_class,
+)
 from trainer import grpo
 from trainer.batch import build_train_batch, rollout_stats
 from trainer.types import Completion, Prompt, RewardResult, RolloutBatch, ScoredBatch
@@ -163,3 +171,15 @@ def test_tool_metrics_count_calls_turns_masked_tokens_and_accuracy_with_and_with
     plain = tuple(replace(c, turns=0, tool_calls=0, loss_mask=()) for c in one_turn.rollout.completions[0])
     assert not any(k.startswith("tools/") for k in rollout_stats(
         replace(one_turn, rollout=replace(one_turn.rollout, completions=(plain,)))))
+
+
+def test_the_python_tool_template_names_the_tools_markers(tmp_path):
+    from examples.tiny_model import build_tokenizer, sample_corpus
+    from trainer.templates import render
+
+    text = render("python_tool_chat", "What is 2+2?", build_tokenizer(sample_corpus(50), vocab_size=300))
+    for marker in (PythonTool.call_start, PythonTool.call_end, PythonTool.output_start, PythonTool.output_end):
+        assert marker in text
+    assert text.endswith("<|assistant|><think>")
+    with pytest.raises(ValueError, match="needs the tokenizer"):
+        render("python_tool_chat", "What is 2+2?")
