@@ -12,7 +12,7 @@ One sample, turn by turn (each sample of a group runs on its own, concurrently w
 
 The response's token ids are the concatenation of the turns exactly as sampled and appended: the prefix
 of each turn is fed back as token ids, never as text, so nothing is re-tokenised between turns. Only the
-tool outputs are tokenised, once, and cut to `max_tool_output_tokens` (the end marker kept). Each turn
+tool outputs are tokenised, once, and cut to `max_tool_output_tokens` (both markers kept). Each turn
 is a request of n = 1 with its own seed, derived from the prompt's seed, the sample and the turn, so a
 group repeats exactly on any engine (and after a resume).
 """
@@ -138,7 +138,8 @@ class MultiTurn:
 
 
 def _output_ids(tokenizer: Any, tool: type[Tool], output: str, limit: int) -> list[int]:
-    """Token ids of output_start + output + output_end, the output cut so that all fit in `limit`."""
-    head = tokenizer.encode(tool.output_start + output, add_special_tokens=False)
-    tail = tokenizer.encode(tool.output_end, add_special_tokens=False)
-    return head[: max(0, limit - len(tail))] + tail
+    """Token ids of output_start, output, output_end (each tokenised on its own, so both markers stay whole),
+    the output cut so that all fit in `limit`."""
+    start, body, end = (tokenizer.encode(text, add_special_tokens=False)
+                        for text in (tool.output_start, output, tool.output_end))
+    return start + body[: max(0, limit - len(start) - len(end))] + end

@@ -84,7 +84,7 @@ class ToolSettings:
     max_turns: int
     """Policy turns per response (tool calls are at most max_turns - 1 of them)."""
     max_tool_output_tokens: int
-    """Tokens of one tool output appended (the end marker included); longer outputs are cut."""
+    """Tokens of one tool output appended, its markers included; a longer output is cut (the markers kept)."""
     timeout_s: float
     """Deadline of one tool call; past it the tool process is killed and the call is a recorded failure."""
     workers: int

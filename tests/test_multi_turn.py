@@ -52,7 +52,7 @@ def test_a_multi_turn_rollout_is_the_exact_concatenation_of_its_turns(tiny_engin
     assert generate().completions == batch.completions, "the same seed must give the same multi-turn groups (an exact resume needs it)"
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_engines.model_dir)
-    output_ids = tokenizer.encode("[12", add_special_tokens=False) + tokenizer.encode("]", add_special_tokens=False)
+    output_ids = [t for text in ("[", "12", "]") for t in tokenizer.encode(text, add_special_tokens=False)]
     model = Qwen2ForCausalLM.from_pretrained(tiny_engines.model_dir, torch_dtype=torch.float32).eval()
     calls = 0
     for prompt, prompt_ids, completions in zip(batch.prompts, batch.prompt_token_ids, batch.completions, strict=True):

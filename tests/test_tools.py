@@ -183,3 +183,85 @@ def test_the_python_tool_template_names_the_tools_markers(tmp_path):
     assert text.endswith("<|assistant|><think>")
     with pytest.raises(ValueError, match="needs the tokenizer"):
         render("python_tool_chat", "What is 2+2?")
+
+
+# --- the multi-turn loop against a scripted engine --------------------------------------------------
+
+
+class _CharTokenizer:
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return [ord(c) for c in text]
+
+    def decode(self, ids) -> str:
+        return "".join(chr(i) for i in ids)
+
+
+class _ScriptedEngine:
+    """Writes a calculator call until the context holds a result, then the answer; applies stop strings and
+    max_tokens as vLLM does, and records every prompt it was given (as token ids)."""
+
+    def __init__(self, call: str = "7+8<calc>123+877</calc>") -> None:
+        self.call, self.prompts = call, []
+
+    def get_tokenizer(self):
+        return _CharTokenizer()
+
+    async def generate(self, prompt, params, request_id):
+        from types import SimpleNamespace
+
+        ids = prompt["prompt_token_ids"]
+        self.prompts.append(list(ids))
+        text = "<answer>1000</answer>" if "<result>" in _CharTokenizer().decode(ids) else self.call
+        finish, reason = "stop", None
+        hits = [(text.find(s) + len(s), s) for s in params.stop if s in text]
+        if hits:
+            end, reason = min(hits)
+            text = text[:end]
+        if len(text) > params.max_tokens:
+            text, finish, reason = text[: params.max_tokens], "length", None
+        out_ids = [ord(c) for c in text]
+        logprobs = [{t: SimpleNamespace(logprob=-0.5)} for t in out_ids]
+        completion = SimpleNamespace(token_ids=out_ids, text=text, logprobs=logprobs, finish_reason=finish,
+                                     stop_reason=reason)
+        yield SimpleNamespace(outputs=[completion])
+
+
+MULTI_TURN = replace(SETTINGS, max_tool_output_tokens=64)
+
+
+def _multi_turn(engine, settings: ToolSettings = MULTI_TURN, *, max_tokens: int = 96):
+    import asyncio
+
+    from actors.rollout_tools import MultiTurn
+
+    multi = MultiTurn(engine)
+    try:
+        return asyncio.run(multi.generate([ord(c) for c in "Q:"], ("calculator",), settings, n=2, temperature=1.0,
+                                          top_p=1.0, max_tokens=max_tokens, stop=["</answer>"], seed=3))
+    finally:
+        multi.close()
+
+
+def test_a_multi_turn_sample_feeds_each_turn_back_as_token_ids_and_masks_the_tool_output():
+    engine = _ScriptedEngine()
+    first, second = _multi_turn(engine)
+    assert first == second  # the scripted engine ignores seeds: both samples are the same
+    turn1, tool, turn2 = "7+8<calc>123+877</calc>", "<result>1000</result>", "<answer>1000</answer>"
+    assert first.text == turn1 + tool + turn2 and first.token_ids == tuple(ord(c) for c in first.text)
+    assert first.loss_mask == (True,) * len(turn1) + (False,) * len(tool) + (True,) * len(turn2)
+    assert first.rollout_logprobs == (-0.5,) * len(turn1) + (0.0,) * len(tool) + (-0.5,) * len(turn2)
+    assert (first.turns, first.tool_calls, first.tool_errors, first.finish_reason) == (2, 1, (), "stop")
+    # the second turn's prompt is the prompt and the first turn's ids and the tool's, as ids
+    assert engine.prompts[-1] == [ord(c) for c in "Q:" + turn1 + tool]
+
+
+def test_the_turn_limit_the_token_budget_and_the_output_limit_bound_a_sample():
+    [one_turn, _] = _multi_turn(_ScriptedEngine(), replace(MULTI_TURN, max_turns=1))
+    assert (one_turn.turns, one_turn.tool_calls, one_turn.text) == (1, 0, "7+8<calc>123+877</calc>")
+    [cut, _] = _multi_turn(_ScriptedEngine(), max_tokens=30)  # the budget ends inside the tool output
+    assert len(cut.token_ids) == 30 and cut.finish_reason == "length" and not cut.loss_mask[-1]
+    [short, _] = _multi_turn(_ScriptedEngine(), replace(MULTI_TURN, max_tool_output_tokens=20))
+    assert "<result>100</result>" in short.text  # cut to 20 tokens, both markers kept
+    [failed, _] = _multi_turn(_ScriptedEngine(call="<calc>1/0</calc>"))
+    assert failed.tool_errors == ("ZeroDivisionError: division by zero",)
+    assert "<result>Error: ZeroDivisionError: division by zero</result>" in failed.text
