@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from ray import ObjectRef
 
     from actors.weight_sync import TransferSpec
+    from reward_server.tools import ToolSettings
 
 
 def assign_groups(costs: Sequence[int], num_engines: int, loads: Sequence[int] | None = None) -> list[int]:
@@ -116,14 +117,17 @@ class EngineGroup:
 
     def generate(self, prompts: Sequence[Prompt], *, n: int, temperature: float, top_p: float, max_tokens: int,
                  stop: Sequence[str], seed: int | None,
-                 on_part: Callable[[RolloutPart], None] | None = None) -> RolloutBatch:
-        """B prompts -> one RolloutBatch with B groups of n, in prompt order; refuses stale engines.
+                 on_part: Callable[[RolloutPart], None] | None = None, tools: ToolSettings | None = None
+                 ) -> RolloutBatch:
+        """B prompts -> one RolloutBatch with B groups of n, in prompt order; refuses stale engines. The
+        sources that `tools` gives tools are generated turn by turn (`actors.rollout_tools`).
 
         `on_part(part)` gets each engine's groups the moment that engine has finished, while the others
         still generate. Groups of an engine that dies or misses the deadline are generated again after it
         was replaced (and go to `on_part` then); a group never goes to `on_part` twice."""
         todo, done = list(range(len(prompts))), {}  # done: prompt position -> (its engine's part, row in it)
         what = f"generate ({len(prompts)} prompts x {n})"
+        with_tools = {"tools": tools} if tools is not None else {}
         while todo:
             engine_of = assign_groups([len(prompts[b].text) + max_tokens for b in todo], len(self.engine_actors))
             used = sorted(set(engine_of))
@@ -132,7 +136,7 @@ class EngineGroup:
                 mine[e].append(b)
             refs = [self.engine_actors[e].generate.remote(
                 [prompts[b] for b in mine[e]], n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
-                stop=tuple(stop), seed=seed, expected_version=self.expected_version) for e in used]
+                stop=tuple(stop), seed=seed, expected_version=self.expected_version, **with_tools) for e in used]
             failed: dict[int, CallFailure] = {}
             for i, part in each_as_done(refs, what=what, names=[f"engine {e}" for e in used],
                                         timeout_s=self.generate_timeout_s, keep=(StaleEngineError,)):

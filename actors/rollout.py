@@ -41,6 +41,7 @@ from actors.rollout_engine import (
     start_engine,
 )
 from actors.rollout_sync import WeightReceiver
+from actors.rollout_tools import MultiTurn
 from actors.weight_sync import WeightSyncError
 from trainer.config import RolloutConfig
 from trainer.protocols import StaleEngineError
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
 
     from actors.engine_processes import EngineProcesses
     from actors.weight_sync import TransferSpec
+    from reward_server.tools import ToolSettings
 
 __all__ = [  # names callers and tests import from here; the engine's start-up lives in actors.rollout_engine
     "EMPTY_DIGEST", "INSECURE_SERIALIZATION_ENV", "LOGPROBS_MODE", "PREFILL_TOKEN_BUDGET", "STALE_VERSION",
@@ -108,13 +110,16 @@ class RolloutWorker:
         self._lock = asyncio.Lock()
         self._broken = False
         self._receiver = WeightReceiver(self.engine, engine_index=engine_index, backend=self.backend)
+        self._multi_turn = MultiTurn(self.engine)
 
     # --- sampling ----------------------------------------------------------------------------
 
     async def generate(self, prompts: list[Prompt], *, n: int, temperature: float = 1.0, top_p: float = 1.0,
                        max_tokens: int = 64, stop: tuple[str, ...] | list[str] = (), seed: int | None = None,
-                       expected_version: int | None = None) -> RolloutBatch:
-        """G = n completions for each prompt, in prompt order, tagged with the sampling weights' version."""
+                       expected_version: int | None = None, tools: ToolSettings | None = None) -> RolloutBatch:
+        """G = n completions for each prompt, in prompt order, tagged with the sampling weights' version.
+
+        A prompt whose data source has tools in `tools` is generated turn by turn (`actors.rollout_tools`)."""
         async with self._lock:
             version = await self._policy_version()
             if expected_version is not None and version != expected_version:
@@ -123,7 +128,7 @@ class RolloutWorker:
             start = time.perf_counter()
             outputs = await asyncio.gather(*(
                 self._generate_one(p, n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
-                                   stop=stop, seed=prompt_seed(seed, p)) for p in prompts))
+                                   stop=stop, seed=prompt_seed(seed, p), tools=tools) for p in prompts))
             elapsed = time.perf_counter() - start
         return RolloutBatch(
             prompts=tuple(prompts),
@@ -134,11 +139,18 @@ class RolloutWorker:
         )
 
     async def _generate_one(self, prompt: Prompt, *, n: int, temperature: float, top_p: float,
-                            max_tokens: int, stop: tuple[str, ...] | list[str], seed: int | None
-                            ) -> tuple[tuple[int, ...], tuple[Completion, ...]]:
+                            max_tokens: int, stop: tuple[str, ...] | list[str], seed: int | None,
+                            tools: ToolSettings | None = None) -> tuple[tuple[int, ...], tuple[Completion, ...]]:
         """(the prompt's token ids, its n completions in sample order)."""
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
+
+        specs = tools.tools_for(prompt.task) if tools is not None else ()
+        if tools is not None and specs:
+            prompt_ids = self.engine.get_tokenizer().encode(prompt.text)
+            return tuple(prompt_ids), await self._multi_turn.generate(
+                list(prompt_ids), specs, tools, n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
+                stop=list(stop), seed=seed)
 
         params = SamplingParams(
             n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, stop=list(stop),
@@ -238,6 +250,7 @@ class RolloutWorker:
         return [p.pid for p in psutil.Process().children(recursive=True)]
 
     async def shutdown(self) -> None:
+        self._multi_turn.close()
         self.engine.shutdown()
 
 

@@ -21,6 +21,7 @@ from trainer.config import (
     JudgeConfig,
     LearnerConfig,
     ModelConfig,
+    MultiTurnConfig,
     RejectionConfig,
     RewardConfig,
     RewardModelConfig,
@@ -146,6 +147,31 @@ def qwen25_coder_apps() -> TrainConfig:
     )
 
 
+def qwen25_math_python_tool() -> TrainConfig:
+    """Tool-integrated RL on MATH in the style of ReTool (arXiv:2504.11536) and SimpleTIR: Qwen2.5-7B-Instruct
+    reasons in several turns, running Python between them, 4 nodes x 8 GPUs (the MATH recipe's layout).
+
+    The model writes a program between <code> and </code>; generation stops there, the program runs in the
+    code sandbox in a tool process beside its engine (never in the engine's process), and its output comes
+    back between <interpreter> and </interpreter>, masked out of the loss (docs/multi_turn.md). Up to 8 turns
+    and 6,144 response tokens in all, tool outputs included; a tool output is cut at 512 tokens (ReTool's
+    limit on interpreter feedback) and a call at 30 s. The prompt names the tool in the system message
+    (`python_tool_chat`) rather than through Qwen2.5's <tool_call> JSON, as ReTool does.
+    """
+    base = qwen25_math_r1_zero()
+    return replace(
+        base,
+        name="qwen25_7b_math_python_tool",
+        model=replace(base.model, path="/data/models/Qwen2.5-7B-Instruct", max_prompt_tokens=1024,
+                      max_response_tokens=6144),
+        data=replace(base.data, template="python_tool_chat"),
+        rollout=replace(base.rollout, max_model_len=8192, tools=("math:python",),
+                        multi_turn=MultiTurnConfig(max_turns=8, max_tool_output_tokens=512, tool_timeout_s=30.0,
+                                                   tool_workers=4)),
+        reward=replace(base.reward, overlong_buffer_tokens=1024),
+    )
+
+
 def tiny_cpu_all_scenarios() -> TrainConfig:
     """R1's RL for all scenarios on the tiny model: one GRPO batch mixes three data sources, each with its reward.
 
@@ -186,6 +212,7 @@ EXAMPLES: dict[str, Callable[[], TrainConfig]] = {
     "qwen25_gsm8k_r1_zero": qwen25_gsm8k_r1_zero,
     "qwen25_math_r1_zero": qwen25_math_r1_zero,
     "qwen25_coder_apps": qwen25_coder_apps,
+    "qwen25_math_python_tool": qwen25_math_python_tool,
 }
 """Example name -> config function, as `--example` takes it."""
 

@@ -43,6 +43,19 @@ class Completion:
     """Per-token log-probabilities as vLLM reported them while sampling, one per token id."""
     finish_reason: str
     """'stop' (EOS or a stop string) or 'length' (cut at max tokens)."""
+    loss_mask: tuple[bool, ...] = ()
+    """[T] False on the tokens the policy did not sample (tool outputs of a multi-turn rollout, which never
+    count in the loss); empty: every token is the policy's."""
+    turns: int = 0
+    """Policy turns of a multi-turn rollout (0: sampled in one go, without tools)."""
+    tool_calls: int = 0
+    """Tool calls made (each one's output is in `token_ids` with loss mask False)."""
+    tool_errors: tuple[str, ...] = ()
+    """Why each failed tool call failed (a timeout, the tool's exception); the model saw `Error: <reason>`."""
+
+    def policy_mask(self) -> tuple[bool, ...]:
+        """[T] True on the tokens the policy sampled."""
+        return self.loss_mask or (True,) * len(self.token_ids)
 
 
 @dataclass(frozen=True)

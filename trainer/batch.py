@@ -18,19 +18,23 @@ def build_train_batch(scored: ScoredBatch, advantages: Tensor, *, pad_token_id: 
     """Right-padded prompt + completion rows; `advantages` is [B, G]. Old/ref logprobs start at 0.
 
     With `overlong_filter` (DAPO), completions cut at the length limit are masked out of the loss
-    but keep their place (G stays G for every group).
+    but keep their place (G stays G for every group). Tokens the policy did not sample (the tool outputs of a
+    multi-turn rollout, `Completion.loss_mask`) are False in `response_mask`, so the logprobs, the importance
+    ratio, TIS and the KL term of the loss are taken on the policy's own tokens only.
     """
     rollout = scored.rollout
     rows: list[list[int]] = []
     starts: list[int] = []
     rollout_lps: list[tuple[float, ...]] = []
     keep: list[bool] = []
+    policy: list[tuple[bool, ...]] = []
     for prompt_ids, group in zip(rollout.prompt_token_ids, rollout.completions, strict=True):
         for completion in group:
             rows.append(list(prompt_ids) + list(completion.token_ids))
             starts.append(len(prompt_ids))
             rollout_lps.append(completion.rollout_logprobs)
             keep.append(not (overlong_filter and completion.finish_reason == "length"))
+            policy.append(completion.policy_mask())
     n, length = len(rows), max(len(r) for r in rows)
     input_ids = torch.full((n, length), pad_token_id, dtype=torch.long)        # [N, L]
     attention_mask = torch.zeros(n, length, dtype=torch.bool)                   # [N, L]
@@ -39,7 +43,7 @@ def build_train_batch(scored: ScoredBatch, advantages: Tensor, *, pad_token_id: 
     for i, (row, start, lps) in enumerate(zip(rows, starts, rollout_lps, strict=True)):
         input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
         attention_mask[i, : len(row)] = True
-        response_mask[i, start : len(row)] = keep[i]
+        response_mask[i, start : len(row)] = torch.tensor(policy[i], dtype=torch.bool) & keep[i]
         rollout_logprobs[i, start : len(row)] = torch.tensor(lps, dtype=torch.float32)
     zeros = torch.zeros(n, length, dtype=torch.float32)
     return TrainBatch(
@@ -81,7 +85,32 @@ def rollout_stats(scored: ScoredBatch) -> dict[str, float]:
     }
     for name in sorted({k for r in results for k in r.components}):
         stats[f"reward/{name}"] = sum(r.components.get(name, 0.0) for r in results) / len(results)
-    return stats | source_stats(scored) | r1_zero_analytics(scored)
+    return stats | source_stats(scored) | r1_zero_analytics(scored) | tool_stats(scored)
+
+
+def tool_stats(scored: ScoredBatch) -> dict[str, float]:
+    """Multi-turn rollouts' tool use: calls and failed calls per response, turns, the share of response tokens
+    masked out of the loss (tool outputs), and accuracy with and without a tool call (-1 when no response
+    falls in that class). Empty when no completion was generated turn by turn."""
+    pairs = [(c, r) for cs, rs in zip(scored.rollout.completions, scored.results, strict=True)
+             for c, r in zip(cs, rs, strict=True)]
+    if not any(c.turns for c, _ in pairs):
+        return {}
+    n = len(pairs)
+    with_call = [r.correct for c, r in pairs if c.tool_calls]
+    without = [r.correct for c, r in pairs if not c.tool_calls]
+    tokens = sum(len(c.token_ids) for c, _ in pairs)
+    masked = sum(c.policy_mask().count(False) for c, _ in pairs)
+    return {
+        "tools/calls_per_response": sum(c.tool_calls for c, _ in pairs) / n,
+        "tools/call_rate": len(with_call) / n,
+        "tools/errors": float(sum(len(c.tool_errors) for c, _ in pairs)),
+        "tools/errors_per_call": sum(len(c.tool_errors) for c, _ in pairs) / max(1, sum(c.tool_calls for c, _ in pairs)),
+        "tools/turns_mean": sum(c.turns for c, _ in pairs) / n,
+        "tools/masked_token_frac": masked / max(1, tokens),
+        "tools/accuracy_with_call": sum(with_call) / len(with_call) if with_call else -1.0,
+        "tools/accuracy_without_call": sum(without) / len(without) if without else -1.0,
+    }
 
 
 def source_stats(scored: ScoredBatch) -> dict[str, float]:

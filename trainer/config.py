@@ -46,6 +46,7 @@ from trainer.config_sections import KLEstimator as KLEstimator
 from trainer.config_sections import LearnerConfig as LearnerConfig
 from trainer.config_sections import LossAggregation as LossAggregation
 from trainer.config_sections import ModelConfig as ModelConfig
+from trainer.config_sections import MultiTurnConfig as MultiTurnConfig
 from trainer.config_sections import OldLogprobSource as OldLogprobSource
 from trainer.config_sections import RolloutConfig as RolloutConfig
 from trainer.config_sections import SamplingConfig as SamplingConfig

@@ -11,6 +11,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Literal
 
+from reward_server.tools import ToolSettings, parse_tool_routes
+
 AdvantageEstimator = Literal["grpo", "dr_grpo", "rloo"]
 KLEstimator = Literal["k1", "k2", "k3"]
 LossAggregation = Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"]
@@ -61,6 +63,19 @@ class SamplingConfig:
 
 
 @dataclass(frozen=True)
+class MultiTurnConfig:
+    max_turns: int = 4
+    """Policy turns per response in a multi-turn rollout (so at most max_turns - 1 tool calls); the response's
+    whole length, tool outputs included, stays within model.max_response_tokens."""
+    max_tool_output_tokens: int = 64
+    """Tokens of one tool output appended to the response (its markers included); a longer output is cut."""
+    tool_timeout_s: float = 10.0
+    """Deadline of one tool call: past it the tool process is killed, and the model reads `Error: timeout`."""
+    tool_workers: int = 2
+    """Tool processes per rollout engine (tool calls of concurrent samples run on them in parallel)."""
+
+
+@dataclass(frozen=True)
 class RolloutConfig:
     num_engines: int = 1
     """Independent vLLM engines (each a Ray actor); scale these for more rollout throughput."""
@@ -108,6 +123,23 @@ class RolloutConfig:
     one more failure stops the run with a summary of all of them (0: the first failure stops it)."""
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     """Sampling settings for training rollouts."""
+    tools: tuple[str, ...] = ()
+    """Tools per data source (a prompt's `task`), as `source:tool[+tool...]`; `*` is every source not named.
+    A tool is a registered name (`calculator`, `python`: reward_server/tools.py) or `module:Class`. The
+    prompts of those sources are generated turn by turn: generation stops at a tool call, the tool runs in
+    a tool process, its output is appended (masked out of the loss), and generation goes on. E.g.
+    `--set rollout.tools=math:python`. Empty: no tools, one turn."""
+    multi_turn: MultiTurnConfig = field(default_factory=MultiTurnConfig)
+    """Limits of multi-turn rollouts (only read when `tools` names some)."""
+
+    def tool_settings(self) -> ToolSettings | None:
+        """What the engines need to run tools (None without tools); raises ValueError on a bad `tools` pair."""
+        if not self.tools:
+            return None
+        m = self.multi_turn
+        return ToolSettings(by_source=parse_tool_routes(self.tools), max_turns=m.max_turns,
+                            max_tool_output_tokens=m.max_tool_output_tokens, timeout_s=m.tool_timeout_s,
+                            workers=m.tool_workers)
 
 
 @dataclass(frozen=True)

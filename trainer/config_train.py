@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from reward_server.config import RewardConfig
+from reward_server.config import ConfigError, RewardConfig
 from trainer.config_checks import (
     MAX_LR,
     MAX_TIMEOUT_S,
@@ -166,6 +166,7 @@ def _check_ranges(cfg: TrainConfig) -> None:
     _in_range("rollout.control_timeout_s", ro.control_timeout_s, 0, MAX_TIMEOUT_S, low_open=True)
     _in_range("rollout.start_timeout_s", ro.start_timeout_s, 0, MAX_TIMEOUT_S, low_open=True)
     _in_range("rollout.max_engine_restarts", ro.max_engine_restarts, 0)
+    _check_multi_turn(ro)
     _in_range("stall_warning_s", cfg.stall_warning_s, 0, MAX_TIMEOUT_S)                  # 0: off
     _in_range("learner.verb_timeout_s", lr.verb_timeout_s, 0, MAX_TIMEOUT_S, low_open=True)
     _in_range("learner.lr", lr.lr, 0, MAX_LR, low_open=True)
@@ -182,3 +183,16 @@ def _check_ranges(cfg: TrainConfig) -> None:
         _in_range("cluster.num_cpus", cl.num_cpus, 1)
     _in_range("eval.every_steps", ev.every_steps, 0)             # 0: at the start and the end only
     _in_range("eval.temperature", ev.temperature, 0)             # 0: greedy
+
+
+def _check_multi_turn(ro: RolloutConfig) -> None:
+    """`rollout.tools` parses and names tools that import; the multi-turn limits are in range."""
+    try:
+        ro.tool_settings()
+    except (ValueError, ImportError, AttributeError) as err:
+        raise ConfigError(str(err)) from None
+    mt = ro.multi_turn
+    _in_range("rollout.multi_turn.max_turns", mt.max_turns, 1)
+    _in_range("rollout.multi_turn.max_tool_output_tokens", mt.max_tool_output_tokens, 1)
+    _in_range("rollout.multi_turn.tool_timeout_s", mt.tool_timeout_s, 0, MAX_TIMEOUT_S, low_open=True)
+    _in_range("rollout.multi_turn.tool_workers", mt.tool_workers, 1)

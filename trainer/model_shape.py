@@ -72,6 +72,7 @@ KNOWN_SHAPES: dict[str, ModelShape] = {
     "Qwen2.5-7B": ModelShape(3584, 28, 28, 4, 128, 18944, 152064, False),
     "Qwen2.5-Math-7B": ModelShape(3584, 28, 28, 4, 128, 18944, 152064, False),
     "Qwen2.5-Coder-7B-Instruct": ModelShape(3584, 28, 28, 4, 128, 18944, 152064, False),
+    "Qwen2.5-7B-Instruct": ModelShape(3584, 28, 28, 4, 128, 18944, 152064, False),
     # examples/build_tiny.py's defaults; the vocabulary is its BPE limit plus the four tags (an upper bound).
     "tiny-qwen2": ModelShape(128, 4, 2, 2, 64, 384, 1028, True),
     # examples/build_student.py: the distillation student, every other layer of tiny-qwen2 pretrained further

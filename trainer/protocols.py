@@ -18,6 +18,7 @@ from typing import Protocol
 
 from torch import Tensor
 
+from reward_server.tools import ToolSettings
 from trainer.types import Prompt, RolloutBatch, RolloutPart, ScoredBatch, TrainBatch, WeightVersion
 
 
@@ -36,9 +37,11 @@ class EngineGroupProtocol(Protocol):
 
     def generate(self, prompts: Sequence[Prompt], *, n: int, temperature: float, top_p: float, max_tokens: int,
                  stop: Sequence[str], seed: int | None,
-                 on_part: Callable[[RolloutPart], None] | None = None) -> RolloutBatch:
+                 on_part: Callable[[RolloutPart], None] | None = None, tools: ToolSettings | None = None
+                 ) -> RolloutBatch:
         """B prompts -> B groups of n completions in prompt order; refuses engines holding another version.
-        `on_part` gets each engine's groups as soon as that engine has finished them (each group once)."""
+        `on_part` gets each engine's groups as soon as that engine has finished them (each group once);
+        `tools`: the tools of each data source, for multi-turn rollouts."""
         ...
 
     def wait_until_up(self) -> list[WeightVersion]:

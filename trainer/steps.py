@@ -106,12 +106,14 @@ def score(system: SystemProtocol, prompts: list[Prompt], *, n: int, cfg: TrainCo
     `reward.score_while_generating = false` scores the whole batch after the last engine instead."""
     s = cfg.rollout.sampling
     timer = timer or PhaseTimer()
+    tools = cfg.rollout.tool_settings()
+    with_tools = {"tools": tools} if tools is not None else {}  # without tools, the call is the one-turn call
     with PartScoring(system.rewards) as scoring:
         with timer("generate"):
             rollout = system.engines.generate(
                 prompts, n=n, temperature=s.temperature if temperature is None else temperature, top_p=s.top_p,
                 max_tokens=cfg.model.max_response_tokens, stop=list(s.stop), seed=seed,
-                on_part=scoring.add if cfg.reward.score_while_generating else None,
+                on_part=scoring.add if cfg.reward.score_while_generating else None, **with_tools,
             )
         with timer("reward"):
             scored = scoring.result(rollout)
@@ -264,4 +266,4 @@ def evaluate(system: SystemProtocol, prompts: list[Prompt], cfg: TrainConfig, se
         "k": float(k),
         "response_length_mean": stats["response_length_mean"],
         "format": stats.get("reward/format", 0.0),
-    } | pass_at_ks(correct) | {key: v for key, v in stats.items() if key.startswith(ANALYTICS_PREFIXES)}
+    } | pass_at_ks(correct) | {key: v for key, v in stats.items() if key.startswith((*ANALYTICS_PREFIXES, "tools/"))}

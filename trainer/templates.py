@@ -92,19 +92,41 @@ def r1_zero_readable(question: str) -> str:
     return f"{R1_ZERO_INSTRUCTION} User: {question} Assistant: "
 
 
+PYTHON_TOOL_INSTRUCTION = (
+    " While reasoning, the Assistant may run Python to compute or check a step: it writes a program between "
+    "<code> and </code> (printing what it needs), and the program's output is returned between <interpreter> "
+    "and </interpreter>. The final answer is enclosed within <answer> </answer> tags."
+)
+"""The ReTool layout (arXiv:2504.11536) of the `python` tool's markers (`reward_server.tools.PythonTool`)."""
+
+
+def python_tool_chat(question: str, tokenizer: Tokenizer) -> str:
+    """`r1_chat` with the `python` tool described in the system message (for `rollout.tools=SOURCE:python`)."""
+    messages = [
+        {"role": "system", "content": R1_ZERO_INSTRUCTION + PYTHON_TOOL_INSTRUCTION},
+        {"role": "user", "content": question},
+    ]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return str(text) + THINK_OPEN
+
+
 TEMPLATES: dict[str, Callable[..., str]] = {"r1_zero": r1_zero, "r1_chat": r1_chat,
-                                            "r1_cold_start": r1_cold_start, "r1_zero_readable": r1_zero_readable}
-"""Template name -> renderer. `r1_chat` also needs the tokenizer."""
+                                            "r1_cold_start": r1_cold_start, "r1_zero_readable": r1_zero_readable,
+                                            "python_tool_chat": python_tool_chat}
+"""Template name -> renderer. `r1_chat` and `python_tool_chat` also need the tokenizer."""
+
+NEEDS_TOKENIZER = ("r1_chat", "python_tool_chat")
+"""The templates that render with the model's own chat template."""
 
 
 def render(template: str, question: str, tokenizer: Tokenizer | None = None) -> str:
     """Apply the named template to one question."""
     if template not in TEMPLATES:
         raise ValueError(f"unknown template {template!r}; known: {', '.join(TEMPLATES)}")
-    if template == "r1_chat":
+    if template in NEEDS_TOKENIZER:
         if tokenizer is None:
-            raise ValueError("template 'r1_chat' needs the tokenizer (its chat template renders the prompt)")
-        return r1_chat(question, tokenizer)
+            raise ValueError(f"template {template!r} needs the tokenizer (its chat template renders the prompt)")
+        return TEMPLATES[template](question, tokenizer)
     return TEMPLATES[template](question)
 
 
