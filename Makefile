@@ -1,5 +1,6 @@
 # Two commands do everything on a fresh machine:
-#   make demo   install the shipped tiny base model (and student) and build the data if absent, then train with GRPO
+#   make demo   install the shipped tiny base models (and student) and build the data if absent, then train with GRPO:
+#               R1-Zero's self-evolution (reflection grows because it pays); make demo-addition runs the addition demo
 #   make test   lint, type-check and run the whole test suite (what CI runs)
 # While developing: make test-fast runs the tests that start no engine, Ray or process group.
 # Both create the virtual environment .venv on first use (and again when setup.cfg changes).
@@ -10,7 +11,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast lint artifacts bench clean-venv
+.PHONY: demo demo-addition test test-fast lint artifacts bench clean-venv
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,8 +26,12 @@ artifacts: $(STAMP)
 	$(PY) -m examples.build_tiny
 	$(PY) -m examples.build_student
 	$(PY) -m examples.build_tiny_code
+	$(PY) -m examples.build_tiny_reflect
 
 demo: artifacts
+	$(PY) -m trainer train --example tiny_cpu_reflect
+
+demo-addition: artifacts
 	$(PY) -m trainer train --example tiny_cpu
 
 lint: $(STAMP)

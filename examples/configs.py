@@ -82,6 +82,36 @@ def tiny_cpu_code() -> TrainConfig:
     )
 
 
+def tiny_cpu_reflect() -> TrainConfig:
+    """R1-Zero's self-evolution on one CPU: the demo's layout on the reflection base (examples/build_tiny_reflect.py).
+
+    The base answers addition with a one-shot guess and, in a few percent of its responses, checks it column
+    by column ("wait, check: ...") and answers what the columns give. The reward is the demo's (accuracy plus
+    0.1 for the format); nothing rewards length or the word "wait". docs/self_evolution.md shows the run.
+    """
+    base = tiny_cpu()
+    return replace(
+        base,
+        name="tiny_cpu_reflect",
+        model=replace(base.model, path="artifacts/tiny-qwen2-reflect", max_response_tokens=96),
+    )
+
+
+def tiny_cpu_reflect_control() -> TrainConfig:
+    """The control of `tiny_cpu_reflect`: each group's rewards shuffled, so checking cannot pay."""
+    base = tiny_cpu_reflect()
+    return replace(base, name="tiny_cpu_reflect_control", algorithm=replace(base.algorithm, shuffle_rewards=True))
+
+
+def tiny_cpu_reflect_dr_grpo() -> TrainConfig:
+    """`tiny_cpu_reflect` with Dr. GRPO: no std in the advantage, and a loss that is not biased by length
+    (each sequence's token sum over the constant max_response_tokens)."""
+    base = tiny_cpu_reflect()
+    return replace(base, name="tiny_cpu_reflect_dr_grpo",
+                   algorithm=replace(base.algorithm, advantage_estimator="dr_grpo",
+                                     loss_aggregation="seq_mean_token_sum_norm"))
+
+
 def qwen25_gsm8k_r1_zero() -> TrainConfig:
     """R1-Zero on GSM8K from Qwen2.5-1.5B base, one node of 8 GPUs (4 engines + TP=2 x DP=2 learner)."""
     return TrainConfig(
@@ -209,6 +239,9 @@ EXAMPLES: dict[str, Callable[[], TrainConfig]] = {
     "tiny_cpu": tiny_cpu,
     "tiny_cpu_code": tiny_cpu_code,
     "tiny_cpu_all_scenarios": tiny_cpu_all_scenarios,
+    "tiny_cpu_reflect": tiny_cpu_reflect,
+    "tiny_cpu_reflect_control": tiny_cpu_reflect_control,
+    "tiny_cpu_reflect_dr_grpo": tiny_cpu_reflect_dr_grpo,
     "qwen25_gsm8k_r1_zero": qwen25_gsm8k_r1_zero,
     "qwen25_math_r1_zero": qwen25_math_r1_zero,
     "qwen25_coder_apps": qwen25_coder_apps,

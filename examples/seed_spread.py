@@ -2,6 +2,7 @@
 
     python -m examples.seed_spread --bases 0 1 2 --rl-seeds 0 1 2 [--out runs/seed_spread]
     python -m examples.seed_spread --example tiny_cpu_code --bases 0 --rl-seeds 0 1 2 --out runs/seed_spread_code
+    python -m examples.seed_spread --example tiny_cpu_reflect --bases 0 --rl-seeds 0 1 2 --out runs/seed_spread_reflect
 
 For each pretraining seed it builds a base model with the recipe (`examples.build_tiny --from-scratch`,
 cached per seed under OUT/base{seed}; the shipped base is built by seed 0 but is the committed copy,
@@ -24,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from examples import build_tiny, build_tiny_code
+from examples import build_tiny, build_tiny_code, build_tiny_reflect
 from examples.build_tiny import model_id
 from trainer.metrics import read_metrics
 
@@ -49,6 +50,9 @@ RECIPES = {
     "tiny_cpu_code": Recipe("examples.build_tiny_code", build_tiny_code.SHIPPED_CODE_MODEL,
                             build_tiny_code.read_code_manifest, build_tiny_code.MODEL_DIR_NAME,
                             ROOT / "artifacts" / build_tiny_code.DATA_DIR),
+    "tiny_cpu_reflect": Recipe("examples.build_tiny_reflect", build_tiny_reflect.SHIPPED_REFLECT_MODEL,
+                               build_tiny_reflect.read_reflect_manifest, build_tiny_reflect.MODEL_DIR_NAME,
+                               ROOT / "artifacts" / build_tiny_reflect.DATA_DIR),
 }
 """Example name -> its base recipe."""
 RETRIES = 1
@@ -83,10 +87,18 @@ def run_demo(example: str, model: Path, data: Path, rl_seed: int, out: Path, nam
 
 
 def summarize(run_dir: Path, mid_step: int) -> dict[str, float]:
-    evals = {int(r["step"]): r["pass@1"] for r in read_metrics(run_dir, "eval")}
+    """Held-out pass@1 at step 0, `mid_step` and the end; and the end's reflection rate and length against step 0's."""
+    rows = {int(r["step"]): r for r in read_metrics(run_dir, "eval")}
+    evals = {step: r["pass@1"] for step, r in rows.items()}
     last = max(evals)
-    return {"start": evals[0], "mid": evals.get(mid_step, float("nan")), "end": evals[last], "end_step": last,
-            "gain": evals[last] - evals[0], "mid_gain": evals.get(mid_step, float("nan")) - evals[0]}
+    out = {"start": evals[0], "mid": evals.get(mid_step, float("nan")), "end": evals[last], "end_step": last,
+           "gain": evals[last] - evals[0], "mid_gain": evals.get(mid_step, float("nan")) - evals[0],
+           "length_start": rows[0]["response_length_mean"], "length_end": rows[last]["response_length_mean"]}
+    for key in ("reflection_frac", "reflection_accuracy_with", "reflection_accuracy_without"):
+        if key in rows[0] or key in rows[last]:
+            out[f"{key}_start"] = rows[0].get(key, float("nan"))
+            out[f"{key}_end"] = rows[last].get(key, float("nan"))
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -121,10 +133,14 @@ def main(argv: list[str] | None = None) -> None:
                 row["base"] = model_id(manifest)
             rows = [r for r in rows if (r["base_seed"], r["rl_seed"]) != (base_seed, rl_seed)] + [row]
             spread.write_text(json.dumps(rows, indent=1))
-    print(f"\n{'base':>4} {'rl':>3} {'pass@1 start':>12} {f'step {args.mid_step}':>8} {'end':>6} {'gain':>6}")
+    print(f"\n{'base':>4} {'rl':>3} {'pass@1 start':>12} {f'step {args.mid_step}':>8} {'end':>6} {'gain':>6} "
+          f"{'length':>13} {'reflection':>13}")
     for r in rows:
+        reflection = (f"{r['reflection_frac_start']:.1%} -> {r['reflection_frac_end']:.1%}"
+                      if "reflection_frac_start" in r else "")
+        length = f"{r['length_start']:.1f} -> {r['length_end']:.1f}" if "length_start" in r else ""
         print(f"{r['base_seed']:>4} {r['rl_seed']:>3} {r['start']:>12.1%} {r['mid']:>8.1%} {r['end']:>6.1%} "
-              f"{r['gain']:>+6.1%}")
+              f"{r['gain']:>+6.1%} {length:>13} {reflection:>13}")
     gains = [r["gain"] for r in rows]
     print(f"gain over {len(rows)} runs: min {min(gains):+.1%}, median {statistics.median(gains):+.1%}, "
           f"max {max(gains):+.1%}")

@@ -15,6 +15,7 @@ from trainer.analytics import (
     language_mix,
     pass_at_k,
     pass_at_ks,
+    reflection_accuracy,
     reflection_count,
     reflection_stats,
 )
@@ -33,6 +34,15 @@ from trainer.evaluate import pass_at_1
 ])
 def test_reflection_count(text, count):
     assert reflection_count(text) == count
+
+
+def test_reflection_accuracy_splits_by_reflection_and_leaves_out_an_empty_kind():
+    texts = ["7, wait, check: 7", "7", "wait 3", "8", "9"]
+    assert reflection_accuracy(texts, [True, False, False, True, False]) == {
+        "reflection_accuracy_with": 0.5, "reflection_accuracy_without": pytest.approx(1 / 3)}
+    assert reflection_accuracy(["7", "8"], [True, False]) == {"reflection_accuracy_without": 0.5}
+    with pytest.raises(ValueError, match="2 responses but 1"):
+        reflection_accuracy(["7", "8"], [True])
 
 
 def test_reflection_stats():
@@ -126,6 +136,7 @@ def test_rollout_stats_and_evaluation_carry_the_analytics(tmp_path):
     scored = ScoredBatch(rollout, ((RewardResult(1.0, {}, True), RewardResult(0.0, {}, False)),))
     stats = rollout_stats(scored)
     assert stats["reflection_words_per_response"] == 0.5 and stats["reflection_frac"] == 0.5
+    assert stats["reflection_accuracy_with"] == 1.0 and stats["reflection_accuracy_without"] == 0.0
     assert stats["cot_lang/en"] == pytest.approx(2 / 4) and stats["cot_lang/zh"] == pytest.approx(2 / 4)
     assert stats["cot_mixed_frac"] == 0.5 and stats["cot_frac"] == 1.0
 

@@ -549,3 +549,18 @@ def test_empty_micro_batch_metrics_are_identities():
     _, full = grpo.grpo_loss(**_golden_batch(), num_tokens=3, num_sequences=2, **GOLDEN_KW)
     reduced = grpo.reduce_metrics([m, full])
     assert reduced["ratio_max"] == pytest.approx(1.5) and reduced["ratio_min"] == pytest.approx(0.5)
+
+
+# --- the shuffled-reward control ---------------------------------------------------------------
+
+
+def test_shuffle_within_groups_keeps_each_groups_rewards_and_moves_them():
+    rewards = t([[1.0, 0.0, 0.0, 0.0, 1.1, 0.1, 0.0, 0.0]] * 64)  # [B=64, G=8], every row the same
+    shuffled = grpo.shuffle_within_groups(rewards, generator=torch.Generator().manual_seed(0))
+    close(shuffled.sort(dim=1).values, rewards.sort(dim=1).values)  # the same multiset per group
+    close(grpo.compute_advantages(shuffled, estimator="grpo", eps=1e-6).sort(dim=1).values,
+          grpo.compute_advantages(rewards, estimator="grpo", eps=1e-6).sort(dim=1).values)
+    moved = (shuffled[:, 0] != rewards[:, 0]).double().mean()  # the first response keeps 1.0 with chance 1/8
+    assert 0.6 < moved < 1.0
+    again = grpo.shuffle_within_groups(rewards, generator=torch.Generator().manual_seed(0))
+    close(again, shuffled)  # seeded: the same permutation again

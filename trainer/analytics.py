@@ -51,6 +51,21 @@ def reflection_stats(texts: Sequence[str]) -> dict[str, float]:
             "reflection_frac": sum(c > 0 for c in counts) / len(counts)}
 
 
+def reflection_accuracy(texts: Sequence[str], correct: Sequence[bool]) -> dict[str, float]:
+    """Accuracy of the responses with at least one reflection word and of those without (R1-Zero's question:
+    does reflecting pay?); a kind with no responses has no key, since neither 0 nor NaN would be true."""
+    if len(texts) != len(correct):
+        raise ValueError(f"{len(texts)} responses but {len(correct)} correctness flags")
+    with_check = [ok for t, ok in zip(texts, correct) if reflection_count(t) > 0]
+    without = [ok for t, ok in zip(texts, correct) if reflection_count(t) == 0]
+    out = {}
+    if with_check:
+        out["reflection_accuracy_with"] = sum(with_check) / len(with_check)
+    if without:
+        out["reflection_accuracy_without"] = sum(without) / len(without)
+    return out
+
+
 def language_counts(text: str) -> dict[str, int]:
     """Words of `text` per language group: Latin-script word runs, CJK characters (one word each), others."""
     from reward_server.textscan import count_words

@@ -129,10 +129,13 @@ def source_stats(scored: ScoredBatch) -> dict[str, float]:
 
 
 def r1_zero_analytics(scored: ScoredBatch) -> dict[str, float]:
-    """Reflection words per response and the chain of thought's language mix (`trainer.analytics`)."""
+    """Reflection words per response, the accuracy with and without them, and the chain of thought's language
+    mix (`trainer.analytics`)."""
     texts = [completion_for_reward(p.text, c.text)
              for p, group in zip(scored.rollout.prompts, scored.rollout.completions, strict=True) for c in group]
-    return analytics.reflection_stats(texts) | analytics.language_mix([chain_of_thought(t) for t in texts])
+    correct = [r.correct for group in scored.results for r in group]
+    return (analytics.reflection_stats(texts) | analytics.reflection_accuracy(texts, correct)
+            | analytics.language_mix([chain_of_thought(t) for t in texts]))
 
 
 def select_groups(scored: ScoredBatch, keep: list[int]) -> ScoredBatch:

@@ -224,6 +224,9 @@ class AlgorithmConfig:
     """With dynamic sampling, give up filling B groups after this many rounds."""
     overlong_filter: bool = False
     """Mask completions cut at max_response_tokens out of the loss (DAPO)."""
+    shuffle_rewards: bool = False
+    """A control experiment, never a recipe: permute each group's rewards at random before the advantages
+    (`trainer.grpo.shuffle_within_groups`), so the reward says nothing about which response earned it."""
 
 @dataclass(frozen=True)
 class ClusterConfig:

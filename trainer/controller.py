@@ -181,8 +181,9 @@ class Run:
         result = steps.evaluate(self.system, self.heldout, self.cfg, seed=self.seed(-1))
         self.logger.log(step, "eval", result)
         pass_at = "  ".join(f"{key} {value:.3f}" for key, value in result.items() if key.startswith("pass@"))
+        reflection = f"  reflection {result['reflection_frac']:.1%}" if "reflection_frac" in result else ""
         tqdm.write(f"step {step}: held-out {pass_at}  cons@{int(result['k'])} "
-                   f"{result['cons@k']:.3f}  mean length {result['response_length_mean']:.1f}")
+                   f"{result['cons@k']:.3f}  mean length {result['response_length_mean']:.1f}{reflection}")
 
     def checkpoint(self, step: int) -> None:
         save_checkpoint(self.run_dir, self.state, self.system.save_learner,

@@ -108,6 +108,17 @@ def rloo_advantages(rewards: Tensor, *, eps: float = 0.0) -> Tensor:
     return rewards - others_sum / (group_size - 1)  # [B, G]
 
 
+def shuffle_within_groups(rewards: Tensor, *, generator: torch.Generator) -> Tensor:
+    """A control experiment's rewards: each group's G rewards permuted at random, [B, G] -> [B, G].
+
+    The group's statistics (mean, std, how many were right) stay as they were, so the advantages have the
+    same sizes, but which response earns which reward is chance: whatever the policy then learns is what
+    the update does without the reward's information (docs/self_evolution.md's control).
+    """
+    keys = torch.rand(rewards.shape, generator=generator)  # [B, G]
+    return rewards.gather(1, keys.argsort(dim=1))  # [B, G]
+
+
 FLAT_GROUP_RTOL = 1e-6
 """A group whose reward spread (max - min) is at most this times its largest |reward| carries no signal:
 about 8 float32 rounding steps, far below any real reward difference (0.1 format, 1 accuracy)."""

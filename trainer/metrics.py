@@ -103,7 +103,8 @@ def _parse_lines(path: Path) -> list[tuple[str, dict[str, JsonValue]]]:
 
 def plot_curves(run_dir: str | Path) -> Path:
     """The R1-Zero figures against steps: held-out pass@1 / pass@k / cons@k, mean response length, reflection
-    words per response, and the language mix of the chain of thought (`trainer.analytics`)."""
+    (words per response and the share of responses with any), the accuracy of responses with and without
+    reflection, and the language mix of the chain of thought (`trainer.analytics`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -111,8 +112,9 @@ def plot_curves(run_dir: str | Path) -> Path:
 
     evals = read_metrics(run_dir, "eval")
     train = read_metrics(run_dir, "train")
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
-    (ax_acc, ax_len), (ax_refl, ax_lang) = axes
+    fig, axes = plt.subplots(3, 2, figsize=(11, 12))
+    (ax_acc, ax_len), (ax_refl, ax_paid), (ax_lang, ax_spare) = axes
+    ax_spare.axis("off")
     if evals:
         steps = [r["step"] for r in evals]
         ax_acc.plot(steps, [r["pass@1"] for r in evals], marker="o", label="pass@1 (mean over k samples)")
@@ -130,13 +132,20 @@ def plot_curves(run_dir: str | Path) -> Path:
     _series(ax_refl, train, "reflection_words_per_response", "training")
     _series(ax_refl, evals, "reflection_words_per_response", "held-out", marker="o")
     _series(ax_refl, train, "reflection_frac", "training: share with any", alpha=0.5)
+    _series(ax_refl, evals, "reflection_frac", "held-out: share with any", marker="s")
+    _series(ax_paid, evals, "reflection_accuracy_with", "held-out, with reflection", marker="o")
+    _series(ax_paid, evals, "reflection_accuracy_without", "held-out, without", marker="s")
+    _series(ax_paid, train, "reflection_accuracy_with", "training, with reflection", alpha=0.4)
+    _series(ax_paid, train, "reflection_accuracy_without", "training, without", alpha=0.4)
     worded = [r for r in train if r.get("cot_words_per_response", 1.0) > 0]  # shares of no words are not 0%
     for lang in ("en", "zh", "other"):
         _series(ax_lang, worded, f"cot_lang/{lang}", f"{lang} words", marker=".")
     _series(ax_lang, worded, "cot_mixed_frac", "chains mixing languages", linestyle="--")
     ax_acc.set(xlabel="step", ylabel="accuracy", title="Held-out accuracy", ylim=(0, 1))
     ax_len.set(xlabel="step", ylabel="tokens", title="Mean response length")
-    ax_refl.set(xlabel="step", ylabel="per response", title='Reflection words ("wait", "verify", ...)')
+    ax_refl.set(xlabel="step", ylabel="per response / share", title='Reflection ("wait", "verify", ...)')
+    ax_paid.set(xlabel="step", ylabel="accuracy", title="Accuracy of responses with vs without reflection",
+                ylim=(0, 1.02))
     ax_lang.set(xlabel="step", ylabel="share", title="Chain-of-thought language mix (steps with words)",
                ylim=(0, 1.02))
     for ax in axes.flat:

@@ -79,6 +79,8 @@ KNOWN_SHAPES: dict[str, ModelShape] = {
     "tiny-student": ModelShape(128, 2, 2, 2, 64, 384, 1028, True),
     # examples/build_tiny_code.py: the code task's base, tiny-qwen2's shape with a BPE limit of 512
     "tiny-qwen2-code": ModelShape(128, 4, 2, 2, 64, 384, 516, True),
+    # examples/build_tiny_reflect.py: the self-evolution base, tiny-qwen2's shape and BPE limit
+    "tiny-qwen2-reflect": ModelShape(128, 4, 2, 2, 64, 384, 1028, True),
 }
 """Model directory name -> shape, used when `model.path` holds no config.json."""
 

@@ -218,6 +218,9 @@ def prepare_batch(system: SystemProtocol, scored: ScoredBatch, cfg: TrainConfig)
         seq_kl = grpo.sequence_kl(old, ref, mask, estimator=a.kl_estimator, clamp=a.kl_clamp)  # [N]
         rewards = grpo.subtract_kl_from_rewards(rewards, seq_kl, kl_coef=a.kl_coef)
         metrics["kl_in_reward"] = float(seq_kl.mean())
+    if a.shuffle_rewards:  # the control: same group statistics, rewards no longer tied to their responses
+        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + scored.rollout.policy_version)
+        rewards = grpo.shuffle_within_groups(rewards, generator=generator)
     advantages = grpo.compute_advantages(rewards, estimator=a.advantage_estimator, eps=a.advantage_eps)
     batch = batch.replace(advantages=advantages.reshape(-1), old_logprobs=old, ref_logprobs=ref)
     return batch, metrics
