@@ -10,10 +10,22 @@ Engine; on CPU it runs PyTorch's math kernel with the same numerics as the local
 Masking: the learner's batches are right-padded and causal (`megatron_cpu.causal_mask`), and real tokens
 never attend to the pads after them, so the causal flag is the whole mask; the explicit mask Megatron
 hands over is not read. Dropout is 0 (RL fine-tuning) and is refused otherwise.
+
+Packed sequences (`learner.pack_sequences`, `actors.packing`): Megatron-core 0.16.1 hands the core attention
+`PackedSeqParams(qkv_format="thd")` and query [T, heads, head_dim], key and value [T, kv_heads, head_dim]
+(`Attention.forward` squeezes the batch dimension of 1, and has already applied RoPE per sequence with
+positions restarting at each `cu_seqlens` boundary); it expects [T, heads * head_dim] back. Each sequence
+attends causally to its own tokens only:
+- CUDA, bf16 or fp16: PyTorch's variable-length FlashAttention (`torch.nn.attention.varlen.varlen_attn`),
+  one kernel over the whole pack, when this torch has it;
+- otherwise (the CPU path, fp32, an older torch): SDPA on each sequence's slice in turn, the same kernel
+  the padded path runs, on that sequence's tokens alone.
+Megatron's own local `DotProductAttention` refuses packed sequences (it asserts `packed_seq_params is None`).
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
@@ -50,8 +62,10 @@ def _build():
 
         def forward(self, query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None,
                     attn_mask_type=None, attention_bias: Tensor | None = None, packed_seq_params=None) -> Tensor:
-            if attention_bias is not None or packed_seq_params is not None:
-                raise ValueError("SdpaAttention supports neither attention_bias nor packed sequences")
+            if attention_bias is not None:
+                raise ValueError("SdpaAttention does not support attention_bias")
+            if packed_seq_params is not None:
+                return packed_attention(query, key, value, packed_seq_params, scale=self.softmax_scale)
             sq, b, heads, head_dim = query.shape  # query [sq, b, np, hn]; key, value [sk, b, ng, hn]
             q = query.permute(1, 2, 0, 3)  # [b, np, sq, hn]
             k = key.permute(1, 2, 0, 3)  # [b, ng, sk, hn]
@@ -61,3 +75,61 @@ def _build():
             return out.permute(2, 0, 1, 3).reshape(sq, b, heads * head_dim)  # [sq, b, np * hn]
 
     return SdpaAttention
+
+
+def packed_attention(query: Tensor, key: Tensor, value: Tensor, params, *, scale: float) -> Tensor:
+    """Causal attention of each packed sequence on its own tokens: query [T, np, hn], key and value
+    [T, ng, hn], `params` a THD `PackedSeqParams` -> [T, np * hn]."""
+    if params.qkv_format != "thd":
+        raise ValueError(f"SdpaAttention packs the 'thd' format only, not {params.qkv_format!r}")
+    padded = (params.cu_seqlens_q_padded, params.cu_seqlens_kv_padded)
+    if any(p is not None and not torch.equal(p, params.cu_seqlens_q) for p in padded) or \
+            not torch.equal(params.cu_seqlens_q, params.cu_seqlens_kv):
+        raise ValueError("SdpaAttention packs self-attention without padding between sequences only "
+                         "(cu_seqlens_q = cu_seqlens_kv, no *_padded offsets)")
+    t, heads, head_dim = query.shape
+    if query.is_cuda and query.dtype in (torch.bfloat16, torch.float16) and _varlen() is not None:
+        out = _varlen_causal(query, key, value, params.cu_seqlens_q, params.max_seqlen_q, scale)  # [T, np, hn]
+    else:
+        bounds = params.cu_seqlens_q.tolist()
+        parts = []
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            q = query[lo:hi].permute(1, 0, 2)[None]  # [1, np, l, hn]
+            k = key[lo:hi].permute(1, 0, 2)[None]  # [1, ng, l, hn]
+            v = value[lo:hi].permute(1, 0, 2)[None]  # [1, ng, l, hn]
+            o = torch.nn.functional.scaled_dot_product_attention(
+                q, k, v, is_causal=True, scale=scale, enable_gqa=k.shape[1] != heads)  # [1, np, l, hn]
+            parts.append(o[0].permute(1, 0, 2))  # [l, np, hn]
+        out = torch.cat(parts)  # [T, np, hn]
+    return out.reshape(t, heads * head_dim)  # [T, np * hn]
+
+
+def _varlen():
+    """PyTorch's variable-length FlashAttention, or None where this torch lacks it."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    return varlen_attn
+
+
+def _varlen_causal(query: Tensor, key: Tensor, value: Tensor, cu_seqlens: Tensor, max_seqlen: int,
+                   scale: float) -> Tensor:
+    """`varlen_attn`, causal, across the signatures torch has shipped: 2.13 takes `window_size=(-1, 0)` for
+    causal, `scale` and `enable_gqa`; earlier releases took `is_causal` and neither of the others (their
+    scale is 1/sqrt(head_dim), and KV heads are then repeated for GQA)."""
+    varlen = _varlen()
+    accepts = inspect.signature(varlen).parameters
+    kwargs: dict = {"window_size": (-1, 0)} if "window_size" in accepts else {"is_causal": True}
+    if "scale" in accepts:
+        kwargs["scale"] = scale
+    elif not math.isclose(scale, 1.0 / math.sqrt(query.shape[-1])):
+        raise ValueError(f"this torch's varlen_attn has no scale argument; softmax scale {scale} is not the default")
+    if key.shape[1] != query.shape[1]:
+        if "enable_gqa" in accepts:
+            kwargs["enable_gqa"] = True
+        else:
+            groups = query.shape[1] // key.shape[1]
+            key, value = key.repeat_interleave(groups, 1), value.repeat_interleave(groups, 1)  # [T, np, hn]
+    cu = cu_seqlens.to(device=query.device, dtype=torch.int32)  # [b + 1]
+    return varlen(query, key, value, cu, cu, max_seqlen, max_seqlen, **kwargs)  # [T, np, hn]
