@@ -18,8 +18,9 @@ positions restarting at each `cu_seqlens` boundary); it expects [T, heads * head
 attends causally to its own tokens only:
 - CUDA, bf16 or fp16: PyTorch's variable-length FlashAttention (`torch.nn.attention.varlen.varlen_attn`),
   one kernel over the whole pack, when this torch has it;
-- otherwise (the CPU path, fp32, an older torch): SDPA on each sequence's slice in turn, the same kernel
-  the padded path runs, on that sequence's tokens alone.
+- otherwise (the CPU path, fp32, an older torch): SDPA over sequences of similar length laid out as
+  right-padded rows (`_bucketed_causal`): each row's real tokens attend to one another only, as on the
+  padded path, with a few calls per layer instead of one per sequence.
 Megatron's own local `DotProductAttention` refuses packed sequences (it asserts `packed_seq_params is None`).
 """
 
@@ -91,17 +92,46 @@ def packed_attention(query: Tensor, key: Tensor, value: Tensor, params, *, scale
     if query.is_cuda and query.dtype in (torch.bfloat16, torch.float16) and _varlen() is not None:
         out = _varlen_causal(query, key, value, params.cu_seqlens_q, params.max_seqlen_q, scale)  # [T, np, hn]
     else:
-        bounds = params.cu_seqlens_q.tolist()
-        parts = []
-        for lo, hi in zip(bounds[:-1], bounds[1:]):
-            q = query[lo:hi].permute(1, 0, 2)[None]  # [1, np, l, hn]
-            k = key[lo:hi].permute(1, 0, 2)[None]  # [1, ng, l, hn]
-            v = value[lo:hi].permute(1, 0, 2)[None]  # [1, ng, l, hn]
-            o = torch.nn.functional.scaled_dot_product_attention(
-                q, k, v, is_causal=True, scale=scale, enable_gqa=k.shape[1] != heads)  # [1, np, l, hn]
-            parts.append(o[0].permute(1, 0, 2))  # [l, np, hn]
-        out = torch.cat(parts)  # [T, np, hn]
+        out = _bucketed_causal(query, key, value, params.cu_seqlens_q.tolist(), scale)  # [T, np, hn]
     return out.reshape(t, heads * head_dim)  # [T, np * hn]
+
+
+BUCKET_LENGTH_RATIO = 2.0
+"""Sequences whose lengths are within this ratio share one SDPA call, right-padded to the longest of them."""
+
+
+def _bucketed_causal(query: Tensor, key: Tensor, value: Tensor, bounds: list[int], scale: float) -> Tensor:
+    """Causal SDPA of each packed sequence on its own tokens, without a variable-length kernel: sequences of
+    similar length (within BUCKET_LENGTH_RATIO) are laid out as right-padded rows of one batch, so a row's
+    real tokens attend only to one another (the pads trail them, as on the padded path), at most twice the
+    attention arithmetic of the sequences alone, and a few calls per layer where one call per sequence
+    costs more on a CPU than the arithmetic (its backward especially).
+
+    query [T, np, hn], key and value [T, ng, hn], bounds the cu_seqlens as a list -> [T, np, hn]."""
+    starts, lengths = bounds[:-1], [hi - lo for lo, hi in zip(bounds[:-1], bounds[1:])]
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    buckets: list[list[int]] = []
+    for i in order:
+        if buckets and lengths[i] <= BUCKET_LENGTH_RATIO * lengths[buckets[-1][0]]:
+            buckets[-1].append(i)
+        else:
+            buckets.append([i])
+    heads = query.shape[1]
+    rows, outputs = [], []
+    for bucket in buckets:
+        width = lengths[bucket[-1]]
+        col = torch.arange(width, device=query.device)  # [w]
+        start = torch.tensor([starts[i] for i in bucket], device=query.device)  # [g]
+        size = torch.tensor([lengths[i] for i in bucket], device=query.device)  # [g]
+        real = col[None] < size[:, None]  # [g, w]
+        index = torch.where(real, start[:, None] + col[None], 0)  # [g, w] packed row of each slot (pads: any)
+        q, k, v = (x[index].permute(0, 2, 1, 3) for x in (query, key, value))  # [g, heads, w, hn]
+        o = torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, is_causal=True, scale=scale, enable_gqa=k.shape[1] != heads)  # [g, np, w, hn]
+        rows.append(index[real])  # [t_g]
+        outputs.append(o.permute(0, 2, 1, 3)[real])  # [t_g, np, hn]
+    out = torch.zeros_like(query)  # [T, np, hn]
+    return out.index_put((torch.cat(rows),), torch.cat(outputs))  # [T, np, hn]
 
 
 def _varlen():
