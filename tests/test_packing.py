@@ -96,6 +96,20 @@ def test_packed_attention_equals_each_sequence_alone_with_gqa():
         scores = scores.masked_fill(torch.ones(hi - lo, hi - lo, dtype=torch.bool).triu(1), -torch.inf)
         expected = torch.einsum("hqk,khd->qhd", scores.softmax(-1), vv).reshape(hi - lo, -1)  # [l, np * hn]
         assert torch.allclose(out[lo:hi], expected, atol=1e-5)
+    lengths = [3, 17, 4, 30, 8, 9, 1, 16]  # several buckets of several sequences: gradients as each alone
+    cu = torch.nn.functional.pad(torch.tensor(lengths).cumsum(0), (1, 0)).to(torch.int32)
+    params = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=30, max_seqlen_kv=30)
+    tensors = [torch.randn(sum(lengths), h, dim, generator=gen, requires_grad=True) for h in (heads, groups, groups)]
+    weights = torch.randn(sum(lengths), heads * dim, generator=gen)  # [T, np * hn]
+    (packed_attention(*tensors, params, scale=0.3) * weights).sum().backward()
+    grads = [x.grad.clone() for x in tensors]
+    for x in tensors:
+        x.grad = None
+    for lo, hi in zip(cu[:-1].tolist(), cu[1:].tolist()):
+        q, k, v = (x[lo:hi].permute(1, 0, 2)[None] for x in tensors)  # [1, heads, l, hn]
+        o = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.3, enable_gqa=True)
+        (o[0].permute(1, 0, 2).reshape(hi - lo, -1) * weights[lo:hi]).sum().backward()
+    assert all(torch.allclose(g, x.grad, atol=1e-5) for g, x in zip(grads, tensors))
     bad = PackedSeqParams(qkv_format="sbhd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=9, max_seqlen_kv=9)
     with pytest.raises(ValueError, match="'thd'"):
         packed_attention(q, k, v, bad, scale=0.3)
