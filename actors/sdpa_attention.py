@@ -26,6 +26,7 @@ Megatron's own local `DotProductAttention` refuses packed sequences (it asserts 
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 
@@ -143,13 +144,19 @@ def _varlen():
     return varlen_attn
 
 
+@functools.cache
+def _varlen_parameters() -> frozenset[str]:
+    """The argument names of this torch's `varlen_attn` (read once)."""
+    return frozenset(inspect.signature(_varlen()).parameters)
+
+
 def _varlen_causal(query: Tensor, key: Tensor, value: Tensor, cu_seqlens: Tensor, max_seqlen: int,
                    scale: float) -> Tensor:
     """`varlen_attn`, causal, across the signatures torch has shipped: 2.13 takes `window_size=(-1, 0)` for
     causal, `scale` and `enable_gqa`; earlier releases took `is_causal` and neither of the others (their
     scale is 1/sqrt(head_dim), and KV heads are then repeated for GQA)."""
     varlen = _varlen()
-    accepts = inspect.signature(varlen).parameters
+    accepts = _varlen_parameters()
     kwargs: dict = {"window_size": (-1, 0)} if "window_size" in accepts else {"is_causal": True}
     if "scale" in accepts:
         kwargs["scale"] = scale

@@ -115,6 +115,39 @@ def test_packed_attention_equals_each_sequence_alone_with_gqa():
         packed_attention(q, k, v, bad, scale=0.3)
 
 
+def test_varlen_attention_is_called_as_the_installed_torch_defines_it(monkeypatch):
+    """GPU only, so here with stand-ins: torch 2.13's signature (window_size, scale, enable_gqa) and an
+    earlier one (is_causal only: KV heads repeated for GQA, only the default scale)."""
+    import math
+
+    import actors.sdpa_attention as sdpa
+
+    calls: list[dict] = []
+
+    def current(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None, scale=None,
+                window_size=(-1, -1), enable_gqa=False):
+        calls.append(dict(kv_heads=key.shape[1], scale=scale, window_size=window_size, enable_gqa=enable_gqa))
+        return query
+
+    def earlier(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, is_causal=False, return_aux=None):
+        calls.append(dict(kv_heads=key.shape[1], is_causal=is_causal))
+        return query
+
+    q, kv = torch.zeros(6, 4, 8), torch.zeros(6, 2, 8)  # [T, np, hn], [T, ng, hn]
+    cu = torch.tensor([0, 2, 6], dtype=torch.int32)
+    try:
+        for fake in (current, earlier):
+            monkeypatch.setattr(sdpa, "_varlen", lambda fake=fake: fake)
+            sdpa._varlen_parameters.cache_clear()
+            sdpa._varlen_causal(q, kv, kv, cu, 4, 1 / math.sqrt(8))
+        assert calls == [dict(kv_heads=2, scale=1 / math.sqrt(8), window_size=(-1, 0), enable_gqa=True),
+                         dict(kv_heads=4, is_causal=True)]
+        with pytest.raises(ValueError, match="no scale argument"):
+            sdpa._varlen_causal(q, kv, kv, cu, 4, 0.5)
+    finally:
+        sdpa._varlen_parameters.cache_clear()
+
+
 # --- the switch and its checks ----------------------------------------------------------------------
 
 
