@@ -65,6 +65,7 @@ bench: artifacts $(BENCH_STAMP)
 	$(PY) -m benchmarks.scoring_overlap --steps 8
 	$(PY) -m benchmarks.onpolicy
 	$(PY) -m benchmarks.code_sandbox
+	$(PY) -m benchmarks.packing
 
 clean-venv:
 	rm -rf $(VENV)

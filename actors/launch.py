@@ -83,6 +83,7 @@ class LearnerPlan:
     """None: a frozen reference."""
     sequences_per_microbatch: int
     tokens_per_microbatch: int
+    pack_sequences: bool
     recompute: str
     role: str
     temperature: float

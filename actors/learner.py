@@ -4,7 +4,8 @@
 actor per rank, and calls every verb on all ranks at once (the verbs are collective). The GPU check
 (`examples/gpu_check.py`) builds it directly, without Ray.
 
-    TrainBatch (this rank's DP slice) -> micro-batches (by sequence count or by token budget)
+    TrainBatch (this rank's DP slice) -> micro-batches (by sequence count or by token budget; with
+        `pack_sequences`, packed end to end to the token budget without padding: actors.packing)
         -> Megatron pipeline schedule (forward, loss from trainer.grpo.LOSSES[name], backward)
         -> Megatron DDP: grads accumulate in one fp32 buffer, reduce-scattered over DP in buckets while
            the last micro-batch's backward runs
@@ -114,12 +115,13 @@ class LearnerWorker:
     def __init__(self, *, rank: int, world_size: int, master_addr: str, master_port: int, tp: int = 1,
                  pp: int = 1, dp: int = 1, model_path: str, dtype: str = "float32", seed: int = 0,
                  optimizer: OptimizerSettings | None = None, sequences_per_microbatch: int = 16,
-                 tokens_per_microbatch: int = 0, recompute: str = "none", attention: str = "sdpa",
-                 role: str = "policy", temperature: float = 1.0,
+                 tokens_per_microbatch: int = 0, pack_sequences: bool = False, recompute: str = "none",
+                 attention: str = "sdpa", role: str = "policy", temperature: float = 1.0,
                  hold_reference: bool = False, num_threads: int = 1, timeout_s: float = 600.0,
                  store_secret: str = ""):
         _check_arguments(role=role, recompute=recompute, world_size=world_size, tp=tp, pp=pp, dp=dp,
                          temperature=temperature)
+        check_packing(pack_sequences, tokens_per_microbatch=tokens_per_microbatch, attention=attention)
         from actors.versions import check_megatron
 
         check_megatron(where=f"{role} learner rank {rank}")  # before anything is built on its internals
@@ -140,7 +142,8 @@ class LearnerWorker:
                     hold_reference=hold_reference)
         self.spm, self.tokens_per_microbatch = sequences_per_microbatch, tokens_per_microbatch
         self.schedule = StageSchedule(self.shape, tp_rank=self.tp_rank, pp_rank=self.pp_rank, device=self.device,
-                                      temperature=temperature, tp_group=self.ps.get_tensor_model_parallel_group())
+                                      temperature=temperature, tp_group=self.ps.get_tensor_model_parallel_group(),
+                                      pack=pack_sequences)
         self.settings = optimizer or OptimizerSettings()
         self.step = 0
         self.ddp: DistributedDataParallel | None = wrap_ddp(self.model) if role == "policy" else None
@@ -198,7 +201,8 @@ class LearnerWorker:
             return self.schedule.logprobs(self.ref_model, batch, self._plan(batch))
 
     def _plan(self, batch: TrainBatch) -> list[list[int]]:
-        return plan_microbatches(batch.attention_mask.sum(1).tolist(), self.spm, self.tokens_per_microbatch)
+        return plan_microbatches(batch.attention_mask.sum(1).tolist(), self.spm, self.tokens_per_microbatch,
+                                 pack=self.schedule.pack)
 
     @_on_device
     def forward_backward(self, batch: TrainBatch, loss_name: str, num_tokens: int, num_sequences: int,
@@ -335,6 +339,18 @@ class LearnerWorker:
         self.ps.destroy_model_parallel()
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def check_packing(pack_sequences: bool, *, tokens_per_microbatch: int, attention: str) -> None:
+    """Packed sequences need a token budget to pack to and an attention that reads `PackedSeqParams`."""
+    if not pack_sequences:
+        return
+    if tokens_per_microbatch <= 0:
+        raise ValueError("pack_sequences needs tokens_per_microbatch > 0: the budget of real tokens each packed "
+                         f"micro-batch is filled to (got {tokens_per_microbatch})")
+    if attention != "sdpa":
+        raise ValueError(f"pack_sequences needs attention='sdpa', not {attention!r}: Megatron's local "
+                         "DotProductAttention refuses packed sequences")
 
 
 def _check_arguments(*, role: str, recompute: str, world_size: int, tp: int, pp: int, dp: int,

@@ -20,6 +20,9 @@ to a JSON file (`--out`). The checks:
 - throughput: forward-backward tokens/s and MFU of a randomly initialised Qwen2.5-0.5B-shaped model
   (hidden 896, 24 layers, 14 heads, 2 KV heads, FFN 4864, vocab 151936), and peak GPU memory; with SDPA
   attention (the default), with full activation recomputation, and with Megatron's local attention.
+- packing (`examples/gpu_check_packing.py`): the small learner's logprobs packed (`learner.pack_sequences`)
+  equal the padded ones within bf16 noise; tokens/s and MFU of a Qwen2.5-1.5B-shaped learner on a batch
+  with long-tailed response lengths, padded (by count, by token budget) and packed.
 - cuda_ipc_round_trip (colocation): learner rank 0's weight sender (`actors.weight_sync.WeightSender`, ipc
   backend, small buckets) streams the learner's gathered HF tensors as CUDA IPC handles through its control
   store to a second process on the same GPU, which reads them as the rollout worker does and rebuilds
@@ -644,6 +647,13 @@ def run(cpu_smoke: bool, out: Path) -> int:
     started = time.perf_counter()
     report.figures["device"] = torch.cuda.get_device_name() if use_gpu else "cpu"
     report.figures["torch"] = torch.__version__
+    from examples.gpu_check_packing import (
+        CPU_SMOKE_SHAPE,
+        QWEN25_15B,
+        check_packed_logprobs,
+        check_packing_throughput,
+    )
+
     with tempfile.TemporaryDirectory() as tmp:
         small = write_qwen2(Path(tmp) / "small", sizes.small, seed=0, device=device)
         from transformers import AutoModelForCausalLM
@@ -656,6 +666,7 @@ def run(cpu_smoke: bool, out: Path) -> int:
                      sequences_per_microbatch=4) as worker:
             check_setup(report, worker)
             check_logprobs(report, worker, hf, batch, device)
+            check_packed_logprobs(report, worker, batch, budget=sizes.small_batch[0] * sizes.small_batch[1] // 2)
             check_step(report, worker, hf, batch, device)
             if use_gpu:
                 check_ipc_round_trip(report, worker)
@@ -667,6 +678,10 @@ def run(cpu_smoke: bool, out: Path) -> int:
         for suffix, variant in THROUGHPUT_VARIANTS.items():
             release_memory()
             time_variant(report, big, sizes, suffix, variant)
+        release_memory()
+        packing_shape = QWEN25_15B if use_gpu else CPU_SMOKE_SHAPE
+        packing_model = write_qwen2(Path(tmp) / "packing", packing_shape, seed=3, device=device)
+        check_packing_throughput(report, packing_model, packing_shape, use_gpu=use_gpu, timed_iters=sizes.timed_iters)
     if use_gpu:
         check_nccl_abort_rebuild(report)
     clean = not ({"ray", "vllm"} & set(sys.modules))

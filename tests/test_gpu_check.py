@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CHECKS = {"distributed_optimizer", "logprobs_vs_transformers", "step_moves_fp32_main_weights", "offload_onload",
           "dp_reduction_device",
           "step_vs_fp32_reference", "forward_backward_throughput", "no_ray_no_vllm", "bf16_steps",
-          "fp16_steps_with_loss_scaler"}
+          "fp16_steps_with_loss_scaler", "packed_logprobs_equal_padded", "packing_throughput_packed",
+          "packing_throughput_padded_by_count", "packing_throughput_padded_by_budget"}
 
 
 def _run(tmp_path: Path, *args: str) -> dict:
@@ -35,6 +36,8 @@ def test_gpu_check_cpu_smoke_passes_every_check(tmp_path):
     assert figures["forward_backward_throughput"]["tokens_per_s"] > 0
     assert figures["offload_onload"]["bit_identical"] and figures["offload_onload"]["freed_gib"] > 0
     assert figures["fp16_steps_with_loss_scaler"]["scaler_state"]["scale"] > 1
+    assert figures["packed_logprobs_equal_padded"]["max_abs_diff"] < 0.02  # bf16, another kernel's rounding
+    assert figures["packing_throughput_packed"]["computed_tokens"] == figures["packing_throughput_packed"]["real_tokens"]
     assert figures["cuda_ipc_round_trip"]["skipped"]  # two processes on one GPU: nothing to share on a CPU
 
 

@@ -1,4 +1,5 @@
-"""The Megatron learner on CPU (gloo) as Ray actors, checked against Hugging Face transformers.
+"""The Megatron learner on CPU (gloo) as Ray actors, checked against Hugging Face transformers (and, packed,
+against its own padded path).
 
 One Ray session per module; one worker group per layout (TP=2, then PP=2, then DP=2), shut down before
 the next.
@@ -153,6 +154,32 @@ def _check_layout(group, model_dir, batch, tmp_path):
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "export", dtype=torch.float32)
     with torch.no_grad():
         assert (_hf_logprobs(reloaded, batch) - group.compute_logprobs(batch)).abs().max().item() < LOGPROB_TOL
+    _check_packing(group, batch)
+
+
+def _check_packing(group, batch):
+    """`learner.pack_sequences` on this layout gives the padded path's logprobs, loss and gradient norm (both
+    at lr 0, so they see the same weights; the settings are put back afterwards)."""
+    import ray
+
+    def configure(worker, pack: bool, lr: float) -> None:  # local: pickled by value
+        from dataclasses import replace
+
+        worker.schedule.pack, worker.tokens_per_microbatch = pack, 48 if pack else 0
+        worker.settings = replace(worker.settings, lr=lr)
+
+    results = []
+    try:
+        for pack in (False, True):
+            ray.get([w.__ray_call__.remote(configure, pack, 0.0) for w in group.workers])
+            logprobs = group.compute_logprobs(batch)
+            loss = group.forward_backward(batch, "grpo", batch.num_tokens, batch.num_sequences, LOSS_KWARGS)["loss"]
+            results.append((logprobs, loss, group.optim_step()["grad_norm"]))
+    finally:
+        ray.get([w.__ray_call__.remote(configure, False, SETTINGS.lr) for w in group.workers])
+    (padded, padded_loss, padded_norm), (packed, packed_loss, packed_norm) = results
+    assert (packed - padded).abs().max().item() < 1e-5
+    assert packed_loss == pytest.approx(padded_loss, rel=1e-5) and packed_norm == pytest.approx(padded_norm, rel=1e-4)
 
 
 # --- TP = 2 --------------------------------------------------------------------------------------

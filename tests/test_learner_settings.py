@@ -40,7 +40,7 @@ pytestmark = pytest.mark.skipif(not (MODEL / "config.json").exists(),
 NON_DEFAULT = LearnerConfig(
     tensor_parallel_size=2, pipeline_parallel_size=3, data_parallel_size=5, lr=3e-4, lr_warmup_steps=7,
     lr_schedule="cosine", weight_decay=0.05, adam_beta1=0.8, adam_beta2=0.95, grad_clip=0.7,
-    sequences_per_microbatch=11, tokens_per_microbatch=999, activation_recompute="selective",
+    sequences_per_microbatch=11, tokens_per_microbatch=999, pack_sequences=True, activation_recompute="selective",
     reference_colocated=False, verb_timeout_s=1234.0)
 """A value other than the default for every field (checked below, so a new field must be added here)."""
 CLUSTER = ClusterConfig(use_gpu=True, cpus_per_actor=0.25, learner_node_resource="learner_node")
@@ -58,7 +58,8 @@ def received(lc: LearnerConfig, group: dict[str, Any]) -> dict[str, Any]:
         "adam_beta1": opt.beta1 if opt else lc.adam_beta1, "adam_beta2": opt.beta2 if opt else lc.adam_beta2,
         "grad_clip": opt.grad_clip if opt else lc.grad_clip,
         "sequences_per_microbatch": group["sequences_per_microbatch"],
-        "tokens_per_microbatch": group["tokens_per_microbatch"], "activation_recompute": group["recompute"],
+        "tokens_per_microbatch": group["tokens_per_microbatch"], "pack_sequences": group["pack_sequences"],
+        "activation_recompute": group["recompute"],
         "verb_timeout_s": group["timeout_s"],
         "reference_colocated": lc.reference_colocated,  # decides whether a reference group starts, tested below
     }

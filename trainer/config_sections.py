@@ -167,8 +167,14 @@ class LearnerConfig:
     sequences_per_microbatch: int = 16
     """Sequences per forward/backward; gradients accumulate over micro-batches."""
     tokens_per_microbatch: int = 0
-    """Token budget of a micro-batch (its sequences x its longest length): dynamic batch size, sequences
-    grouped longest first, at most sequences_per_microbatch each; 0 splits by sequence count alone."""
+    """Token budget of a micro-batch, its sequences x its longest length (or, with pack_sequences, the sum of
+    its lengths): dynamic batch size, sequences grouped longest first, at most sequences_per_microbatch
+    each; 0 splits by sequence count alone."""
+    pack_sequences: bool = False
+    """Pack each micro-batch's sequences end to end, without padding, up to tokens_per_microbatch real tokens
+    (at most sequences_per_microbatch sequences; a longer sequence goes alone): the model computes on no
+    padding. Logprobs and gradients equal the padded path's to float tolerance. Needs
+    tokens_per_microbatch > 0. Off by default until it has run on a GPU (docs/gpu_check.md)."""
     activation_recompute: Literal["none", "selective", "full"] = "none"
     """Recompute activations in backward: selective (attention core only) or full (each layer)."""
     reference_colocated: bool = True

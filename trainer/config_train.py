@@ -115,6 +115,9 @@ class TrainConfig:
             _require(getattr(lr, name) >= 1, f"learner.{name} must be >= 1")
         _require(lr.sequences_per_microbatch >= 1, "learner.sequences_per_microbatch must be >= 1")
         _require(lr.tokens_per_microbatch >= 0, "learner.tokens_per_microbatch must be >= 0 (0: off)")
+        _require(not lr.pack_sequences or lr.tokens_per_microbatch > 0,
+                 "learner.pack_sequences needs learner.tokens_per_microbatch > 0: the budget of real tokens "
+                 "each packed micro-batch is filled to")
         _require(ro.num_engines >= 1 and ro.tensor_parallel_size >= 1, "rollout needs >= 1 engine of size >= 1")
         _require(
             self.model.max_prompt_tokens + self.model.max_response_tokens <= ro.max_model_len,

@@ -12,7 +12,8 @@ Departures from a textbook SFT loop, and why:
     - "Packing" groups whole samples into a micro-batch under a token budget (rows x longest row,
       padding included; the learner's `plan_microbatches` does it) instead of concatenating samples
       into one row: the learner's attention mask is plainly causal, so concatenated samples would
-      attend to each other.
+      attend to each other. With `learner.pack_sequences` the learner does concatenate them, each
+      attending to itself only (`actors.packing`), and the budget counts real tokens.
     - The data order is a pure function of (seed, epoch), and a step's samples a pure function of the
       step number, so a resumed run needs only the step to continue exactly.
     - The last step of an epoch takes the samples left over (it can be smaller); the loss is still
