@@ -352,12 +352,12 @@ def run_until_checkpoint(driver: subprocess.Popen, run_dir: Path, log: Path, wil
     checkpoint is committed, then SIGTERM the driver alone (as `kill` does), wait for its exit and see
     what of it is left; reap that."""
     seen = Watched()
-    try:
-        latest = run_dir / "checkpoints" / "latest"
-        deadline, mapped_at = time.monotonic() + RUN_TIMEOUT_S, 0.0
-        while not (latest.exists() and latest.read_text().strip() == f"step_{CHECKPOINT_EVERY:06d}"):
-            assert driver.poll() is None, f"the driver exited {driver.returncode}: {log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, "no step-2 checkpoint in time"
+    stop = threading.Event()
+
+    def scan() -> None:
+        """The driver's tree, listeners and mapped /dev/shm files, over and over until `stop`."""
+        mapped_at = 0.0
+        while not stop.is_set():
             tree = process_tree(driver.pid)
             seen.procs.update(tree)
             found = listening(set(tree))
@@ -366,11 +366,24 @@ def run_until_checkpoint(driver: subprocess.Popen, run_dir: Path, log: Path, wil
             if time.monotonic() > mapped_at + 2.0:  # reading every process's maps is not free on 2 cores
                 seen.shm |= shm_mapped(tree)
                 mapped_at = time.monotonic()
-            time.sleep(0.2)
-        tree = process_tree(driver.pid)
-        seen.procs.update(tree)
-        seen.shm |= shm_mapped(tree)
+            stop.wait(0.2)
+
+    # The scans run beside the wait for the checkpoint: a scan can take seconds on a loaded machine, and the
+    # run's last steps after the step-2 checkpoint take only a few, so a scan must never delay the SIGTERM.
+    scanner = threading.Thread(target=scan, daemon=True)
+    scanner.start()
+    try:
+        latest = run_dir / "checkpoints" / "latest"
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        while not (latest.exists() and latest.read_text().strip() == f"step_{CHECKPOINT_EVERY:06d}"):
+            assert driver.poll() is None, f"the driver exited {driver.returncode}: {log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, "no step-2 checkpoint in time"
+            time.sleep(0.05)
+        stop.set()
+        seen.procs.update(process_tree(driver.pid))
         driver.send_signal(signal.SIGTERM)  # the driver only, as `kill PID` does: it must stop the rest
+        scanner.join()
+        seen.shm |= shm_mapped(seen.procs)  # what the processes still map while they stop
         seen.returncode = driver.wait(timeout=300)
         others = [p for pid, p in seen.procs.items() if pid != driver.pid]
         deadline = time.monotonic() + EXIT_GRACE_S
@@ -379,6 +392,8 @@ def run_until_checkpoint(driver: subprocess.Popen, run_dir: Path, log: Path, wil
         seen.left_running = running(others)
         seen.left_shm = sorted(path for path in seen.shm if os.path.exists(path))
     finally:
+        stop.set()
+        scanner.join()
         if driver.poll() is None:
             driver.kill()
         reap([p for pid, p in seen.procs.items() if pid != driver.pid], grace_s=5.0)
