@@ -36,10 +36,10 @@ from examples.build_tiny import (
     BuildConfig,
     ShippedModelError,
     copy_dir_atomically,
-    dir_digests,
     model_id,
     read_manifest,
     save_model,
+    ship_build,
     verify_model_dir,
 )
 
@@ -124,11 +124,8 @@ def build(cfg: StudentConfig, out_dir: str | Path, *, eval_every: int = 0) -> Pa
 def ship(out_dir: str | Path) -> None:
     """Copy a from-scratch build into examples/assets and record its digests and recipe."""
     out = Path(out_dir)
-    record = json.loads((out / STAMP_NAME).read_text())
-    copy_dir_atomically(out / STUDENT_DIR_NAME, SHIPPED_STUDENT)
-    manifest = {"files": dir_digests(SHIPPED_STUDENT), "build": record}
-    STUDENT_MANIFEST.write_text(json.dumps(manifest, indent=2) + "\n")
-    print(f"shipped student {model_id(manifest)} to {SHIPPED_STUDENT}")
+    ship_build(out / STUDENT_DIR_NAME, json.loads((out / STAMP_NAME).read_text()), shipped=SHIPPED_STUDENT,
+               manifest_path=STUDENT_MANIFEST, data=None, label="student")
 
 
 def read_student_manifest() -> dict:

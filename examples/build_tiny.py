@@ -298,8 +298,6 @@ def _report(model, tokenizer, heldout, cfg: PretrainSettings, *, label: str, wri
 
 
 def build(cfg: BuildConfig, *, eval_every: int = 0) -> None:
-    from transformers import Qwen2ForCausalLM
-
     t0 = time.perf_counter()
     torch.set_num_threads(cfg.threads)
     out = Path(cfg.out_dir)
@@ -307,12 +305,7 @@ def build(cfg: BuildConfig, *, eval_every: int = 0) -> None:
     tokenizer = build_tokenizer(tokenizer_corpus(splits, cfg), vocab_size=cfg.vocab_size)
     print(f"data written under {out / 'data'}; tokenizer: {len(tokenizer)} tokens")
 
-    torch.manual_seed(cfg.seed)
-    config = model_config(len(tokenizer), hidden_size=cfg.hidden_size, num_layers=cfg.num_layers,
-                          num_heads=cfg.num_heads, num_kv_heads=cfg.num_heads,
-                          intermediate_size=cfg.intermediate_size, max_positions=cfg.max_positions,
-                          tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id)
-    model = Qwen2ForCausalLM(config).to(torch.float32)
+    model = new_tiny_qwen2(tokenizer, cfg)
     print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
     train, heldout = splits[ARITHMETIC]
     losses = pretrain(model, tokenizer, train, cfg, eval_every=eval_every, heldout=heldout)
@@ -390,6 +383,51 @@ def save_model(model, tokenizer, model_dir: Path) -> None:
     tmp.replace(model_dir)
 
 
+class ModelShape(Protocol):
+    """What a from-scratch tiny Qwen2 reads of its recipe."""
+
+    @property
+    def seed(self) -> int: ...
+    @property
+    def hidden_size(self) -> int: ...
+    @property
+    def num_layers(self) -> int: ...
+    @property
+    def num_heads(self) -> int: ...
+    @property
+    def intermediate_size(self) -> int: ...
+    @property
+    def max_positions(self) -> int: ...
+
+
+def new_tiny_qwen2(tokenizer, cfg: ModelShape):
+    """A freshly initialised fp32 Qwen2 of `cfg`'s shape over `tokenizer` (tied embeddings, seeded by cfg.seed)."""
+    from transformers import Qwen2ForCausalLM
+
+    torch.manual_seed(cfg.seed)
+    config = model_config(len(tokenizer), hidden_size=cfg.hidden_size, num_layers=cfg.num_layers,
+                          num_heads=cfg.num_heads, num_kv_heads=cfg.num_heads,
+                          intermediate_size=cfg.intermediate_size, max_positions=cfg.max_positions,
+                          tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id)
+    return Qwen2ForCausalLM(config).to(torch.float32)
+
+
+def split_digests(out_dir: str | Path, data_dir: Path) -> dict[str, str]:
+    """{path under out_dir/: SHA-256} of the train and held-out files of one task's data directory."""
+    return {str(data_dir / f"{s}.jsonl"): sha256_file(Path(out_dir) / data_dir / f"{s}.jsonl")
+            for s in ("train", "heldout")}
+
+
+def ship_build(model_dir: Path, record: dict, *, shipped: Path, manifest_path: Path, data: dict[str, str] | None,
+               label: str) -> None:
+    """Copy a from-scratch build into examples/assets and write its manifest: the files' digests, the data's
+    (when the model's data are the project's own), and the recipe and scores."""
+    copy_dir_atomically(model_dir, shipped)
+    manifest = {"files": dir_digests(shipped), **({"data": data} if data is not None else {}), "build": record}
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    print(f"shipped {label} {model_id(manifest)} to {shipped}")
+
+
 def copy_dir_atomically(src: Path, dest: Path) -> None:
     """Copy the directory src to dest through a sibling `.tmp` directory: readers of dest see the old
     model or the new one, never half of one."""
@@ -403,12 +441,10 @@ def copy_dir_atomically(src: Path, dest: Path) -> None:
 def ship(out: Path) -> None:
     """Copy a from-scratch build (`out/tiny-qwen2`) into examples/assets and record its digests."""
     stamp = json.loads((out / STAMP_NAME).read_text())
-    copy_dir_atomically(out / MODEL_DIR_NAME, SHIPPED_MODEL)
     build = {k: v for k, v in stamp.items() if k != "hash"}
     build["config"] = {k: v for k, v in build["config"].items() if k != "out_dir"}  # a path of that machine
-    manifest = {"files": dir_digests(SHIPPED_MODEL), "data": data_digests(out), "build": build}
-    MANIFEST.write_text(json.dumps(manifest, indent=2) + "\n")
-    print(f"shipped base model {model_id(manifest)} to {SHIPPED_MODEL}")
+    ship_build(out / MODEL_DIR_NAME, build, shipped=SHIPPED_MODEL, manifest_path=MANIFEST, data=data_digests(out),
+               label="base model")
 
 
 def install(cfg: BuildConfig) -> None:

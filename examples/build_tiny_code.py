@@ -44,10 +44,11 @@ from examples.build_tiny import (
     ROOT,
     ShippedModelError,
     copy_dir_atomically,
-    dir_digests,
     model_id,
+    new_tiny_qwen2,
     save_model,
-    sha256_file,
+    ship_build,
+    split_digests,
     verify_model_dir,
 )
 from examples.tasks import FUNCTION, TaskExample
@@ -107,17 +108,15 @@ def write_data(cfg: CodeBuildConfig, out_dir: str | Path) -> tuple[list[TaskExam
 
 def data_digests(out_dir: str | Path) -> dict[str, str]:
     """{path under out_dir/: SHA-256} of the two data files."""
-    return {str(DATA_DIR / f"{s}.jsonl"): sha256_file(Path(out_dir) / DATA_DIR / f"{s}.jsonl")
-            for s in ("train", "heldout")}
+    return split_digests(out_dir, DATA_DIR)
 
 
 def build(cfg: CodeBuildConfig, out_dir: str | Path, *, eval_every: int = 0) -> Path:
     """The recipe: data, tokenizer, pretraining, evaluation; writes out_dir/tiny-qwen2-code and its record."""
     import torch
-    from transformers import Qwen2ForCausalLM
 
     from examples.build_tiny import _report, pretrain
-    from examples.tiny_model import build_tokenizer, model_config
+    from examples.tiny_model import build_tokenizer
     from trainer.templates import r1_zero
 
     t0 = time.perf_counter()
@@ -128,12 +127,7 @@ def build(cfg: CodeBuildConfig, out_dir: str | Path, *, eval_every: int = 0) -> 
     corpus = [r1_zero(e.prompt) + tasks.noisy_function_completion(e, rng, cfg.wrong_step_share)
               for e in train[:cfg.tokenizer_corpus]]
     tokenizer = build_tokenizer(corpus, vocab_size=cfg.vocab_size)
-    torch.manual_seed(cfg.seed)
-    config = model_config(len(tokenizer), hidden_size=cfg.hidden_size, num_layers=cfg.num_layers,
-                          num_heads=cfg.num_heads, num_kv_heads=cfg.num_heads,
-                          intermediate_size=cfg.intermediate_size, max_positions=cfg.max_positions,
-                          tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id)
-    model = Qwen2ForCausalLM(config).to(torch.float32)
+    model = new_tiny_qwen2(tokenizer, cfg)
     parameters = sum(p.numel() for p in model.parameters())
     print(f"tokenizer: {len(tokenizer)} tokens; model: {parameters / 1e6:.2f}M parameters")
     losses = pretrain(model, tokenizer, train, cfg, eval_every=eval_every, heldout=heldout,
@@ -156,11 +150,8 @@ def build(cfg: CodeBuildConfig, out_dir: str | Path, *, eval_every: int = 0) -> 
 def ship(out_dir: str | Path) -> None:
     """Copy a from-scratch build into examples/assets and record its digests, data, recipe and scores."""
     out = Path(out_dir)
-    record = json.loads((out / STAMP_NAME).read_text())
-    copy_dir_atomically(out / MODEL_DIR_NAME, SHIPPED_CODE_MODEL)
-    manifest = {"files": dir_digests(SHIPPED_CODE_MODEL), "data": data_digests(out), "build": record}
-    CODE_MANIFEST.write_text(json.dumps(manifest, indent=2) + "\n")
-    print(f"shipped code base {model_id(manifest)} to {SHIPPED_CODE_MODEL}")
+    ship_build(out / MODEL_DIR_NAME, json.loads((out / STAMP_NAME).read_text()), shipped=SHIPPED_CODE_MODEL,
+               manifest_path=CODE_MANIFEST, data=data_digests(out), label="code base")
 
 
 def read_code_manifest() -> dict:

@@ -47,10 +47,12 @@ from examples.build_tiny import (
     ASSETS,
     ShippedModelError,
     copy_dir_atomically,
-    dir_digests,
     model_id,
+    new_tiny_qwen2,
     save_model,
     sha256_file,
+    ship_build,
+    split_digests,
     verify_model_dir,
 )
 from examples.tasks import ARITHMETIC, TaskExample
@@ -206,17 +208,16 @@ def write_data(cfg: ReflectBuildConfig, out_dir: str | Path) -> tuple[list[TaskE
 
 
 def data_digests(out_dir: str | Path) -> dict[str, str]:
-    return {str(DATA_DIR / f"{s}.jsonl"): sha256_file(Path(out_dir) / DATA_DIR / f"{s}.jsonl")
-            for s in ("train", "heldout")}
+    """{path under out_dir/: SHA-256} of the two data files."""
+    return split_digests(out_dir, DATA_DIR)
 
 
 def build(cfg: ReflectBuildConfig, out_dir: str | Path, *, eval_every: int = 0) -> Path:
     """The recipe: tokenizer, phase 1 (learn the check), phase 2 (rarely use it), measurement."""
     import torch
-    from transformers import Qwen2ForCausalLM
 
     from examples.build_tiny import pretrain
-    from examples.tiny_model import build_tokenizer, model_config
+    from examples.tiny_model import build_tokenizer
     from trainer.templates import r1_zero
 
     t0 = time.perf_counter()
@@ -227,12 +228,7 @@ def build(cfg: ReflectBuildConfig, out_dir: str | Path, *, eval_every: int = 0) 
     corpus = [r1_zero(e.prompt) + sample_completion(e, rng, 0.5, cfg.wrong_guess_share)
               for e in train[:cfg.tokenizer_corpus]]
     tokenizer = build_tokenizer(corpus, vocab_size=cfg.vocab_size)
-    torch.manual_seed(cfg.seed)
-    config = model_config(len(tokenizer), hidden_size=cfg.hidden_size, num_layers=cfg.num_layers,
-                          num_heads=cfg.num_heads, num_kv_heads=cfg.num_heads,
-                          intermediate_size=cfg.intermediate_size, max_positions=cfg.max_positions,
-                          tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id)
-    model = Qwen2ForCausalLM(config).to(torch.float32)
+    model = new_tiny_qwen2(tokenizer, cfg)
     parameters = sum(p.numel() for p in model.parameters())
     print(f"tokenizer: {len(tokenizer)} tokens; model: {parameters / 1e6:.2f}M parameters")
 
@@ -268,11 +264,8 @@ def build(cfg: ReflectBuildConfig, out_dir: str | Path, *, eval_every: int = 0) 
 def ship(out_dir: str | Path) -> None:
     """Copy a from-scratch build into examples/assets and record its digests, data, recipe and scores."""
     out = Path(out_dir)
-    record = json.loads((out / STAMP_NAME).read_text())
-    copy_dir_atomically(out / MODEL_DIR_NAME, SHIPPED_REFLECT_MODEL)
-    manifest = {"files": dir_digests(SHIPPED_REFLECT_MODEL), "data": data_digests(out), "build": record}
-    REFLECT_MANIFEST.write_text(json.dumps(manifest, indent=2) + "\n")
-    print(f"shipped reflection base {model_id(manifest)} to {SHIPPED_REFLECT_MODEL}")
+    ship_build(out / MODEL_DIR_NAME, json.loads((out / STAMP_NAME).read_text()), shipped=SHIPPED_REFLECT_MODEL,
+               manifest_path=REFLECT_MANIFEST, data=data_digests(out), label="reflection base")
 
 
 def read_reflect_manifest() -> dict:
