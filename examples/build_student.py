@@ -35,9 +35,10 @@ from examples.build_tiny import (
     SHIPPED_MODEL,
     BuildConfig,
     ShippedModelError,
-    copy_dir_atomically,
     model_id,
+    place_shipped,
     read_manifest,
+    read_shipped_manifest,
     save_model,
     ship_build,
     verify_model_dir,
@@ -129,9 +130,7 @@ def ship(out_dir: str | Path) -> None:
 
 
 def read_student_manifest() -> dict:
-    if not STUDENT_MANIFEST.exists():
-        raise ShippedModelError(f"{STUDENT_MANIFEST} is missing: the shipped student has no recorded digests")
-    return json.loads(STUDENT_MANIFEST.read_text())
+    return read_shipped_manifest(STUDENT_MANIFEST, "student")
 
 
 def install(out_dir: str | Path = "artifacts") -> Path:
@@ -139,10 +138,7 @@ def install(out_dir: str | Path = "artifacts") -> Path:
     manifest = read_student_manifest()
     verify_model_dir(SHIPPED_STUDENT, manifest, manifest_name=STUDENT_MANIFEST.name)
     model_dir = Path(out_dir) / STUDENT_DIR_NAME
-    try:
-        verify_model_dir(model_dir, manifest, manifest_name=STUDENT_MANIFEST.name)
-    except ShippedModelError:
-        copy_dir_atomically(SHIPPED_STUDENT, model_dir)
+    place_shipped(SHIPPED_STUDENT, manifest, model_dir, manifest_name=STUDENT_MANIFEST.name)
     build = manifest["build"]
     print(f"{model_dir}: shipped student {model_id(manifest)} (digests checked; {build['layers']} layers, cut from "
           f"base {build['base_model']}, {build['config']['pretrain_steps']} steps); when built: held-out pass@1 "

@@ -349,10 +349,23 @@ def data_digests(out: Path) -> dict[str, str]:
     return {str(p.relative_to(out)): sha256_file(p) for p in _data_outputs(out)}
 
 
+def read_shipped_manifest(path: Path, what: str) -> dict:
+    """The recorded digests, data and recipe of a shipped model (`what`: its name in the error)."""
+    if not path.exists():
+        raise ShippedModelError(f"{path} is missing: the shipped {what} has no recorded digests")
+    return json.loads(path.read_text())
+
+
 def read_manifest() -> dict:
-    if not MANIFEST.exists():
-        raise ShippedModelError(f"{MANIFEST} is missing: the shipped base model has no recorded digests")
-    return json.loads(MANIFEST.read_text())
+    return read_shipped_manifest(MANIFEST, "base model")
+
+
+def place_shipped(shipped: Path, manifest: dict, model_dir: Path, *, manifest_name: str = MANIFEST.name) -> None:
+    """Copy the shipped model to `model_dir` unless the one there already has the recorded digests."""
+    try:
+        verify_model_dir(model_dir, manifest, manifest_name=manifest_name)
+    except ShippedModelError:
+        copy_dir_atomically(shipped, model_dir)
 
 
 def verify_model_dir(directory: Path, manifest: dict, *, manifest_name: str = MANIFEST.name) -> None:
@@ -460,10 +473,7 @@ def install(cfg: BuildConfig) -> None:
         data_stamp.write_text(json.dumps({"hash": data_hash}))
         print(f"data written under {out / 'data'}")
     model_dir = out / MODEL_DIR_NAME
-    try:
-        verify_model_dir(model_dir, manifest)
-    except ShippedModelError:
-        copy_dir_atomically(SHIPPED_MODEL, model_dir)
+    place_shipped(SHIPPED_MODEL, manifest, model_dir)
     build = manifest["build"]
     print(f"{model_dir}: shipped base model {model_id(manifest)} (digests checked); when built: held-out "
           f"pass@1 {build['heldout_pass_at_1']:.1%}, greedy {build['heldout_greedy']:.1%} "

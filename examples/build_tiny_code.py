@@ -43,9 +43,10 @@ from examples.build_tiny import (
     ASSETS,
     ROOT,
     ShippedModelError,
-    copy_dir_atomically,
     model_id,
     new_tiny_qwen2,
+    place_shipped,
+    read_shipped_manifest,
     save_model,
     ship_build,
     split_digests,
@@ -155,9 +156,7 @@ def ship(out_dir: str | Path) -> None:
 
 
 def read_code_manifest() -> dict:
-    if not CODE_MANIFEST.exists():
-        raise ShippedModelError(f"{CODE_MANIFEST} is missing: the shipped code base has no recorded digests")
-    return json.loads(CODE_MANIFEST.read_text())
+    return read_shipped_manifest(CODE_MANIFEST, "code base")
 
 
 def _data_hash(cfg: CodeBuildConfig) -> str:
@@ -180,10 +179,7 @@ def install(out_dir: str | Path = "artifacts") -> Path:
         stamp.write_text(json.dumps({"hash": data_hash}))
         print(f"data written under {out / DATA_DIR}")
     model_dir = out / MODEL_DIR_NAME
-    try:
-        verify_model_dir(model_dir, manifest, manifest_name=CODE_MANIFEST.name)
-    except ShippedModelError:
-        copy_dir_atomically(SHIPPED_CODE_MODEL, model_dir)
+    place_shipped(SHIPPED_CODE_MODEL, manifest, model_dir, manifest_name=CODE_MANIFEST.name)
     build = manifest["build"]
     print(f"{model_dir}: shipped code base {model_id(manifest)} (digests checked); when built: held-out "
           f"pass@1 {build['heldout_pass_at_1']:.1%}, greedy {build['heldout_greedy']:.1%} "

@@ -46,9 +46,10 @@ from examples import tasks
 from examples.build_tiny import (
     ASSETS,
     ShippedModelError,
-    copy_dir_atomically,
     model_id,
     new_tiny_qwen2,
+    place_shipped,
+    read_shipped_manifest,
     save_model,
     sha256_file,
     ship_build,
@@ -269,9 +270,7 @@ def ship(out_dir: str | Path) -> None:
 
 
 def read_reflect_manifest() -> dict:
-    if not REFLECT_MANIFEST.exists():
-        raise ShippedModelError(f"{REFLECT_MANIFEST} is missing: the shipped reflection base has no recorded digests")
-    return json.loads(REFLECT_MANIFEST.read_text())
+    return read_shipped_manifest(REFLECT_MANIFEST, "reflection base")
 
 
 def install(out_dir: str | Path = "artifacts") -> Path:
@@ -284,10 +283,7 @@ def install(out_dir: str | Path = "artifacts") -> Path:
         write_data(ReflectBuildConfig(), out)
         print(f"data written under {out / DATA_DIR}")
     model_dir = out / MODEL_DIR_NAME
-    try:
-        verify_model_dir(model_dir, manifest, manifest_name=REFLECT_MANIFEST.name)
-    except ShippedModelError:
-        copy_dir_atomically(SHIPPED_REFLECT_MODEL, model_dir)
+    place_shipped(SHIPPED_REFLECT_MODEL, manifest, model_dir, manifest_name=REFLECT_MANIFEST.name)
     final = manifest["build"]["final"]
     print(f"{model_dir}: shipped reflection base {model_id(manifest)} (digests checked); when built: held-out "
           f"pass@1 {final['pass_at_1']:.1%}, checked {final['reflection_frac']:.1%} of samples, right with a "
