@@ -51,49 +51,30 @@ class VerifierError(Exception):
     """The verifier raised (the message is the worker's exception text) or its process died."""
 
 
-class VerifierSandbox:
-    """Runs named verifiers in a worker subprocess; kills and replaces it on timeout.
+class LineWorker:
+    """A child process `python -m MODULE CONFIG_JSON` that answers one JSON line per request line, killed
+    and replaced when it hangs or dies. The child first sends `{"ready": true}` (or `{"error": ...}`).
+    Subclasses name the module (`MODULE`), themselves in errors (`NAME`), the exception raised when the
+    child fails (`ERROR`), and the config they pass (`_config`). Not thread-safe: one request at a time."""
 
-    Not thread-safe: one request at a time (a reward actor scores its chunk sequentially).
-    """
+    MODULE: str
+    NAME: str
+    ERROR: type[Exception]
 
-    def __init__(
-        self,
-        timeout_s: float,
-        *,
-        verifiers: Mapping[str, str] = VERIFIER_PATHS,
-        memory_limit_bytes: int = MEMORY_LIMIT_BYTES,
-        startup_timeout_s: float = STARTUP_TIMEOUT_S,
-    ) -> None:
-        self.timeout_s = timeout_s
-        self.verifiers = dict(verifiers)
-        self.memory_limit_bytes = memory_limit_bytes
+    def __init__(self, *, startup_timeout_s: float) -> None:
         self.startup_timeout_s = startup_timeout_s
         self.restarts = 0
-        """Workers replaced after a timeout or a crash (a health metric)."""
+        """Processes replaced after a timeout or a crash (a health metric)."""
         self._proc: subprocess.Popen[bytes] | None = None
         self._buffer = b""
         self._ready = False
         self._start()
 
-    def check(self, verifier: str, answer: str, ground_truth: str) -> bool:
-        """The verifier's verdict; raises VerifierTimeout or VerifierError."""
-        if verifier not in self.verifiers:
-            raise VerifierError(f"unknown verifier {verifier!r}; known: {', '.join(self.verifiers)}")
-        self._wait_ready()
-        request = {"verifier": verifier, "answer": answer, "ground_truth": ground_truth}
-        self._send(request)
-        try:
-            reply = self._read_reply(self.timeout_s)
-        except TimeoutError:
-            self._restart()
-            raise VerifierTimeout("timeout") from None
-        if "error" in reply:
-            raise VerifierError(reply["error"])
-        return bool(reply["value"])
+    def _config(self) -> dict:
+        raise NotImplementedError
 
     def close(self) -> None:
-        """Stop the worker (idempotent)."""
+        """Stop the process (idempotent)."""
         if self._proc is not None:
             self._proc.kill()
             self._proc.wait()
@@ -102,18 +83,12 @@ class VerifierSandbox:
                     stream.close()
             self._proc = None
 
-    def __del__(self) -> None:
-        self.close()
-
-    # -- process management ------------------------------------------------------------------
-
     def _start(self) -> None:
-        # The child sees the parent's import path, so verifiers given by module path (a test hook
-        # included) import there exactly as they would here.
+        # The child sees the parent's import path, so code given by module path (a test hook included)
+        # imports there exactly as it would here.
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-        config = json.dumps({"verifiers": self.verifiers, "memory_limit_bytes": self.memory_limit_bytes})
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "reward_server.sandbox", config],
+            [sys.executable, "-m", self.MODULE, json.dumps(self._config())],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,
@@ -133,25 +108,23 @@ class VerifierSandbox:
             reply = self._read_reply(self.startup_timeout_s)
         except TimeoutError:
             self._restart()
-            raise VerifierError(
-                f"verifier worker did not start within {self.startup_timeout_s:.0f} s"
-            ) from None
+            raise self.ERROR(f"{self.NAME} did not start within {self.startup_timeout_s:.0f} s") from None
         if not reply.get("ready"):
-            raise VerifierError(f"verifier worker failed to start: {reply.get('error', reply)}")
+            raise self.ERROR(f"{self.NAME} failed to start: {reply.get('error', reply)}")
         self._ready = True
 
     def _send(self, message: dict) -> None:
-        assert self._proc is not None and self._proc.stdin is not None, "worker is running after _start"
+        assert self._proc is not None and self._proc.stdin is not None, "the process runs after _start"
         try:
             self._proc.stdin.write(json.dumps(message).encode() + b"\n")
             self._proc.stdin.flush()
         except BrokenPipeError:
             self._restart()
-            raise VerifierError("verifier worker died before the request") from None
+            raise self.ERROR(f"{self.NAME} died before the request") from None
 
     def _read_reply(self, timeout_s: float) -> dict:
-        """Next JSON line from the worker. TimeoutError past `timeout_s`; VerifierError if it died."""
-        assert self._proc is not None and self._proc.stdout is not None, "worker is running after _start"
+        """Next JSON line from the process. TimeoutError past `timeout_s`; `ERROR` if it died."""
+        assert self._proc is not None and self._proc.stdout is not None, "the process runs after _start"
         fd = self._proc.stdout.fileno()
         deadline = time.monotonic() + timeout_s
         while b"\n" not in self._buffer:
@@ -162,10 +135,54 @@ class VerifierSandbox:
             if not chunk:  # EOF: killed by the OS (out of memory in C) or crashed
                 code = self._proc.wait()
                 self._restart()
-                raise VerifierError(f"verifier worker died (exit code {code})")
+                raise self.ERROR(f"{self.NAME} died (exit code {code})")
             self._buffer += chunk
         line, _, self._buffer = self._buffer.partition(b"\n")
         return json.loads(line)
+
+
+class VerifierSandbox(LineWorker):
+    """Runs named verifiers in a worker subprocess; kills and replaces it on timeout.
+
+    Not thread-safe: one request at a time (a reward actor scores its chunk sequentially).
+    """
+
+    MODULE, NAME, ERROR = "reward_server.sandbox", "verifier worker", VerifierError
+
+    def __init__(
+        self,
+        timeout_s: float,
+        *,
+        verifiers: Mapping[str, str] = VERIFIER_PATHS,
+        memory_limit_bytes: int = MEMORY_LIMIT_BYTES,
+        startup_timeout_s: float = STARTUP_TIMEOUT_S,
+    ) -> None:
+        self.timeout_s = timeout_s
+        self.verifiers = dict(verifiers)
+        self.memory_limit_bytes = memory_limit_bytes
+        super().__init__(startup_timeout_s=startup_timeout_s)
+
+    def _config(self) -> dict:
+        return {"verifiers": self.verifiers, "memory_limit_bytes": self.memory_limit_bytes}
+
+    def check(self, verifier: str, answer: str, ground_truth: str) -> bool:
+        """The verifier's verdict; raises VerifierTimeout or VerifierError."""
+        if verifier not in self.verifiers:
+            raise VerifierError(f"unknown verifier {verifier!r}; known: {', '.join(self.verifiers)}")
+        self._wait_ready()
+        request = {"verifier": verifier, "answer": answer, "ground_truth": ground_truth}
+        self._send(request)
+        try:
+            reply = self._read_reply(self.timeout_s)
+        except TimeoutError:
+            self._restart()
+            raise VerifierTimeout("timeout") from None
+        if "error" in reply:
+            raise VerifierError(reply["error"])
+        return bool(reply["value"])
+
+    def __del__(self) -> None:
+        self.close()
 
 
 # -- the worker side ----------------------------------------------------------------------------

@@ -17,8 +17,6 @@ from __future__ import annotations
 import json
 import os
 import queue
-import select
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -28,6 +26,7 @@ from reward_server.sandbox import (
     MAX_ERROR_CHARS,
     MEMORY_LIMIT_BYTES,
     STARTUP_TIMEOUT_S,
+    LineWorker,
     _error_text,
     _limit_worker,
 )
@@ -45,18 +44,23 @@ class ToolOutcome:
     seconds: float = 0.0
 
 
-class ToolProcess:
+class ToolProcessError(RuntimeError):
+    """A tool process died or never started; it was replaced."""
+
+
+class ToolProcess(LineWorker):
     """One tool process: every configured tool imported once, one call at a time."""
+
+    MODULE, NAME, ERROR = "reward_server.tool_runner", "tool process", ToolProcessError
 
     def __init__(self, specs: Sequence[str], *, startup_timeout_s: float = STARTUP_TIMEOUT_S,
                  memory_limit_bytes: int = MEMORY_LIMIT_BYTES) -> None:
         self.specs = list(specs)
-        self.startup_timeout_s, self.memory_limit_bytes = startup_timeout_s, memory_limit_bytes
-        self.restarts = 0
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._buffer = b""
-        self._ready = False
-        self._start()
+        self.memory_limit_bytes = memory_limit_bytes
+        super().__init__(startup_timeout_s=startup_timeout_s)
+
+    def _config(self) -> dict:
+        return {"tools": self.specs, "memory_limit_bytes": self.memory_limit_bytes}
 
     def call(self, spec: str, argument: str, timeout_s: float) -> ToolOutcome:
         start = time.monotonic()
@@ -67,70 +71,11 @@ class ToolProcess:
         except TimeoutError:
             self._restart()
             return _failed(f"timeout after {timeout_s:g} s", start)
-        except RuntimeError as err:  # the process died or never started; it was replaced
+        except ToolProcessError as err:
             return _failed(str(err), start)
         if "error" in reply:
             return _failed(reply["error"], start)
         return ToolOutcome(output=str(reply["output"]), seconds=time.monotonic() - start)
-
-    def close(self) -> None:
-        if self._proc is not None:
-            self._proc.kill()
-            self._proc.wait()
-            for stream in (self._proc.stdin, self._proc.stdout):
-                if stream is not None:
-                    stream.close()
-            self._proc = None
-
-    def _start(self) -> None:
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-        config = json.dumps({"tools": self.specs, "memory_limit_bytes": self.memory_limit_bytes})
-        self._proc = subprocess.Popen([sys.executable, "-m", "reward_server.tool_runner", config],
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
-        self._buffer, self._ready = b"", False
-
-    def _restart(self) -> None:
-        self.close()
-        self.restarts += 1
-        self._start()
-
-    def _wait_ready(self) -> None:
-        if self._ready:
-            return
-        try:
-            reply = self._read_reply(self.startup_timeout_s)
-        except TimeoutError:
-            self._restart()
-            raise RuntimeError(f"tool process did not start within {self.startup_timeout_s:g} s") from None
-        if not reply.get("ready"):
-            raise RuntimeError(f"tool process failed to start: {reply.get('error', reply)}")
-        self._ready = True
-
-    def _send(self, message: dict) -> None:
-        assert self._proc is not None and self._proc.stdin is not None, "the process runs after _start"
-        try:
-            self._proc.stdin.write(json.dumps(message).encode() + b"\n")
-            self._proc.stdin.flush()
-        except BrokenPipeError:
-            self._restart()
-            raise RuntimeError("tool process died before the call") from None
-
-    def _read_reply(self, timeout_s: float) -> dict:
-        assert self._proc is not None and self._proc.stdout is not None, "the process runs after _start"
-        fd = self._proc.stdout.fileno()
-        deadline = time.monotonic() + timeout_s
-        while b"\n" not in self._buffer:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
-                raise TimeoutError
-            chunk = os.read(fd, 1 << 16)
-            if not chunk:
-                code = self._proc.wait()
-                self._restart()
-                raise RuntimeError(f"tool process died (exit code {code})")
-            self._buffer += chunk
-        line, _, self._buffer = self._buffer.partition(b"\n")
-        return json.loads(line)
 
 
 def _failed(reason: str, start: float) -> ToolOutcome:
