@@ -216,10 +216,16 @@ class AlgorithmConfig:
     the update's own forward gives the old logprobs (detached, as TRL does): no second forward pass."""
     tis_cap: float = 2.0
     """Cap C of the truncated importance-sampling weight min(pi_old / pi_rollout, C); 0 disables."""
+    async_mode: bool = False
+    """Asynchronous rollouts (trainer.overlap, docs/async.md): the engines sample the next steps while the learner
+    trains, each step's groups by weights at most `max_staleness` versions behind the learner (logged as
+    policy_version_lag), corrected per token by the truncated importance weight (tis_cap). Off: every step
+    samples with the weights of the step before it (synchronous, on-policy)."""
+    max_staleness: int = 1
+    """With async_mode: K >= 1, how many versions a step's groups may lag the weights the learner starts the
+    step from; the engines run up to K steps ahead. Groups beyond it are dropped (counted, async/dropped_groups)."""
     one_step_off_policy: bool = False
-    """Sample step t+1 on the engines while the learner trains on step t (trainer.overlap): the rollouts lag
-    the learner by one policy version (logged as policy_version_lag), corrected by the truncated importance
-    weight (tis_cap). Off: every step samples with the weights of the step before it."""
+    """Deprecated spelling of async_mode with max_staleness = 1 (kept so older configs run unchanged)."""
     updates_per_step: int = 1
     """Optimizer steps per rollout step: the N sequences are split into this many mini-batches."""
     epochs_per_step: int = 1
@@ -233,6 +239,14 @@ class AlgorithmConfig:
     shuffle_rewards: bool = False
     """A control experiment, never a recipe: permute each group's rewards at random before the advantages
     (`trainer.grpo.shuffle_within_groups`), so the reward says nothing about which response earned it."""
+
+    @property
+    def lag_bound(self) -> int:
+        """Versions a step's groups may lag the learner: 0 synchronous, max_staleness with async_mode, 1 with
+        the deprecated one_step_off_policy."""
+        if self.async_mode:
+            return self.max_staleness
+        return 1 if self.one_step_off_policy else 0
 
 @dataclass(frozen=True)
 class ClusterConfig:

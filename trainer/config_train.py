@@ -105,12 +105,16 @@ class TrainConfig:
         _require(a.dual_clip_c == 0 or a.dual_clip_c > 1, "algorithm.dual_clip_c must be 0 or > 1")
         _require(a.kl_coef >= 0, "algorithm.kl_coef must be >= 0")
         _require(a.tis_cap == 0 or a.tis_cap >= 1, "algorithm.tis_cap must be 0 (off) or >= 1")
-        _require(not (a.one_step_off_policy and self.cluster.colocate),
-                 "algorithm.one_step_off_policy needs engines that generate while the learner trains, "
-                 "not cluster.colocate (colocated engines sleep then)")
-        _require(not (a.one_step_off_policy and ro.max_engine_restarts),
-                 "algorithm.one_step_off_policy needs rollout.max_engine_restarts = 0: a replaced engine reloads "
-                 "the learner's weights, which would run on the learner while it trains")
+        _require(a.max_staleness >= 1, "algorithm.max_staleness must be >= 1 (async_mode's bound on the lag)")
+        _require(not (a.one_step_off_policy and a.async_mode and a.max_staleness != 1),
+                 "algorithm.one_step_off_policy is async_mode with max_staleness = 1: set async_mode and "
+                 "max_staleness only")
+        _require(not (a.lag_bound and self.cluster.colocate),
+                 "algorithm.async_mode (one_step_off_policy) needs engines that generate while the learner "
+                 "trains, not cluster.colocate (colocated engines sleep then)")
+        _require(not (a.lag_bound and ro.max_engine_restarts),
+                 "algorithm.async_mode (one_step_off_policy) needs rollout.max_engine_restarts = 0: a replaced "
+                 "engine reloads the learner's weights, which would run on the learner while it trains")
         for name in ("tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size"):
             _require(getattr(lr, name) >= 1, f"learner.{name} must be >= 1")
         _require(lr.sequences_per_microbatch >= 1, "learner.sequences_per_microbatch must be >= 1")

@@ -13,8 +13,8 @@ Each step: sample B prompts, generate G completions each, score them, compute ol
 and group-relative advantages, update the policy, push the new weights (policy_version + 1) to every
 engine, log, and now and then evaluate and checkpoint. By default everything is synchronous and on-policy:
 the engines sample with the weights of the previous step, so the policy-version lag is 0. With
-`algorithm.one_step_off_policy` the engines sample the next step while the learner trains (lag 1,
-`trainer.overlap`).
+`algorithm.async_mode` the engines sample up to `max_staleness` steps ahead while the learner trains (a lag
+of at most that many versions, `trainer.overlap`, docs/async.md).
 """
 
 from __future__ import annotations
@@ -70,14 +70,14 @@ def _train(cfg: TrainConfig, run_dir: Path, inputs: RunInputs | None) -> Path:
         for step in bar:
             timer = run.watchdog.timer(step)  # a phase past cfg.stall_warning_s logs what it waits for
             with timer("rollout"):
-                scored, rollout_metrics = run.rollouts.next(step)  # prefetched with one_step_off_policy
+                scored, rollout_metrics = run.rollouts.next(step)  # sampled ahead with async_mode
             with timer("logprobs"):
                 run.system.sleep_engines(until_sync=True)  # colocated: the learner's GPUs until the sync
                 batch, batch_metrics = steps.prepare_batch(run.system, scored, cfg)
             with timer("train"):
                 train_metrics = steps.update_policy(run.system.learner, batch, cfg, run.seed(step))
             with timer("rollout"):
-                run.rollouts.settle()  # the next step's groups, if prefetched, are in before the sync
+                run.rollouts.settle()  # the batches sampled ahead are in before the sync
             with timer("weight_sync"):
                 sync_metrics = run.system.sync_weights(version=step)
             metrics = (rollout_metrics | batch_metrics | train_metrics | sync_metrics | timer.metrics()
