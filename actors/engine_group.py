@@ -16,7 +16,11 @@ An engine that dies or hangs in `generate` is replaced: the other engines' group
 engine's actor is killed and a new one started in its placement bundle (`start_engine`), the weight-sync
 owner forms the transfer group anew and sends it the current weights (`reload_weights`, i.e.
 `actors.weight_sync.WeightSync.reload`), every engine must then report `expected_version`, and the
-unfinished groups are generated again with the same per-prompt seeds. Past `max_restarts` replacements
+unfinished groups are generated again with the same per-prompt seeds. With `defer_reload` (async rollouts,
+`trainer.overlap`: a generate may run while the learner trains, so the learner's weights are no longer those
+of `expected_version`) the replacement gets no weights then: the other engines generate the unfinished groups
+(they hold `expected_version`), and the next weight push forms the transfer group anew and sends the new
+engine that version with the others (`awaiting_weights`). Past `max_restarts` replacements
 in a run, `EngineFailure` stops it with a summary of every failure (engine, call, root cause).
 
 An engine's vLLM processes (engine core, workers) and their /dev/shm files are recorded once it is up
@@ -88,7 +92,7 @@ class EngineGroup:
     def __init__(self, engine_actors: Sequence[ActorHandle], tp_sizes: Sequence[int] | None = None, *,
                  generate_timeout_s: float | None = 600.0, control_timeout_s: float = 120.0,
                  start_timeout_s: float = 1800.0, start_engine: Callable[[int], ActorHandle] | None = None,
-                 max_restarts: int = 0):
+                 max_restarts: int = 0, defer_reload: bool = False):
         self.engine_actors = list(engine_actors)
         self.tp_sizes = list(tp_sizes) if tp_sizes is not None else [1] * len(self.engine_actors)
         self.generate_timeout_s, self.control_timeout_s = generate_timeout_s, control_timeout_s
@@ -100,6 +104,11 @@ class EngineGroup:
         self.reload_weights: Callable[[], None] | None = None
         """The current weights into every engine, after a replacement: the builder (actors.launch) sets it to
         `actors.weight_sync.WeightSync.reload`; the group knows nothing else of the weight sync."""
+        self.defer_reload = defer_reload
+        """A replacement made in `generate` waits for the next weight push instead of reloading now."""
+        self.awaiting_weights: set[int] = set()
+        """Replaced engines that hold no weights of `expected_version` yet: they sample nothing until the next
+        push (`actors.weight_sync.WeightSync.push` rejoins them and then clears this)."""
         self.failures: list[str] = []
         """Every engine failure of the run, oldest first: 'engine 1: failed in generate (...): <cause>'."""
         self.recorded: dict[int, EngineProcesses] = {}
@@ -129,7 +138,12 @@ class EngineGroup:
         what = f"generate ({len(prompts)} prompts x {n})"
         with_tools = {"tools": tools} if tools is not None else {}
         while todo:
-            engine_of = assign_groups([len(prompts[b].text) + max_tokens for b in todo], len(self.engine_actors))
+            live = [e for e in range(len(self.engine_actors)) if e not in self.awaiting_weights]
+            if not live:
+                raise EngineFailure(f"every engine was replaced during an asynchronous generate and waits for the "
+                                    f"next weight push: none can sample version {self.expected_version} "
+                                    f"(failures: {'; '.join(self.failures)})")
+            engine_of = [live[i] for i in assign_groups([len(prompts[b].text) + max_tokens for b in todo], len(live))]
             used = sorted(set(engine_of))
             mine: dict[int, list[int]] = {e: [] for e in used}
             for b, e in zip(todo, engine_of, strict=True):
@@ -150,13 +164,14 @@ class EngineGroup:
             failed = {e: failed[e] for e in sorted(failed)}
             todo = [b for e in failed for b in mine[e]]
             if failed:
-                self.replace(failed)
+                self.replace(failed, defer=self.defer_reload)
         return _assemble(prompts, [done[b] for b in range(len(prompts))])
 
-    def replace(self, failed: dict[int, CallFailure], *, with_others: bool = False) -> None:
+    def replace(self, failed: dict[int, CallFailure], *, with_others: bool = False, defer: bool = False) -> None:
         """Kill the failed engines (`with_others`: every engine, e.g. after a weight sync broke off half-way),
         start new ones in their bundles, load the current weights into them and check every engine's
-        version; EngineFailure past `max_restarts` failures in the run."""
+        version (`defer`: leave them `awaiting_weights` of the next push instead); EngineFailure past
+        `max_restarts` failures in the run."""
         self.failures += [str(f) for f in failed.values()]
         if self.start_engine is None or self.reload_weights is None or len(self.failures) > self.max_restarts:
             raise EngineFailure(f"rollout engines failed {len(self.failures)} time(s), more than "
@@ -177,8 +192,11 @@ class EngineGroup:
                 what="start-up of a replacement engine", names=[f"engine {e}" for e in restart],
                 timeout_s=self.start_timeout_s)
         self.record_processes(restart)
-        self.reload_weights()
-        self.check_versions()
+        if defer:
+            self.awaiting_weights |= set(restart)
+        else:
+            self.reload_weights()
+            self.check_versions()
         print(f"replaced {', '.join(f'engine {e}' for e in failed)} after: "
               + "; ".join(str(f) for f in failed.values()) + f" (replacements so far: {len(self.failures)})")
 

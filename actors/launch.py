@@ -67,6 +67,9 @@ class EnginePlan:
     (a training run's rollout engines)."""
     first_index: int = 0
     """Engine index of the first (the judge's engines follow the rollout engines')."""
+    defer_reload: bool = False
+    """Async rollouts: a replacement made during a generate takes its weights at the next weight push
+    (`actors.engine_group.EngineGroup.defer_reload`)."""
 
 
 @dataclass(frozen=True)
@@ -259,7 +262,7 @@ def start_engine_group(ep: EnginePlan, placed: Placed, backend: str | None) -> A
     return EngineGroup([start(i) for i in range(ep.num_engines)], [ep.tensor_parallel_size] * ep.num_engines,
                        generate_timeout_s=ep.generate_timeout_s, control_timeout_s=ep.control_timeout_s,
                        start_timeout_s=ep.start_timeout_s, max_restarts=ep.max_restarts,
-                       start_engine=start if ep.replaceable else None)
+                       start_engine=start if ep.replaceable else None, defer_reload=ep.defer_reload)
 
 
 def start_engine(ep: EnginePlan, placed: Placed, backend: str | None, i: int) -> Any:

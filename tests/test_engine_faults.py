@@ -61,7 +61,8 @@ _started: list = []
 """Every stand-in engine actor started here, replacements included."""
 
 
-def group(faults: list[str], *, replacement_fault: str = "", max_restarts: int = 2, timeout_s: float = 30.0):
+def group(faults: list[str], *, replacement_fault: str = "", max_restarts: int = 2, timeout_s: float = 30.0,
+          defer_reload: bool = False):
     import ray
 
     remote = ray.remote(num_cpus=0)(StandInEngine)
@@ -71,7 +72,8 @@ def group(faults: list[str], *, replacement_fault: str = "", max_restarts: int =
         return _started[-1]
 
     engines = EngineGroup([start(e, f, 3) for e, f in enumerate(faults)], generate_timeout_s=timeout_s,
-                          start_engine=lambda e: start(e, replacement_fault, 0), max_restarts=max_restarts)
+                          start_engine=lambda e: start(e, replacement_fault, 0), max_restarts=max_restarts,
+                          defer_reload=defer_reload)
     engines.expected_version = 3
     reloads = []
 
@@ -103,6 +105,33 @@ def test_a_dead_or_hung_engine_is_replaced_and_its_groups_generated_again(ray_lo
 
 
 @pytest.mark.slow
+def test_async_rollouts_defer_a_replacements_weights_to_the_next_push(ray_local):
+    """With async rollouts the learner may be training while an engine dies, so its weights are not those of
+    expected_version: the survivor generates the dead engine's groups, the replacement samples nothing and
+    waits (`awaiting_weights`) for the next push, which rejoins it."""
+    engines, reloads = group(["", "die"], defer_reload=True)
+    batch = generate(engines)
+    assert [[c.text for c in g] for g in batch.completions] == [[f"p{i}s0", f"p{i}s1"] for i in range(6)]
+    assert batch.policy_version == 3 and reloads == [] and engines.awaiting_weights == {1}
+    assert len(engines.failures) == 1 and engines.failures[0].startswith("engine 1")
+    assert generate(engines).completions == batch.completions  # engine 0 alone, the same groups
+
+
+def test_a_push_rejoins_engines_replaced_during_an_asynchronous_generate():
+    parts = SyncParts(can_restart=True)
+    parts.awaiting_weights = {1}
+    sync = WeightSync(parts, None, backend="gloo", timeout_s=5.0, bucket_bytes=1)
+    sync.spec = object()  # connected
+    calls = []
+    sync.connect = lambda: calls.append("connect")  # type: ignore[method-assign]
+    sync._send = lambda version: calls.append(version) or {}  # type: ignore[method-assign]
+    sync.push(5)
+    assert calls == ["connect", 5] and parts.awaiting_weights == set()
+    sync.push(6)
+    assert calls == ["connect", 5, 6]  # no one waits: the group stands
+
+
+@pytest.mark.slow
 def test_repeated_failures_stop_the_run_with_a_summary(ray_local):
     engines, _ = group(["die", ""], replacement_fault="die", max_restarts=1)
     with pytest.raises(EngineFailure) as err:
@@ -119,6 +148,7 @@ class SyncParts:
         self.expected_version, self.tp_sizes = 4, [1, 1]
         self.start_engine = (lambda e: None) if can_restart else None
         self.replaced: list = []
+        self.awaiting_weights: set[int] = set()
 
     def dead_engines(self):
         return {1: CallFailure("engine 1", "failed in weight sync: the actor died (SIGKILL)", died=True)}

@@ -54,6 +54,7 @@ class _Groups:
 
     def __init__(self, sent_bytes: int):
         self.names, self.tp_sizes, self.expected_version = ["engine 0"], [1], 0
+        self.awaiting_weights: set[int] = set()
         self.sent_bytes = sent_bytes
 
     def push_weights_async(self, version, bucket_bytes, checksums=False):

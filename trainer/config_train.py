@@ -112,9 +112,6 @@ class TrainConfig:
         _require(not (a.lag_bound and self.cluster.colocate),
                  "algorithm.async_mode (one_step_off_policy) needs engines that generate while the learner "
                  "trains, not cluster.colocate (colocated engines sleep then)")
-        _require(not (a.lag_bound and ro.max_engine_restarts),
-                 "algorithm.async_mode (one_step_off_policy) needs rollout.max_engine_restarts = 0: a replaced "
-                 "engine reloads the learner's weights, which would run on the learner while it trains")
         for name in ("tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size"):
             _require(getattr(lr, name) >= 1, f"learner.{name} must be >= 1")
         _require(lr.sequences_per_microbatch >= 1, "learner.sequences_per_microbatch must be >= 1")

@@ -23,7 +23,7 @@ import random
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from tqdm import tqdm
 
@@ -35,10 +35,12 @@ from trainer.data import PromptSampler, RunInputs, check_run_inputs
 from trainer.ledger import LEDGER, PromptLedger, fingerprint
 from trainer.metrics import MetricsLogger, plot_curves
 from trainer.overlap import RolloutSource, policy_version_lag
+from trainer.protocols import SystemProtocol
 from trainer.run_lock import hold_run_dir
 from trainer.watchdog import StallWatchdog
 
 if TYPE_CHECKING:
+    from trainer.steps import PhaseTimer
     from trainer.system import System
     from trainer.types import ScoredBatch
 
@@ -69,21 +71,9 @@ def _train(cfg: TrainConfig, run_dir: Path, inputs: RunInputs | None) -> Path:
                    total=cfg.total_steps, desc=cfg.name, unit="step")
         for step in bar:
             timer = run.watchdog.timer(step)  # a phase past cfg.stall_warning_s logs what it waits for
-            with timer("rollout"):
-                scored, rollout_metrics = run.rollouts.next(step)  # sampled ahead with async_mode
-            with timer("logprobs"):
-                run.system.sleep_engines(until_sync=True)  # colocated: the learner's GPUs until the sync
-                batch, batch_metrics = steps.prepare_batch(run.system, scored, cfg)
-            with timer("train"):
-                train_metrics = steps.update_policy(run.system.learner, batch, cfg, run.seed(step))
-            with timer("rollout"):
-                run.rollouts.settle()  # the batches sampled ahead are in before the sync
-            with timer("weight_sync"):
-                sync_metrics = run.system.sync_weights(version=step)
-            metrics = (rollout_metrics | batch_metrics | train_metrics | sync_metrics | timer.metrics()
-                       | run.system.memory_metrics())
-            run.log_step(step, scored, metrics)
-            bar.set_postfix(reward=f"{rollout_metrics['reward']:.3f}", acc=f"{rollout_metrics['accuracy']:.2f}")
+            scored, metrics = train_step(run.system, run.rollouts, cfg, step, run.seed(step), timer)
+            run.log_step(step, scored, metrics | timer.metrics() | run.system.memory_metrics())
+            bar.set_postfix(reward=f"{metrics['reward']:.3f}", acc=f"{metrics['accuracy']:.2f}")
             if cfg.eval.every_steps and step % cfg.eval.every_steps == 0 or step == cfg.total_steps:
                 run.evaluate(step)
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 or step == cfg.total_steps:
@@ -93,6 +83,31 @@ def _train(cfg: TrainConfig, run_dir: Path, inputs: RunInputs | None) -> Path:
     finally:
         run.close()
     return run_dir
+
+
+def train_step(system: StepSystem, rollouts: RolloutSource, cfg: TrainConfig, step: int, seed: int,
+               timer: PhaseTimer) -> tuple[ScoredBatch, dict[str, float]]:
+    """One step of the loop: its groups, logprobs and advantages, the update, the weight sync of `step`."""
+    with timer("rollout"):
+        scored, rollout_metrics = rollouts.next(step)  # sampled ahead with async_mode
+    with timer("logprobs"):
+        system.sleep_engines(until_sync=True)  # colocated: the learner's GPUs until the sync
+        batch, batch_metrics = steps.prepare_batch(system, scored, cfg)
+    with timer("train"):
+        train_metrics = steps.update_policy(system.learner, batch, cfg, seed)
+    with timer("rollout"):
+        rollouts.settle()  # the batches sampled ahead are in before the sync
+    with timer("weight_sync"):
+        sync_metrics = system.sync_weights(version=step)
+    return scored, rollout_metrics | batch_metrics | train_metrics | sync_metrics
+
+
+class StepSystem(SystemProtocol, Protocol):
+    """What `train_step` uses of `trainer.system.System` (a benchmark hands in simulated engines)."""
+
+    def sleep_engines(self, *, until_sync: bool = False) -> None: ...
+
+    def sync_weights(self, version: int) -> dict[str, float]: ...
 
 
 def finished(cfg: TrainConfig, run_dir: Path, checkpoint: Path | None) -> bool:

@@ -158,7 +158,8 @@ def _engines(cfg: TrainConfig, entry: Entry) -> EnginePlan:
         cpu_kvcache_gib=ro.cpu_kvcache_gib, cpu_linear=ro.cpu_linear, enforce_eager=ro.enforce_eager, seed=cfg.seed, use_gpu=cfg.cluster.use_gpu,
         generate_timeout_s=ro.generate_timeout_s, control_timeout_s=ro.control_timeout_s,
         start_timeout_s=ro.start_timeout_s, max_restarts=ro.max_engine_restarts if trains else 0,
-        replaceable=trains)  # a replaced engine takes the current weights from the weight sync
+        replaceable=trains,  # a replaced engine takes the current weights from the weight sync
+        defer_reload=trains and cfg.algorithm.lag_bound > 0)  # ... at the next push, while the learner may train
 
 
 def _judge(cfg: TrainConfig) -> EnginePlan:

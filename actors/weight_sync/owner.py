@@ -59,6 +59,8 @@ class Receivers(Protocol):
     """The version every engine must hold before it may sample: set by the owner once every engine holds it."""
     start_engine: Callable[[int], Any] | None
     """None: a failed engine cannot be replaced (a sync broken by an engine's death then fails the run)."""
+    awaiting_weights: set[int]
+    """Engines replaced since the last push that have not joined the transfer group (async rollouts)."""
 
     @property
     def names(self) -> list[str]: ...
@@ -161,7 +163,11 @@ class WeightSync:
         if version <= self.engine_group.expected_version:
             raise ValueError(f"weight versions must increase: {version} after {self.engine_group.expected_version}")
         try:
-            return self._send(version)
+            if self.engine_group.awaiting_weights:  # replaced during an asynchronous generate: they join now
+                self.connect()
+            metrics = self._send(version)
+            self.engine_group.awaiting_weights.clear()
+            return metrics
         except WeightSyncError as e:
             dead = self.engine_group.dead_engines()
             if not dead:
@@ -171,7 +177,9 @@ class WeightSync:
                 raise WeightSyncError(f"weight sync of version {version} failed because {cause} "
                                       f"(what the other side saw: {e})") from e
         self.engine_group.replace(dead, with_others=True)
-        return self._send(version)
+        metrics = self._send(version)
+        self.engine_group.awaiting_weights.clear()
+        return metrics
 
     def _send(self, version: int) -> dict[str, float]:
         from cluster.calls import get_all
