@@ -1,11 +1,15 @@
 """The whole loop on the tiny model: real vLLM engines, a TP=2 Megatron learner with its reference,
 reward actors, weight sync, checkpoints; a rollout engine killed mid-step; a driver killed after a
-checkpoint that resumes exactly; the user's command run beside another Ray cluster.
+checkpoint that resumes exactly; the user's command run beside another Ray cluster. Every run here is
+asynchronous (`algorithm.async_mode`, max_staleness 1: `trainer.overlap`): steps 2 and 4 are sampled by
+the engines while the learner trains steps 1 and 3, so the engine kill and the resume meet the overlap
+(the synchronous loop is the same code without the batches sampled ahead).
 
 Three system start-ups serve every test (a start-up costs about a minute on 2 cores):
 - the reference run (4 steps of 8 over a 12-prompt file, so step 2 finishes the first pass and starts
   the second, and step 3 ends it; checkpoints after steps 2 and 4), in which engine 0's process is
-  SIGKILLed while step 4 generates. Afterwards no vLLM process of any of its engines (the killed one
+  SIGKILLed while step 4 generates (in the background, during step 3's update: its replacement waits for
+  the weight push of step 3 ... 4 while engine 1 generates its groups). Afterwards no vLLM process of any of its engines (the killed one
   included) may be running, and no /dev/shm file they mapped may be left;
 - the killed driver: `python -m trainer train` as a user types it, from a shell whose RAY_ADDRESS points
   at another live Ray cluster while /tmp/ray holds a stale record of a third; stopped by SIGTERM (a
@@ -65,7 +69,8 @@ when other runs load the machine)."""
 def overrides(out: Path, name: str, train_path: Path) -> list[str]:
     return [f"model.path={MODEL}", f"data.train_path={train_path}", f"data.eval_path={DATA / 'heldout.jsonl'}",
             f"output_dir={out}", f"name={name}", "data.eval_size=16", "eval.every_steps=0",
-            "eval.samples_per_prompt=2", f"total_steps={STEPS}", f"checkpoint_every={CHECKPOINT_EVERY}"]
+            "eval.samples_per_prompt=2", f"total_steps={STEPS}", f"checkpoint_every={CHECKPOINT_EVERY}",
+            "algorithm.async_mode=true"]
 
 
 def tiny_config(out: Path, name: str, train_path: Path, **changes):
@@ -100,12 +105,14 @@ def engine_0_killed_at(step: int) -> Iterator[EngineKill]:
     """In the `train()` called inside the block, SIGKILL engine 0's process while `step` generates.
 
     Engine 0 by index (not whichever engine process comes first), so two runs lose the same engine's
-    groups. Step `step` samples with the weights of step `step - 1`; no evaluation does (they run after a
-    sync), so the engine group's expected version picks the call."""
+    groups. Step `step` samples with the weights of `scheduled_version` (async_mode, max_staleness 1), on
+    the background thread; no evaluation does (they run on the driver's thread after a sync), so the engine
+    group's expected version and the thread pick the call."""
     import psutil
     import ray
 
     from actors.engine_group import EngineGroup
+    from trainer.overlap import scheduled_version
 
     original, kill = EngineGroup.generate, EngineKill()
 
@@ -127,7 +134,9 @@ def engine_0_killed_at(step: int) -> Iterator[EngineKill]:
             children.pop(pid, None)  # the actor itself: Ray's worker, ended by Ray
             kill.seen.update(children)
             kill.shm |= shm_mapped(children)
-        if self.expected_version == step - 1 and kill.killed is None and kill.error is None:
+        ahead = threading.current_thread() is not threading.main_thread()
+        if (self.expected_version == scheduled_version(step, lag_bound=1, checkpoint_every=CHECKPOINT_EVERY)
+                and ahead and kill.killed is None and kill.error is None):
             threading.Thread(target=kill_engine, args=(pids[0],), daemon=True).start()
         return original(self, prompts, **kwargs)
 
@@ -222,10 +231,13 @@ def test_run_trains_logs_and_checkpoints(reference):
     assert [r["step"] for r in train_rows] == [1, 2, 3, 4]
     assert [r["step"] for r in read_metrics(run_dir, "eval")] == [0, 4]
     assert (run_dir / "curves.png").exists() and any((run_dir / "tb").iterdir())
+    # Steps 2 and 4 were sampled during the step before (lag 1); steps 1 and 3 after a sync (step 2 saves a
+    # checkpoint, so nothing is sampled across it).
+    assert [r["policy_version_lag"] for r in train_rows] == [0, 1, 0, 1]
+    assert all(r["async/dropped_groups"] == 0 for r in train_rows)
     for row in train_rows:
-        # vLLM sampled with exactly the learner's weights: same logprobs up to fp32 noise.
-        assert row["logprob_gap_max"] < 1e-3, row
-        assert row["policy_version_lag"] == 0
+        if row["policy_version_lag"] == 0:  # vLLM sampled with exactly the learner's weights: fp32 noise
+            assert row["logprob_gap_max"] < 1e-3, row
         assert row["reward_errors"] == 0
         for key in ("loss", "kl", "entropy", "grad_norm", "clip_frac_low", "clip_frac_high", "accuracy",
                     "reward/accuracy", "reward/format", "response_length_mean", "truncated_frac",
@@ -245,15 +257,17 @@ def test_run_trains_logs_and_checkpoints(reference):
 
 
 def test_an_engine_killed_mid_run_is_replaced_and_the_run_completes(reference):
-    """Engine 0's process SIGKILLed while step 4 generates: a new engine starts in its bundle, gets the
-    current weights, its groups are generated again and the step trains on all 8 groups; the run
-    finishes (evaluation, checkpoint, export)."""
+    """Engine 0's process SIGKILLed while step 4 generates (ahead, during step 3's update): a new engine
+    starts in its bundle, engine 1 generates its groups with version 2 (the learner is on to version 3 by
+    then), the step trains on all 8 groups, and the new engine joins the weight push of version 4; the run
+    finishes (evaluation on both engines, checkpoint, export)."""
     run_dir, kill = reference
     assert kill.killed is not None, kill.error
     failures = kill.group.failures
     assert len(failures) == 1 and "the actor died" in failures[0], failures
     rows = read_metrics(run_dir, "train")
-    assert [r["step"] for r in rows] == [1, 2, 3, 4] and rows[KILL_STEP - 1]["logprob_gap_max"] < 1e-3
+    assert [r["step"] for r in rows] == [1, 2, 3, 4] and rows[KILL_STEP - 1]["policy_version_lag"] == 1
+    assert kill.group.awaiting_weights == set()
     assert [r["step"] for r in read_metrics(run_dir, "eval")] == [0, 4] and (run_dir / "model").is_dir()
     steps = ledger_steps(run_dir)
     assert [len(set(s["trained"])) for s in steps] == [8, 8, 8, 8]
