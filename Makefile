@@ -66,6 +66,7 @@ bench: artifacts $(BENCH_STAMP)
 	$(PY) -m benchmarks.onpolicy
 	$(PY) -m benchmarks.code_sandbox
 	$(PY) -m benchmarks.packing
+	$(PY) -m benchmarks.async_rl
 
 clean-venv:
 	rm -rf $(VENV)

@@ -134,3 +134,27 @@ def test_make_bench_runs_every_benchmark():
     run = set(re.findall(r"-m benchmarks\.(\w+)", recipe.group(1)))
     scripts = {p.stem for p in (root / "benchmarks").glob("*.py") if re.search(r"^def main\(", p.read_text(), re.M)}
     assert run == scripts - {"trl_peer"}, f"make bench runs {sorted(run)}, benchmarks/ has {sorted(scripts)}"
+
+
+def test_simulated_engines_tag_their_version_and_receive_after_the_generate_in_flight():
+    """benchmarks.async_rl's engines behave as a RolloutWorker does: a receive waits for the generate in
+    flight, which keeps the version it started with; the next one samples the new version; a stale one is refused."""
+    import asyncio
+
+    from benchmarks.async_rl import VersionedSimHost
+    from trainer.types import Prompt
+
+    prompts = [Prompt(index=0, text="1+1=", ground_truth="2")]
+
+    async def scenario():
+        host = VersionedSimHost(step_ms=5.0, overhead_ms=0.0, receive_ms=1.0, engines=1)
+        in_flight = asyncio.create_task(host.generate(0, prompts, n=2, max_tokens=10, expected_version=0))
+        await asyncio.sleep(0.01)
+        assert not in_flight.done()
+        assert await host.receive_weights(0, 1) == 1 and in_flight.done()
+        assert (await in_flight).policy_version == 0
+        assert (await host.generate(0, prompts, n=2, max_tokens=1, expected_version=1)).policy_version == 1
+        with pytest.raises(RuntimeError, match="holds version 1, expected 0"):
+            await host.generate(0, prompts, n=2, max_tokens=1, expected_version=0)
+
+    asyncio.run(scenario())
