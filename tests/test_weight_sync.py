@@ -635,28 +635,38 @@ def test_torch_linear_engine_takes_the_weights_in_place(setup, tmp_path):
 def test_a_push_during_a_generate_lets_it_finish_on_its_version_and_the_next_samples_the_new_one(setup):
     """Async rollouts (trainer.overlap): the push of version v+1 reaches the engine while a request still
     generates with version v. The request finishes on v (sampling and receiving share one lock, so each
-    completion is sampled by one version, recorded on its batch and hence on every token), then the engine
-    loads v+1, and the next generate samples with v+1: the sender's greedy tokens."""
+    completion is sampled by one version, recorded on its batch and hence on every token): its tokens and
+    logprobs are those the same seeded request gave before the push. Then the engine loads v+1, and the
+    next generate samples with v+1: its logprobs are the sender's new weights'."""
     import ray
 
     group, engine, sender, sync = setup
     version = group.expected_version
-    greedy = dict(n=1, temperature=0.0, top_p=1.0, stop=(), seed=0)
-    before = group.generate(PROMPTS, max_tokens=12, **greedy)
+    sampled = dict(n=1, temperature=1.0, top_p=1.0, stop=(), seed=7)
+    before = group.generate(PROMPTS, max_tokens=12, **sampled)
     ray.get(sender.scale.remote(0.8))
-    in_flight = engine.generate.remote(PROMPTS * 24, max_tokens=160, expected_version=version, **greedy)
+    in_flight = engine.generate.remote(PROMPTS * 24, max_tokens=160, expected_version=version, **sampled)
     time.sleep(0.3)
     assert ray.wait([in_flight], timeout=0)[1], "the generate finished before the push began: nothing overlapped"
     _sync(sync, version + 1)
     assert ray.wait([in_flight], timeout=5)[0], "the push returned before the generate in flight finished"
     old = ray.get(in_flight)
     assert old.policy_version == version
-    assert [list(g[0].token_ids[:12]) for g in old.completions[:len(PROMPTS)]] == [
-        list(g[0].token_ids) for g in before.completions]  # sampled by version v's weights
-    after = group.generate(PROMPTS, max_tokens=12, **greedy)
+    for g_old, g_before in zip(old.completions[:len(PROMPTS)], before.completions, strict=True):
+        n = len(g_before[0].token_ids)
+        assert list(g_old[0].token_ids[:n]) == list(g_before[0].token_ids)
+        assert max(abs(a - b) for a, b in zip(g_old[0].rollout_logprobs[:n], g_before[0].rollout_logprobs)) < LOGPROB_TOL
+
+    def gap_to_sender(batch) -> float:
+        pairs = [(list(ids), list(g[0].token_ids), g[0].rollout_logprobs)
+                 for ids, g in zip(batch.prompt_token_ids, batch.completions)]
+        ref = ray.get([sender.logprobs.remote(p, t) for p, t, _ in pairs])
+        return max(abs(a - b) for (_, _, lp), r in zip(pairs, ref) for a, b in zip(lp, r))
+
+    after = group.generate(PROMPTS, max_tokens=12, **sampled)
     assert after.policy_version == version + 1
-    want = ray.get([sender.greedy.remote(list(ids), 12) for ids in after.prompt_token_ids])
-    assert [list(g[0].token_ids) for g in after.completions] == want != [list(g[0].token_ids) for g in before.completions]
+    assert gap_to_sender(after) < LOGPROB_TOL  # sampled by the new weights
+    assert gap_to_sender(before) > 10 * LOGPROB_TOL  # which the old version's logprobs are not
 
 
 @pytest.mark.slow
