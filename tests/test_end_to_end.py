@@ -8,15 +8,18 @@ Three system start-ups serve every test (a start-up costs about a minute on 2 co
   SIGKILLed while step 4 generates. Afterwards no vLLM process of any of its engines (the killed one
   included) may be running, and no /dev/shm file they mapped may be left;
 - the killed driver: `python -m trainer train` as a user types it, from a shell whose RAY_ADDRESS points
-  at another live Ray cluster while /tmp/ray holds a stale record of a third; stopped by SIGTERM (a
-  `kill`, a scheduler's preemption) once its step-2 checkpoint is committed (inside the epoch boundary).
+  at another live Ray cluster while /tmp/ray holds a stale record of a third, checkpointing after every
+  step; stopped by SIGTERM (a `kill`, a scheduler's preemption) once its step-3 checkpoint is committed.
   While it runs, nothing of it may listen on all interfaces; it must exit with 143 having cleaned up:
   none of its processes left, none of the /dev/shm files they mapped;
-- its resume, in which engine 0 is killed while step 4 generates, as in the reference. It must reproduce
-  the reference: per-step losses and rewards, the prompt ids each step trained, and the final parameters
-  bit for bit. The two runs lose the same engine at the same point, so this also shows that a replaced
-  engine regenerates its groups deterministically.
-A fourth start-up resumes a copy of the reference whose newest checkpoint holds a planted pickle.
+- its resume, after a pickle was planted in the newest (step-3) checkpoint: the resume must refuse it, run
+  no code, set it aside and go on from step 2's (inside the epoch boundary). Engine 0 is killed while
+  step 4 generates, as in the reference. It must reproduce the reference: per-step losses, rewards and
+  tool metrics, the prompt ids each step trained, and the final parameters bit for bit (the exact resume
+  of a multi-turn run). The two runs lose the same engine at the same point, so this also shows that a
+  replaced engine regenerates its groups deterministically.
+Every run is multi-turn: a tool call at every "+" the model writes (`tests.tool_fixtures:Plus`), so most
+responses carry tool outputs masked out of the loss.
 """
 
 from __future__ import annotations
@@ -54,18 +57,31 @@ STEPS, CHECKPOINT_EVERY = 4, 2
 EPOCH_PROMPTS = 12
 """Training prompts in the file: 1.5 steps of 8, so step 2 crosses an epoch boundary (issue 23: a step that
 ran past the end of the data could hold a prompt twice, and the ledger then stopped the run) and the
-step-2 checkpoint, where the driver is killed and resumed, sits inside the crossing."""
+step-2 checkpoint, from which the killed driver's run resumes, sits inside the crossing."""
 KILL_STEP = 4
 """The step during whose generation engine 0 is killed (in the reference and in the resumed run)."""
+KILLED_AFTER = 3
+"""The killed driver checkpoints every step and is stopped once this step's checkpoint is committed."""
+RESUMED_FROM = 2
+"""The checkpoint the resume goes on from: the one before KILLED_AFTER's, which holds a planted pickle."""
 RUN_TIMEOUT_S = 1800.0
 """One driver run on a shared 2-core machine: Ray, 2 vLLM engines, a TP=2 learner, 4 steps (about 20 minutes
 when other runs load the machine)."""
 
 
-def overrides(out: Path, name: str, train_path: Path) -> list[str]:
+TOOLS = ("rollout.tools=*:tests.tool_fixtures:Plus", "rollout.multi_turn.max_turns=3",
+         "rollout.multi_turn.max_tool_output_tokens=4")
+"""Every run is multi-turn: a tool call ends at each "+" the model writes (its output a constant, so a run's
+tool tokens do not depend on the model), at most 3 turns, each output at most 4 tokens."""
+COMPARED = ("reward", "accuracy", "response_length_mean", "loss", "pg_loss", "kl", "grad_norm",
+            "tools/calls_per_response", "tools/masked_token_frac", "tools/turns_mean", "tools/errors")
+"""Step metrics a resume must repeat exactly."""
+
+
+def overrides(out: Path, name: str, train_path: Path, checkpoint_every: int = CHECKPOINT_EVERY) -> list[str]:
     return [f"model.path={MODEL}", f"data.train_path={train_path}", f"data.eval_path={DATA / 'heldout.jsonl'}",
             f"output_dir={out}", f"name={name}", "data.eval_size=16", "eval.every_steps=0",
-            "eval.samples_per_prompt=2", f"total_steps={STEPS}", f"checkpoint_every={CHECKPOINT_EVERY}"]
+            "eval.samples_per_prompt=2", f"total_steps={STEPS}", f"checkpoint_every={checkpoint_every}", *TOOLS]
 
 
 def tiny_config(out: Path, name: str, train_path: Path, **changes):
@@ -233,6 +249,9 @@ def test_run_trains_logs_and_checkpoints(reference):
             assert key in row, key
         # The slowest engine's own time is part of the controller's generate phase.
         assert 0 < row["rollout_engine_s"] <= row["time/rollout/generate"], row
+        # Multi-turn: the tool was called, its outputs masked, and nothing failed.
+        assert row["tools/calls_per_response"] > 0.5 and 0 < row["tools/masked_token_frac"] < 0.5, row
+        assert row["tools/errors"] == 0 and row["tools/turns_mean"] > 1, row
     # The ledger: no step trained a prompt twice, and each epoch (12 prompts: steps 1-1.5 and 2.5-3; the
     # third starts at step 4) trained every prompt of the file exactly once.
     steps = ledger_steps(run_dir)
@@ -274,7 +293,7 @@ def test_no_engine_process_or_dev_shm_file_outlives_the_run(reference):
 
 @dataclass
 class KilledDriver:
-    """The driver run that was stopped by SIGTERM after its step-2 checkpoint, and what was seen while it ran."""
+    """The driver run that was stopped by SIGTERM after its step-3 checkpoint, and what was seen while it ran."""
 
     run_dir: Path
     log: str
@@ -309,7 +328,7 @@ def killed_driver(train_file, tmp_path_factory) -> KilledDriver:
     out = tmp / "runs"
     run_dir = out / "killed"
     cmd = [sys.executable, "-m", "trainer", "train", "--example", "tiny_cpu"]
-    for item in overrides(out, "killed", train_file):
+    for item in overrides(out, "killed", train_file, checkpoint_every=1):
         cmd += ["--set", item]
     with stale_ray_record() as stale:
         head = start_local_head(num_cpus=1)
@@ -348,7 +367,7 @@ their workers as they go; SIGINT's clean-up took about 10 s on 2 cores)."""
 
 
 def run_until_checkpoint(driver: subprocess.Popen, run_dir: Path, log: Path, wildcards: tuple[str, ...]) -> Watched:
-    """Watch the driver's process tree, its listeners and the /dev/shm files it maps until its step-2
+    """Watch the driver's process tree, its listeners and the /dev/shm files it maps until its step-3
     checkpoint is committed, then SIGTERM the driver alone (as `kill` does), wait for its exit and see
     what of it is left; reap that."""
     seen = Watched()
@@ -369,15 +388,15 @@ def run_until_checkpoint(driver: subprocess.Popen, run_dir: Path, log: Path, wil
             stop.wait(0.2)
 
     # The scans run beside the wait for the checkpoint: a scan can take seconds on a loaded machine, and the
-    # run's last steps after the step-2 checkpoint take only a few, so a scan must never delay the SIGTERM.
+    # run's last step after the step-3 checkpoint takes only a few, so a scan must never delay the SIGTERM.
     scanner = threading.Thread(target=scan, daemon=True)
     scanner.start()
     try:
         latest = run_dir / "checkpoints" / "latest"
         deadline = time.monotonic() + RUN_TIMEOUT_S
-        while not (latest.exists() and latest.read_text().strip() == f"step_{CHECKPOINT_EVERY:06d}"):
+        while not (latest.exists() and latest.read_text().strip() == f"step_{KILLED_AFTER:06d}"):
             assert driver.poll() is None, f"the driver exited {driver.returncode}: {log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, "no step-2 checkpoint in time"
+            assert time.monotonic() < deadline, f"no step-{KILLED_AFTER} checkpoint in time"
             time.sleep(0.05)
         stop.set()
         seen.procs.update(process_tree(driver.pid))
@@ -408,7 +427,7 @@ def test_tiny_run_beside_another_cluster_uses_its_own(killed_driver):
     d = killed_driver
     assert "started a private local Ray on 127.0.0.1" in d.log, d.log[-3000:]
     assert d.other_gcs not in d.log
-    assert len(read_metrics(d.run_dir, "train")) >= CHECKPOINT_EVERY
+    assert len(read_metrics(d.run_dir, "train")) >= KILLED_AFTER
     # The other cluster is alive (it answered), ran nothing of ours, and the stale record is unchanged.
     assert d.other_actors == []
     assert d.record_after == d.stale_record
@@ -428,7 +447,14 @@ def test_driver_killed_by_sigterm_cleans_up_and_exits_143(killed_driver):
     assert d.left_shm == [], f"left in /dev/shm: {d.left_shm}"
 
 
-def test_driver_killed_after_a_checkpoint_resumes_exactly(reference, killed_driver, train_file):
+def test_driver_killed_after_a_checkpoint_resumes_exactly(reference, killed_driver, train_file, caplog):
+    """The resume first meets what an attacker with write access to the run directory produces: the newest
+    checkpoint's rank-1 shard holds a pickle that writes a file when loaded, and the manifest is re-hashed so
+    its check passes. The resume refuses the shard (weights_only), names it, runs no code, sets that
+    checkpoint aside and goes on from the previous one; the run must still reproduce the reference exactly."""
+    import logging
+
+    from tests.test_checkpoint import plant_pickle
     from trainer.controller import train
 
     assert killed_driver.wildcard == [], f"the run listened on all interfaces: {killed_driver.wildcard}"
@@ -436,51 +462,34 @@ def test_driver_killed_after_a_checkpoint_resumes_exactly(reference, killed_driv
         f"saw {killed_driver.processes} processes and {len(killed_driver.listeners)} listeners: the check proved nothing")
     run_dir = killed_driver.run_dir
     killed_rows = read_metrics(run_dir, "train")
-    assert killed_rows and killed_rows[-1]["step"] in (2, 3), killed_rows  # killed after the checkpoint
+    assert killed_rows and killed_rows[-1]["step"] in (KILLED_AFTER, KILLED_AFTER + 1), killed_rows  # after the checkpoint
+    assert (run_dir / "checkpoints" / "latest").read_text() == f"step_{KILLED_AFTER:06d}"
+    marker = run_dir.parent / "marker"
+    plant_pickle(run_dir / "checkpoints" / f"step_{KILLED_AFTER:06d}" / "learner" / "rank_00001.pt", marker)
 
-    # Resume: step 2's checkpoint holds the sampler inside epoch 1 (4 of its prompts handed out, those of
-    # epoch 0's end it reached set aside for step 3); steps 3 and 4 go on. Engine 0 dies while step 4
-    # generates, as it did in the reference.
-    with engine_0_killed_at(KILL_STEP) as kill:
-        resumed = train(tiny_config(run_dir.parent, "killed", train_file))
+    # Resume: step 3's checkpoint is refused; step 2's holds the sampler inside epoch 1 (4 of its prompts
+    # handed out, those of epoch 0's end it reached set aside for step 3); steps 3 and 4 go on. Engine 0
+    # dies while step 4 generates, as it did in the reference.
+    with caplog.at_level(logging.WARNING, logger="trainer.checkpoint"), engine_0_killed_at(KILL_STEP) as kill:
+        resumed = train(tiny_config(run_dir.parent, "killed", train_file, checkpoint_every=1))
+    assert not marker.exists()
+    assert f"step_{KILLED_AFTER:06d} is not usable" in caplog.text
+    assert f"step_{KILLED_AFTER:06d}/learner/rank_00001.pt: refused" in caplog.text
+    [moved] = (run_dir / "checkpoints" / "discarded").iterdir()
+    assert moved.name.startswith(f"step_{KILLED_AFTER:06d}-")
+    assert f"resuming from step_{RESUMED_FROM:06d}: moved the newer step_{KILLED_AFTER:06d}" in caplog.text
+    assert (run_dir / "checkpoints" / "latest").read_text() == f"step_{STEPS:06d}"
+
     assert kill.killed is not None and len(kill.group.failures) == 1, (kill.error, kill.group and kill.group.failures)
     assert kill.left_running == [] and kill.left_shm == [], (kill.left_running, kill.left_shm)
     ref_dir, _ = reference
     rows, ref_rows = read_metrics(resumed, "train"), read_metrics(ref_dir, "train")
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     for row, ref in zip(rows, ref_rows, strict=True):
-        for key in ("reward", "accuracy", "response_length_mean", "loss", "pg_loss", "kl", "grad_norm"):
-            assert row[key] == pytest.approx(ref[key], rel=1e-6, abs=1e-7), (row["step"], key)
+        for key in COMPARED:  # bit for bit, the multi-turn rollouts' tool metrics included
+            assert row[key] == ref[key], (row["step"], key, row[key], ref[key])
     assert ledger_steps(resumed) == ledger_steps(ref_dir)
     assert parameters_sha256(resumed) == parameters_sha256(ref_dir)
-
-
-def test_a_planted_pickle_in_the_newest_checkpoint_is_refused_and_the_run_resumes_from_the_previous(
-        reference, train_file, tmp_path, caplog):
-    """What an attacker with write access to the run directory produces: step 4's rank-1 shard holds a
-    pickle that writes a file when loaded, and the manifest is re-hashed so its check passes. The resume
-    refuses the shard (weights_only), names it, runs no code, and trains on from step 2's checkpoint."""
-    import logging
-    import shutil
-
-    from tests.test_checkpoint import plant_pickle
-    from trainer.controller import train
-
-    ref_dir, _ = reference
-    run_dir = tmp_path / "planted"
-    shutil.copytree(ref_dir, run_dir)
-    marker = tmp_path / "marker"
-    plant_pickle(run_dir / "checkpoints" / "step_000004" / "learner" / "rank_00001.pt", marker)
-    with caplog.at_level(logging.WARNING, logger="trainer.checkpoint"):
-        train(tiny_config(tmp_path, "planted", train_file, total_steps=3))
-    assert not marker.exists()
-    assert "step_000004 is not usable" in caplog.text
-    assert "step_000004/learner/rank_00001.pt: refused" in caplog.text
-    assert [r["step"] for r in read_metrics(run_dir, "train")] == [1, 2, 3]
-    assert (run_dir / "checkpoints" / "latest").read_text() == "step_000003"
-    [moved] = (run_dir / "checkpoints" / "discarded").iterdir()
-    assert moved.name.startswith("step_000004-")
-    assert ledger_steps(run_dir, 3)[:2] == ledger_steps(ref_dir)[:2]  # steps 1-2 as the reference trained them
 
 
 def process_tree(pid: int) -> dict[int, Any]:
