@@ -408,10 +408,8 @@ def r1_tiny(*, quick: bool = False, output_dir: str | None = None, reward_models
                                 valid_path=f"{TINY_SFT_DATA}/readable_answer/valid.jsonl"),
                    learner=replace(sft.learner, lr=1e-3))
     rl0 = tiny_cpu_r1_rl()
-    # quick: the engines' own evaluation (at the first and last step) on 32 held-out prompts, not 128.
     rl = replace(rl0, name="rl", output_dir=out, total_steps=3 if quick else 20, checkpoint_every=0,
-                 model=replace(rl0.model, path=at("cold_start", "hf")),
-                 data=replace(rl0.data, template=readable, eval_size=32 if quick else rl0.data.eval_size),
+                 model=replace(rl0.model, path=at("cold_start", "hf")), data=replace(rl0.data, template=readable),
                  reward=replace(rl0.reward, format_weight=0.1, language_weight=0.1),
                  eval=replace(rl0.eval, every_steps=0))
     rj = tiny_cpu_reject()
