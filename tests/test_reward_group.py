@@ -14,9 +14,9 @@ from trainer.types import Completion, Prompt, RewardResult, RolloutBatch
 TIMEOUT_S = 1.0
 STUCK_SAMPLE_ALLOWANCE_S = 6.0
 """Per-sample allowance in the stuck-chunk test (the default is 10 s), which waits for the stuck chunk's
-deadline: a chunk of 2 samples gets 2 x (TIMEOUT_S + this) = 14 s, and the stuck chunk, queued behind
-two on its actor, about 3 x 14 s after the call. The chunk with the hanging math sample (its 1 s timeout,
-then the verifier's restart, a sympy import: seconds on a busy machine) has 14 s, first on its actor."""
+deadline: a chunk of 2 samples gets 2 x (TIMEOUT_S + this) = 14 s, and the stuck chunk, the first on its
+actor, 14 s after the call. The chunk with the hanging math sample (its 1 s timeout, then the verifier's
+restart, a sympy import: seconds on a busy machine) has 14 s, first on the other actor."""
 
 
 def _completion(text: str) -> Completion:
@@ -100,21 +100,26 @@ def test_a_stuck_chunk_times_out_scores_zero_and_the_step_goes_on(ray_local) -> 
         group.score(_rollout())  # warm-up: actors and their verifier workers start
         hostile = _rollout()
         groups = [list(g) for g in hostile.completions]
-        groups[3][0] = _completion("HANG")
+        # The first chunk (samples (0, 0) and (0, 1)), so the hang's deadline is one chunk budget after the
+        # call, and the chunk queued behind it on the same actor must be handed out again.
+        groups[0][1] = _completion("HANG")
         hostile = RolloutBatch(hostile.prompts, hostile.prompt_token_ids, tuple(tuple(g) for g in groups), 7)
         start = time.monotonic()
         scored = group.score(hostile)
         elapsed = time.monotonic() - start
 
         assert [len(g) for g in scored.results] == [3, 3, 3, 3]
-        stuck = scored.results[3][0]
+        stuck = scored.results[0][1]
         assert stuck.reward == 0.0 and stuck.error is not None and stuck.error.startswith("reward timeout")
         assert "replaced" in stuck.error
         timed_out = [(b, g) for b, group in enumerate(scored.results) for g, r in enumerate(group)
                      if r.error and r.error.startswith("reward timeout")]
-        assert len(timed_out) <= 2 and (3, 0) in timed_out  # only the stuck sample's chunk
-        assert [r.correct for r in scored.results[0]] == [True, False, True]
-        assert elapsed < 240, elapsed  # three chunk budgets (42 s) plus a replacement actor's start
+        assert len(timed_out) <= 2 and (0, 1) in timed_out  # only the stuck sample's chunk
+        assert set(timed_out) <= {(0, 0), (0, 1)}, timed_out
+        assert scored.results[0][2].correct  # queued behind the stuck chunk on its actor, scored elsewhere
+        assert [r.correct for r in scored.results[1]] == [True, False, True]  # the math hang's group
+        assert [r.correct for r in scored.results[3]] == [True, False, True]
+        assert elapsed < 240, elapsed  # one chunk budget (14 s) plus a replacement actor's start
 
         again = group.score(_rollout())  # the replacement serves the next step
         assert [r.correct for r in again.results[0]] == [True, False, True]
