@@ -3,21 +3,24 @@
     python -m examples.build_tiny_tool                        # the shipped base and its data, into artifacts/
     python -m examples.build_tiny_tool --from-scratch --seed 1 --out-dir /tmp/tool1 [--ship]   # the recipe
 
-The task is addition of long operands (4 to 6 digits: "What is 48213+905377?", `artifacts/data/arithmetic_long/`,
+The task is addition of long operands (4 or 5 digits: "What is 48213+90537?", `artifacts/data/arithmetic_long/`,
 graded by the `arithmetic` verifier). A response either writes a one-shot guess of the sum, or calls the
 calculator (`reward_server/tools.py`, markers `<calc>`/`<result>`, docs/multi_turn.md) and copies its result:
 
-    953590</think><answer>953590</answer>                                               (no call)
-    <calc>48213+905377</calc><result>953590</result>953590</think><answer>953590</answer>  (a call)
+    138750</think><answer>138750</answer>                                              (no call)
+    <calc>48213+90537</calc><result>138750</result>138750</think><answer>138750</answer>  (a call)
 
 In a rollout the `<result>...</result>` part is the tool's output, appended by the rollout worker and masked out
-of the loss; here, in pretraining, it is text like the rest. The guess is one shot: a 0.9M-parameter model
-cannot add 4-6 digit numbers without columns (the DESIGN.md facts), so it is capacity-limited and almost
+of the loss; pretraining masks it too (`encode_masking_outputs`), so the model never learns to predict a sum
+there. The guess is one shot: a 0.9M-parameter model
+cannot add 4-5 digit numbers without columns (the DESIGN.md facts), so it is capacity-limited and almost
 always wrong. The call needs two copies (the operands into the call, the result into the answer), which this
 model size learns to do reliably. Nothing rewards the call: it pays only because the answer is then right.
 
 The recipe (two phases, like a base model that can use a tool but rarely does):
-1. `pretrain_steps` steps with `tool_share` of the completions calling the calculator, so the copies are learned.
+1. `pretrain_steps` steps with `tool_share` of the completions calling the calculator, so the copies are learned;
+   in `other_result_share` of the calls the output reads a nearby other number that the answer copies, so the
+   answer follows the output rather than the model's own guess of the sum.
 2. `anneal_steps` more steps at `anneal_lr` with `anneal_tool_share` calling: the propensity to call drops to a
    few percent while the skill stays.
 
@@ -71,8 +74,9 @@ STAMP_NAME = "tool_build.json"
 DATA_DIR = Path("data") / "arithmetic_long"
 DATA_SEED = 0
 """Seed of the long-addition splits (fixed: every base of the recipe trains and is evaluated on the same data)."""
-MIN_DIGITS, MAX_DIGITS = 4, 6
-"""Operand lengths, each drawn uniformly; sums have up to 7 digits."""
+MIN_DIGITS, MAX_DIGITS = 4, 5
+"""Operand lengths, each drawn uniformly; sums have up to 6 digits. (With 4-6 digits, 1,200 pretraining steps
+left the copy of the second operand into the call unreliable.)"""
 TOOL_TOKENS = (Calculator.call_start, Calculator.call_end, Calculator.output_start, Calculator.output_end)
 """The calculator's markers, single tokens of the tokenizer."""
 
@@ -86,7 +90,7 @@ def _operand(rng: random.Random) -> int:
 
 
 def generate_long_addition(n: int, seed: int) -> list[TaskExample]:
-    """`n` distinct additions of 4-6 digit operands (a+b and b+a count as one), task `arithmetic`."""
+    """`n` distinct additions of 4-5 digit operands (a+b and b+a count as one), task `arithmetic`."""
     rng = random.Random(seed)
     seen: set[tuple[int, int]] = set()
     rows = []
@@ -105,20 +109,53 @@ def make_splits(n_train: int, n_heldout: int) -> tuple[list[TaskExample], list[T
     return rows[:n_train], rows[n_train:]
 
 
-def tool_completion(a: int, b: int, *, guess: int, call: bool) -> str:
-    """A call and the copied result, or (without `call`) a one-shot guess (module docstring)."""
+def tool_completion(a: int, b: int, *, guess: int, call: bool, result: int | None = None) -> str:
+    """A call and the copied result, or (without `call`) a one-shot guess (module docstring). `result`: what the
+    calculator's output reads (the sum by default; pretraining sometimes shows another number, see below)."""
     if not call:
         return f"{guess}</think><answer>{guess}</answer>"
-    s = a + b
-    return (f"{Calculator.call_start}{a}+{b}{Calculator.call_end}{Calculator.output_start}{s}{Calculator.output_end}"
-            f"{s}</think><answer>{s}</answer>")
+    r = a + b if result is None else result
+    return (f"{Calculator.call_start}{a}+{b}{Calculator.call_end}{Calculator.output_start}{r}{Calculator.output_end}"
+            f"{r}</think><answer>{r}</answer>")
 
 
-def sample_completion(example: TaskExample, rng: random.Random, tool_share: float) -> str:
+def sample_completion(example: TaskExample, rng: random.Random, tool_share: float,
+                      other_result_share: float = 0.0) -> str:
     """A pretraining completion: a call with probability `tool_share`, else the true sum as a one-shot guess
-    (capacity limits the guess, not noise)."""
+    (capacity limits the guess, not noise). A call's output reads a nearby other number with probability
+    `other_result_share`, and the answer copies it: the answer must follow the output, not the model's own
+    guess of the sum (without this, the first build's answers after a call mixed the two)."""
     a, b = tasks.parse_arithmetic_question(example.prompt)
-    return tool_completion(a, b, guess=a + b, call=rng.random() < tool_share)
+    call = rng.random() < tool_share
+    result = wrong_sum(a + b, rng) if call and rng.random() < other_result_share else None
+    return tool_completion(a, b, guess=a + b, call=call, result=result)
+
+
+def wrong_sum(total: int, rng: random.Random) -> int:
+    """A nearby other number: one digit changed by 1 or 2."""
+    digits = list(str(total))
+    while True:
+        i = rng.randrange(len(digits))
+        d = int(digits[i]) + rng.choice((-2, -1, 1, 2))
+        if 0 <= d <= 9 and not (i == 0 and d == 0 and len(digits) > 1):
+            digits[i] = str(d)
+            return int("".join(digits))
+
+
+def encode_masking_outputs(tokenizer, prompt_ids: list[int], completion: str) -> tuple[list[int], list[int]]:
+    """(input ids, labels) like `examples.build_tiny.encode_sample`, with the calculator's output (markers
+    included) out of the loss, as a rollout masks it: the model is never taught to predict a sum there."""
+    from examples.build_tiny import IGNORE_INDEX, encode_sample
+
+    ids, labels = encode_sample(tokenizer, prompt_ids, completion)
+    start, end = (tokenizer.convert_tokens_to_ids(t) for t in (Calculator.output_start, Calculator.output_end))
+    inside = False
+    for i in range(len(prompt_ids), len(ids)):
+        inside = inside or ids[i] == start
+        if inside:
+            labels[i] = IGNORE_INDEX
+        inside = inside and ids[i] != end
+    return ids, labels
 
 
 def has_call(completion: str) -> bool:
@@ -142,8 +179,10 @@ class ToolBuildConfig:
     """head_dim 64: vLLM's CPU attention kernel rejects head_dim 16."""
     intermediate_size: int = 384
     max_positions: int = 512
-    tool_share: float = 0.7
+    tool_share: float = 0.8
     """Phase 1: share of completions that call the calculator, high enough that both copies are learned well."""
+    other_result_share: float = 0.5
+    """Share of pretraining calls whose output reads a nearby other number (copied into the answer)."""
     pretrain_steps: int = 1200
     """Phase 1 optimizer steps."""
     batch_size: int = 64
@@ -298,16 +337,16 @@ def build(cfg: ToolBuildConfig, out_dir: str | Path) -> Path:
     print(f"tokenizer: {len(tokenizer)} tokens; model: {parameters / 1e6:.2f}M parameters")
 
     def completion(e: TaskExample, r: random.Random, share: float) -> str:
-        return sample_completion(e, r, share)
+        return sample_completion(e, r, share, cfg.other_result_share)
 
     evaluation = heldout[:cfg.eval_prompts]
-    pretrain(model, tokenizer, train, cfg, completion=completion)
+    pretrain(model, tokenizer, train, cfg, completion=completion, encode=encode_masking_outputs)
     phase1 = measure(model, tokenizer, evaluation, k=cfg.eval_samples, max_new_tokens=cfg.max_new_tokens,
                      seed=cfg.seed)
     _print_stats("after phase 1 (learn the call)", phase1)
     anneal = replace(cfg, tool_share=cfg.anneal_tool_share, pretrain_steps=cfg.anneal_steps, lr=cfg.anneal_lr,
                      seed=cfg.seed + 1000)
-    losses = pretrain(model, tokenizer, train, anneal, completion=completion)
+    losses = pretrain(model, tokenizer, train, anneal, completion=completion, encode=encode_masking_outputs)
     final = measure(model, tokenizer, evaluation, k=cfg.eval_samples, max_new_tokens=cfg.max_new_tokens,
                     seed=cfg.seed)
     _print_stats("final (after phase 2, the propensity lowered)", final)
