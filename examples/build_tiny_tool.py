@@ -3,7 +3,7 @@
     python -m examples.build_tiny_tool                        # the shipped base and its data, into artifacts/
     python -m examples.build_tiny_tool --from-scratch --seed 1 --out-dir /tmp/tool1 [--ship]   # the recipe
 
-The task is addition of long operands (4 or 5 digits: "What is 48213+90537?", `artifacts/data/arithmetic_long/`,
+The task is addition of long operands (5 digits each: "What is 48213+90537?", `artifacts/data/arithmetic_long/`,
 graded by the `arithmetic` verifier). A response either writes a one-shot guess of the sum, or calls the
 calculator (`reward_server/tools.py`, markers `<calc>`/`<result>`, docs/multi_turn.md) and copies its result:
 
@@ -13,7 +13,7 @@ calculator (`reward_server/tools.py`, markers `<calc>`/`<result>`, docs/multi_tu
 In a rollout the `<result>...</result>` part is the tool's output, appended by the rollout worker and masked out
 of the loss; pretraining masks it too (`encode_masking_outputs`), so the model never learns to predict a sum
 there. The guess is one shot: a 0.9M-parameter model
-cannot add 4-5 digit numbers without columns (the DESIGN.md facts), so it is capacity-limited and almost
+cannot add 5-digit numbers without columns (the DESIGN.md facts), so it is capacity-limited and almost
 always wrong. The call needs two copies (the operands into the call, the result into the answer), which this
 model size learns to do reliably. Nothing rewards the call: it pays only because the answer is then right.
 
@@ -74,9 +74,10 @@ STAMP_NAME = "tool_build.json"
 DATA_DIR = Path("data") / "arithmetic_long"
 DATA_SEED = 0
 """Seed of the long-addition splits (fixed: every base of the recipe trains and is evaluated on the same data)."""
-MIN_DIGITS, MAX_DIGITS = 4, 5
-"""Operand lengths, each drawn uniformly; sums have up to 6 digits. (With 4-6 digits, 1,200 pretraining steps
-left the copy of the second operand into the call unreliable.)"""
+MIN_DIGITS, MAX_DIGITS = 5, 5
+"""Operand lengths (sums have 5 or 6 digits). One length keeps each operand at one distance from its copy in
+the call, which the model learns to copy by position; with 4-6 and 4-5 digit operands, 1,200 pretraining steps
+left that copy unreliable (digits that repeat in an operand were skipped or repeated)."""
 TOOL_TOKENS = (Calculator.call_start, Calculator.call_end, Calculator.output_start, Calculator.output_end)
 """The calculator's markers, single tokens of the tokenizer."""
 
@@ -90,7 +91,7 @@ def _operand(rng: random.Random) -> int:
 
 
 def generate_long_addition(n: int, seed: int) -> list[TaskExample]:
-    """`n` distinct additions of 4-5 digit operands (a+b and b+a count as one), task `arithmetic`."""
+    """`n` distinct additions of 5-digit operands (a+b and b+a count as one), task `arithmetic`."""
     rng = random.Random(seed)
     seen: set[tuple[int, int]] = set()
     rows = []

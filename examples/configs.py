@@ -115,7 +115,7 @@ def tiny_cpu_reflect_dr_grpo() -> TrainConfig:
 def tiny_cpu_tool() -> TrainConfig:
     """Tool-integrated RL on one CPU: the demo's layout on the tool base (examples/build_tiny_tool.py).
 
-    Additions of 4-5 digit operands, which the base answers with a one-shot guess (almost always wrong) and, in a
+    Additions of 5-digit operands, which the base answers with a one-shot guess (almost always wrong) and, in a
     few percent of its responses, by calling the calculator (`<calc>a+b</calc>`) and copying its `<result>`. The
     rollouts (and the held-out evaluation) are multi-turn with the calculator for the `arithmetic` source; the
     reward is the demo's (accuracy plus 0.1 for the format): nothing rewards calling the tool. docs/multi_turn.md
