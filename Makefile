@@ -27,6 +27,7 @@ artifacts: $(STAMP)
 	$(PY) -m examples.build_student
 	$(PY) -m examples.build_tiny_code
 	$(PY) -m examples.build_tiny_reflect
+	$(PY) -m examples.build_tiny_tool
 
 demo: artifacts
 	$(PY) -m trainer train --example tiny_cpu_reflect

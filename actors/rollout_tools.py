@@ -46,6 +46,7 @@ class _Response:
     logprobs: list[float] = field(default_factory=list)
     text: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
     turns: int = 0
     calls: int = 0
     finish_reason: str = "stop"
@@ -55,11 +56,13 @@ class _Response:
         self.mask += [policy] * len(ids)
         self.logprobs += logprobs
         self.text.append(text)
+        if not policy:
+            self.outputs.append(text)
 
     def completion(self) -> Completion:
         return Completion(token_ids=tuple(self.ids), text="".join(self.text), rollout_logprobs=tuple(self.logprobs),
                           finish_reason=self.finish_reason, loss_mask=tuple(self.mask), turns=self.turns,
-                          tool_calls=self.calls, tool_errors=tuple(self.errors))
+                          tool_calls=self.calls, tool_errors=tuple(self.errors), tool_outputs=tuple(self.outputs))
 
 
 class MultiTurn:

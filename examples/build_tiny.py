@@ -253,8 +253,10 @@ def lr_at(step: int, cfg: PretrainSettings) -> float:
 
 def pretrain(model, tokenizer, train: list[TaskExample], cfg: PretrainSettings, *, eval_every: int = 0,
              heldout: list[TaskExample] | None = None,
-             completion: NoisyCompletion = tasks.noisy_arithmetic_completion) -> list[float]:
-    """Train on noisy reference completions (addition's by default); returns the per-step losses."""
+             completion: NoisyCompletion = tasks.noisy_arithmetic_completion,
+             encode: Callable[[object, list[int], str], tuple[list[int], list[int]]] | None = None) -> list[float]:
+    """Train on noisy reference completions (addition's by default); returns the per-step losses. `encode`
+    turns (tokenizer, prompt ids, completion) into (input ids, labels); `encode_sample` by default."""
     from tqdm import tqdm
 
     rng = random.Random(cfg.seed + 1)
@@ -266,8 +268,8 @@ def pretrain(model, tokenizer, train: list[TaskExample], cfg: PretrainSettings, 
     model.train()
     bar = tqdm(range(cfg.pretrain_steps), desc="pretraining", unit="step")
     for step in bar:
-        batch = [encode_sample(tokenizer, prompt_ids[e.prompt],
-                               completion(e, rng, cfg.wrong_step_share))
+        batch = [(encode or encode_sample)(tokenizer, prompt_ids[e.prompt],
+                                           completion(e, rng, cfg.wrong_step_share))
                  for e in rng.sample(train, cfg.batch_size)]
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)

@@ -112,6 +112,28 @@ def tiny_cpu_reflect_dr_grpo() -> TrainConfig:
                                      loss_aggregation="seq_mean_token_sum_norm"))
 
 
+def tiny_cpu_tool() -> TrainConfig:
+    """Tool-integrated RL on one CPU: the demo's layout on the tool base (examples/build_tiny_tool.py).
+
+    Additions of 5-digit operands, which the base answers with a one-shot guess (almost always wrong) and, in a
+    few percent of its responses, by calling the calculator (`<calc>a+b</calc>`) and copying its `<result>`. The
+    rollouts (and the held-out evaluation) are multi-turn with the calculator for the `arithmetic` source; the
+    reward is the demo's (accuracy plus 0.1 for the format): nothing rewards calling the tool. docs/multi_turn.md
+    shows the run.
+    """
+    base = tiny_cpu()
+    return replace(
+        base,
+        name="tiny_cpu_tool",
+        total_steps=40,
+        model=replace(base.model, path="artifacts/tiny-qwen2-tool"),
+        data=replace(base.data, train_path="artifacts/data/arithmetic_long/train.jsonl",
+                     eval_path="artifacts/data/arithmetic_long/heldout.jsonl"),
+        rollout=replace(base.rollout, tools=("arithmetic:calculator",),
+                        multi_turn=MultiTurnConfig(max_turns=2, max_tool_output_tokens=16)),
+    )
+
+
 def qwen25_gsm8k_r1_zero() -> TrainConfig:
     """R1-Zero on GSM8K from Qwen2.5-1.5B base, one node of 8 GPUs (4 engines + TP=2 x DP=2 learner)."""
     return TrainConfig(
@@ -242,6 +264,7 @@ EXAMPLES: dict[str, Callable[[], TrainConfig]] = {
     "tiny_cpu_reflect": tiny_cpu_reflect,
     "tiny_cpu_reflect_control": tiny_cpu_reflect_control,
     "tiny_cpu_reflect_dr_grpo": tiny_cpu_reflect_dr_grpo,
+    "tiny_cpu_tool": tiny_cpu_tool,
     "qwen25_gsm8k_r1_zero": qwen25_gsm8k_r1_zero,
     "qwen25_math_r1_zero": qwen25_math_r1_zero,
     "qwen25_coder_apps": qwen25_coder_apps,

@@ -3,6 +3,7 @@
     python -m examples.seed_spread --bases 0 1 2 --rl-seeds 0 1 2 [--out runs/seed_spread]
     python -m examples.seed_spread --example tiny_cpu_code --bases 0 --rl-seeds 0 1 2 --out runs/seed_spread_code
     python -m examples.seed_spread --example tiny_cpu_reflect --bases 0 --rl-seeds 0 1 2 --out runs/seed_spread_reflect
+    python -m examples.seed_spread --example tiny_cpu_tool --bases 0 --rl-seeds 0 1 2 --out runs/seed_spread_tool
 
 For each pretraining seed it builds a base model with the recipe (`examples.build_tiny --from-scratch`,
 cached per seed under OUT/base{seed}; the shipped base is built by seed 0 but is the committed copy,
@@ -25,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from examples import build_tiny, build_tiny_code, build_tiny_reflect
+from examples import build_tiny, build_tiny_code, build_tiny_reflect, build_tiny_tool
 from examples.build_tiny import model_id
 from trainer.metrics import read_metrics
 
@@ -53,8 +54,13 @@ RECIPES = {
     "tiny_cpu_reflect": Recipe("examples.build_tiny_reflect", build_tiny_reflect.SHIPPED_REFLECT_MODEL,
                                build_tiny_reflect.read_reflect_manifest, build_tiny_reflect.MODEL_DIR_NAME,
                                ROOT / "artifacts" / build_tiny_reflect.DATA_DIR),
+    "tiny_cpu_tool": Recipe("examples.build_tiny_tool", build_tiny_tool.SHIPPED_TOOL_MODEL,
+                            build_tiny_tool.read_tool_manifest, build_tiny_tool.MODEL_DIR_NAME,
+                            ROOT / "artifacts" / build_tiny_tool.DATA_DIR),
 }
 """Example name -> its base recipe."""
+TOOL_KEYS = ("tools/call_rate", "tools/accuracy_with_call", "tools/accuracy_without_call")
+"""Eval metrics of a run with tools (docs/multi_turn.md), reported at step 0 and at the end."""
 RETRIES = 1
 """A run that fails (on a loaded machine Ray's 30 s node start-up limit can pass) is started once more;
 it resumes from its last checkpoint."""
@@ -87,14 +93,15 @@ def run_demo(example: str, model: Path, data: Path, rl_seed: int, out: Path, nam
 
 
 def summarize(run_dir: Path, mid_step: int) -> dict[str, float]:
-    """Held-out pass@1 at step 0, `mid_step` and the end; and the end's reflection rate and length against step 0's."""
+    """Held-out pass@1 at step 0, `mid_step` and the end; and the end's reflection rate, tool-call rate and
+    length against step 0's."""
     rows = {int(r["step"]): r for r in read_metrics(run_dir, "eval")}
     evals = {step: r["pass@1"] for step, r in rows.items()}
     last = max(evals)
     out = {"start": evals[0], "mid": evals.get(mid_step, float("nan")), "end": evals[last], "end_step": last,
            "gain": evals[last] - evals[0], "mid_gain": evals.get(mid_step, float("nan")) - evals[0],
            "length_start": rows[0]["response_length_mean"], "length_end": rows[last]["response_length_mean"]}
-    for key in ("reflection_frac", "reflection_accuracy_with", "reflection_accuracy_without"):
+    for key in ("reflection_frac", "reflection_accuracy_with", "reflection_accuracy_without", *TOOL_KEYS):
         if key in rows[0] or key in rows[last]:
             out[f"{key}_start"] = rows[0].get(key, float("nan"))
             out[f"{key}_end"] = rows[last].get(key, float("nan"))
@@ -134,13 +141,15 @@ def main(argv: list[str] | None = None) -> None:
             rows = [r for r in rows if (r["base_seed"], r["rl_seed"]) != (base_seed, rl_seed)] + [row]
             spread.write_text(json.dumps(rows, indent=1))
     print(f"\n{'base':>4} {'rl':>3} {'pass@1 start':>12} {f'step {args.mid_step}':>8} {'end':>6} {'gain':>6} "
-          f"{'length':>13} {'reflection':>13}")
+          f"{'length':>13} {'reflection':>13} {'tool calls':>15}")
     for r in rows:
         reflection = (f"{r['reflection_frac_start']:.1%} -> {r['reflection_frac_end']:.1%}"
                       if "reflection_frac_start" in r else "")
         length = f"{r['length_start']:.1f} -> {r['length_end']:.1f}" if "length_start" in r else ""
+        calls = (f"{r['tools/call_rate_start']:.1%} -> {r['tools/call_rate_end']:.1%}"
+                 if "tools/call_rate_start" in r else "")
         print(f"{r['base_seed']:>4} {r['rl_seed']:>3} {r['start']:>12.1%} {r['mid']:>8.1%} {r['end']:>6.1%} "
-              f"{r['gain']:>+6.1%} {length:>13} {reflection:>13}")
+              f"{r['gain']:>+6.1%} {length:>13} {reflection:>13} {calls:>15}")
     gains = [r["gain"] for r in rows]
     print(f"gain over {len(rows)} runs: min {min(gains):+.1%}, median {statistics.median(gains):+.1%}, "
           f"max {max(gains):+.1%}")

@@ -262,8 +262,8 @@ class RewardFn:
             "accuracy": accuracy,
             "format": format_reward(text),
             "language": language_reward(text, target_language=self.target_language),
-            "overlong": overlong_penalty(
-                len(completion.token_ids),
+            "overlong": overlong_penalty(  # the policy's own tokens: a tool's output is not its length
+                completion.policy_tokens(),
                 max_response_tokens=self.max_response_tokens,
                 buffer_tokens=self.overlong_buffer_tokens,
             ),

@@ -52,10 +52,28 @@ class Completion:
     """Tool calls made (each one's output is in `token_ids` with loss mask False)."""
     tool_errors: tuple[str, ...] = ()
     """Why each failed tool call failed (a timeout, the tool's exception); the model saw `Error: <reason>`."""
+    tool_outputs: tuple[str, ...] = ()
+    """The text of each tool output appended to the response, markers included, in order (each one is in
+    `text`, and its tokens in `token_ids` with loss mask False)."""
 
     def policy_mask(self) -> tuple[bool, ...]:
         """[T] True on the tokens the policy sampled."""
         return self.loss_mask or (True,) * len(self.token_ids)
+
+    def policy_tokens(self) -> int:
+        """Tokens the policy sampled: the response's length without its tool outputs."""
+        return sum(self.policy_mask())
+
+    def policy_text(self) -> str:
+        """`text` without its tool outputs: what the policy wrote."""
+        text, out, at = self.text, [], 0
+        for output in self.tool_outputs:
+            i = text.find(output, at)
+            if i < 0:  # not there as appended (cannot happen for a rollout's own completion): keep the rest
+                break
+            out.append(text[at:i])
+            at = i + len(output)
+        return "".join(out) + text[at:]
 
 
 @dataclass(frozen=True)

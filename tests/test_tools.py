@@ -173,6 +173,34 @@ def test_tool_metrics_count_calls_turns_masked_tokens_and_accuracy_with_and_with
         replace(one_turn, rollout=replace(one_turn.rollout, completions=(plain,)))))
 
 
+def test_lengths_the_overlong_penalty_and_the_analytics_read_the_policys_tokens_not_the_tools():
+    """A tool output is neither the response's length (`response_length_mean`, DAPO's overlong penalty) nor
+    what it wrote (reflection and language analytics): a "wait" inside a tool output is not reflection."""
+    from reward_server.config import RewardConfig
+    from reward_server.rewards import build_reward_fn
+
+    scored = _multi_turn_scored()
+    with_call = replace(scored.rollout.completions[0][0], text="ab<calc>1+1</calc><result>wait 2</result>c",
+                        tool_outputs=("<result>wait 2</result>",))
+    assert with_call.policy_tokens() == 5 and with_call.policy_text() == "ab<calc>1+1</calc>c"
+    plain = scored.rollout.completions[0][1]
+    assert plain.policy_tokens() == 2 and plain.policy_text() == plain.text
+    scored = replace(scored, rollout=replace(scored.rollout, completions=((with_call, plain),)))
+    stats = rollout_stats(scored)
+    assert stats["response_length_mean"] == 3.5 and stats["response_length_max"] == 5.0  # 5 and 2 policy tokens
+    assert stats["reflection_frac"] == 0.0
+    assert stats["tools/masked_token_frac"] == pytest.approx(2 / 9)  # the tool's share still reported
+
+    fn = build_reward_fn(RewardConfig(verifier="arithmetic", overlong_weight=1.0, overlong_buffer_tokens=4),
+                         max_response_tokens=8)
+    tokens = (1,) * 8
+    long_call = Completion(token_ids=tokens, text="<answer>2</answer>", rollout_logprobs=(0.0,) * 8,
+                           finish_reason="stop", loss_mask=(True,) * 4 + (False,) * 4, turns=2, tool_calls=1)
+    assert fn(scored.rollout.prompts[0], long_call).components["overlong"] == 0.0  # 4 policy tokens: no penalty
+    no_call = replace(long_call, loss_mask=())
+    assert fn(scored.rollout.prompts[0], no_call).components["overlong"] == -1.0  # 8 of its own: the full penalty
+
+
 def test_the_python_tool_template_names_the_tools_markers(tmp_path):
     from examples.tiny_model import build_tokenizer, sample_corpus
     from trainer.templates import render
@@ -251,6 +279,8 @@ def test_a_multi_turn_sample_feeds_each_turn_back_as_token_ids_and_masks_the_too
     assert first.loss_mask == (True,) * len(turn1) + (False,) * len(tool) + (True,) * len(turn2)
     assert first.rollout_logprobs == (-0.5,) * len(turn1) + (0.0,) * len(tool) + (-0.5,) * len(turn2)
     assert (first.turns, first.tool_calls, first.tool_errors, first.finish_reason) == (2, 1, (), "stop")
+    assert first.tool_outputs == (tool,) and first.policy_text() == turn1 + turn2
+    assert first.policy_tokens() == len(turn1) + len(turn2)
     # the second turn's prompt is the prompt and the first turn's ids and the tool's, as ids
     assert engine.prompts[-1] == [ord(c) for c in "Q:" + turn1 + tool]
 

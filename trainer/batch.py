@@ -69,7 +69,8 @@ def rollout_stats(scored: ScoredBatch) -> dict[str, float]:
     """Reward per component, accuracy, lengths, truncation and zero-variance share of one step."""
     results = [r for group in scored.results for r in group]
     completions = [c for group in scored.rollout.completions for c in group]
-    lengths = torch.tensor([len(c.token_ids) for c in completions], dtype=torch.float32)
+    # The policy's own tokens: a multi-turn response's tool outputs are not its length.
+    lengths = torch.tensor([c.policy_tokens() for c in completions], dtype=torch.float32)
     rewards = scored.rewards()                                                  # [B, G]
     stats = {
         "reward": float(rewards.mean()),
@@ -130,8 +131,8 @@ def source_stats(scored: ScoredBatch) -> dict[str, float]:
 
 def r1_zero_analytics(scored: ScoredBatch) -> dict[str, float]:
     """Reflection words per response, the accuracy with and without them, and the chain of thought's language
-    mix (`trainer.analytics`)."""
-    texts = [completion_for_reward(p.text, c.text)
+    mix (`trainer.analytics`), on what the policy wrote (tool outputs left out)."""
+    texts = [completion_for_reward(p.text, c.policy_text())
              for p, group in zip(scored.rollout.prompts, scored.rollout.completions, strict=True) for c in group]
     correct = [r.correct for group in scored.results for r in group]
     return (analytics.reflection_stats(texts) | analytics.reflection_accuracy(texts, correct)

@@ -81,6 +81,9 @@ KNOWN_SHAPES: dict[str, ModelShape] = {
     "tiny-qwen2-code": ModelShape(128, 4, 2, 2, 64, 384, 516, True),
     # examples/build_tiny_reflect.py: the self-evolution base, tiny-qwen2's shape and BPE limit
     "tiny-qwen2-reflect": ModelShape(128, 4, 2, 2, 64, 384, 1028, True),
+    # examples/build_tiny_tool.py: the tool base, tiny-qwen2's shape; its BPE limit, the four tags and the
+    # calculator's four markers
+    "tiny-qwen2-tool": ModelShape(128, 4, 2, 2, 64, 384, 1032, True),
 }
 """Model directory name -> shape, used when `model.path` holds no config.json."""
 
