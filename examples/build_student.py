@@ -24,7 +24,6 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see examples/build_tiny.py
 
 import argparse
-import fcntl
 import json
 import time
 from dataclasses import asdict, dataclass, replace
@@ -34,7 +33,7 @@ from examples.build_tiny import (
     ASSETS,
     SHIPPED_MODEL,
     BuildConfig,
-    ShippedModelError,
+    install_or_build,
     model_id,
     place_shipped,
     read_manifest,
@@ -159,19 +158,10 @@ def main(argv: list[str] | None = None) -> None:
     if not args.from_scratch and (args.ship or args.seed != StudentConfig.seed
                                   or args.steps != StudentConfig.pretrain_steps or args.lr != StudentConfig.lr):
         parser.error("--ship, --seed, --steps and --lr shape a build: add --from-scratch")
-    Path(args.out_dir).mkdir(parents=True, exist_ok=True)
-    with open(Path(args.out_dir) / ".tiny_student.lock", "w") as lock:  # tests and developers share artifacts/
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            if not args.from_scratch:
-                install(args.out_dir)
-                return
-            build(StudentConfig(seed=args.seed, pretrain_steps=args.steps, lr=args.lr), args.out_dir,
-                  eval_every=args.eval_every)
-            if args.ship:
-                ship(args.out_dir)
-        except ShippedModelError as e:
-            raise SystemExit(f"error: {e}") from None
+    cfg = StudentConfig(seed=args.seed, pretrain_steps=args.steps, lr=args.lr)
+    install_or_build(args.out_dir, ".tiny_student.lock", from_scratch=args.from_scratch, install=install,
+                     build=lambda: build(cfg, args.out_dir, eval_every=args.eval_every),
+                     ship=ship if args.ship else None)
 
 
 if __name__ == "__main__":

@@ -351,6 +351,30 @@ def data_digests(out: Path) -> dict[str, str]:
     return {str(p.relative_to(out)): sha256_file(p) for p in _data_outputs(out)}
 
 
+def data_in_place(out: Path, manifest: dict) -> bool:
+    """Whether every data file the manifest records is under `out` with its recorded digest."""
+    return all((out / rel).exists() and sha256_file(out / rel) == digest for rel, digest in manifest["data"].items())
+
+
+def install_or_build(out_dir: str, lock_name: str, *, from_scratch: bool, install: Callable[[str], object],
+                     build: Callable[[], object], ship: Callable[[str], object] | None) -> None:
+    """A shipped-model builder's command line: under out_dir's lock `lock_name` (tests and developers share
+    artifacts/; a second caller waits for the first), install the shipped model, or build one from scratch
+    and, with `ship`, ship it. A ShippedModelError exits with its message."""
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    with open(Path(out_dir) / lock_name, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if not from_scratch:
+                install(out_dir)
+                return
+            build()
+            if ship is not None:
+                ship(out_dir)
+        except ShippedModelError as e:
+            raise SystemExit(f"error: {e}") from None
+
+
 def read_shipped_manifest(path: Path, what: str) -> dict:
     """The recorded digests, data and recipe of a shipped model (`what`: its name in the error)."""
     if not path.exists():

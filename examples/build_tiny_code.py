@@ -30,7 +30,6 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see examples/build_tiny.py
 
 import argparse
-import fcntl
 import hashlib
 import json
 import random
@@ -42,7 +41,7 @@ from examples import tasks
 from examples.build_tiny import (
     ASSETS,
     ROOT,
-    ShippedModelError,
+    install_or_build,
     model_id,
     new_tiny_qwen2,
     place_shipped,
@@ -203,19 +202,10 @@ def main(argv: list[str] | None = None) -> None:
                                   or args.steps != CodeBuildConfig.pretrain_steps
                                   or args.wrong_share != CodeBuildConfig.wrong_step_share):
         parser.error("--ship, --seed, --steps and --wrong-share shape a build: add --from-scratch")
-    Path(args.out_dir).mkdir(parents=True, exist_ok=True)
-    with open(Path(args.out_dir) / ".tiny_code_build.lock", "w") as lock:  # tests and developers share artifacts/
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            if not args.from_scratch:
-                install(args.out_dir)
-                return
-            cfg = CodeBuildConfig(seed=args.seed, pretrain_steps=args.steps, wrong_step_share=args.wrong_share)
-            build(cfg, args.out_dir, eval_every=args.eval_every)
-            if args.ship:
-                ship(args.out_dir)
-        except ShippedModelError as e:
-            raise SystemExit(f"error: {e}") from None
+    cfg = CodeBuildConfig(seed=args.seed, pretrain_steps=args.steps, wrong_step_share=args.wrong_share)
+    install_or_build(args.out_dir, ".tiny_code_build.lock", from_scratch=args.from_scratch, install=install,
+                     build=lambda: build(cfg, args.out_dir, eval_every=args.eval_every),
+                     ship=ship if args.ship else None)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,6 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see examples/build_tiny.py
 
 import argparse
-import fcntl
 import json
 import random
 import time
@@ -52,12 +51,13 @@ from examples import tasks
 from examples.build_tiny import (
     ASSETS,
     ShippedModelError,
+    data_in_place,
+    install_or_build,
     model_id,
     new_tiny_qwen2,
     place_shipped,
     read_shipped_manifest,
     save_model,
-    sha256_file,
     ship_build,
     split_digests,
     verify_model_dir,
@@ -382,8 +382,7 @@ def install(out_dir: str | Path = "artifacts") -> Path:
     manifest = read_tool_manifest()
     verify_model_dir(SHIPPED_TOOL_MODEL, manifest, manifest_name=TOOL_MANIFEST.name)
     out = Path(out_dir)
-    have = {rel: (out / rel).exists() and sha256_file(out / rel) == digest for rel, digest in manifest["data"].items()}
-    if not all(have.values()):
+    if not data_in_place(out, manifest):
         write_data(ToolBuildConfig(), out)
         print(f"data written under {out / DATA_DIR}")
         if data_digests(out) != manifest["data"]:
@@ -416,18 +415,8 @@ def main(argv: list[str] | None = None) -> None:
                           tool_share=args.tool_share, anneal_tool_share=args.anneal_tool_share)
     if not args.from_scratch and (args.ship or cfg != ToolBuildConfig()):
         parser.error("--ship, --seed, --steps, --anneal-steps and the shares shape a build: add --from-scratch")
-    Path(args.out_dir).mkdir(parents=True, exist_ok=True)
-    with open(Path(args.out_dir) / ".tiny_tool_build.lock", "w") as lock:  # tests and developers share artifacts/
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            if not args.from_scratch:
-                install(args.out_dir)
-                return
-            build(cfg, args.out_dir)
-            if args.ship:
-                ship(args.out_dir)
-        except ShippedModelError as e:
-            raise SystemExit(f"error: {e}") from None
+    install_or_build(args.out_dir, ".tiny_tool_build.lock", from_scratch=args.from_scratch, install=install,
+                     build=lambda: build(cfg, args.out_dir), ship=ship if args.ship else None)
 
 
 if __name__ == "__main__":
