@@ -114,6 +114,21 @@ def test_overlong_filter_masks_truncated_but_keeps_group_size():
     assert batch.response_mask[0].sum() == 0 and batch.response_mask[1].sum() == 2
 
 
+def test_overlong_filter_drops_a_response_whose_budget_a_tool_output_used_up():
+    """A response cut at the budget by a tool's output is still unfinished (no answer after the output): the
+    filter masks it like any other truncated response (docs/multi_turn.md); the finished one keeps its tokens."""
+    scored = _scored([[1.0, 0.0]], [[5, 5]])
+    rollout = scored.rollout
+    cut = replace(rollout.completions[0][0], loss_mask=(True, True, False, False, False), turns=2, tool_calls=1)
+    done = replace(rollout.completions[0][1], loss_mask=(True, False, False, True, True), turns=2, tool_calls=1,
+                   finish_reason="stop")
+    scored = replace(scored, rollout=replace(rollout, completions=((cut, done),)))
+    batch = build_train_batch(scored, torch.zeros(1, 2), pad_token_id=0, overlong_filter=True)
+    assert batch.num_sequences == 2
+    assert batch.response_mask[0].sum() == 0
+    assert batch.response_mask[1].tolist() == [False, False, True, False, False, True, True]
+
+
 def test_group_selection_and_stats():
     scored = _scored([[1.0, 1.0], [1.0, 0.0], [0.0, 0.0]], [[2, 2], [3, 5], [1, 1]])
     assert useful_groups(scored.rewards()).tolist() == [False, True, False]

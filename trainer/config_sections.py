@@ -235,7 +235,8 @@ class AlgorithmConfig:
     max_sampling_rounds: int = 3
     """With dynamic sampling, give up filling B groups after this many rounds."""
     overlong_filter: bool = False
-    """Mask completions cut at max_response_tokens out of the loss (DAPO)."""
+    """Mask completions cut at max_response_tokens out of the loss (DAPO); a multi-turn response's tool outputs
+    count in that budget, so one cut inside or after a tool output is dropped too (docs/multi_turn.md)."""
     shuffle_rewards: bool = False
     """A control experiment, never a recipe: permute each group's rewards at random before the advantages
     (`trainer.grpo.shuffle_within_groups`), so the reward says nothing about which response earned it."""
