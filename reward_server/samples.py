@@ -67,13 +67,21 @@ class Completion:
     def policy_text(self) -> str:
         """`text` without its tool outputs: what the policy wrote."""
         text, out, at = self.text, [], 0
-        for output in self.tool_outputs:
-            i = text.find(output, at)
-            if i < 0:  # not there as appended (cannot happen for a rollout's own completion): keep the rest
-                break
-            out.append(text[at:i])
-            at = i + len(output)
+        for start, end in self.tool_spans():
+            out.append(text[at:start])
+            at = end
         return "".join(out) + text[at:]
+
+    def tool_spans(self) -> tuple[tuple[int, int], ...]:
+        """[start, end) character offsets of each tool output in `text`, in order."""
+        spans, at = [], 0
+        for output in self.tool_outputs:
+            i = self.text.find(output, at)
+            if i < 0:  # not there as appended (cannot happen for a rollout's own completion): stop
+                break
+            spans.append((i, i + len(output)))
+            at = i + len(output)
+        return tuple(spans)
 
 
 @dataclass(frozen=True)

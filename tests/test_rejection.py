@@ -129,3 +129,56 @@ def test_the_command_samples_the_checkpoint_it_names_with_the_overrides(tmp_path
     assert cfg.model.path == str(checkpoint) and cfg.output_dir == str(tmp_path)
     assert (cfg.data.template, cfg.max_prompts, cfg.prompts_per_batch, cfg.samples_per_prompt, cfg.keep_per_prompt,
             cfg.model.max_response_tokens, cfg.cluster.num_cpus) == ("r1_zero", 16, 8, 4, 0, 64, 2)
+
+
+def test_a_source_with_tools_is_sampled_with_them_and_its_rows_keep_the_outputs(tmp_path, monkeypatch):
+    """`rollout.tools` reaches the engines' generate exactly as in training (`tools=cfg.rollout.tool_settings()`),
+    and a kept multi-turn response keeps its tool outputs in `response`, located by `tool_spans` (fakes for
+    the engines and reward actors; the tiny model's tokenizer and data)."""
+    from pathlib import Path
+
+    import pytest
+
+    import trainer.rejection
+    from examples.configs import REJECTION_EXAMPLES
+    from trainer.config import apply_overrides
+
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "artifacts" / "tiny-qwen2").exists():
+        pytest.skip("run `python -m examples.build_tiny` first")
+    calls: list[dict] = []
+    output = "<result>3</result>"
+    text = f"1+2+0=<calc>1+2</calc>{output}</think><answer>3</answer>"
+
+    class Engines:
+        def generate(self, prompts, **kwargs):
+            calls.append(kwargs)
+            c = Completion(token_ids=(1, 2, 3), text=text, rollout_logprobs=(0.0,) * 3, finish_reason="stop",
+                           loss_mask=(True, False, True), turns=2, tool_calls=1, tool_outputs=(output,))
+            return RolloutBatch(prompts=tuple(prompts), prompt_token_ids=tuple((1,) for _ in prompts),
+                                completions=tuple((c,) for _ in prompts), policy_version=0)
+
+    class Rewards:
+        def score(self, rollout):
+            return ScoredBatch(rollout=rollout, results=tuple((result(True),) for _ in rollout.prompts))
+
+    class System:
+        engines, rewards = Engines(), Rewards()
+
+        def shutdown(self):
+            pass
+
+    monkeypatch.setattr(trainer.rejection, "start_rejection_system", lambda cfg: System())
+    cfg = apply_overrides(REJECTION_EXAMPLES["tiny_cpu_reject"](), [
+        f"model.path={root / 'artifacts' / 'tiny-qwen2'}", f"data.train_path={root / 'artifacts/data/arithmetic/train.jsonl'}",
+        f"output_dir={tmp_path}", "data.template=r1_zero", "max_prompts=2", "prompts_per_batch=2", "samples_per_prompt=1",
+        "rollout.tools=arithmetic:calculator", "rollout.multi_turn.max_turns=2"]).validate()
+    out = trainer.rejection.run_rejection(cfg)
+    [kwargs] = calls
+    assert kwargs["tools"] == cfg.rollout.tool_settings() and kwargs["tools"].tools_for("arithmetic") == ("calculator",)
+    rows = [json.loads(line) for line in (out / "sft.jsonl").read_text().splitlines()]
+    assert len(rows) == 2
+    for row in rows:
+        assert row["response"] == text
+        [(start, end)] = row["tool_spans"]
+        assert row["response"][start:end] == output

@@ -98,6 +98,29 @@ def test_batch_masks_only_response_tokens():
     assert b.num_tokens == 5
 
 
+def test_tool_outputs_of_a_rejection_row_stay_in_the_text_and_out_of_the_loss(tmp_path):
+    """A `trainer reject` row of a multi-turn response: its `tool_spans` (from `Completion.tool_spans`) mask
+    the tool outputs' tokens out of the SFT loss; the policy's text and EOS stay in it."""
+    from trainer.types import Completion
+
+    output = "[12]"
+    c = Completion(token_ids=(1,) * 9, text=f"ab+{output}cd", rollout_logprobs=(0.0,) * 9, finish_reason="stop",
+                   loss_mask=(True,) * 3 + (False,) * 4 + (True,) * 2, tool_outputs=(output,))
+    assert c.tool_spans() == ((3, 7),) and c.policy_text() == "ab+cd"
+    path = write_rows(tmp_path / "rows.jsonl", [{"prompt": "q", "response": c.text,
+                                                 "tool_spans": [list(x) for x in c.tool_spans()]},
+                                                {"prompt": "q", "response": "xy"}])
+    [tool, plain], _ = load_sft_samples(path, tokenizer=CharTokenizer(), template="r1_zero", max_sample_tokens=600)
+    assert tool.response_ids == tuple(ord(ch) for ch in c.text) + (0,)
+    assert tool.loss_mask == (True,) * 3 + (False,) * 4 + (True,) * 3
+    assert plain.loss_mask == ()
+    b = sft_batch([SFTSample((1,), (5, 6, 7, 0), (True, False, False, True)), SFTSample((1,), (8, 0))],
+                  pad_token_id=0)
+    assert b.response_mask.tolist() == [[False, True, False, False, True], [False, True, True, False, False]]
+    with pytest.raises(ValueError, match="tool_spans"):
+        encode_sample(CharTokenizer(), "q", "abc", [[2, 1]])
+
+
 def test_batch_rows_padded_to_the_data_parallel_size():
     b = sft_batch([SFTSample((1,), (2, 0))] * 3, pad_token_id=9, row_multiple=2)
     assert b.num_sequences == 4

@@ -13,6 +13,10 @@ to the number of samples.
 
 The output rows are SFT rows (`python -m trainer sft` reads `prompt` and `response`), and keep
 `ground_truth` and `task`, so the same file can also serve as prompts for GRPO or evaluation.
+
+A data source with tools (`rollout.tools`) is sampled turn by turn exactly as in training (the same
+`engines.generate(..., tools=...)` call, `actors.rollout_tools`); its kept responses keep the tool outputs in
+`response`, and `tool_spans` ([start, end) character offsets of each output) lets SFT mask them out of its loss.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ REASONS = ("reward_error", "incorrect", "no_chain_of_thought", *RULE_NAMES, "dup
 class Selection:
     """What `select_samples` kept and why it dropped the rest; accumulates over batches."""
 
-    rows: list[dict[str, str]] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list)
     """Kept SFT rows."""
     dropped: Counter[str] = field(default_factory=Counter)
     """Reason -> samples dropped for it."""
@@ -80,8 +84,11 @@ def select_samples(scored: ScoredBatch, questions: Sequence[str], selection: Sel
                 selection.dropped[reason] += 1
                 continue
             kept_here += 1
-            selection.rows.append({"prompt": question, "response": completion.text,
-                                   "ground_truth": prompt.ground_truth, "task": prompt.task})
+            row: dict[str, Any] = {"prompt": question, "response": completion.text,
+                                   "ground_truth": prompt.ground_truth, "task": prompt.task}
+            if completion.tool_outputs:  # the outputs stay in the text; SFT masks these spans out of its loss
+                row["tool_spans"] = [list(span) for span in completion.tool_spans()]
+            selection.rows.append(row)
         selection.prompts_with_kept += kept_here > 0
     return selection
 
@@ -158,6 +165,8 @@ def _run_rejection(cfg: RejectionConfig, out_dir: Path) -> Path:
                                         max_paragraph_chars=cfg.max_paragraph_chars, reject_code=cfg.reject_code))
     selection, dedup = Selection(), Deduplicator()
     s = cfg.rollout.sampling
+    tools = cfg.rollout.tool_settings()  # sources with tools sample turn by turn, as in training (trainer.steps)
+    with_tools: dict[str, Any] = {"tools": tools} if tools is not None else {}  # fakes need no tools argument
     system = start_rejection_system(cfg)
     engines: EngineGroupProtocol = system.engines
     rewards: RewardGroupProtocol = system.rewards
@@ -167,7 +176,7 @@ def _run_rejection(cfg: RejectionConfig, out_dir: Path) -> Path:
             batch = prompts[first:first + cfg.prompts_per_batch]
             rollout = engines.generate(batch, n=cfg.samples_per_prompt, temperature=s.temperature, top_p=s.top_p,
                                        max_tokens=cfg.model.max_response_tokens, stop=list(s.stop),
-                                       seed=cfg.seed + first)
+                                       seed=cfg.seed + first, **with_tools)
             select_samples(rewards.score(rollout), questions[first:first + len(batch)], selection,
                            filter_rules=filter_rules, dedup=dedup, keep_per_prompt=cfg.keep_per_prompt)
             print(f"rejection sampling: {selection.prompts}/{len(prompts)} prompts, kept {len(selection.rows)} "

@@ -26,6 +26,7 @@ import json
 import math
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,8 @@ class SFTSample:
 
     prompt_ids: tuple[int, ...]
     response_ids: tuple[int, ...]
+    loss_mask: tuple[bool, ...] = ()
+    """[len(response_ids)] False on tool outputs (a row's `tool_spans`); empty: every response token counts."""
 
     @property
     def length(self) -> int:
@@ -77,19 +80,42 @@ def read_sft_rows(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def encode_sample(tokenizer: Any, prompt_text: str, response: str) -> SFTSample:
+def encode_sample(tokenizer: Any, prompt_text: str, response: str,
+                  tool_spans: Sequence[Sequence[int]] = ()) -> SFTSample:
     """The rendered prompt and the response tokenised apart, as the engine sees them: it samples the
-    response's tokens after the prompt's."""
+    response's tokens after the prompt's.
+
+    With `tool_spans` ([start, end) character offsets of tool outputs in `response`, as `trainer reject`
+    writes them), the response is tokenised piece by piece, as a multi-turn rollout builds it (each turn
+    and each tool output on its own), and the tool outputs' tokens get loss mask False."""
     prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
-    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    return SFTSample(tuple(prompt_ids), tuple(response_ids))
+    if not tool_spans:
+        response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        return SFTSample(tuple(prompt_ids), tuple(response_ids))
+    ids: list[int] = []
+    mask: list[bool] = []
+    at = 0
+    for start, end in tool_spans:
+        if not at <= start <= end <= len(response):
+            raise ValueError(f"tool_spans {list(tool_spans)} are not ordered spans of a {len(response)}-character "
+                             "response")
+        for piece, policy in ((response[at:start], True), (response[start:end], False)):
+            piece_ids = tokenizer(piece, add_special_tokens=False)["input_ids"] if piece else []
+            ids += piece_ids
+            mask += [policy] * len(piece_ids)
+        at = end
+    rest = tokenizer(response[at:], add_special_tokens=False)["input_ids"] if response[at:] else []
+    ids += [*rest, tokenizer.eos_token_id]
+    mask += [True] * (len(rest) + 1)
+    return SFTSample(tuple(prompt_ids), tuple(ids), tuple(mask))
 
 
 def load_sft_samples(path: str | Path, *, tokenizer: Any, template: str, max_sample_tokens: int,
                      limit: int | None = None) -> tuple[list[SFTSample], int]:
     """Tokenised samples of a JSONL file, and how many were dropped as longer than `max_sample_tokens`."""
     rows = read_sft_rows(path)[:limit]
-    samples = [encode_sample(tokenizer, render(template, row["prompt"], tokenizer), row["response"]) for row in rows]
+    samples = [encode_sample(tokenizer, render(template, row["prompt"], tokenizer), row["response"],
+                             row.get("tool_spans") or ()) for row in rows]
     kept = [s for s in samples if s.length <= max_sample_tokens]
     if not kept:
         raise ValueError(f"{path}: every sample is longer than max_sample_tokens = {max_sample_tokens}")
@@ -129,13 +155,14 @@ def step_indices(step: int, num_samples: int, *, samples_per_step: int, seed: in
 
 
 def sft_batch(samples: list[SFTSample], *, pad_token_id: int, row_multiple: int = 1) -> TrainBatch:
-    """Right-padded rows with `response_mask` on the response tokens (EOS included).
+    """Right-padded rows with `response_mask` on the response tokens (EOS included), less tool outputs.
 
     Rows are added up to a multiple of `row_multiple` (the data-parallel size, which must divide the
     rows); an added row is one pad token with nothing in the loss.
     """
     rows = [list(s.prompt_ids) + list(s.response_ids) for s in samples]
     starts = [len(s.prompt_ids) for s in samples]
+    masks = [s.loss_mask for s in samples]
     while len(rows) % row_multiple:
         rows.append([pad_token_id])
         starts.append(1)
@@ -147,6 +174,8 @@ def sft_batch(samples: list[SFTSample], *, pad_token_id: int, row_multiple: int 
         input_ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
         attention_mask[i, :len(row)] = True
         response_mask[i, start:len(row)] = True
+        if i < len(masks) and masks[i]:  # tool outputs out of the loss
+            response_mask[i, start:len(row)] = torch.tensor(masks[i], dtype=torch.bool)
     zeros = torch.zeros(n, length, dtype=torch.float32)                           # [N, L]
     return TrainBatch(input_ids=input_ids, attention_mask=attention_mask, response_mask=response_mask,
                       advantages=torch.zeros(n), old_logprobs=zeros, ref_logprobs=zeros.clone(),
