@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from reward_server.tool_runner import ToolRunner
-from reward_server.tools import Tool, ToolSettings, find_call, tool_class
+from reward_server.tools import Tool, ToolSettings, call_end, find_call, output_markers, tool_class
 from trainer.types import Completion
 
 if TYPE_CHECKING:
@@ -106,7 +106,7 @@ class MultiTurn:
         from actors.rollout import _sampled_logprob
 
         tokenizer = self.engine.get_tokenizer()
-        call_ends = sorted({t.call_end for t in tools.values()})
+        call_ends = sorted({call_end(spec, t) for spec, t in tools.items()})
         r = _Response()
         while len(r.ids) < max_tokens:
             r.turns += 1
@@ -131,8 +131,8 @@ class MultiTurn:
             outcome = await asyncio.to_thread(runner.call, *call)
             if outcome.error is not None:
                 r.errors.append(outcome.error)
-            tool = tools[call[0]]
-            out_ids = _output_ids(tokenizer, tool, outcome.output, settings.max_tool_output_tokens)
+            out_ids = _output_ids(tokenizer, output_markers(call[0], tools[call[0]]), outcome.output,
+                                  settings.max_tool_output_tokens)
             out_ids = out_ids[: max_tokens - len(r.ids)]
             r.add(out_ids, [0.0] * len(out_ids), tokenizer.decode(out_ids), policy=False)
         if len(r.ids) >= max_tokens and r.mask and not r.mask[-1]:
@@ -140,9 +140,8 @@ class MultiTurn:
         return r.completion()
 
 
-def _output_ids(tokenizer: Any, tool: type[Tool], output: str, limit: int) -> list[int]:
-    """Token ids of output_start, output, output_end (each tokenised on its own, so both markers stay whole),
-    the output cut so that all fit in `limit`."""
-    start, body, end = (tokenizer.encode(text, add_special_tokens=False)
-                        for text in (tool.output_start, output, tool.output_end))
+def _output_ids(tokenizer: Any, markers: tuple[str, str], output: str, limit: int) -> list[int]:
+    """Token ids of the start marker, output, end marker (each tokenised on its own, so both markers stay
+    whole), the output cut so that all fit in `limit`."""
+    start, body, end = (tokenizer.encode(text, add_special_tokens=False) for text in (markers[0], output, markers[1]))
     return start + body[: max(0, limit - len(start) - len(end))] + end

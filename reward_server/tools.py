@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import json
 import operator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
@@ -54,8 +55,33 @@ def schema(tool: type[Tool]) -> dict[str, Any]:
             "function": {"name": tool.name, "description": tool.description, "parameters": tool.parameters}}
 
 
+JSON_FORMAT = "@json"
+"""Suffix of a tool spec (`calculator@json`) whose calls use Qwen2.5's format instead of the tool's markers."""
+JSON_CALL_START, JSON_CALL_END = "<tool_call>", "</tool_call>"
+"""Qwen2.5's call markers around `{"name": ..., "arguments": {...}}` (its chat template's tool instructions)."""
+JSON_OUTPUT_START, JSON_OUTPUT_END = "<tool_response>\n", "\n</tool_response>"
+"""Around the output of a JSON-format call, as Qwen2.5's chat template renders a tool's reply."""
+
+
+def is_json(spec: str) -> bool:
+    """Whether the spec's calls use Qwen2.5's `<tool_call>` JSON format (`JSON_FORMAT`)."""
+    return spec.endswith(JSON_FORMAT)
+
+
+def call_end(spec: str, tool: type[Tool]) -> str:
+    """The string that ends a call of the tool named by `spec` (generation stops there)."""
+    return JSON_CALL_END if is_json(spec) else tool.call_end
+
+
+def output_markers(spec: str, tool: type[Tool]) -> tuple[str, str]:
+    """(start, end) around the output of a call of the tool named by `spec`."""
+    return (JSON_OUTPUT_START, JSON_OUTPUT_END) if is_json(spec) else (tool.output_start, tool.output_end)
+
+
 def tool_class(spec: str) -> type[Tool]:
-    """The class of a registered name or a `module:Class` path; ValueError when neither."""
+    """The class of a registered name or a `module:Class` path, with or without the `@json` suffix;
+    ValueError when neither."""
+    spec = spec.removesuffix(JSON_FORMAT)
     path = TOOL_PATHS.get(spec, spec)
     module, sep, name = path.partition(":")
     if not sep:
@@ -64,14 +90,51 @@ def tool_class(spec: str) -> type[Tool]:
 
 
 def find_call(text: str, tools: dict[str, type[Tool]]) -> tuple[str, str] | None:
-    """(tool spec, argument) of the call that ends `text` (one turn's output, stop string included), or None."""
+    """(tool spec, argument) of the call that ends `text` (one turn's output, stop string included), or None.
+
+    A marker call's argument is the text between the tool's markers. A JSON-format call (specs with `@json`)
+    is `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`: the name picks the tool among the source's
+    JSON-format tools, and the argument is `json_argument`'s. Malformed JSON or an unknown name is no call."""
     for spec, tool in tools.items():
-        if text.endswith(tool.call_end):
+        if not is_json(spec) and text.endswith(tool.call_end):
             body = text[: len(text) - len(tool.call_end)]
             start = body.rfind(tool.call_start)
             if start >= 0:
                 return spec, body[start + len(tool.call_start):]
+    by_name = {tool.name: spec for spec, tool in tools.items() if is_json(spec)}
+    if by_name and text.endswith(JSON_CALL_END):
+        body = text[: len(text) - len(JSON_CALL_END)]
+        start = body.rfind(JSON_CALL_START)
+        if start >= 0:
+            return _json_call(body[start + len(JSON_CALL_START):], by_name, tools)
     return None
+
+
+def _json_call(payload: str, by_name: dict[str, str], tools: dict[str, type[Tool]]) -> tuple[str, str] | None:
+    try:
+        call = json.loads(payload)
+    except ValueError:
+        return None
+    if not isinstance(call, dict) or call.get("name") not in by_name:
+        return None
+    spec = by_name[call["name"]]
+    arguments = call.get("arguments", {})
+    if isinstance(arguments, str):  # OpenAI's layout sends the arguments as a JSON string
+        try:
+            arguments = json.loads(arguments)
+        except ValueError:
+            pass
+    return spec, json_argument(tools[spec], arguments)
+
+
+def json_argument(tool: type[Tool], arguments: Any) -> str:
+    """The string a tool's `__call__` gets from a JSON call's arguments: the value of the tool's one required
+    parameter when it is a string (`{"expression": "1+2"}` -> "1+2" for the calculator), else the arguments
+    as JSON text."""
+    required = tool.parameters.get("required") or list(tool.parameters.get("properties", {}))
+    if isinstance(arguments, dict) and len(required) == 1 and isinstance(arguments.get(required[0]), str):
+        return str(arguments[required[0]])
+    return arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
 
 
 @dataclass(frozen=True)
@@ -100,7 +163,8 @@ class ToolSettings:
 
 def parse_tool_routes(routes: tuple[str, ...]) -> tuple[tuple[str, tuple[str, ...]], ...]:
     """`("math:python", "*:calculator+python")` -> (("math", ("python",)), ("*", ("calculator", "python")));
-    ValueError on a malformed or repeated source, or a tool that does not import."""
+    a spec may end in `@json` (Qwen2.5's call format). ValueError on a malformed or repeated source, a tool
+    that does not import, or two JSON-format tools of one source with the same name."""
     out: dict[str, tuple[str, ...]] = {}
     for pair in routes:
         source, sep, names = (part.strip() for part in pair.partition(":"))
@@ -109,6 +173,9 @@ def parse_tool_routes(routes: tuple[str, ...]) -> tuple[tuple[str, tuple[str, ..
         if source in out:
             raise ValueError(f"rollout.tools: source {source!r} is named twice")
         specs = tuple(s.strip() for s in names.split("+"))
+        names_seen = [tool_class(spec).name for spec in specs if is_json(spec)]
+        if len(set(names_seen)) < len(names_seen):
+            raise ValueError(f"rollout.tools: source {source!r} has two JSON-format tools of one name")
         for spec in specs:
             tool_class(spec)
         out[source] = specs

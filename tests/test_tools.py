@@ -228,8 +228,8 @@ class _ScriptedEngine:
     """Writes a calculator call until the context holds a result, then the answer; applies stop strings and
     max_tokens as vLLM does, and records every prompt it was given (as token ids)."""
 
-    def __init__(self, call: str = "7+8<calc>123+877</calc>") -> None:
-        self.call, self.prompts = call, []
+    def __init__(self, call: str = "7+8<calc>123+877</calc>", answered: str = "<result>") -> None:
+        self.call, self.answered, self.prompts = call, answered, []
 
     def get_tokenizer(self):
         return _CharTokenizer()
@@ -239,7 +239,7 @@ class _ScriptedEngine:
 
         ids = prompt["prompt_token_ids"]
         self.prompts.append(list(ids))
-        text = "<answer>1000</answer>" if "<result>" in _CharTokenizer().decode(ids) else self.call
+        text = "<answer>1000</answer>" if self.answered in _CharTokenizer().decode(ids) else self.call
         finish, reason = "stop", None
         hits = [(text.find(s) + len(s), s) for s in params.stop if s in text]
         if hits:
@@ -257,14 +257,15 @@ class _ScriptedEngine:
 MULTI_TURN = replace(SETTINGS, max_tool_output_tokens=64)
 
 
-def _multi_turn(engine, settings: ToolSettings = MULTI_TURN, *, max_tokens: int = 96):
+def _multi_turn(engine, settings: ToolSettings = MULTI_TURN, *, max_tokens: int = 96,
+                specs: tuple[str, ...] = ("calculator",)):
     import asyncio
 
     from actors.rollout_tools import MultiTurn
 
     multi = MultiTurn(engine)
     try:
-        return asyncio.run(multi.generate([ord(c) for c in "Q:"], ("calculator",), settings, n=2, temperature=1.0,
+        return asyncio.run(multi.generate([ord(c) for c in "Q:"], specs, settings, n=2, temperature=1.0,
                                           top_p=1.0, max_tokens=max_tokens, stop=["</answer>"], seed=3))
     finally:
         multi.close()
@@ -295,3 +296,41 @@ def test_the_turn_limit_the_token_budget_and_the_output_limit_bound_a_sample():
     [failed, _] = _multi_turn(_ScriptedEngine(call="<calc>1/0</calc>"))
     assert failed.tool_errors == ("ZeroDivisionError: division by zero",)
     assert "<result>Error: ZeroDivisionError: division by zero</result>" in failed.text
+
+
+# --- Qwen2.5's <tool_call> JSON format (a spec ending in @json) ----------------------------------------
+
+
+def test_a_json_call_is_dispatched_by_name_among_the_sources_json_tools():
+    tools = {"calculator@json": Calculator, "python@json": PythonTool, "tests.tool_fixtures:Echo": tool_class(
+        "tests.tool_fixtures:Echo")}
+    call = '<tool_call>\n{"name": "calculator", "arguments": {"expression": "12+30"}}\n</tool_call>'
+    assert find_call("I will add. " + call, tools) == ("calculator@json", "12+30")
+    code = '<tool_call>{"name": "python", "arguments": {"code": "print(1)"}}</tool_call>'
+    assert find_call(code, tools) == ("python@json", "print(1)")
+    as_string = '<tool_call>{"name": "calculator", "arguments": "{\\"expression\\": \\"2*3\\"}"}</tool_call>'
+    assert find_call(as_string, tools) == ("calculator@json", "2*3")  # OpenAI's arguments-as-a-string layout
+    for bad in ('<tool_call>{"name": "nope", "arguments": {}}</tool_call>', "<tool_call>{not json</tool_call>",
+                "</tool_call> without a start", '<tool_call>["calculator"]</tool_call>'):
+        assert find_call(bad, tools) is None, bad
+    # the marker format of the same tools is not read for a @json spec
+    assert find_call("<calc>1+2</calc>", {"calculator@json": Calculator}) is None
+    assert find_call("<calc>1+2</calc>", {"calculator": Calculator}) == ("calculator", "1+2")
+
+
+def test_json_specs_parse_import_and_refuse_two_tools_of_one_name():
+    assert parse_tool_routes(("math:calculator@json+python@json",)) == (("math", ("calculator@json", "python@json")),)
+    assert tool_class("calculator@json") is Calculator
+    with pytest.raises(ValueError, match="same name|one name"):
+        parse_tool_routes(("math:calculator@json+reward_server.tools:Calculator@json",))
+
+
+def test_a_json_call_runs_the_tool_and_its_output_comes_back_in_tool_response():
+    call = '7+8<tool_call>{"name": "calculator", "arguments": {"expression": "123+877"}}</tool_call>'
+    engine = _ScriptedEngine(call=call, answered="<tool_response>")
+    settings = replace(MULTI_TURN, by_source=(("arithmetic", ("calculator@json",)),))
+    first, _ = _multi_turn(engine, settings, max_tokens=200, specs=("calculator@json",))
+    tool = "<tool_response>\n1000\n</tool_response>"
+    assert first.text == call + tool + "<answer>1000</answer>"
+    assert first.tool_outputs == (tool,) and (first.turns, first.tool_calls, first.tool_errors) == (2, 1, ())
+    assert first.loss_mask == (True,) * len(call) + (False,) * len(tool) + (True,) * len("<answer>1000</answer>")

@@ -125,7 +125,8 @@ class RolloutConfig:
     """Sampling settings for training rollouts."""
     tools: tuple[str, ...] = ()
     """Tools per data source (a prompt's `task`), as `source:tool[+tool...]`; `*` is every source not named.
-    A tool is a registered name (`calculator`, `python`: reward_server/tools.py) or `module:Class`. The
+    A tool is a registered name (`calculator`, `python`: reward_server/tools.py) or `module:Class`, either
+    ending in `@json` for calls in Qwen2.5's `<tool_call>` JSON format instead of the tool's markers. The
     prompts of those sources are generated turn by turn: generation stops at a tool call, the tool runs in
     a tool process, its output is appended (masked out of the loss), and generation goes on. E.g.
     `--set rollout.tools=math:python`. Empty: no tools, one turn."""
