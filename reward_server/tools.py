@@ -115,7 +115,7 @@ def _json_call(payload: str, by_name: dict[str, str], tools: dict[str, type[Tool
         call = json.loads(payload)
     except ValueError:
         return None
-    if not isinstance(call, dict) or call.get("name") not in by_name:
+    if not isinstance(call, dict) or not isinstance(call.get("name"), str) or call["name"] not in by_name:
         return None
     spec = by_name[call["name"]]
     arguments = call.get("arguments", {})

@@ -311,7 +311,8 @@ def test_a_json_call_is_dispatched_by_name_among_the_sources_json_tools():
     as_string = '<tool_call>{"name": "calculator", "arguments": "{\\"expression\\": \\"2*3\\"}"}</tool_call>'
     assert find_call(as_string, tools) == ("calculator@json", "2*3")  # OpenAI's arguments-as-a-string layout
     for bad in ('<tool_call>{"name": "nope", "arguments": {}}</tool_call>', "<tool_call>{not json</tool_call>",
-                "</tool_call> without a start", '<tool_call>["calculator"]</tool_call>'):
+                "</tool_call> without a start", '<tool_call>["calculator"]</tool_call>',
+                '<tool_call>{"name": ["calculator"]}</tool_call>'):
         assert find_call(bad, tools) is None, bad
     # the marker format of the same tools is not read for a @json spec
     assert find_call("<calc>1+2</calc>", {"calculator@json": Calculator}) is None
