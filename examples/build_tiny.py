@@ -316,8 +316,6 @@ def build(cfg: BuildConfig, *, eval_every: int = 0) -> None:
           f"{sum(tail) / len(tail):.4f}")
 
     model_dir = out / "tiny-qwen2"
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.eos_token_id
     save_model(model, tokenizer, model_dir)
 
     result = _report(model, tokenizer, heldout, cfg, label="final")
@@ -413,7 +411,9 @@ def model_id(manifest: dict) -> str:
 
 def save_model(model, tokenizer, model_dir: Path) -> None:
     """Write a Hugging Face model directory (safetensors and tokenizer) beside `model_dir`, then swap it in:
-    readers see the old model or the new one, never half of one."""
+    readers see the old model or the new one, never half of one. Generation stops at, and pads with, EOS."""
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.eos_token_id
     tmp = model_dir.with_name(model_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)

@@ -354,8 +354,6 @@ def build(cfg: ToolBuildConfig, out_dir: str | Path) -> Path:
     tail = losses[-20:]
 
     model_dir = out / MODEL_DIR_NAME
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.eos_token_id
     save_model(model, tokenizer, model_dir)
     record = {"config": asdict(cfg), "parameters": parameters, "final_loss": sum(tail) / len(tail),
               "heldout_pass_at_1": final.pass_at_1, "heldout_greedy": final.greedy,
