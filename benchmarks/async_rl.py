@@ -25,7 +25,6 @@ policy_version_lag is checked against K (the run fails otherwise) and its larges
 from __future__ import annotations
 
 import argparse
-import asyncio
 import statistics
 import sys
 import tempfile
@@ -47,36 +46,6 @@ ENGINES = 2
 """Simulated engines (the demo has 2)."""
 WARMUP_STEPS = 2
 """Steps left out of the median: step 1 samples synchronously in both modes, and allocators warm up."""
-
-
-class VersionedSimHost(SimEngineHost):
-    """Simulated engines that hold a weight version: `generate` tags its batch with it (and refuses a stale
-    engine, as a RolloutWorker does), `receive_weights` replaces it after `receive_ms`; one lock per engine
-    makes a receive wait for the generate in flight."""
-
-    def __init__(self, step_ms: float, overhead_ms: float, receive_ms: float, engines: int):
-        super().__init__(step_ms, overhead_ms)
-        self.receive_s = receive_ms / 1000
-        self.versions = [0] * engines
-        self.locks = [asyncio.Lock() for _ in range(engines)]
-
-    def set_latency(self, step_ms: float) -> None:
-        self.step_s = step_ms / 1000
-
-    async def generate(self, engine: int, prompts: list[Prompt], *, n: int, max_tokens: int,  # type: ignore[override]
-                       expected_version: int | None = None, **kwargs: Any) -> RolloutBatch:
-        async with self.locks[engine]:
-            held = self.versions[engine]
-            if expected_version is not None and held != expected_version:
-                raise RuntimeError(f"engine {engine} holds version {held}, expected {expected_version}")
-            batch = await super().generate(engine, prompts, n=n, max_tokens=max_tokens, **kwargs)
-        return replace(batch, policy_version=held)
-
-    async def receive_weights(self, engine: int, version: int) -> int:
-        async with self.locks[engine]:
-            await asyncio.sleep(self.receive_s)
-            self.versions[engine] = version
-        return version
 
 
 class ParityRewards:
@@ -208,8 +177,8 @@ def main() -> None:
                                model_path=str(model_dir), optimizer=OptimizerSettings(lr=1e-6),
                                num_threads=torch.get_num_threads())
         try:
-            host: Any = ray.remote(VersionedSimHost).options(num_cpus=0, max_concurrency=1024).remote(
-                0.0, 0.0, args.receive_ms, ENGINES)
+            host: Any = ray.remote(SimEngineHost).options(num_cpus=0, max_concurrency=1024).remote(
+                0.0, 0.0, args.receive_ms)
             engines = EngineGroup([SimEngine(host, e) for e in range(ENGINES)], generate_timeout_s=600.0)
             system = BenchSystem(engines, InProcessLearner(worker), ParityRewards(), host)
             shape = dict(steps=args.steps, max_tokens=args.max_tokens, prompts=args.prompts, group_size=args.group_size)

@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import statistics
 import time
+from collections import defaultdict
 from typing import Any
 
 from benchmarks.common import print_table, write_json
@@ -28,20 +29,39 @@ from trainer.types import Completion, Prompt, RolloutBatch
 
 
 class SimEngineHost:
-    """Serves `generate` for many simulated engines (asyncio: their latencies overlap)."""
+    """Serves `generate` for many simulated engines (asyncio: their latencies overlap). Each engine holds a
+    weight version: `generate` tags its batch with it (and refuses a stale engine when given
+    `expected_version`, as a RolloutWorker does), `receive_weights` replaces it after `receive_ms`; one lock
+    per engine makes a receive wait for the generate in flight."""
 
-    def __init__(self, step_ms: float, overhead_ms: float):
-        self.step_s, self.overhead_s = step_ms / 1000, overhead_ms / 1000
+    def __init__(self, step_ms: float, overhead_ms: float, receive_ms: float = 0.0):
+        self.step_s, self.overhead_s, self.receive_s = step_ms / 1000, overhead_ms / 1000, receive_ms / 1000
+        self.versions: dict[int, int] = defaultdict(int)
+        self.locks: dict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
 
-    async def generate(self, engine: int, prompts: list[Prompt], *, n: int, max_tokens: int, **_: Any) -> RolloutBatch:
-        start = time.perf_counter()
-        await asyncio.sleep(self.overhead_s + max_tokens * self.step_s)  # decode steps of the whole batch
+    def set_latency(self, step_ms: float) -> None:
+        self.step_s = step_ms / 1000
+
+    async def generate(self, engine: int, prompts: list[Prompt], *, n: int, max_tokens: int,
+                       expected_version: int | None = None, **_: Any) -> RolloutBatch:
+        async with self.locks[engine]:
+            held = self.versions[engine]
+            if expected_version is not None and held != expected_version:
+                raise RuntimeError(f"engine {engine} holds version {held}, expected {expected_version}")
+            start = time.perf_counter()
+            await asyncio.sleep(self.overhead_s + max_tokens * self.step_s)  # decode steps of the whole batch
         ids = tuple(range(3, 3 + max_tokens))
         logprobs = tuple(-1.0 for _ in ids)
         groups = tuple(tuple(Completion(token_ids=ids, text="x" * max_tokens, rollout_logprobs=logprobs,
                                         finish_reason="length") for _ in range(n)) for _ in prompts)
         return RolloutBatch(prompts=tuple(prompts), prompt_token_ids=tuple((1, 2) for _ in prompts),
-                            completions=groups, policy_version=0, engine_seconds=time.perf_counter() - start)
+                            completions=groups, policy_version=held, engine_seconds=time.perf_counter() - start)
+
+    async def receive_weights(self, engine: int, version: int) -> int:
+        async with self.locks[engine]:
+            await asyncio.sleep(self.receive_s)
+            self.versions[engine] = version
+        return version
 
 
 class _Method:

@@ -137,17 +137,17 @@ def test_make_bench_runs_every_benchmark():
 
 
 def test_simulated_engines_tag_their_version_and_receive_after_the_generate_in_flight():
-    """benchmarks.async_rl's engines behave as a RolloutWorker does: a receive waits for the generate in
+    """The simulated engines of benchmarks.rollout_scaling (and async_rl) behave as a RolloutWorker does: a receive waits for the generate in
     flight, which keeps the version it started with; the next one samples the new version; a stale one is refused."""
     import asyncio
 
-    from benchmarks.async_rl import VersionedSimHost
+    from benchmarks.rollout_scaling import SimEngineHost
     from trainer.types import Prompt
 
     prompts = [Prompt(index=0, text="1+1=", ground_truth="2")]
 
     async def scenario():
-        host = VersionedSimHost(step_ms=5.0, overhead_ms=0.0, receive_ms=1.0, engines=1)
+        host = SimEngineHost(step_ms=5.0, overhead_ms=0.0, receive_ms=1.0)
         in_flight = asyncio.create_task(host.generate(0, prompts, n=2, max_tokens=10, expected_version=0))
         await asyncio.sleep(0.01)
         assert not in_flight.done()
