@@ -19,8 +19,8 @@ Three system start-ups serve every test (a start-up costs about a minute on 2 co
 - its resume, in which engine 0 is killed while step 4 generates, as in the reference. It must reproduce
   the reference: per-step losses and rewards, the prompt ids each step trained, and the final parameters
   bit for bit. The two runs lose the same engine at the same point, so this also shows that a replaced
-  engine regenerates its groups deterministically.
-A fourth start-up resumes a copy of the reference whose newest checkpoint holds a planted pickle.
+  engine regenerates its groups deterministically. Its newest checkpoint is a planted one (the reference's
+  step 4 with a pickle in a shard): the resume must refuse it, run no code, and resume from step 2.
 """
 
 from __future__ import annotations
@@ -444,7 +444,17 @@ def test_driver_killed_by_sigterm_cleans_up_and_exits_143(killed_driver):
     assert d.left_shm == [], f"left in /dev/shm: {d.left_shm}"
 
 
-def test_driver_killed_after_a_checkpoint_resumes_exactly(reference, killed_driver, train_file):
+def test_driver_killed_after_a_checkpoint_resumes_exactly(reference, killed_driver, train_file, caplog):
+    """The killed driver's run resumes from its step-2 checkpoint and repeats the reference bit for bit.
+
+    Its newest checkpoint is one an attacker with write access planted: step 4's (the reference's, as a run
+    that got that far has it), whose rank-1 shard holds a pickle that writes a file when loaded, with the
+    manifest re-hashed so its check passes. The resume refuses the shard (weights_only), names it, runs no
+    code, sets the checkpoint aside and trains on from step 2's."""
+    import logging
+    import shutil
+
+    from tests.test_checkpoint import plant_pickle
     from trainer.controller import train
 
     assert killed_driver.wildcard == [], f"the run listened on all interfaces: {killed_driver.wildcard}"
@@ -453,15 +463,26 @@ def test_driver_killed_after_a_checkpoint_resumes_exactly(reference, killed_driv
     run_dir = killed_driver.run_dir
     killed_rows = read_metrics(run_dir, "train")
     assert killed_rows and killed_rows[-1]["step"] in (2, 3), killed_rows  # killed after the checkpoint
+    ref_dir, _ = reference
+    checkpoints = run_dir / "checkpoints"
+    assert (checkpoints / "latest").read_text().strip() == "step_000002"
+    shutil.copytree(ref_dir / "checkpoints" / "step_000004", checkpoints / "step_000004")
+    marker = run_dir.parent / "marker"
+    plant_pickle(checkpoints / "step_000004" / "learner" / "rank_00001.pt", marker)
+    (checkpoints / "latest").write_text("step_000004")
 
     # Resume: step 2's checkpoint holds the sampler inside epoch 1 (4 of its prompts handed out, those of
     # epoch 0's end it reached set aside for step 3); steps 3 and 4 go on. Engine 0 dies while step 4
     # generates, as it did in the reference.
-    with engine_0_killed_at(KILL_STEP) as kill:
+    with caplog.at_level(logging.WARNING, logger="trainer.checkpoint"), engine_0_killed_at(KILL_STEP) as kill:
         resumed = train(tiny_config(run_dir.parent, "killed", train_file))
+    assert not marker.exists()
+    assert "step_000004 is not usable" in caplog.text
+    assert "step_000004/learner/rank_00001.pt: refused" in caplog.text
+    [moved] = (checkpoints / "discarded").iterdir()
+    assert moved.name.startswith("step_000004-")
     assert kill.killed is not None and len(kill.group.failures) == 1, (kill.error, kill.group and kill.group.failures)
     assert kill.left_running == [] and kill.left_shm == [], (kill.left_running, kill.left_shm)
-    ref_dir, _ = reference
     rows, ref_rows = read_metrics(resumed, "train"), read_metrics(ref_dir, "train")
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     for row, ref in zip(rows, ref_rows, strict=True):
@@ -469,34 +490,6 @@ def test_driver_killed_after_a_checkpoint_resumes_exactly(reference, killed_driv
             assert row[key] == pytest.approx(ref[key], rel=1e-6, abs=1e-7), (row["step"], key)
     assert ledger_steps(resumed) == ledger_steps(ref_dir)
     assert parameters_sha256(resumed) == parameters_sha256(ref_dir)
-
-
-def test_a_planted_pickle_in_the_newest_checkpoint_is_refused_and_the_run_resumes_from_the_previous(
-        reference, train_file, tmp_path, caplog):
-    """What an attacker with write access to the run directory produces: step 4's rank-1 shard holds a
-    pickle that writes a file when loaded, and the manifest is re-hashed so its check passes. The resume
-    refuses the shard (weights_only), names it, runs no code, and trains on from step 2's checkpoint."""
-    import logging
-    import shutil
-
-    from tests.test_checkpoint import plant_pickle
-    from trainer.controller import train
-
-    ref_dir, _ = reference
-    run_dir = tmp_path / "planted"
-    shutil.copytree(ref_dir, run_dir)
-    marker = tmp_path / "marker"
-    plant_pickle(run_dir / "checkpoints" / "step_000004" / "learner" / "rank_00001.pt", marker)
-    with caplog.at_level(logging.WARNING, logger="trainer.checkpoint"):
-        train(tiny_config(tmp_path, "planted", train_file, total_steps=3))
-    assert not marker.exists()
-    assert "step_000004 is not usable" in caplog.text
-    assert "step_000004/learner/rank_00001.pt: refused" in caplog.text
-    assert [r["step"] for r in read_metrics(run_dir, "train")] == [1, 2, 3]
-    assert (run_dir / "checkpoints" / "latest").read_text() == "step_000003"
-    [moved] = (run_dir / "checkpoints" / "discarded").iterdir()
-    assert moved.name.startswith("step_000004-")
-    assert ledger_steps(run_dir, 3)[:2] == ledger_steps(ref_dir)[:2]  # steps 1-2 as the reference trained them
 
 
 def process_tree(pid: int) -> dict[int, Any]:

@@ -31,21 +31,6 @@ class Echo(_Base):
         return "12"
 
 
-class Answer(_Base):
-    """A call at "</think>", once per response; its output is "<answer>", the text the tiny demo base writes
-    there itself, so the response stays gradeable (sampled accuracy about a third: groups of mixed rewards,
-    a real gradient) while its answer tag is a masked tool output. The output is a constant, so a run's
-    tool tokens do not depend on the model."""
-
-    call_start = ""
-    call_end = "</think>"
-    output_start = ""
-    output_end = ""
-
-    def __call__(self, argument: str) -> str:
-        return "<answer>"
-
-
 class Hang(_Base):
     def __call__(self, argument: str) -> str:
         time.sleep(3600)
