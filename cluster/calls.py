@@ -19,12 +19,11 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ray import ObjectRef
 
-T = TypeVar("T")
 
 
 class RemoteCallError(RuntimeError):
@@ -85,8 +84,8 @@ def root_cause(error: BaseException) -> str:
     return f"{type(cause).__name__}: {cause}"
 
 
-def get_all(refs: Sequence[ObjectRef[T]], *, what: str, names: Sequence[str], timeout_s: float | None,
-            error: type[Exception] = RemoteCallError, keep: tuple[type[Exception], ...] = ()) -> list[T]:
+def get_all(refs: Sequence[ObjectRef[Any]], *, what: str, names: Sequence[str], timeout_s: float | None,
+            error: type[Exception] = RemoteCallError, keep: tuple[type[Exception], ...] = ()) -> list[Any]:
     """`ray.get` of every ref within `timeout_s` (None: no deadline), raising on the first failure.
 
     `names[i]` names the actor behind `refs[i]` ("engine 1", "learner rank 3"); `what` names the call
@@ -134,7 +133,7 @@ def _in_turn(refs: Sequence[ObjectRef[Any]], *, what: str, names: Sequence[str],
             yield index[ready[0]], ready[0]
 
 
-def _get(ref: ObjectRef[T], *, what: str, name: str, keep: tuple[type[Exception], ...]) -> T:
+def _get(ref: ObjectRef[Any], *, what: str, name: str, keep: tuple[type[Exception], ...]) -> Any:
     """`ray.get` of a finished call; an actor's own exception of a type in `keep` is raised as that type,
     any other failure as _Failed."""
     import ray
