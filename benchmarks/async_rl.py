@@ -36,8 +36,8 @@ from typing import Any
 import torch
 
 from benchmarks.common import print_table, write_json
-from benchmarks.packing import free_port
 from benchmarks.rollout_scaling import SimEngine, SimEngineHost
+from cluster.network import free_port
 from trainer.types import Prompt, RewardResult, RolloutBatch, ScoredBatch
 
 SHAPE = dict(hidden_size=256, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=768, max_positions=256)

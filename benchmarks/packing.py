@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import math
 import random
-import socket
 import statistics
 import tempfile
 import time
@@ -33,6 +32,7 @@ from typing import Any
 import torch
 
 from benchmarks.common import print_table, write_json
+from cluster.network import free_port
 
 SHAPE = dict(hidden_size=256, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=768,
              max_positions=1024)
@@ -100,12 +100,6 @@ def time_step(worker, batch) -> float:
     elapsed = time.perf_counter() - start
     worker.optim_step()
     return elapsed
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def measure(model_dir: Path, batch, *, spm: int, budget: int, repeats: int) -> dict[str, Any]:

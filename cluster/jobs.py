@@ -21,7 +21,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cluster.ray_init import LOOPBACK, LOOPBACK_ONLY_ENV, free_port
+from cluster.network import free_port
+from cluster.ray_init import LOOPBACK, LOOPBACK_ONLY_ENV
 
 HEAD_MARKER_ENV = "GRPO_RAY_LOCAL_HEAD"
 NO_AGENT_YET = "No available agent to submit job"
@@ -82,7 +83,7 @@ def start_local_head(*, num_cpus: int, temp_dir: str | Path | None = None, timeo
 
     `temp_dir` must be short: Ray puts Unix sockets under it, and their paths may not exceed 107 bytes.
     """
-    gcs_port, dashboard_port = free_port(), free_port()
+    gcs_port, dashboard_port, agent_port, client_port = distinct_free_ports(4)
     temp_dir = temp_dir or tempfile.mkdtemp(prefix="ray-", dir="/tmp")
     env = dict(os.environ)
     env[LOOPBACK_ONLY_ENV] = "0"  # keep the node address 127.0.0.1 (see cluster.ray_init)
@@ -100,12 +101,27 @@ def start_local_head(*, num_cpus: int, temp_dir: str | Path | None = None, timeo
     # Jobs run `python` from PATH; make it this interpreter so they see the same packages.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     cmd = [_ray_cli(), "start", "--head", f"--port={gcs_port}", "--node-ip-address", LOOPBACK,
-           "--dashboard-host", LOOPBACK, f"--dashboard-port={dashboard_port}", f"--num-cpus={num_cpus}",
-           f"--temp-dir={temp_dir}", "--disable-usage-stats"]
-    subprocess.run(cmd, env=env, check=True, capture_output=True, text=True, timeout=timeout_s)
+           "--dashboard-host", LOOPBACK, f"--dashboard-port={dashboard_port}",
+           # Ray's fixed defaults (52365, 10001) would clash with a port picked above, or with another Ray
+           f"--dashboard-agent-listen-port={agent_port}", f"--ray-client-server-port={client_port}",
+           f"--num-cpus={num_cpus}", f"--temp-dir={temp_dir}", "--disable-usage-stats"]
+    started = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s, check=False)
+    if started.returncode != 0:
+        raise RuntimeError(f"`{' '.join(cmd)}` exited {started.returncode}: "
+                           f"{(started.stderr or started.stdout).strip()[-2000:]}")
     head = LocalHead(gcs_port, dashboard_port, env, Path(temp_dir))
     _wait_for_port(dashboard_port, timeout_s)
     return head
+
+
+def distinct_free_ports(n: int) -> list[int]:
+    """n TCP ports free on 127.0.0.1 right now, all different (each pick is the OS's, so two may repeat)."""
+    ports: list[int] = []
+    while len(ports) < n:
+        port = free_port(LOOPBACK)
+        if port not in ports:
+            ports.append(port)
+    return ports
 
 
 def _belongs(proc, temp_dir: str) -> bool:

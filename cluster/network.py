@@ -27,7 +27,7 @@ LISTEN_BACKLOG = 1024
 """Pending connections a store accepts (a run opens one per rank and per engine worker)."""
 
 
-def free_port(host: str) -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that is free on `host` right now (the OS picks it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import threading
 from pathlib import Path
 
@@ -42,13 +41,6 @@ TERMINATED_EXIT_CODE = 128 + signal.SIGTERM
 LOOPBACK_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 """Ray replaces a node address of 127.0.0.1 by the machine's outward address unless this is "0" (its
 single-machine mode), so a local Ray sets it to keep every server it starts on the loopback interface."""
-
-
-def free_port(host: str = LOOPBACK) -> int:
-    """A TCP port that is free on `host` right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def repo_root() -> Path:

@@ -53,7 +53,6 @@ import contextlib
 import gc
 import json
 import math
-import socket
 import sys
 import tempfile
 import time
@@ -61,6 +60,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from cluster.network import free_port
 
 LOSS_KWARGS = dict(clip_eps_low=0.2, clip_eps_high=0.28, dual_clip_c=0.0, kl_coef=0.0, kl_estimator="k3",
                    kl_clamp=10.0, loss_aggregation="token_mean", max_response_tokens=4096, tis_cap=0.0)
@@ -179,12 +180,6 @@ def hf_logprobs(model, batch, device) -> torch.Tensor:
     logits = model(input_ids=ids, attention_mask=mask.long()).logits  # [N, L, V]
     lp = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, ids[:, 1:, None]).squeeze(-1)  # [N, L-1]
     return torch.nn.functional.pad(lp, (1, 0)) * mask  # [N, L]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager

@@ -4,22 +4,16 @@ One real Megatron rank (gloo) in this process; the GPU check (examples/gpu_check
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 import torch
+
+from cluster.network import free_port
 
 LOSS_KWARGS = dict(clip_eps_low=0.2, clip_eps_high=0.28, dual_clip_c=3.0, kl_coef=0.0, kl_estimator="k3",
                    kl_clamp=10.0, loss_aggregation="token_mean", max_response_tokens=16, tis_cap=2.0)
 OVERFLOW_ADVANTAGE = 1e3
 """Per-token gradients of about adv / tokens ~ 10: fine in fp16 as they are, beyond its 65504 once scaled by
 2**16. So an overflow here proves the loss was scaled before backward."""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _step(worker, batch) -> dict:
@@ -37,7 +31,7 @@ def test_fp16_steps_scale_the_loss_skip_overflows_and_checkpoint_the_scale(tmp_p
 
     model_dir = write_test_model(tmp_path / "tiny", seed=3, num_layers=2)
     batch = make_batch(4, 24, AutoConfig.from_pretrained(model_dir).vocab_size, seed=0)
-    worker = LearnerWorker(rank=0, world_size=1, master_addr="127.0.0.1", master_port=_free_port(),
+    worker = LearnerWorker(rank=0, world_size=1, master_addr="127.0.0.1", master_port=free_port(),
                            model_path=str(model_dir), dtype="float16", num_threads=2,
                            optimizer=OptimizerSettings(lr=1e-3, grad_clip=1.0))
     try:

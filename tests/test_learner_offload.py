@@ -7,12 +7,11 @@ really come back in place (same tensor objects, views still sharing one storage)
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 import torch
 
 from actors.offload import StorageOffloader
+from cluster.network import free_port
 from examples.gpu_check import LOSS_KWARGS
 
 
@@ -63,12 +62,6 @@ def test_offloader_ignores_tensors_on_other_devices():
 # --- one LearnerWorker in this process ------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _state(worker) -> dict[str, torch.Tensor]:
     """Clones of everything an offload moves: params, fp32 main params, Adam state, the reference."""
     out = {f"param/{n}": p.detach().clone() for n, p in worker.model.named_parameters()}
@@ -96,7 +89,7 @@ def test_offload_onload_round_trip_is_bit_identical(tmp_path):
 
     model_dir = write_test_model(tmp_path / "tiny", seed=5, num_layers=2, tie_word_embeddings=True)
     batch = make_batch(6, 24, AutoConfig.from_pretrained(model_dir).vocab_size, seed=0)
-    worker = LearnerWorker(rank=0, world_size=1, master_addr="127.0.0.1", master_port=_free_port(),
+    worker = LearnerWorker(rank=0, world_size=1, master_addr="127.0.0.1", master_port=free_port(),
                            model_path=str(model_dir), dtype="bfloat16", hold_reference=True, num_threads=2,
                            optimizer=OptimizerSettings(lr=1e-3))
     try:

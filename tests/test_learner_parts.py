@@ -3,14 +3,13 @@ LearnerWorker in this process (world size 1, gloo) for master weights, micro-bat
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 import torch
 import torch.distributed as dist
 
 from actors.learner import collective_device, plan_microbatches, reduce_metrics_over
 from actors.logprobs import vocab_parallel_logprobs
+from cluster.network import free_port
 from trainer.types import TrainBatch
 
 LOSS_KWARGS = dict(clip_eps_low=0.2, clip_eps_high=0.28, dual_clip_c=0.0, kl_coef=0.0, kl_estimator="k3",
@@ -159,12 +158,6 @@ def test_reductions_run_where_the_backend_needs_them(monkeypatch):
 # --- one LearnerWorker in this process ------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     from examples.tiny_model import write_test_model
@@ -184,7 +177,7 @@ def batch(model_dir):
 def _worker(model_dir, **kwargs):
     from actors.learner import LearnerWorker
 
-    return LearnerWorker(rank=0, world_size=1, master_addr="127.0.0.1", master_port=_free_port(),
+    return LearnerWorker(rank=0, world_size=1, master_addr="127.0.0.1", master_port=free_port(),
                          model_path=str(model_dir), num_threads=2, **kwargs)
 
 

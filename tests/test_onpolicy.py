@@ -3,13 +3,13 @@ the loss, its gradient and the logprob-gap metric must be what the two-pass path
 
 from __future__ import annotations
 
-import socket
 from dataclasses import replace
 
 import pytest
 import torch
 
 from actors.learner import old_logprobs_or_own
+from cluster.network import free_port
 from trainer import grpo, steps
 from trainer.config import AlgorithmConfig, TrainConfig
 from trainer.data import PromptSampler
@@ -152,12 +152,6 @@ def _prompt(i):
 # --- the real learner (Megatron over gloo, one rank in this process) ------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_learner_update_is_the_same_with_and_without_the_second_pass(tmp_path):
     from transformers import AutoConfig
@@ -168,7 +162,7 @@ def test_learner_update_is_the_same_with_and_without_the_second_pass(tmp_path):
 
     model_dir = write_test_model(tmp_path / "tiny", seed=5, num_layers=2)
     batch = make_batch(6, 24, AutoConfig.from_pretrained(model_dir).vocab_size, seed=0)
-    worker = LearnerWorker(rank=0, world_size=1, master_addr="127.0.0.1", master_port=_free_port(),
+    worker = LearnerWorker(rank=0, world_size=1, master_addr="127.0.0.1", master_port=free_port(),
                            model_path=str(model_dir), num_threads=2, sequences_per_microbatch=3,
                            optimizer=OptimizerSettings(lr=0.0, grad_clip=0.0))
     try:

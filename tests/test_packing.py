@@ -5,12 +5,12 @@ config checks, and a real Megatron-core learner on CPU giving the padded path's 
 from __future__ import annotations
 
 import random
-import socket
 
 import pytest
 import torch
 
 from actors.packing import pack_rows, plan_packs
+from cluster.network import free_port
 from trainer.types import TrainBatch
 
 LOSS_KWARGS = dict(clip_eps_low=0.2, clip_eps_high=0.28, dual_clip_c=0.0, kl_coef=0.01, kl_estimator="k3",
@@ -174,12 +174,6 @@ def test_learner_refuses_packing_it_cannot_run():
 # --- a real Megatron-core learner on CPU ------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _batch(vocab: int) -> TrainBatch:
     """Long-tailed lengths; a response mask with a masked run inside a response (a tool's output) and one
     row with no counted token at all."""
@@ -210,7 +204,7 @@ def test_packed_logprobs_and_gradients_equal_the_padded_path(tmp_path):
 
     model_dir = write_test_model(tmp_path / "tiny", seed=3, num_layers=2, tie_word_embeddings=True)
     batch = _batch(AutoConfig.from_pretrained(model_dir).vocab_size)
-    worker = LearnerWorker(rank=0, world_size=1, master_addr="127.0.0.1", master_port=_free_port(),
+    worker = LearnerWorker(rank=0, world_size=1, master_addr="127.0.0.1", master_port=free_port(),
                            model_path=str(model_dir), optimizer=OptimizerSettings(lr=0.0, grad_clip=0.0),
                            sequences_per_microbatch=64, tokens_per_microbatch=48, pack_sequences=False,
                            num_threads=2)

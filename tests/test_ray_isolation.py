@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from cluster.jobs import start_local_head
-from cluster.ray_init import LOOPBACK, free_port
+from cluster.network import free_port
+from cluster.ray_init import LOOPBACK
 
 ROOT = Path(__file__).resolve().parent.parent
 RECORD = Path("/tmp/ray/ray_current_cluster")

@@ -163,7 +163,8 @@ def test_learner_logprobs_equal_vllm_processed_logprobs_at_temperature_0_7(engin
     from transformers import AutoModelForCausalLM
 
     from actors.learner import LearnerWorker
-    from examples.gpu_check import free_port, hf_logprobs
+    from cluster.network import free_port
+    from examples.gpu_check import hf_logprobs
 
     group, model_dir = engines
     temperature = 0.7
