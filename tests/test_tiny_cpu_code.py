@@ -4,7 +4,7 @@ the base already writes programs that pass the hidden cases, so evaluation finds
 
 One engine and a TP=1 learner instead of the example's two and TP=2 (about 20 s less start-up on 2 cores):
 the layouts are the end-to-end test's subject (tests/test_end_to_end.py runs the demo's); the code reward's
-path through the loop is this test's, and it is the same in either."""
+path through the loop is this test's, and it is the same in either. It runs in the suite's shared Ray."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
-def test_the_example_trains_two_steps(tmp_path):
+def test_the_example_trains_two_steps(shared_ray, tmp_path):
     from examples.build_tiny_code import DATA_DIR, install
     from examples.configs import tiny_cpu_code
     from trainer.config import apply_overrides
