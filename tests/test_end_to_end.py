@@ -208,8 +208,9 @@ def reference(tmp_path_factory, train_file) -> tuple[Path, EngineKill]:
     return run_dir, kill
 
 
-def ledger_steps(run_dir: Path, step: int = STEPS) -> list[dict]:
-    text = (run_dir / "checkpoints" / f"step_{step:06d}" / "ledger.jsonl").read_text()
+def ledger_steps(run_dir: Path) -> list[dict]:
+    """Every step's ledger row, as the final (step STEPS) checkpoint holds them."""
+    text = (run_dir / "checkpoints" / f"step_{STEPS:06d}" / "ledger.jsonl").read_text()
     return [json.loads(line) for line in text.splitlines()[1:]]
 
 
