@@ -1,12 +1,13 @@
 """What a rollout engine leaves on its node, recorded while it runs and removed once it is gone.
 
 A vLLM engine is more than its Ray actor: `AsyncLLM` spawns an engine-core process, which starts the
-executor's worker processes (and Python's resource tracker). Killing the actor (`ray.kill`, a replaced
+executor's worker processes (and Python's resource tracker); a CPU engine of TP = 1 runs its worker inside
+the engine core (`actors.rollout_engine.engine_executor_args`). Killing the actor (`ray.kill`, a replaced
 engine) does not kill them: the engine core and its workers keep running and, on a GPU, keep the memory
 the replacement needs. And they leave files in /dev/shm, clean shutdowns included:
 
-- `psm_*`: vLLM's `MessageQueue` rings (vllm/distributed/device_communicators/shm_broadcast.py, 0.32),
-  160-240 MB each on CPU. The creating process (the engine core for the executor's broadcast queue, each
+- `psm_*`: vLLM's `MessageQueue` rings between the engine core and its worker processes
+  (vllm/distributed/device_communicators/shm_broadcast.py, 0.32), 160-240 MB each on CPU. The creating process (the engine core for the executor's broadcast queue, each
   worker for its response queue) unlinks a ring only in `ShmRingBuffer.__del__`, which never runs when
   the process dies by SIGKILL, and does not run either when it leaves through a signal handler
   and interpreter exit without collecting the queue (vLLM's own shutdown sends SIGTERM, then SIGKILL).

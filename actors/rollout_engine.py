@@ -29,6 +29,8 @@ INSECURE_SERIALIZATION_ENV = "VLLM_ALLOW_INSECURE_SERIALIZATION"
 """Lets vLLM's msgpack encoder and decoder fall back to pickle: what CUDA IPC handles need to reach the engine."""
 RAY_HIDDEN_DEVICES = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES")
 """Ray sets these to '' in an actor that holds no GPU; a TP engine's actor holds none (its workers do)."""
+CPU_IN_CORE_WORKER_ENV = "VLLM_ENABLE_V1_MULTIPROCESSING"
+"""Set to "0" for a CPU engine of TP = 1: its worker runs in the engine-core process (`engine_executor_args`)."""
 MOE_CONFIG_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_intermediate_size")
 """Hugging Face config fields that mark a mixture-of-experts model (Qwen2-MoE, Mixtral, DeepSeek)."""
 
@@ -61,9 +63,24 @@ def engine_executor_args(*, use_gpu: bool, tensor_parallel_size: int, bundle_ind
 
     GPU with TP > 1: vLLM's Ray executor, one worker per one-GPU bundle of the actor's placement group
     (`bundle_indices`; default: the first TP bundles), and the actor's empty device list removed so
-    vLLM's engine core does not conclude the node has no GPU (OpenRLHF does the same). Otherwise
-    vLLM's own choice ('uni' for one worker; CPU engines run their TP workers as local processes).
+    vLLM's engine core does not conclude the node has no GPU (OpenRLHF does the same).
+
+    CPU with TP = 1: the worker runs inside the engine-core process (vLLM's 'uni' executor), so an engine
+    is two processes (this actor, its engine core) instead of three. vLLM's CPU platform replaces 'uni'
+    by its process executor while VLLM_ENABLE_V1_MULTIPROCESSING is "1" (vllm/platforms/cpu.py, 0.32),
+    because an engine core inside the calling process could not be given the OpenMP and allocator
+    libraries it preloads (LD_PRELOAD). `AsyncLLM` always spawns its engine core (AsyncMPClient, whatever
+    the variable says), after the platform has set LD_PRELOAD, so "0" here changes only where the worker
+    runs: the same tokens (the tiny demo's held-out row is identical), one torch and vLLM import fewer
+    per engine start, and no shared-memory ring between engine core and worker. If a vLLM release makes
+    AsyncLLM honour the variable, the engine core would run inside this actor; `tests/test_rollout.py`
+    counts an engine's processes.
+
+    Otherwise vLLM's own choice ('uni' for one GPU worker; CPU engines run their TP workers as local
+    processes).
     """
+    if not use_gpu and tensor_parallel_size == 1:
+        return ExecutorArgs(), {CPU_IN_CORE_WORKER_ENV: "0"}
     if not use_gpu or tensor_parallel_size == 1:
         return ExecutorArgs(), {}
     indices = bundle_indices if bundle_indices is not None else list(range(tensor_parallel_size))

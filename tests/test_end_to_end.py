@@ -41,6 +41,7 @@ from typing import Any
 
 import pytest
 
+from actors.engine_processes import shm_mapped
 from trainer.config import apply_overrides
 from trainer.metrics import read_metrics
 
@@ -59,6 +60,8 @@ EPOCH_PROMPTS = 12
 """Training prompts in the file: 1.5 steps of 8, so step 2 crosses an epoch boundary (issue 23: a step that
 ran past the end of the data could hold a prompt twice, and the ledger then stopped the run) and the
 step-2 checkpoint, where the driver is killed and resumed, sits inside the crossing."""
+VLLM_SHM = ("psm_", "sem.mp-")
+"""/dev/shm files of vLLM's processes: rings between engine core and workers, multiprocessing semaphores."""
 KILL_STEP = 4
 """The step during whose generation engine 0 is killed (in the reference and in the resumed run)."""
 RUN_TIMEOUT_S = 1800.0
@@ -164,21 +167,6 @@ def running(procs) -> list[str]:
     return out
 
 
-def shm_mapped(procs: dict[int, Any]) -> set[str]:
-    """Files under /dev/shm that these processes map now (read from /proc/PID/maps; unlinked ones left out)."""
-    found = set()
-    for pid in procs:
-        try:
-            lines = Path(f"/proc/{pid}/maps").read_text().splitlines()
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split(maxsplit=5)  # address perms offset dev inode path
-            if len(fields) == 6 and fields[5].startswith("/dev/shm/") and not fields[5].endswith("(deleted)"):
-                found.add(fields[5])
-    return found
-
-
 @contextmanager
 def no_new_shm_files() -> Iterator[None]:
     """On CI (CI=true, where nothing else runs on the machine): /dev/shm holds no new psm_* / sem.mp-*
@@ -186,7 +174,7 @@ def no_new_shm_files() -> Iterator[None]:
     before = set(os.listdir("/dev/shm"))
     yield
     if os.environ.get("CI") == "true":
-        new = sorted(f for f in set(os.listdir("/dev/shm")) - before if f.startswith(("psm_", "sem.mp-")))
+        new = sorted(f for f in set(os.listdir("/dev/shm")) - before if f.startswith(VLLM_SHM))
         assert new == [], f"the run left these in /dev/shm: {new}"
 
 
@@ -275,14 +263,14 @@ def test_an_engine_killed_mid_run_is_replaced_and_the_run_completes(reference):
 
 
 def test_no_engine_process_or_dev_shm_file_outlives_the_run(reference):
-    """The killed engine's vLLM processes (engine core, worker) were killed when it was replaced, the
-    others' when the run ended, and every /dev/shm file any of them mapped (vLLM's psm_* rings, sem.mp-*
-    semaphores) is gone: the run leaves /dev/shm as it found it, although one engine died mid-run."""
+    """The killed engine's vLLM processes (its engine core) were killed when it was replaced, the
+    others' when the run ended, and every /dev/shm file any of them mapped (sem.mp-* semaphores; vLLM's
+    psm_* rings where an engine has worker processes) is gone: the run leaves /dev/shm as it found it, although one engine died mid-run."""
     _, kill = reference
     victims = {p.pid for p in kill.victims}
     assert len(kill.seen) >= 4 and set(kill.seen) - victims and victims & set(kill.seen), (
         f"saw {sorted(kill.seen)}, victims {sorted(victims)}: the check proved nothing")
-    assert any(os.path.basename(path).startswith("psm_") for path in kill.shm), kill.shm
+    assert any(os.path.basename(path).startswith(VLLM_SHM) for path in kill.shm), kill.shm
     assert kill.left_running == [], f"still running after the run: {kill.left_running}"
     assert kill.left_shm == [], f"left in /dev/shm: {kill.left_shm}"
 
@@ -439,8 +427,8 @@ def test_driver_killed_by_sigterm_cleans_up_and_exits_143(killed_driver):
     d = killed_driver
     assert d.returncode == TERMINATED_EXIT_CODE == 143, (d.returncode, d.log[-3000:])
     assert "SIGTERM: stopping" in d.log
-    assert any(os.path.basename(path).startswith("psm_") for path in d.shm), (
-        f"the run mapped no vLLM ring: the check proved nothing ({sorted(d.shm)})")
+    assert any(os.path.basename(path).startswith(VLLM_SHM) for path in d.shm), (
+        f"the run mapped no vLLM file: the check proved nothing ({sorted(d.shm)})")
     assert d.left_running == [], f"still running {EXIT_GRACE_S:.0f} s after the driver exited: {d.left_running}"
     assert d.left_shm == [], f"left in /dev/shm: {d.left_shm}"
 

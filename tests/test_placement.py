@@ -45,6 +45,9 @@ def test_cpu_and_learner_bundles_stay_single():
     cpu = replace(cfg, rollout=replace(cfg.rollout, tensor_parallel_size=2))
     assert actor_bundles(resource_spec(cpu).role("rollout")) == [{"CPU": cfg.cluster.cpus_per_actor}]
     assert engine_executor_args(use_gpu=False, tensor_parallel_size=2, bundle_indices=None) == ({}, {})
+    assert engine_executor_args(use_gpu=False, tensor_parallel_size=1, bundle_indices=None) == (
+        {}, {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"})  # the worker inside the engine core
+    assert engine_executor_args(use_gpu=True, tensor_parallel_size=1, bundle_indices=None) == ({}, {})
     gpu = replace(cfg, cluster=replace(cfg.cluster, use_gpu=True))
     assert actor_bundles(resource_spec(gpu).role("learner")) == [{"CPU": cfg.cluster.cpus_per_actor, "GPU": 1.0}]
     with pytest.raises(ValueError, match="one device per bundle"):

@@ -111,6 +111,22 @@ def test_two_engines_return_every_group_once_in_order(engines):
 
 
 @pytest.mark.slow
+def test_a_cpu_engine_runs_its_worker_inside_its_engine_core(engines):
+    """A CPU engine of TP = 1 is two processes, its actor and the engine core that vLLM spawned with the
+    libraries it preloads, the worker inside the core (actors.rollout_engine.engine_executor_args)."""
+    import psutil
+    import ray
+
+    group, _ = engines
+    for actor in group.engine_actors:
+        pids = ray.get(actor.child_pids.remote())
+        names = sorted(psutil.Process(pid).name() for pid in pids)
+        cores = [psutil.Process(pid) for pid in pids if psutil.Process(pid).name() == "VLLM::EngineCore"]
+        assert [n for n in names if n.startswith("VLLM::")] == ["VLLM::EngineCore"], names
+        assert "libgomp" in cores[0].environ().get("LD_PRELOAD", ""), "the engine core lost vLLM's preloads"
+
+
+@pytest.mark.slow
 def test_seeded_groups_do_not_depend_on_engine_or_batch(engines):
     """The same seeded groups from two engines (half the batch each) and from one (the whole batch): the same
     tokens and bit for bit the same logprobs. Exact resume after an engine failure rests on this (its groups

@@ -671,14 +671,14 @@ def test_a_push_during_a_generate_lets_it_finish_on_its_version_and_the_next_sam
 
 @pytest.mark.slow
 def test_sync_to_killed_engine_fails_within_timeout(setup):
-    """... and what the killed engine left (its vLLM engine core and worker, which outlive the actor, and
-    their /dev/shm files) is removed by the engine group's reap, as an engine replacement does."""
+    """... and what the killed engine left (its vLLM engine core, which outlives the actor, and the
+    /dev/shm files it maps) is removed by the engine group's reap, as an engine replacement does."""
     import psutil
     import ray
 
     group, engine, sender, sync = setup
     recorded = group.recorded[0]  # by connect's wait_until_up
-    assert len(recorded.processes) >= 2 and any(os.path.basename(p).startswith("psm_") for p in recorded.shm), recorded
+    assert recorded.processes and any(os.path.basename(p).startswith(("psm_", "sem.mp-")) for p in recorded.shm), recorded
     ray.kill(engine)
     try:
         start = time.monotonic()
