@@ -63,6 +63,12 @@ __all__ = [  # names callers and tests import from here; the engine's start-up l
 
 log = logging.getLogger(__name__)
 
+CPU_CORE_EXIT_S = 1.0
+"""How long a CPU engine's core may take to exit after vLLM's shutdown sends it SIGTERM before vLLM kills it
+(and logs that it did). Its clean-up after the busy loop (vLLM 0.32: `cleanup_dist_env_and_memory`'s full
+garbage collection, then the interpreter's teardown) took about 3.5 s on 2 cores and frees nothing that the
+process's death does not; what it leaves in /dev/shm is removed by the engine group's reap
+(`actors.engine_processes`)."""
 STALE_VERSION = -1
 """Reported after a failed transfer: the weights are neither the old nor the new version."""
 EMPTY_DIGEST = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
@@ -250,8 +256,10 @@ class RolloutWorker:
         return [p.pid for p in psutil.Process().children(recursive=True)]
 
     async def shutdown(self) -> None:
+        """vLLM's shutdown: SIGTERM to the engine core, which then has its own clean-up's time to exit
+        (vLLM's default on GPU, where it frees device memory; `CPU_CORE_EXIT_S` on CPU), then SIGKILL."""
         self._multi_turn.close()
-        self.engine.shutdown()
+        self.engine.shutdown(timeout=None if self.on_gpu else CPU_CORE_EXIT_S)
 
 
 def _memory_gib(on_gpu: bool) -> dict[str, float]:
