@@ -7,8 +7,8 @@ engine) does not kill them: the engine core and its workers keep running and, on
 the replacement needs. And they leave files in /dev/shm, clean shutdowns included:
 
 - `psm_*`: vLLM's `MessageQueue` rings between the engine core and its worker processes
-  (vllm/distributed/device_communicators/shm_broadcast.py, 0.32), 160-240 MB each on CPU. The creating process (the engine core for the executor's broadcast queue, each
-  worker for its response queue) unlinks a ring only in `ShmRingBuffer.__del__`, which never runs when
+  (vllm/distributed/device_communicators/shm_broadcast.py, 0.32), 160-240 MB each on CPU. The creating
+  process (the engine core for the executor's broadcast queue, each worker for its response queue) unlinks a ring only in `ShmRingBuffer.__del__`, which never runs when
   the process dies by SIGKILL, and does not run either when it leaves through a signal handler
   and interpreter exit without collecting the queue (vLLM's own shutdown sends SIGTERM, then SIGKILL).
 - `sem.mp-*`: named semaphores of the engine processes' multiprocessing locks, unlinked by Python's

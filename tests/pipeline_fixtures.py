@@ -1,6 +1,8 @@
 """The session's one run of `r1_tiny --quick` (trainer/pipeline.py, examples/configs.py): every R1 stage on
 real actors (vLLM engines, Megatron learner, Ray reward actors, the tiny judge and reward models of
-`examples.build_reward_models --quick`) in one Ray, a few steps each: about 216 s on the 2-core machine (2026-12-08, in a run of the suite at f2be437), nearly all of it the start-ups of its stages' actors (a vLLM engine, a learner, reward actors).
+`examples.build_reward_models --quick`) in one Ray, a few steps each: about 216 s on the 2-core machine
+(2026-12-08, in a run of the suite at f2be437), nearly all of it the start-ups of its stages' actors (a vLLM
+engine, a learner, reward actors).
 
 The slow tests of a stage read this run's outputs instead of running the stage again:
 tests/test_pipeline_tiny.py (the recipe), tests/test_sft_tiny.py (the cold start, and a resume of the

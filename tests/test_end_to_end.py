@@ -265,7 +265,8 @@ def test_an_engine_killed_mid_run_is_replaced_and_the_run_completes(reference):
 def test_no_engine_process_or_dev_shm_file_outlives_the_run(reference):
     """The killed engine's vLLM processes (its engine core) were killed when it was replaced, the
     others' when the run ended, and every /dev/shm file any of them mapped (sem.mp-* semaphores; vLLM's
-    psm_* rings where an engine has worker processes) is gone: the run leaves /dev/shm as it found it, although one engine died mid-run."""
+    psm_* rings where an engine has worker processes) is gone: the run leaves /dev/shm as it found it,
+    although one engine died mid-run."""
     _, kill = reference
     victims = {p.pid for p in kill.victims}
     assert len(kill.seen) >= 4 and set(kill.seen) - victims and victims & set(kill.seen), (

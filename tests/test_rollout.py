@@ -119,11 +119,10 @@ def test_a_cpu_engine_runs_its_worker_inside_its_engine_core(engines):
 
     group, _ = engines
     for actor in group.engine_actors:
-        pids = ray.get(actor.child_pids.remote())
-        names = sorted(psutil.Process(pid).name() for pid in pids)
-        cores = [psutil.Process(pid) for pid in pids if psutil.Process(pid).name() == "VLLM::EngineCore"]
-        assert [n for n in names if n.startswith("VLLM::")] == ["VLLM::EngineCore"], names
-        assert "libgomp" in cores[0].environ().get("LD_PRELOAD", ""), "the engine core lost vLLM's preloads"
+        children = [psutil.Process(pid) for pid in ray.get(actor.child_pids.remote())]
+        vllm = [p for p in children if p.name().startswith("VLLM::")]
+        assert [p.name() for p in vllm] == ["VLLM::EngineCore"], [p.name() for p in children]
+        assert "libgomp" in vllm[0].environ().get("LD_PRELOAD", ""), "the engine core lost vLLM's preloads"
 
 
 @pytest.mark.slow
